@@ -1,1 +1,26 @@
-//! placeholder
+//! RetNet models: one config for the torchscale and fla checkpoint families, safetensors
+//! weights, and an exact CPU reference implementation of the three retention forms.
+//!
+//! ```no_run
+//! use retnet_model::{CpuModel, RetentionForm};
+//! # fn main() -> Result<(), retnet_model::ModelError> {
+//! let model = CpuModel::load(std::path::Path::new("path/to/model"))?;
+//! let logits = model.logits(&[1, 2, 3], RetentionForm::Chunkwise { chunk_size: 64 })?;
+//! assert_eq!(logits.len(), 3 * model.config().vocab_size);
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod reference;
+pub mod retention;
+pub mod safetensors_store;
+pub mod weights;
+
+pub use config::{
+    Activation, DecaySource, Family, ModelConfig, NormPlacement, OutputScale, RotaryStyle,
+};
+pub use error::{ModelError, Result};
+pub use reference::{CpuModel, CpuState, RetentionForm};
+pub use safetensors_store::TensorStore;
+pub use weights::{LayerWeights, Linear, ModelWeights};

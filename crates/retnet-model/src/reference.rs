@@ -1,0 +1,306 @@
+//! The CPU reference: the whole model to logits, written to mirror the spec line by line.
+//!
+//! f32 storage, f64 accumulation in every reduction. It is the oracle that the GPU path is
+//! checked against, so it favours plain loops over cleverness.
+
+use std::path::Path;
+
+use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
+use crate::error::{ModelError, Result};
+use crate::retention::{self, HeadShape};
+use crate::weights::{LayerWeights, Linear, ModelWeights};
+
+/// Which of retention's three equivalent forms to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetentionForm {
+    /// The whole span at once, with the decay mask.
+    Parallel,
+    /// One token after another through the K×V state.
+    Recurrent,
+    /// Parallel inside chunks of this many tokens, recurrent across them.
+    Chunkwise {
+        /// Tokens per chunk (≥ 1); the last chunk may be shorter.
+        chunk_size: usize,
+    },
+}
+
+/// The recurrent state of a sequence: one K×V f32 matrix per layer and head, and the position
+/// of the next token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuState {
+    /// Tokens consumed so far (the 0-based position of the next token).
+    pub position: usize,
+    /// Per layer, `H × K × V` values.
+    pub layers: Vec<Vec<f32>>,
+}
+
+/// A model on the CPU.
+#[derive(Clone, Debug)]
+pub struct CpuModel {
+    config: ModelConfig,
+    weights: ModelWeights,
+}
+
+impl CpuModel {
+    /// Wraps a config and its weights.
+    pub fn new(config: ModelConfig, weights: ModelWeights) -> Self {
+        Self { config, weights }
+    }
+
+    /// Loads `config.json` and the safetensors weights of a model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = ModelWeights::load(&config, dir)?;
+        Ok(Self::new(config, weights))
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The model's weights.
+    pub fn weights(&self) -> &ModelWeights {
+        &self.weights
+    }
+
+    /// A zero state at position 0.
+    pub fn new_state(&self) -> CpuState {
+        let c = &self.config;
+        CpuState {
+            position: 0,
+            layers: vec![vec![0.0; c.num_heads * c.head_k_dim * c.head_v_dim]; c.num_layers],
+        }
+    }
+
+    /// Checks that a token list is non-empty and inside the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        check_tokens(tokens, self.config.vocab_size)
+    }
+
+    /// Logits `[T, vocab]` (row-major) of a whole sequence, from a fresh state.
+    pub fn logits(&self, tokens: &[u32], form: RetentionForm) -> Result<Vec<f32>> {
+        let mut state = self.new_state();
+        self.forward(tokens, &mut state, form)
+    }
+
+    /// Runs `tokens` from `state`, returns their logits `[T, vocab]` and advances the state.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut CpuState,
+        form: RetentionForm,
+    ) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        if form == (RetentionForm::Chunkwise { chunk_size: 0 }) {
+            return Err(ModelError::ZeroChunkSize);
+        }
+        let c = &self.config;
+        let w = &self.weights;
+        let t = tokens.len();
+        let d = c.d_model;
+
+        let mut x = Vec::with_capacity(t * d);
+        for &token in tokens {
+            let row = &w.embed.data[token as usize * d..][..d];
+            x.extend(row.iter().map(|&e| e * c.embed_scale));
+        }
+        if let Some(norm) = &w.embed_norm {
+            rms_norm_rows(&mut x, d, Some(norm), c.norm_eps);
+        }
+
+        for (layer, layer_state) in w.layers.iter().zip(state.layers.iter_mut()) {
+            let alpha = c.residual_alpha;
+            match c.norm_placement {
+                NormPlacement::PreNorm => {
+                    let mut h = x.clone();
+                    rms_norm_rows(&mut h, d, Some(&layer.retention_norm), c.norm_eps);
+                    let r = self.retention(layer, layer_state, &h, t, state.position, form);
+                    residual_add(&mut x, alpha, &r);
+                    let mut h = x.clone();
+                    rms_norm_rows(&mut h, d, Some(&layer.ffn_norm), c.norm_eps);
+                    let f = self.ffn(layer, &h, t);
+                    residual_add(&mut x, alpha, &f);
+                }
+                NormPlacement::PostNorm => {
+                    let r = self.retention(layer, layer_state, &x, t, state.position, form);
+                    residual_add(&mut x, alpha, &r);
+                    rms_norm_rows(&mut x, d, Some(&layer.retention_norm), c.norm_eps);
+                    let f = self.ffn(layer, &x, t);
+                    residual_add(&mut x, alpha, &f);
+                    rms_norm_rows(&mut x, d, Some(&layer.ffn_norm), c.norm_eps);
+                }
+            }
+        }
+        if let Some(norm) = &w.final_norm {
+            rms_norm_rows(&mut x, d, Some(norm), c.norm_eps);
+        }
+        state.position += t;
+        Ok(matmul_t(&x, t, w.head()))
+    }
+
+    /// Multi-scale retention of `h` (`T × d`, already normed) for tokens at positions
+    /// `position..position+T`; returns `T × d`.
+    fn retention(
+        &self,
+        layer: &LayerWeights,
+        state: &mut [f32],
+        h: &[f32],
+        t: usize,
+        position: usize,
+        form: RetentionForm,
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let (kd, vd) = (c.head_k_dim, c.head_v_dim);
+        let mut q = matmul_t(h, t, &layer.q_proj);
+        let mut k = matmul_t(h, t, &layer.k_proj);
+        let v = matmul_t(h, t, &layer.v_proj);
+        let g = matmul_t(h, t, &layer.g_proj);
+
+        let scale = (kd as f64).powf(-0.5);
+        for n in 0..t {
+            for head in q[n * c.query_width()..][..c.query_width()].chunks_exact_mut(kd) {
+                rotate(head, position + n, &self.weights.rotary_theta, c.rotary);
+                for e in head.iter_mut() {
+                    *e = (*e as f64 * scale) as f32;
+                }
+            }
+            for head in k[n * c.key_width()..][..c.key_width()].chunks_exact_mut(kd) {
+                rotate(head, position + n, &self.weights.rotary_theta, c.rotary);
+            }
+        }
+
+        let mut o = vec![0.0f32; t * c.value_width()];
+        for head in 0..c.num_heads {
+            let kv = c.kv_head_of(head);
+            let gather = |src: &[f32], width: usize, index: usize, dim: usize| -> Vec<f32> {
+                (0..t)
+                    .flat_map(|n| src[n * width + index * dim..][..dim].iter().copied())
+                    .collect()
+            };
+            let qh = gather(&q, c.query_width(), head, kd);
+            let kh = gather(&k, c.key_width(), kv, kd);
+            let vh = gather(&v, c.kv_value_width(), kv, vd);
+            let head_state = &mut state[head * kd * vd..][..kd * vd];
+            let log_gamma = self.weights.log_decay[head] as f64;
+            let shape = HeadShape {
+                tokens: t,
+                k: kd,
+                v: vd,
+            };
+            let p = match form {
+                RetentionForm::Parallel => {
+                    retention::parallel(shape, &qh, &kh, &vh, head_state, log_gamma)
+                }
+                RetentionForm::Recurrent => {
+                    retention::recurrent(shape, &qh, &kh, &vh, head_state, log_gamma)
+                }
+                RetentionForm::Chunkwise { chunk_size } => {
+                    retention::chunkwise(shape, &qh, &kh, &vh, head_state, log_gamma, chunk_size)
+                }
+            };
+            for n in 0..t {
+                let mut row: Vec<f32> = p[n * vd..][..vd].to_vec();
+                if c.output_scale == OutputScale::InvSqrtDecaySum {
+                    let s = retention::decay_sum(log_gamma, position + n).sqrt();
+                    for e in &mut row {
+                        *e = (*e as f64 / s) as f32;
+                    }
+                }
+                rms_norm_rows(&mut row, vd, layer.head_norm.as_deref(), c.head_norm_eps);
+                o[n * c.value_width() + head * vd..][..vd].copy_from_slice(&row);
+            }
+        }
+        for (oe, &ge) in o.iter_mut().zip(&g) {
+            *oe *= activate(c.gate_activation, ge);
+        }
+        matmul_t(&o, t, &layer.out_proj)
+    }
+
+    /// Gated FFN: `W_down (act(W_act h) ⊙ W_lin h)`.
+    fn ffn(&self, layer: &LayerWeights, h: &[f32], t: usize) -> Vec<f32> {
+        let mut a = matmul_t(h, t, &layer.ffn_act);
+        let l = matmul_t(h, t, &layer.ffn_lin);
+        for (ae, &le) in a.iter_mut().zip(&l) {
+            *ae = activate(self.config.ffn_activation, *ae) * le;
+        }
+        matmul_t(&a, t, &layer.ffn_down)
+    }
+}
+
+/// Checks that a token list is non-empty and every id is below `vocab_size`.
+pub fn check_tokens(tokens: &[u32], vocab_size: usize) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(ModelError::EmptyTokens);
+    }
+    match tokens.iter().position(|&t| t as usize >= vocab_size) {
+        Some(position) => Err(ModelError::TokenOutOfRange {
+            token: tokens[position] as i64,
+            position,
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `x ← α·x + r`.
+fn residual_add(x: &mut [f32], alpha: f32, r: &[f32]) {
+    for (xe, &re) in x.iter_mut().zip(r) {
+        *xe = (alpha as f64 * *xe as f64 + re as f64) as f32;
+    }
+}
+
+/// RMSNorm of each `width`-long row: x / sqrt(mean(x²) + ε) ⊙ w.
+pub fn rms_norm_rows(x: &mut [f32], width: usize, weight: Option<&[f32]>, eps: f32) {
+    for row in x.chunks_exact_mut(width) {
+        let mean_sq = row.iter().map(|&e| e as f64 * e as f64).sum::<f64>() / width as f64;
+        let inv = 1.0 / (mean_sq + eps as f64).sqrt();
+        for (i, e) in row.iter_mut().enumerate() {
+            let w = weight.map_or(1.0, |w| w[i] as f64);
+            *e = (*e as f64 * inv * w) as f32;
+        }
+    }
+}
+
+/// `y = x Wᵀ` for `rows` rows of x.
+pub fn matmul_t(x: &[f32], rows: usize, w: &Linear) -> Vec<f32> {
+    let (n_in, n_out) = (w.in_features, w.out_features);
+    let mut y = vec![0.0f32; rows * n_out];
+    for r in 0..rows {
+        let xr = &x[r * n_in..][..n_in];
+        for (o, ye) in y[r * n_out..][..n_out].iter_mut().enumerate() {
+            let wr = &w.data[o * n_in..][..n_in];
+            *ye = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    y
+}
+
+/// An activation function, in f64.
+pub fn activate(kind: Activation, x: f32) -> f32 {
+    let x = x as f64;
+    let y = match kind {
+        Activation::Swish => x / (1.0 + (-x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+    };
+    y as f32
+}
+
+/// Rotates one head's query or key vector for absolute position `position`.
+pub fn rotate(x: &mut [f32], position: usize, theta: &[f32], style: RotaryStyle) {
+    let half = x.len() / 2;
+    for (i, &th) in theta.iter().enumerate().take(half) {
+        let (a, b) = match style {
+            RotaryStyle::InterleavedPairs => (2 * i, 2 * i + 1),
+            RotaryStyle::SplitHalves => (i, i + half),
+        };
+        let (sin, cos) = (position as f64 * th as f64).sin_cos();
+        let (xa, xb) = (x[a] as f64, x[b] as f64);
+        x[a] = (xa * cos - xb * sin) as f32;
+        x[b] = (xb * cos + xa * sin) as f32;
+    }
+}

@@ -1,0 +1,215 @@
+//! Memory-mapped safetensors files, single or sharded, read as f32.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+/// Name of a single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Name of the shard index of a sharded checkpoint.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Where one tensor lives: which file, its dtype, shape and byte range in that file.
+#[derive(Clone, Debug)]
+struct TensorEntry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The safetensors files of a model directory, memory-mapped, with an index of every tensor.
+///
+/// Opening validates every header (so a truncated file or a corrupt header is reported at
+/// once, naming the file); tensor data is only touched when a tensor is read.
+pub struct TensorStore {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, TensorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl TensorStore {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(SHARD_INDEX);
+        let file_names: Vec<String> = if single.is_file() {
+            vec![SINGLE_FILE.to_string()]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+            let mut names: Vec<String> = parsed.weight_map.into_values().collect();
+            names.sort();
+            names.dedup();
+            names
+        } else if !dir.is_dir() {
+            return Err(ModelError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
+        } else {
+            return Err(ModelError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+
+        let mut store = Self {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        for name in file_names {
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(ModelError::Json {
+                    path: index.clone(),
+                    message: format!("shard name `{name}` leaves the model directory"),
+                });
+            }
+            store.add_file(&dir.join(name))?;
+        }
+        Ok(store)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        let corrupt = |message: String| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message,
+        };
+        if len < 8 {
+            return Err(corrupt(format!(
+                "the file is {len} bytes long, shorter than a safetensors header"
+            )));
+        }
+        // SAFETY: the map is read-only; a checkpoint changed by another process while we run
+        // is outside what any loader can defend against.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let file_index = self.files.len();
+        {
+            // `deserialize` checks the header length against the file length before reading
+            // the header, and every tensor's byte range against the data, so a header that
+            // claims gigabytes allocates nothing.
+            let parsed = SafeTensors::deserialize(&map).map_err(|e| corrupt(describe(&e)))?;
+            let (header_len, _) =
+                SafeTensors::read_metadata(&map).map_err(|e| corrupt(describe(&e)))?;
+            let data_start = 8 + header_len;
+            for (name, view) in parsed.tensors() {
+                let bytes = view.data();
+                // `data()` borrows from `map`; recover its offset to avoid holding a borrow.
+                let start = bytes.as_ptr() as usize - map.as_ptr() as usize;
+                debug_assert!(start >= data_start);
+                let entry = TensorEntry {
+                    file: file_index,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start,
+                    end: start + bytes.len(),
+                };
+                if self.tensors.insert(name.clone(), entry).is_some() {
+                    return Err(corrupt(format!("tensor `{name}` appears in two shards")));
+                }
+            }
+        }
+        self.files.push((path.to_path_buf(), map));
+        Ok(())
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Every tensor name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The stored dtype of a tensor, if present.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.tensors.get(name).map(|e| e.dtype)
+    }
+
+    /// Reads a tensor as f32, checking that its shape is `expected`.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })?;
+        if entry.shape != expected {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        let bytes = self
+            .files
+            .get(entry.file)
+            .and_then(|(_, map)| map.get(entry.start..entry.end))
+            .ok_or_else(|| ModelError::Safetensors {
+                path: self.dir.clone(),
+                message: format!("tensor `{name}` lies outside its file"),
+            })?;
+        // Byte ranges in a safetensors file need not be aligned, so decode little-endian words.
+        let values = match entry.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(values)
+    }
+}
+
+fn describe(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooLarge | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
+            format!("truncated file or corrupt header length ({e:?})")
+        }
+        other => format!("{other}"),
+    }
+}
