@@ -1,0 +1,145 @@
+//! The `retnet logits` contract, run as a process: outputs on success, and on bad input a
+//! non-zero exit, one `error:` line on stderr, no panic and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn retnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_retnet"))
+        .args(args)
+        .output()
+        .expect("the retnet binary runs")
+}
+
+fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("output file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    assert_eq!(st.names().len(), 1, "exactly one tensor");
+    let view = st.tensor("logits").expect("tensor `logits`");
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
+    let num = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let den = want.iter().map(|b| b.abs() as f64).fold(0.0, f64::max);
+    num / den
+}
+
+#[test]
+fn logits_in_every_mode_match_the_peer() {
+    let dir = fixtures().join("fla_basic");
+    let tokens_file = dir.join("tokens.json");
+    let tokens: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(&tokens_file).unwrap()).unwrap();
+    let (want_shape, want) = read_logits(&dir.join("logits.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    for (mode, chunk) in [("parallel", None), ("recurrent", None), ("chunkwise", Some("7")), ("chunkwise", None)] {
+        let out = tmp.path().join(format!("{mode}.safetensors"));
+        let mut args = vec![
+            "logits", "--model", dir.to_str().unwrap(), "--tokens-file", tokens_file.to_str().unwrap(),
+            "--backend", "cpu", "--mode", mode, "--out", out.to_str().unwrap(),
+        ];
+        if let Some(c) = chunk {
+            args.extend(["--chunk-size", c]);
+        }
+        let o = retnet(&args);
+        assert!(o.status.success(), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
+        let (shape, got) = read_logits(&out);
+        assert_eq!(shape, want_shape);
+        assert_eq!(shape[0], tokens.len());
+        let err = rel_max_err(&got, &want);
+        assert!(err <= 1e-4, "{mode} {chunk:?}: {err:.2e}");
+    }
+    // --tokens gives the same as --tokens-file.
+    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let out = tmp.path().join("list.safetensors");
+    let o = retnet(&[
+        "logits", "--model", dir.to_str().unwrap(), "--tokens", &list.join(","), "--backend", "cpu",
+        "--mode", "parallel", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_logits(&out).1, read_logits(&tmp.path().join("parallel.safetensors")).1);
+}
+
+/// Runs `retnet logits` with `tokens` (either `--tokens X` or `--tokens-file X`) and expects a
+/// clean failure whose message contains `needle`.
+fn expect_clean_failure(model: &Path, token_args: &[&str], extra: &[&str], needle: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let mut args = vec!["logits", "--model", model.to_str().unwrap()];
+    args.extend(token_args);
+    args.extend(["--mode", "chunkwise", "--out", out.to_str().unwrap()]);
+    if !extra.contains(&"--backend") {
+        args.extend(["--backend", "cpu"]);
+    }
+    args.extend(extra);
+    let o = retnet(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let code = o.status.code().expect("exited, not killed");
+    assert!((1..=127).contains(&code), "{args:?}: exit code {code}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{args:?}: `{needle}` not in {stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{args:?}: files left behind: {left:?}");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let model = fixtures().join("fla_basic");
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let invalid_json = write("invalid.json", "[1, 2,");
+    let not_ints = write("floats.json", "[1.5, 2]");
+    let empty = write("empty.json", "[]");
+
+    expect_clean_failure(&model, &["--tokens-file", invalid_json.to_str().unwrap()], &[], "invalid.json");
+    expect_clean_failure(&model, &["--tokens-file", not_ints.to_str().unwrap()], &[], "floats.json");
+    expect_clean_failure(&model, &["--tokens-file", empty.to_str().unwrap()], &[], "empty");
+    expect_clean_failure(&model, &["--tokens-file", "/no/such/tokens.json"], &[], "/no/such/tokens.json");
+    expect_clean_failure(&model, &["--tokens", ""], &[], "empty");
+    expect_clean_failure(&model, &["--tokens", "1,-3"], &[], "-3 at position 1 is negative");
+    expect_clean_failure(&model, &["--tokens", "1,x"], &[], "`x` at position 1");
+    expect_clean_failure(&model, &["--tokens", "1,99999"], &[], "99999 at position 1 is out of range");
+    expect_clean_failure(&model, &["--tokens", "1,99999999999"], &[], "out of range");
+    expect_clean_failure(&model, &["--tokens", "1,2"], &["--chunk-size", "0"], "chunk size");
+    expect_clean_failure(&model, &["--tokens", "1,2"], &["--backend", "gpu"], "not implemented yet");
+    expect_clean_failure(Path::new("/no/such/model"), &["--tokens", "1"], &[], "/no/such/model");
+
+    // A truncated weights file.
+    let broken = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(f), broken.path().join(f)).unwrap();
+    }
+    let weights = broken.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    expect_clean_failure(broken.path(), &["--tokens", "1"], &[], "truncated");
+}
+
+#[test]
+fn output_into_a_missing_directory_fails_cleanly() {
+    let model = fixtures().join("fla_basic");
+    let o = retnet(&[
+        "logits", "--model", model.to_str().unwrap(), "--tokens", "1,2", "--backend", "cpu", "--mode",
+        "recurrent", "--out", "/no/such/dir/out.safetensors",
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.starts_with("error: /no/such/dir/out.safetensors"), "{stderr}");
+}

@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: the committed peer fixtures and ways to damage
+//! copies of them.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+/// `tests/fixtures`.
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture directory (those holding a config.json), sorted by name.
+pub fn all_fixtures() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_root())
+        .expect("tests/fixtures exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// One fixture by name.
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = fixtures_root().join(name);
+    assert!(dir.join("config.json").is_file(), "fixture {name} is missing");
+    dir
+}
+
+/// The token ids of a fixture.
+pub fn fixture_tokens(dir: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(dir.join("tokens.json")).expect("tokens.json");
+    serde_json::from_str(&text).expect("tokens.json is an array of ids")
+}
+
+/// Reads the f32 tensor `logits` of a safetensors file: (shape, values).
+pub fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("logits file");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let view = st.tensor("logits").expect("tensor `logits`");
+    assert_eq!(view.dtype(), Dtype::F32);
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+/// max|got − want| / max|want|: the error measure of the parity tests.
+pub fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let num = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max);
+    let den = want.iter().map(|b| (*b as f64).abs()).fold(0.0, f64::max);
+    assert!(den > 0.0, "reference is all zeros");
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    num / den
+}
+
+/// A copy of a fixture in a fresh temporary directory.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(fixture(name)).expect("fixture dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    tmp
+}
+
+/// One tensor as raw parts, for rewriting.
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Rewrites `model.safetensors` of `dir` through `edit`, which may change or drop tensors.
+pub fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, RawTensor>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).expect("weights");
+    let st = SafeTensors::deserialize(&bytes).expect("valid");
+    let mut tensors: HashMap<String, RawTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let raw = RawTensor {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
+            (name, raw)
+        })
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .expect("consistent tensor");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).expect("write weights");
+}
+
+/// Edits `config.json` of `dir` as JSON.
+pub fn rewrite_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    edit(value.as_object_mut().expect("object"));
+    std::fs::write(&path, serde_json::to_string_pretty(&value).expect("json")).expect("write");
+}
