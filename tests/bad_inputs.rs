@@ -54,11 +54,17 @@ fn corrupt_header() {
         *b = b'#';
     }
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(load_err(dir.path()), ModelError::Safetensors { .. }));
+    assert!(matches!(
+        load_err(dir.path()),
+        ModelError::Safetensors { .. }
+    ));
     // A header length that claims far more than the file holds must not allocate it.
     bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(load_err(dir.path()), ModelError::Safetensors { .. }));
+    assert!(matches!(
+        load_err(dir.path()),
+        ModelError::Safetensors { .. }
+    ));
 }
 
 #[test]
@@ -84,7 +90,12 @@ fn wrong_shape_names_expected_and_found() {
         w.shape[0] -= 1;
     });
     let e = load_err(dir.path());
-    let ModelError::ShapeMismatch { name: got, expected, found } = &e else {
+    let ModelError::ShapeMismatch {
+        name: got,
+        expected,
+        found,
+    } = &e
+    else {
         panic!("{e}")
     };
     assert_eq!(got, name);
@@ -103,7 +114,10 @@ fn unsupported_dtype_is_named() {
     });
     let e = load_err(dir.path());
     assert!(matches!(e, ModelError::UnsupportedDtype { .. }), "{e}");
-    assert!(e.to_string().contains(name) && e.to_string().contains("I32"), "{e}");
+    assert!(
+        e.to_string().contains(name) && e.to_string().contains("I32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -123,13 +137,19 @@ fn zero_sizes_are_refused() {
     rewrite_config(dir.path(), |c| {
         c.insert("num_hidden_layers".into(), 0.into());
     });
-    assert!(load_err(dir.path()).to_string().contains("layer count is zero"));
+    assert!(load_err(dir.path())
+        .to_string()
+        .contains("layer count is zero"));
 }
 
 #[test]
 fn invalid_config_json() {
     let dir = copy_fixture(TS);
-    std::fs::write(dir.path().join("config.json"), "{\"decoder_embed_dim\": 48,").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"decoder_embed_dim\": 48,",
+    )
+    .unwrap();
     let e = load_err(dir.path());
     assert!(matches!(e, ModelError::Json { .. }), "{e}");
     assert!(e.to_string().contains("config.json"), "{e}");
@@ -142,14 +162,19 @@ fn config_weights_disagreement() {
     rewrite_config(dir.path(), |c| {
         c.insert("num_hidden_layers".into(), 1.into());
     });
-    assert!(load_err(dir.path()).to_string().contains("the weights hold layer 1"));
+    assert!(load_err(dir.path())
+        .to_string()
+        .contains("the weights hold layer 1"));
     // The config says a wider vocabulary than the embeddings have.
     let dir = copy_fixture(TS);
     rewrite_config(dir.path(), |c| {
         let v = c["vocab_size"].as_u64().unwrap();
         c.insert("vocab_size".into(), (v + 1).into());
     });
-    assert!(matches!(load_err(dir.path()), ModelError::ShapeMismatch { .. }));
+    assert!(matches!(
+        load_err(dir.path()),
+        ModelError::ShapeMismatch { .. }
+    ));
 }
 
 #[test]
@@ -159,7 +184,9 @@ fn unsupported_options_are_named() {
         c.insert("use_short_conv".into(), true.into());
     });
     let e = load_err(dir.path());
-    assert!(matches!(e, ModelError::Unsupported { .. }) && e.to_string().contains("use_short_conv"));
+    assert!(
+        matches!(e, ModelError::Unsupported { .. }) && e.to_string().contains("use_short_conv")
+    );
 }
 
 #[test]
@@ -177,7 +204,11 @@ fn missing_shard_is_named() {
         .unwrap();
     std::fs::remove_file(&shard).unwrap();
     let e = load_err(dir.path());
-    assert!(e.to_string().contains(shard.file_name().unwrap().to_str().unwrap()), "{e}");
+    assert!(
+        e.to_string()
+            .contains(shard.file_name().unwrap().to_str().unwrap()),
+        "{e}"
+    );
 }
 
 #[test]
@@ -185,9 +216,15 @@ fn bad_token_lists() {
     let model = CpuModel::load(&fixture(TS)).unwrap();
     let vocab = model.config().vocab_size as u32;
     let form = RetentionForm::Recurrent;
-    assert!(matches!(model.logits(&[], form), Err(ModelError::EmptyTokens)));
+    assert!(matches!(
+        model.logits(&[], form),
+        Err(ModelError::EmptyTokens)
+    ));
     let e = model.logits(&[0, vocab], form).unwrap_err();
-    assert!(matches!(e, ModelError::TokenOutOfRange { position: 1, .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::TokenOutOfRange { position: 1, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains(&vocab.to_string()));
     assert!(matches!(
         model.logits(&[0], RetentionForm::Chunkwise { chunk_size: 0 }),

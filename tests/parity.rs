@@ -25,7 +25,11 @@ fn forms(default_chunk: usize) -> Vec<RetentionForm> {
 #[test]
 fn fixtures_cover_both_families() {
     let dirs = all_fixtures();
-    assert!(dirs.len() >= 6, "expected at least 6 fixtures, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 6,
+        "expected at least 6 fixtures, found {}",
+        dirs.len()
+    );
     let families: Vec<Family> = dirs
         .iter()
         .map(|d| CpuModel::load(d).expect("fixture loads").config().family)
@@ -42,7 +46,11 @@ fn every_fixture_matches_its_peer_in_every_form() {
         let model = CpuModel::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tokens = fixture_tokens(&dir);
         let (shape, want) = read_logits(&dir.join("logits.safetensors"));
-        assert_eq!(shape, vec![tokens.len(), model.config().vocab_size], "{name}");
+        assert_eq!(
+            shape,
+            vec![tokens.len(), model.config().vocab_size],
+            "{name}"
+        );
         let parallel = model.logits(&tokens, RetentionForm::Parallel).unwrap();
         for form in forms(model.config().default_chunk_size) {
             let got = model.logits(&tokens, form).unwrap();
@@ -50,7 +58,9 @@ fn every_fixture_matches_its_peer_in_every_form() {
             let vs_parallel = rel_max_err(&got, &parallel);
             println!("{name:32} {form:?}: vs peer {vs_peer:.2e}, vs parallel {vs_parallel:.2e}");
             if vs_peer > PEER_TOLERANCE || vs_parallel > FORMS_TOLERANCE {
-                failures.push(format!("{name} {form:?}: vs peer {vs_peer:.2e}, vs parallel {vs_parallel:.2e}"));
+                failures.push(format!(
+                    "{name} {form:?}: vs peer {vs_peer:.2e}, vs parallel {vs_parallel:.2e}"
+                ));
             }
         }
     }
@@ -66,10 +76,18 @@ fn prefill_then_steps_equals_one_pass() {
         let split = tokens.len() / 3;
         let mut state = model.new_state();
         let mut got = model
-            .forward(&tokens[..split], &mut state, RetentionForm::Chunkwise { chunk_size: 5 })
+            .forward(
+                &tokens[..split],
+                &mut state,
+                RetentionForm::Chunkwise { chunk_size: 5 },
+            )
             .unwrap();
         for &t in &tokens[split..] {
-            got.extend(model.forward(&[t], &mut state, RetentionForm::Recurrent).unwrap());
+            got.extend(
+                model
+                    .forward(&[t], &mut state, RetentionForm::Recurrent)
+                    .unwrap(),
+            );
         }
         assert_eq!(state.position, tokens.len());
         let err = rel_max_err(&got, &whole);

@@ -26,7 +26,10 @@ pub fn all_fixtures() -> Vec<PathBuf> {
 /// One fixture by name.
 pub fn fixture(name: &str) -> PathBuf {
     let dir = fixtures_root().join(name);
-    assert!(dir.join("config.json").is_file(), "fixture {name} is missing");
+    assert!(
+        dir.join("config.json").is_file(),
+        "fixture {name} is missing"
+    );
     dir
 }
 
@@ -113,7 +116,10 @@ pub fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, RawTen
 }
 
 /// Edits `config.json` of `dir` as JSON.
-pub fn rewrite_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+pub fn rewrite_config(
+    dir: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
     let path = dir.join("config.json");
     let mut value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");

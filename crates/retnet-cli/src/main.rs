@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use retnet_model::{CpuModel, ModelError, RetentionForm};
 
 #[derive(Parser)]
-#[command(name = "retnet", version, about = "RetNet inference on any GPU, with an exact CPU reference")]
+#[command(
+    name = "retnet",
+    version,
+    about = "RetNet inference on any GPU, with an exact CPU reference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -133,7 +137,10 @@ fn parse_token_list(list: &str) -> Result<Vec<i64>, CliError> {
         .enumerate()
         .map(|(i, s)| {
             s.trim().parse::<i64>().map_err(|_| {
-                CliError::BadTokens(format!("--tokens: `{}` at position {i} is not an integer", s.trim()))
+                CliError::BadTokens(format!(
+                    "--tokens: `{}` at position {i} is not an integer",
+                    s.trim()
+                ))
             })
         })
         .collect()
@@ -145,7 +152,10 @@ fn read_token_file(path: &Path) -> Result<Vec<i64>, CliError> {
         source,
     })?;
     serde_json::from_str::<Vec<i64>>(&text).map_err(|e| {
-        CliError::BadTokens(format!("{}: expected a JSON array of integer token ids: {e}", path.display()))
+        CliError::BadTokens(format!(
+            "{}: expected a JSON array of integer token ids: {e}",
+            path.display()
+        ))
     })
 }
 
@@ -165,7 +175,12 @@ fn to_token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, CliError>
             }
             match u32::try_from(token) {
                 Ok(id) if (id as usize) < vocab_size => Ok(id),
-                _ => Err(ModelError::TokenOutOfRange { token, position, vocab_size }.into()),
+                _ => Err(ModelError::TokenOutOfRange {
+                    token,
+                    position,
+                    vocab_size,
+                }
+                .into()),
             }
         })
         .collect()
@@ -178,8 +193,9 @@ fn write_logits(path: &Path, logits: &[f32], tokens: usize, vocab: usize) -> Res
         message,
     };
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![tokens, vocab], &bytes)
-        .map_err(|e| output_error(e.to_string()))?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![tokens, vocab], &bytes)
+            .map_err(|e| output_error(e.to_string()))?;
     let file_name = path
         .file_name()
         .ok_or_else(|| output_error("not a file path".into()))?;

@@ -30,7 +30,11 @@ fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
-    let num = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let num = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
     let den = want.iter().map(|b| b.abs() as f64).fold(0.0, f64::max);
     num / den
 }
@@ -39,20 +43,39 @@ fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
 fn logits_in_every_mode_match_the_peer() {
     let dir = fixtures().join("fla_basic");
     let tokens_file = dir.join("tokens.json");
-    let tokens: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(&tokens_file).unwrap()).unwrap();
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(&tokens_file).unwrap()).unwrap();
     let (want_shape, want) = read_logits(&dir.join("logits.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
-    for (mode, chunk) in [("parallel", None), ("recurrent", None), ("chunkwise", Some("7")), ("chunkwise", None)] {
+    for (mode, chunk) in [
+        ("parallel", None),
+        ("recurrent", None),
+        ("chunkwise", Some("7")),
+        ("chunkwise", None),
+    ] {
         let out = tmp.path().join(format!("{mode}.safetensors"));
         let mut args = vec![
-            "logits", "--model", dir.to_str().unwrap(), "--tokens-file", tokens_file.to_str().unwrap(),
-            "--backend", "cpu", "--mode", mode, "--out", out.to_str().unwrap(),
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--tokens-file",
+            tokens_file.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--mode",
+            mode,
+            "--out",
+            out.to_str().unwrap(),
         ];
         if let Some(c) = chunk {
             args.extend(["--chunk-size", c]);
         }
         let o = retnet(&args);
-        assert!(o.status.success(), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let (shape, got) = read_logits(&out);
         assert_eq!(shape, want_shape);
         assert_eq!(shape[0], tokens.len());
@@ -63,11 +86,23 @@ fn logits_in_every_mode_match_the_peer() {
     let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
     let out = tmp.path().join("list.safetensors");
     let o = retnet(&[
-        "logits", "--model", dir.to_str().unwrap(), "--tokens", &list.join(","), "--backend", "cpu",
-        "--mode", "parallel", "--out", out.to_str().unwrap(),
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--tokens",
+        &list.join(","),
+        "--backend",
+        "cpu",
+        "--mode",
+        "parallel",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(read_logits(&out).1, read_logits(&tmp.path().join("parallel.safetensors")).1);
+    assert_eq!(
+        read_logits(&out).1,
+        read_logits(&tmp.path().join("parallel.safetensors")).1
+    );
 }
 
 /// Runs `retnet logits` with `tokens` (either `--tokens X` or `--tokens-file X`) and expects a
@@ -90,7 +125,10 @@ fn expect_clean_failure(model: &Path, token_args: &[&str], extra: &[&str], needl
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "{args:?}: `{needle}` not in {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: `{needle}` not in {stderr}"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "{args:?}: files left behind: {left:?}");
 }
@@ -108,18 +146,63 @@ fn bad_inputs_fail_cleanly() {
     let not_ints = write("floats.json", "[1.5, 2]");
     let empty = write("empty.json", "[]");
 
-    expect_clean_failure(&model, &["--tokens-file", invalid_json.to_str().unwrap()], &[], "invalid.json");
-    expect_clean_failure(&model, &["--tokens-file", not_ints.to_str().unwrap()], &[], "floats.json");
-    expect_clean_failure(&model, &["--tokens-file", empty.to_str().unwrap()], &[], "empty");
-    expect_clean_failure(&model, &["--tokens-file", "/no/such/tokens.json"], &[], "/no/such/tokens.json");
+    expect_clean_failure(
+        &model,
+        &["--tokens-file", invalid_json.to_str().unwrap()],
+        &[],
+        "invalid.json",
+    );
+    expect_clean_failure(
+        &model,
+        &["--tokens-file", not_ints.to_str().unwrap()],
+        &[],
+        "floats.json",
+    );
+    expect_clean_failure(
+        &model,
+        &["--tokens-file", empty.to_str().unwrap()],
+        &[],
+        "empty",
+    );
+    expect_clean_failure(
+        &model,
+        &["--tokens-file", "/no/such/tokens.json"],
+        &[],
+        "/no/such/tokens.json",
+    );
     expect_clean_failure(&model, &["--tokens", ""], &[], "empty");
-    expect_clean_failure(&model, &["--tokens", "1,-3"], &[], "-3 at position 1 is negative");
+    expect_clean_failure(
+        &model,
+        &["--tokens", "1,-3"],
+        &[],
+        "-3 at position 1 is negative",
+    );
     expect_clean_failure(&model, &["--tokens", "1,x"], &[], "`x` at position 1");
-    expect_clean_failure(&model, &["--tokens", "1,99999"], &[], "99999 at position 1 is out of range");
+    expect_clean_failure(
+        &model,
+        &["--tokens", "1,99999"],
+        &[],
+        "99999 at position 1 is out of range",
+    );
     expect_clean_failure(&model, &["--tokens", "1,99999999999"], &[], "out of range");
-    expect_clean_failure(&model, &["--tokens", "1,2"], &["--chunk-size", "0"], "chunk size");
-    expect_clean_failure(&model, &["--tokens", "1,2"], &["--backend", "gpu"], "not implemented yet");
-    expect_clean_failure(Path::new("/no/such/model"), &["--tokens", "1"], &[], "/no/such/model");
+    expect_clean_failure(
+        &model,
+        &["--tokens", "1,2"],
+        &["--chunk-size", "0"],
+        "chunk size",
+    );
+    expect_clean_failure(
+        &model,
+        &["--tokens", "1,2"],
+        &["--backend", "gpu"],
+        "not implemented yet",
+    );
+    expect_clean_failure(
+        Path::new("/no/such/model"),
+        &["--tokens", "1"],
+        &[],
+        "/no/such/model",
+    );
 
     // A truncated weights file.
     let broken = tempfile::tempdir().unwrap();
@@ -136,10 +219,22 @@ fn bad_inputs_fail_cleanly() {
 fn output_into_a_missing_directory_fails_cleanly() {
     let model = fixtures().join("fla_basic");
     let o = retnet(&[
-        "logits", "--model", model.to_str().unwrap(), "--tokens", "1,2", "--backend", "cpu", "--mode",
-        "recurrent", "--out", "/no/such/dir/out.safetensors",
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "1,2",
+        "--backend",
+        "cpu",
+        "--mode",
+        "recurrent",
+        "--out",
+        "/no/such/dir/out.safetensors",
     ]);
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.starts_with("error: /no/such/dir/out.safetensors"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: /no/such/dir/out.safetensors"),
+        "{stderr}"
+    );
 }
