@@ -88,6 +88,17 @@ pub enum ModelError {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// The tokenizer could not be loaded or could not encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A saved state file is unreadable or belongs to another model.
+    #[error("{path}: {message}")]
+    StateFile {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A chunk size of zero was asked for.
     #[error("chunk size must be at least 1")]
     ZeroChunkSize,

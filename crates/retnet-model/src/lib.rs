@@ -15,6 +15,9 @@ pub mod error;
 pub mod reference;
 pub mod retention;
 pub mod safetensors_store;
+pub mod sampling;
+pub mod state_file;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{
@@ -22,5 +25,7 @@ pub use config::{
 };
 pub use error::{ModelError, Result};
 pub use reference::{CpuModel, CpuState, RetentionForm};
-pub use safetensors_store::TensorStore;
+pub use safetensors_store::{Bytes, TensorStore};
+pub use sampling::SamplingParams;
+pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{LayerWeights, Linear, ModelWeights};

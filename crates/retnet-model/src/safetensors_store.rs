@@ -31,8 +31,29 @@ struct TensorEntry {
 /// once, naming the file); tensor data is only touched when a tensor is read.
 pub struct TensorStore {
     dir: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Bytes)>,
     tensors: HashMap<String, TensorEntry>,
+}
+
+/// The bytes of one safetensors file: mapped from disk, owned, or compiled into the binary.
+pub enum Bytes {
+    /// A read-only memory map of a file.
+    Mapped(Mmap),
+    /// Bytes in memory (e.g. fetched by a browser).
+    Owned(Vec<u8>),
+    /// Bytes compiled into the program (`include_bytes!`).
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+            Bytes::Static(s) => s,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -85,21 +106,37 @@ impl TensorStore {
         Ok(store)
     }
 
+    /// A store over one safetensors file held in memory; `name` is used in error messages.
+    pub fn from_bytes(name: &str, bytes: Bytes) -> Result<Self> {
+        let mut store = Self {
+            dir: PathBuf::from(name),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        store.add_bytes(Path::new(name), bytes)?;
+        Ok(store)
+    }
+
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
         let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-        let corrupt = |message: String| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            message,
-        };
         if len < 8 {
-            return Err(corrupt(format!(
-                "the file is {len} bytes long, shorter than a safetensors header"
-            )));
+            return Err(ModelError::Safetensors {
+                path: path.to_path_buf(),
+                message: format!("the file is {len} bytes long, shorter than a safetensors header"),
+            });
         }
         // SAFETY: the map is read-only; a checkpoint changed by another process while we run
         // is outside what any loader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        self.add_bytes(path, Bytes::Mapped(map))
+    }
+
+    fn add_bytes(&mut self, path: &Path, map: Bytes) -> Result<()> {
+        let corrupt = |message: String| ModelError::Safetensors {
+            path: path.to_path_buf(),
+            message,
+        };
         let file_index = self.files.len();
         {
             // `deserialize` checks the header length against the file length before reading

@@ -1,0 +1,98 @@
+//! Saving and loading a recurrent state (safetensors), with the model's fingerprint so that a
+//! state is never loaded into another model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+const FORMAT: &str = "retnet-state-v1";
+
+/// A stable fingerprint of every architectural knob of a config (FNV-1a over its description).
+pub fn config_fingerprint(config: &ModelConfig) -> String {
+    let text = format!("{config:?}");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Writes `layers` (each `H × K × V` f32) and the position to `path`.
+pub fn save_state(
+    path: &Path,
+    config: &ModelConfig,
+    position: usize,
+    layers: &[Vec<f32>],
+) -> Result<()> {
+    let err = |message: String| ModelError::StateFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let shape = vec![config.num_heads, config.head_k_dim, config.head_v_dim];
+    let bytes: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|l| l.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let mut views = Vec::with_capacity(layers.len());
+    for (i, b) in bytes.iter().enumerate() {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+            .map_err(|e| err(e.to_string()))?;
+        views.push((format!("layers.{i}"), view));
+    }
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("config_fingerprint".to_string(), config_fingerprint(config)),
+        ("position".to_string(), position.to_string()),
+    ]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| err(e.to_string()))
+}
+
+/// Reads a state saved by [`save_state`] for a model with this config: (position, layers).
+pub fn load_state(path: &Path, config: &ModelConfig) -> Result<(usize, Vec<Vec<f32>>)> {
+    let err = |message: String| ModelError::StateFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("not a state file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(format!("not a state file: {e}")))?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(err("not a retnet state file".into()));
+    }
+    let want = config_fingerprint(config);
+    if info.get("config_fingerprint") != Some(&want) {
+        return Err(err(format!(
+            "this state belongs to another model (fingerprint {}, this model's is {want})",
+            info.get("config_fingerprint")
+                .map_or("none", String::as_str)
+        )));
+    }
+    let position = info
+        .get("position")
+        .and_then(|p| p.parse::<usize>().ok())
+        .ok_or_else(|| err("missing or bad position".into()))?;
+    let shape = [config.num_heads, config.head_k_dim, config.head_v_dim];
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let name = format!("layers.{i}");
+        let view = st
+            .tensor(&name)
+            .map_err(|_| err(format!("missing tensor `{name}`")))?;
+        if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
+            return Err(err(format!("tensor `{name}` is not f32 {shape:?}")));
+        }
+        layers.push(
+            view.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        );
+    }
+    Ok((position, layers))
+}

@@ -1,0 +1,103 @@
+//! Text ↔ token ids: the checkpoint's own `tokenizer.json` (Hugging Face format, e.g. the Llama
+//! tokenizer of fla-hub models), or raw bytes for byte-vocabulary models.
+
+use std::path::Path;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+/// A tokenizer for one model.
+pub enum Tokenizer {
+    /// One token per byte (vocabulary of 256).
+    Bytes,
+    /// A Hugging Face `tokenizer.json`.
+    HuggingFace(Box<tokenizers::Tokenizer>),
+}
+
+impl Tokenizer {
+    /// The model directory's `tokenizer.json` if it has one, else bytes when the vocabulary has
+    /// exactly 256 entries.
+    pub fn for_model(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if path.is_file() {
+            let tok = tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+            return Ok(Self::HuggingFace(Box::new(tok)));
+        }
+        Self::bytes_for(config).ok_or_else(|| {
+            ModelError::Tokenizer(format!(
+                "{} has no tokenizer.json and its vocabulary has {} entries, not 256 bytes",
+                dir.display(),
+                config.vocab_size
+            ))
+        })
+    }
+
+    /// The byte tokenizer, if the vocabulary is exactly the 256 bytes.
+    pub fn bytes_for(config: &ModelConfig) -> Option<Self> {
+        (config.vocab_size == 256).then_some(Self::Bytes)
+    }
+
+    /// Token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Self::HuggingFace(t) => t
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| ModelError::Tokenizer(e.to_string())),
+        }
+    }
+
+    /// Bytes of the text of `ids` (UTF-8 for Hugging Face tokenizers; raw for bytes).
+    pub fn decode(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        match self {
+            Self::Bytes => Ok(ids.iter().map(|&i| i.min(255) as u8).collect()),
+            Self::HuggingFace(t) => t
+                .decode(ids, false)
+                .map(String::into_bytes)
+                .map_err(|e| ModelError::Tokenizer(e.to_string())),
+        }
+    }
+}
+
+/// Turns a growing list of generated ids into text bytes as soon as they are final.
+///
+/// Subword tokenizers can only decode some ids together (a multi-byte character split over two
+/// tokens decodes to U+FFFD until its second half arrives), so output is held back while the
+/// decoded tail is incomplete.
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self {
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds one id; returns the bytes that became final.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Vec<u8>> {
+        if let Tokenizer::Bytes = tokenizer {
+            return tokenizer.decode(&[id]);
+        }
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids)?;
+        if text.ends_with("\u{FFFD}".as_bytes()) || text.len() < self.emitted {
+            return Ok(Vec::new());
+        }
+        let new = text[self.emitted..].to_vec();
+        self.emitted = text.len();
+        Ok(new)
+    }
+}
+
+impl Default for TextStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
