@@ -47,6 +47,14 @@ impl CpuModel {
         Self { config, weights }
     }
 
+    /// Builds a model from the text of its `config.json` and the bytes of its safetensors file.
+    pub fn from_bytes(config_json: &str, weights: crate::Bytes) -> Result<Self> {
+        let config = ModelConfig::from_json_str(config_json)?;
+        let store = crate::TensorStore::from_bytes("model.safetensors", weights)?;
+        let weights = ModelWeights::from_store(&config, &store)?;
+        Ok(Self::new(config, weights))
+    }
+
     /// Loads `config.json` and the safetensors weights of a model directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;

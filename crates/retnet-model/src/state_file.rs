@@ -20,13 +20,20 @@ pub fn config_fingerprint(config: &ModelConfig) -> String {
     format!("{h:016x}")
 }
 
-/// Writes `layers` (each `H × K × V` f32) and the position to `path`.
-pub fn save_state(
-    path: &Path,
-    config: &ModelConfig,
-    position: usize,
-    layers: &[Vec<f32>],
-) -> Result<()> {
+/// A recurrent state as stored in a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedState {
+    /// Tokens consumed.
+    pub position: usize,
+    /// Per layer, `H × K × V` f32.
+    pub layers: Vec<Vec<f32>>,
+    /// Session bookkeeping (pending token, history, draw counter), as strings.
+    pub extra: HashMap<String, String>,
+}
+
+/// Writes a state to `path`, tagged with the config's fingerprint.
+pub fn save_state(path: &Path, config: &ModelConfig, saved: &SavedState) -> Result<()> {
+    let (position, layers) = (saved.position, &saved.layers);
     let err = |message: String| ModelError::StateFile {
         path: path.to_path_buf(),
         message,
@@ -42,7 +49,8 @@ pub fn save_state(
             .map_err(|e| err(e.to_string()))?;
         views.push((format!("layers.{i}"), view));
     }
-    let metadata = HashMap::from([
+    let mut metadata = saved.extra.clone();
+    metadata.extend([
         ("format".to_string(), FORMAT.to_string()),
         ("config_fingerprint".to_string(), config_fingerprint(config)),
         ("position".to_string(), position.to_string()),
@@ -50,8 +58,8 @@ pub fn save_state(
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| err(e.to_string()))
 }
 
-/// Reads a state saved by [`save_state`] for a model with this config: (position, layers).
-pub fn load_state(path: &Path, config: &ModelConfig) -> Result<(usize, Vec<Vec<f32>>)> {
+/// Reads a state saved by [`save_state`] for a model with this config.
+pub fn load_state(path: &Path, config: &ModelConfig) -> Result<SavedState> {
     let err = |message: String| ModelError::StateFile {
         path: path.to_path_buf(),
         message,
@@ -94,5 +102,9 @@ pub fn load_state(path: &Path, config: &ModelConfig) -> Result<(usize, Vec<Vec<f
                 .collect(),
         );
     }
-    Ok((position, layers))
+    Ok(SavedState {
+        position,
+        layers,
+        extra: info,
+    })
 }
