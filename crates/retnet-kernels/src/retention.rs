@@ -1,0 +1,255 @@
+//! Retention in its three forms — [`parallel`], [`chunkwise`], [`recurrent`] — over rotated and
+//! scaled q, k. See `shaders/retention_common.wgsl` for the formulas and buffer layout.
+
+use crate::{
+    ceil_div, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
+    PARAMS,
+};
+
+/// Where one of q, k, v or the output lives: element `c` of head `h` of token `t` is at
+/// `offset + t·stride + h·dim + c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strided {
+    /// Element index of head 0 of token 0.
+    pub offset: u32,
+    /// Elements between consecutive tokens.
+    pub stride: u32,
+}
+
+impl Strided {
+    /// A dense `[tokens, width]` tensor at the start of its buffer.
+    pub fn dense(width: u32) -> Self {
+        Strided {
+            offset: 0,
+            stride: width,
+        }
+    }
+}
+
+/// Parameters shared by the three forms.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionParams {
+    /// Tokens in this call.
+    pub tokens: u32,
+    /// H: query heads (one state per query head).
+    pub query_heads: u32,
+    /// H_kv: key/value heads; must divide `query_heads`.
+    pub kv_heads: u32,
+    /// K.
+    pub key_dim: u32,
+    /// V.
+    pub value_dim: u32,
+    /// Absolute position of the first token (only the c_n scale depends on it).
+    pub start_pos: u32,
+    /// Layout of q (`[tokens, H, K]`).
+    pub q: Strided,
+    /// Layout of k (`[tokens, H_kv, K]`).
+    pub k: Strided,
+    /// Layout of v (`[tokens, H_kv, V]`).
+    pub v: Strided,
+    /// Layout of the output (`[tokens, H, V]`).
+    pub out: Strided,
+    /// Divide P_n by sqrt(c_n), c_n = Σ_{i≤n} γ^i (torchscale).
+    pub scale_by_decay_sum: bool,
+}
+
+impl RetentionParams {
+    fn words(&self) -> ParamWords {
+        ParamWords::new(&[
+            self.tokens,
+            self.query_heads,
+            self.kv_heads,
+            self.key_dim,
+            self.value_dim,
+            self.start_pos,
+            self.q.offset,
+            self.q.stride,
+            self.k.offset,
+            self.k.stride,
+            self.v.offset,
+            self.v.stride,
+            self.out.offset,
+            self.out.stride,
+            u32::from(self.scale_by_decay_sum),
+        ])
+    }
+}
+
+const PARAMS_STRUCT: (&str, &[&str]) = (
+    "RetentionParams",
+    &[
+        "tokens",
+        "query_heads",
+        "kv_heads",
+        "key_dim",
+        "value_dim",
+        "start_pos",
+        "q_offset",
+        "q_stride",
+        "k_offset",
+        "k_stride",
+        "v_offset",
+        "v_stride",
+        "out_offset",
+        "out_stride",
+        "scale_by_decay_sum",
+        "_pad",
+    ],
+);
+
+const Q: Binding = Binding {
+    index: 1,
+    name: "q",
+    access: Access::ReadOnly,
+};
+const K: Binding = Binding {
+    index: 2,
+    name: "k",
+    access: Access::ReadOnly,
+};
+const V: Binding = Binding {
+    index: 3,
+    name: "v",
+    access: Access::ReadOnly,
+};
+const LOG_DECAY: Binding = Binding {
+    index: 4,
+    name: "log_decay",
+    access: Access::ReadOnly,
+};
+const STATE: Binding = Binding {
+    index: 5,
+    name: "state",
+    access: Access::ReadWrite,
+};
+const OUTPUT: Binding = Binding {
+    index: 6,
+    name: "output",
+    access: Access::ReadWrite,
+};
+
+/// Parallel form.
+pub static PARALLEL: Kernel = Kernel {
+    name: "retention/parallel",
+    source: shader!("retention_common.wgsl", "retention_parallel.wgsl"),
+    entry_point: "retention_parallel",
+    workgroup_size: [
+        Dim::Constant("BLOCK"),
+        Dim::Constant("BLOCK"),
+        Dim::Fixed(1),
+    ],
+    constants: &[OverrideConstant {
+        name: "BLOCK",
+        default: 16,
+    }],
+    bindings: &[PARAMS, Q, K, V, LOG_DECAY, OUTPUT],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+/// Value columns per invocation in retention_parallel.wgsl (`COLUMNS_PER_INVOCATION`).
+pub const PARALLEL_COLUMNS_PER_INVOCATION: u32 = 4;
+
+/// Chunkwise form.
+pub static CHUNKWISE: Kernel = Kernel {
+    name: "retention/chunkwise",
+    source: shader!("retention_common.wgsl", "retention_chunkwise.wgsl"),
+    entry_point: "retention_chunkwise",
+    workgroup_size: [
+        Dim::Constant("WORKGROUP_SIZE"),
+        Dim::Fixed(1),
+        Dim::Fixed(1),
+    ],
+    constants: &[
+        OverrideConstant {
+            name: "CHUNK_SIZE",
+            default: 32,
+        },
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 64,
+        },
+        OverrideConstant {
+            name: "WORKGROUP_SIZE",
+            default: 256,
+        },
+    ],
+    bindings: &[PARAMS, Q, K, V, LOG_DECAY, STATE, OUTPUT],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
+/// Recurrent form (decode step).
+pub static RECURRENT: Kernel = Kernel {
+    name: "retention/recurrent",
+    source: shader!("retention_common.wgsl", "retention_recurrent.wgsl"),
+    entry_point: "retention_recurrent",
+    workgroup_size: [
+        Dim::Constant("COLUMNS"),
+        Dim::Constant("SLICES"),
+        Dim::Fixed(1),
+    ],
+    constants: &[
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 32,
+        },
+        OverrideConstant {
+            name: "SLICES",
+            default: 8,
+        },
+    ],
+    bindings: &[PARAMS, Q, K, V, LOG_DECAY, STATE, OUTPUT],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
+/// All variants.
+pub static KERNELS: &[&Kernel] = &[&PARALLEL, &CHUNKWISE, &RECURRENT];
+
+/// Parallel retention from a zero state (the state is neither read nor written).
+/// Buffers: q, k, v, `log_decay [H]`, output.
+pub fn parallel(params: RetentionParams) -> Dispatch {
+    let kernel = &PARALLEL;
+    let constants = kernel.default_constants();
+    let [block, _, _] = kernel.workgroup_size(&constants);
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.tokens, block),
+            params.query_heads,
+            ceil_div(params.value_dim, block * PARALLEL_COLUMNS_PER_INVOCATION),
+        ],
+    }
+}
+
+/// Chunkwise retention with chunks of `chunk_size` tokens, continuing from and updating the state.
+/// Buffers: q, k, v, `log_decay [H]`, `state [H, K, V]`, output.
+pub fn chunkwise(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNKWISE;
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    let columns = constants.0[1];
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    }
+}
+
+/// Recurrent retention, one token after another, continuing from and updating the state.
+/// Buffers: q, k, v, `log_decay [H]`, `state [H, K, V]`, output.
+pub fn recurrent(params: RetentionParams) -> Dispatch {
+    let kernel = &RECURRENT;
+    let constants = kernel.default_constants();
+    let [columns, _, _] = kernel.workgroup_size(&constants);
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    }
+}

@@ -1,0 +1,120 @@
+//! Rotary position embedding in place, both pairings, then a scale.
+
+use crate::{
+    ceil_div, f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
+    PARAMS,
+};
+
+/// Which elements of a head form a rotated pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RotaryStyle {
+    /// torchscale: pairs (2i, 2i+1).
+    Interleaved,
+    /// fla / GPT-NeoX: pairs (i, i + K/2).
+    Halves,
+}
+
+/// Parameters of [`rotary`]. Element j of head h of token t is at
+/// `col_offset + t·row_stride + h·head_dim + j`.
+#[derive(Clone, Copy, Debug)]
+pub struct RotaryParams {
+    /// Tokens (rows).
+    pub tokens: u32,
+    /// Heads to rotate in each row.
+    pub heads: u32,
+    /// K, even.
+    pub head_dim: u32,
+    /// Absolute position of token 0.
+    pub start_pos: u32,
+    /// Elements between consecutive tokens.
+    pub row_stride: u32,
+    /// Element index of head 0 of token 0.
+    pub col_offset: u32,
+    /// Applied after the rotation (K^-½ on q for fla, on k for torchscale; else 1).
+    pub scale: f32,
+}
+
+const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
+    name: "WORKGROUP_SIZE",
+    default: 64,
+}];
+const BINDINGS: &[Binding] = &[
+    PARAMS,
+    Binding {
+        index: 1,
+        name: "theta",
+        access: Access::ReadOnly,
+    },
+    Binding {
+        index: 2,
+        name: "x",
+        access: Access::ReadWrite,
+    },
+];
+const PARAMS_STRUCT: (&str, &[&str]) = (
+    "RotaryParams",
+    &[
+        "tokens",
+        "heads",
+        "head_dim",
+        "start_pos",
+        "row_stride",
+        "col_offset",
+        "scale",
+        "_pad",
+    ],
+);
+
+const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
+    Kernel {
+        name,
+        source: shader!("rotary.wgsl"),
+        entry_point,
+        workgroup_size: [
+            Dim::Constant("WORKGROUP_SIZE"),
+            Dim::Fixed(1),
+            Dim::Fixed(1),
+        ],
+        constants: CONSTANTS,
+        bindings: BINDINGS,
+        params: PARAMS_STRUCT,
+        requires: Features::NONE,
+    }
+}
+
+/// Pairs (2i, 2i+1).
+pub static INTERLEAVED: Kernel = variant("rotary/interleaved", "rotary_interleaved");
+/// Pairs (i, i+K/2).
+pub static HALVES: Kernel = variant("rotary/halves", "rotary_halves");
+
+/// All variants.
+pub static KERNELS: &[&Kernel] = &[&INTERLEAVED, &HALVES];
+
+/// Rotates in place. Buffers: `theta [head_dim / 2]` f32 (angle per pair and position),
+/// `x` f32 (read and written).
+pub fn rotary(style: RotaryStyle, params: RotaryParams) -> Dispatch {
+    let kernel = match style {
+        RotaryStyle::Interleaved => &INTERLEAVED,
+        RotaryStyle::Halves => &HALVES,
+    };
+    let constants = kernel.default_constants();
+    let [x, _, _] = kernel.workgroup_size(&constants);
+    Dispatch {
+        kernel,
+        constants,
+        params: ParamWords::new(&[
+            params.tokens,
+            params.heads,
+            params.head_dim,
+            params.start_pos,
+            params.row_stride,
+            params.col_offset,
+            f(params.scale),
+        ]),
+        workgroups: [
+            ceil_div(params.heads * (params.head_dim / 2), x),
+            params.tokens,
+            1,
+        ],
+    }
+}

@@ -1,0 +1,26 @@
+// Shared by matmul.wgsl and matvec*.wgsl: Y[r, :] (= α·Y[r, :] +) X[x_row_start + r, :] · Wᵀ
+// with W stored [out_dim, in_dim] (PyTorch's layout). Preceded by a weights_*.wgsl file.
+
+struct LinearParams {
+    // Rows of Y (tokens).
+    rows: u32,
+    in_dim: u32,
+    out_dim: u32,
+    // First row of X to read (lets the logits head read only the last token of a prefill).
+    x_row_start: u32,
+    // 0: Y = X·Wᵀ. 1: Y = alpha·Y + X·Wᵀ (the residual add fused into the output projection).
+    accumulate: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: LinearParams;
+
+fn store_output(index: u32, value: f32) {
+    if params.accumulate != 0u {
+        output[index] = params.alpha * output[index] + value;
+    } else {
+        output[index] = value;
+    }
+}

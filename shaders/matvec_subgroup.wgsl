@@ -1,0 +1,33 @@
+// Subgroup reduction for matvec_common.wgsl (needs the SUBGROUP feature): subgroupAdd within each
+// subgroup, then one partial per subgroup summed through workgroup memory. Makes no assumption on
+// the subgroup size (8 on lavapipe, 32 on NVIDIA, 64 on AMD).
+
+// Indexed [output][subgroup]; at most WORKGROUP_SIZE subgroups.
+var<workgroup> subgroup_sums: array<f32, OUTPUTS_PER_WORKGROUP * WORKGROUP_SIZE>;
+
+// Grid: (ceil(out_dim / OUTPUTS_PER_WORKGROUP), rows).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn matvec_subgroup(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+    @builtin(subgroup_invocation_id) subgroup_lane: u32,
+) {
+    let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
+    let acc = matvec_partial_sums(lane, first_output, wid.y);
+    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+        let total = subgroupAdd(acc[o]);
+        if subgroup_lane == 0u {
+            subgroup_sums[o * WORKGROUP_SIZE + subgroup] = total;
+        }
+    }
+    workgroupBarrier();
+    if lane < OUTPUTS_PER_WORKGROUP && first_output + lane < params.out_dim {
+        var sum = 0.0;
+        for (var s = 0u; s < subgroups; s++) {
+            sum += subgroup_sums[lane * WORKGROUP_SIZE + s];
+        }
+        store_output(wid.y * params.out_dim + first_output + lane, sum);
+    }
+}

@@ -1,0 +1,26 @@
+// Portable reduction for matvec_common.wgsl: a tree over workgroup memory.
+
+// WORKGROUP_SIZE must be a power of two.
+var<workgroup> partial_sums: array<f32, OUTPUTS_PER_WORKGROUP * WORKGROUP_SIZE>;
+
+// Grid: (ceil(out_dim / OUTPUTS_PER_WORKGROUP), rows).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
+    let acc = matvec_partial_sums(lane, first_output, wid.y);
+    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+        partial_sums[o * WORKGROUP_SIZE + lane] = acc[o];
+    }
+    workgroupBarrier();
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
+        if lane < stride {
+            for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+                partial_sums[o * WORKGROUP_SIZE + lane] += partial_sums[o * WORKGROUP_SIZE + lane + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+    if lane < OUTPUTS_PER_WORKGROUP && first_output + lane < params.out_dim {
+        store_output(wid.y * params.out_dim + first_output + lane, partial_sums[lane * WORKGROUP_SIZE]);
+    }
+}

@@ -1,0 +1,50 @@
+// Recurrent retention, one token after another (decode: tokens = 1):
+//   S ← γ S + kᵀ v;  P = q S,
+// fused so that each state entry is read once and written once per token. Each value column is
+// shared by SLICES invocations, each owning every SLICES-th row of S; their partial q·S sums are
+// added through workgroup memory.
+
+@group(0) @binding(5) var<storage, read_write> state: array<f32>;
+@group(0) @binding(6) var<storage, read_write> output: array<f32>;
+
+// Value columns per workgroup (one per invocation along x).
+override COLUMNS: u32 = 32u;
+// Invocations per column (along y).
+override SLICES: u32 = 8u;
+
+var<workgroup> partial_sums: array<f32, COLUMNS * SLICES>;
+
+// Grid: (ceil(value_dim / COLUMNS), query_heads).
+@compute @workgroup_size(COLUMNS, SLICES)
+fn retention_recurrent(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let head = wid.y;
+    let kv_head = kv_head_of(head);
+    let column = wid.x * COLUMNS + lid.x;
+    let slice = lid.y;
+    let log_gamma = log_decay[head];
+    let gamma = exp(log_gamma);
+    let in_range = column < params.value_dim;
+
+    for (var t = 0u; t < params.tokens; t++) {
+        var acc = 0.0;
+        if in_range {
+            let v_value = v_at(t, kv_head, column);
+            for (var r = slice; r < params.key_dim; r += SLICES) {
+                let index = state_index(head, r, column);
+                let s = fma(gamma, state[index], k_at(t, kv_head, r) * v_value);
+                state[index] = s;
+                acc = fma(q_at(t, head, r), s, acc);
+            }
+        }
+        partial_sums[slice * COLUMNS + lid.x] = acc;
+        workgroupBarrier();
+        if slice == 0u && in_range {
+            var sum = 0.0;
+            for (var i = 0u; i < SLICES; i++) {
+                sum += partial_sums[i * COLUMNS + lid.x];
+            }
+            output[output_index(t, head, column)] = sum * output_scale(log_gamma, params.start_pos + t);
+        }
+        workgroupBarrier();
+    }
+}
