@@ -200,7 +200,13 @@ fn missing_shard_is_named() {
     let shard = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("model-")
+        })
         .unwrap();
     std::fs::remove_file(&shard).unwrap();
     let e = load_err(dir.path());

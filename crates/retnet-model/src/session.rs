@@ -149,10 +149,11 @@ impl<'m> CpuSession<'m> {
     /// Resumes a session saved by [`CpuSession::save`] for this model.
     pub fn load(model: &'m CpuModel, path: &Path) -> Result<Self> {
         let saved = load_state(path, model.config())?;
-        let book = SessionBook::from_strings(&saved.extra).ok_or_else(|| ModelError::StateFile {
-            path: path.to_path_buf(),
-            message: "missing or bad session bookkeeping (pending, history, draws)".into(),
-        })?;
+        let book =
+            SessionBook::from_strings(&saved.extra).ok_or_else(|| ModelError::StateFile {
+                path: path.to_path_buf(),
+                message: "missing or bad session bookkeeping (pending, history, draws)".into(),
+            })?;
         let mut session = Self::new(model);
         session.state = CpuState {
             position: saved.position,
