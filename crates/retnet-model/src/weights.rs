@@ -72,11 +72,16 @@ impl ModelWeights {
     /// Reads every tensor the config requires from a model directory.
     pub fn load(config: &ModelConfig, dir: &Path) -> Result<Self> {
         let store = TensorStore::open(dir)?;
-        Self::from_store(config, &store)
+        Self::from_store(config, &store, &mut |_, _| {})
     }
 
-    /// Reads every tensor the config requires from opened safetensors files.
-    pub fn from_store(config: &ModelConfig, store: &TensorStore) -> Result<Self> {
+    /// Reads every tensor the config requires from opened safetensors files, calling
+    /// `progress(layers_done, layers_total)` after each layer (for progress bars).
+    pub fn from_store(
+        config: &ModelConfig,
+        store: &TensorStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let names = CheckpointNames::detect(config, store)?;
         names.check_layer_count(config, store)?;
         let d = config.d_model;
@@ -114,6 +119,7 @@ impl ModelWeights {
                 ffn_lin: linear(n(names.ffn_lin), f, d)?,
                 ffn_down: linear(n(names.ffn_down), d, f)?,
             });
+            progress(i + 1, config.num_layers);
         }
 
         let head = if config.tied_head {

@@ -1,0 +1,356 @@
+//! The subcommands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use retnet_model::{
+    CpuModel, CpuSession, ModelConfig, ModelError, RetentionForm, SamplingParams, TensorStore,
+    TextStream,
+};
+
+use crate::load::load;
+use crate::{Backend, CliError};
+
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    /// Model directory: config.json and model.safetensors (or a sharded index).
+    #[arg(long)]
+    model: PathBuf,
+    /// A JSON file holding an array of token ids.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    tokens_file: Option<PathBuf>,
+    /// Token ids separated by commas, e.g. 1,2,3.
+    #[arg(long, allow_hyphen_values = true)]
+    tokens: Option<String>,
+    /// Where to compute.
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Which retention form to compute.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Tokens per chunk in chunkwise mode (default: the checkpoint's own chunk size).
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Parallel,
+    Chunkwise,
+    Recurrent,
+}
+
+pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
+    let tokens = match (&args.tokens, &args.tokens_file) {
+        (Some(list), _) => parse_token_list(list)?,
+        (None, Some(path)) => read_token_file(path)?,
+        (None, None) => return Err(CliError::BadTokens("give --tokens or --tokens-file".into())),
+    };
+    if let Backend::Gpu = args.backend {
+        return Err(CliError::GpuNotImplemented);
+    }
+    let model = CpuModel::load(&args.model)?;
+    let form = match args.mode {
+        Mode::Parallel => RetentionForm::Parallel,
+        Mode::Recurrent => RetentionForm::Recurrent,
+        Mode::Chunkwise => RetentionForm::Chunkwise {
+            chunk_size: args.chunk_size.unwrap_or(model.config().default_chunk_size),
+        },
+    };
+    let tokens = to_token_ids(&tokens, model.config().vocab_size)?;
+    let logits = model.logits(&tokens, form)?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_atomically(&args.out, |tmp| {
+        let shape = vec![tokens.len(), model.config().vocab_size];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+            .map_err(|e| e.to_string())?;
+        safetensors::serialize_to_file([("logits", view)], None, tmp).map_err(|e| e.to_string())
+    })
+}
+
+fn parse_token_list(list: &str) -> Result<Vec<i64>, CliError> {
+    if list.trim().is_empty() {
+        return Err(CliError::Model(ModelError::EmptyTokens));
+    }
+    list.split(',')
+        .enumerate()
+        .map(|(i, s)| {
+            s.trim().parse::<i64>().map_err(|_| {
+                CliError::BadTokens(format!(
+                    "--tokens: `{}` at position {i} is not an integer",
+                    s.trim()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn read_token_file(path: &Path) -> Result<Vec<i64>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str::<Vec<i64>>(&text).map_err(|e| {
+        CliError::BadTokens(format!(
+            "{}: expected a JSON array of integer token ids: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Checks sign and range before narrowing, so that -1 is reported as -1, not as 4294967295.
+fn to_token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, CliError> {
+    if tokens.is_empty() {
+        return Err(ModelError::EmptyTokens.into());
+    }
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(position, &token)| {
+            if token < 0 {
+                return Err(CliError::BadTokens(format!(
+                    "token id {token} at position {position} is negative"
+                )));
+            }
+            match u32::try_from(token) {
+                Ok(id) if (id as usize) < vocab_size => Ok(id),
+                _ => Err(ModelError::TokenOutOfRange {
+                    token,
+                    position,
+                    vocab_size,
+                }
+                .into()),
+            }
+        })
+        .collect()
+}
+
+/// Writes through a hidden file next to `path`, then renames it into place, so that a failure
+/// never leaves a partial file at `path`.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), CliError> {
+    let output_error = |message: String| CliError::Output {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| output_error("not a file path".into()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = write(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()))
+        .map_err(output_error);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory (default: the shipped byte-level Shakespeare model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Text to start from (default: a newline, unless --load-state continues a session).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// How many tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Sample from the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Sample from the smallest set of tokens whose probabilities reach p.
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Penalise the last 64 tokens (1: off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repeat_penalty: f32,
+    /// Seed of the sampler (default: from the clock; printed on stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Save the session (state and sampler position) here at the end.
+    #[arg(long)]
+    save_state: Option<PathBuf>,
+    /// Continue a session saved with --save-state.
+    #[arg(long)]
+    load_state: Option<PathBuf>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repeat_penalty: args.repeat_penalty,
+        seed,
+    };
+    params.validate().map_err(CliError::BadArgument)?;
+    if let Backend::Gpu = args.backend {
+        return Err(CliError::GpuNotImplemented);
+    }
+    let loaded = load(args.model.as_deref())?;
+    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
+    let mut session = match &args.load_state {
+        Some(path) => CpuSession::load(model, path)?,
+        None => CpuSession::new(model),
+    };
+    let prompt = match (&args.prompt, &args.load_state) {
+        (Some(p), _) => tokenizer.encode(p)?,
+        (None, Some(_)) => Vec::new(),
+        (None, None) => tokenizer.encode("\n")?,
+    };
+    if args.seed.is_none() && params.temperature > 0.0 {
+        eprintln!("seed: {seed}");
+    }
+
+    let started = Instant::now();
+    session.prefill(&prompt)?;
+    let prefill_time = started.elapsed().as_secs_f64();
+
+    let decode_start = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let mut text = TextStream::new();
+    for _ in 0..args.max_tokens {
+        let token = session.next_token(&params)?;
+        let bytes = text.push(tokenizer, token)?;
+        // A closed pipe (e.g. `| head`) ends generation quietly.
+        if stdout
+            .write_all(&bytes)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    let decode_time = decode_start.elapsed().as_secs_f64();
+    eprintln!(
+        "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s (backend {:?})",
+        prompt.len(),
+        prompt.len() as f64 / prefill_time.max(1e-9),
+        args.max_tokens,
+        args.max_tokens as f64 / decode_time.max(1e-9),
+        args.backend,
+    );
+    if let Some(path) = &args.save_state {
+        write_atomically(path, |tmp| session.save(tmp).map_err(|e| e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PerplexityArgs {
+    /// Model directory (default: the shipped byte-level Shakespeare model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The text to score, as one sequence from position 0.
+    #[arg(long)]
+    text_file: PathBuf,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+}
+
+pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
+    if let Backend::Gpu = args.backend {
+        return Err(CliError::GpuNotImplemented);
+    }
+    let text = std::fs::read(&args.text_file).map_err(|source| ModelError::Io {
+        path: args.text_file.clone(),
+        source,
+    })?;
+    let loaded = load(args.model.as_deref())?;
+    let tokens = match loaded.tokenizer {
+        retnet_model::Tokenizer::Bytes => text.iter().map(|&b| u32::from(b)).collect(),
+        ref t => {
+            let text = String::from_utf8(text).map_err(|_| {
+                CliError::BadArgument(format!("{}: not UTF-8 text", args.text_file.display()))
+            })?;
+            t.encode(&text)?
+        }
+    };
+    let bar = indicatif::ProgressBar::new(tokens.len() as u64);
+    if tokens.len() < 4096 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let nll = loaded
+        .model
+        .mean_nll(&tokens, 512, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!("tokens: {}", tokens.len());
+    println!("tok/s: {:.1}", tokens.len() as f64 / seconds.max(1e-9));
+    println!("nats/token: {nll:.6}");
+    println!("perplexity: {:.6}", nll.exp());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+}
+
+pub fn info(args: &InfoArgs) -> Result<(), CliError> {
+    let config = ModelConfig::from_file(&args.model.join("config.json"))?;
+    let store = TensorStore::open(&args.model)?;
+    // Validates every tensor against the config, as a load would.
+    retnet_model::ModelWeights::from_store(&config, &store, &mut |_, _| {})?;
+    let mut names: Vec<&str> = store.names().collect();
+    names.sort_unstable();
+    let mut parameters = 0usize;
+    let mut dtypes = std::collections::BTreeMap::<String, usize>::new();
+    for name in &names {
+        let numel: usize = store.shape(name).map_or(0, |s| s.iter().product());
+        if !name.contains("retnet_rel_pos.") {
+            parameters += numel;
+        }
+        if let Some(dtype) = store.dtype(name) {
+            *dtypes.entry(format!("{dtype:?}")).or_default() += 1;
+        }
+    }
+    let c = &config;
+    println!("family: {:?}", c.family);
+    println!("vocab: {}", c.vocab_size);
+    println!("width: {}", c.d_model);
+    println!("layers: {}", c.num_layers);
+    println!(
+        "heads: {} (key/value heads {}), key dim {}, value dim {}",
+        c.num_heads, c.num_kv_heads, c.head_k_dim, c.head_v_dim
+    );
+    println!("ffn: {} ({:?})", c.ffn_dim, c.ffn_activation);
+    println!(
+        "norms: {:?}, residual alpha {}",
+        c.norm_placement, c.residual_alpha
+    );
+    println!("tied head: {}", c.tied_head);
+    println!("parameters: {parameters}");
+    let dtypes: Vec<String> = dtypes
+        .iter()
+        .map(|(d, n)| format!("{d} ({n} tensors)"))
+        .collect();
+    println!("dtypes: {}", dtypes.join(", "));
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Loading a model for a command: a directory given with `--model`, or the default model
+//! compiled into the binary.
+
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use retnet_model::{CpuModel, Tokenizer};
+
+use crate::CliError;
+
+/// The default model's directory in the source tree (a byte-level RetNet trained on
+/// Shakespeare's plays; see `models/retnet-shakespeare`).
+pub const DEFAULT_MODEL_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/retnet-shakespeare"
+);
+
+/// A model, its tokenizer, and a name for messages.
+pub struct Loaded {
+    pub model: CpuModel,
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads `dir`, or the default model; shows a progress bar for checkpoints of many layers.
+pub fn load(dir: Option<&Path>) -> Result<Loaded, CliError> {
+    let dir = dir.unwrap_or(Path::new(DEFAULT_MODEL_DIR));
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("loading {msg} {bar:30} layer {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(dir.display().to_string());
+    let mut progress = |done: usize, total: usize| {
+        if total >= 8 && bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let model = CpuModel::load_with_progress(dir, &mut progress)?;
+    bar.finish_and_clear();
+    let tokenizer = Tokenizer::for_model(dir, model.config())?;
+    Ok(Loaded { model, tokenizer })
+}
