@@ -1,1 +1,37 @@
-//! placeholder
+//! The wgpu runtime for RetNet's kernels; knows nothing of checkpoints.
+//!
+//! - [`Device`]: adapter selection (discrete GPU first; `RETNET_BACKEND`, `RETNET_ADAPTER`),
+//!   feature detection (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) and the adapter's own limits.
+//! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back.
+//! - [`Sequence`]: records [`retnet_kernels::Dispatch`]es and submits them as one compute pass.
+//!   Pipelines, bind groups and the parameter arena are cached in the device, so recording the
+//!   same sequence again creates no GPU object ([`Device::cache_stats`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), retnet_runtime::RuntimeError> {
+//! use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
+//! use retnet_runtime::Device;
+//! let device = Device::from_env().await?;
+//! let x = device.upload_f32("x", &[1.0, 2.0, 3.0, 4.0])?;
+//! let y = device.create_storage_f32("y", 4)?;
+//! let mut step = device.sequence("normalize");
+//! step.dispatch(rms_norm(false, RmsNormParams { rows: 1, dim: 4, eps: 1e-6 }), &[&x, &y])?;
+//! step.submit()?;
+//! let values = device.read_f32(&y, 0, 4).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! No call blocks: read-back is a future (drive it with any executor; tests use `pollster`).
+
+mod buffer;
+mod cache;
+mod device;
+mod error;
+mod sequence;
+
+pub use buffer::{GpuBuffer, WeightData, Weights};
+pub use cache::CacheStats;
+pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
+pub use error::RuntimeError;
+pub use retnet_kernels as kernels;
+pub use sequence::Sequence;

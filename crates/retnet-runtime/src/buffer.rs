@@ -1,0 +1,406 @@
+//! GPU buffers: creation within the adapter's limits, upload, weights in f32 or f16, and
+//! asynchronous read-back.
+
+use crate::device::Device;
+use crate::error::RuntimeError;
+use half::f16;
+use retnet_kernels::WeightFormat;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Every buffer is a multiple of this many bytes, so kernels may bind it as `array<vec4<…>>`.
+const SIZE_GRANULE: u64 = 16;
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A storage buffer with an identity that the bind-group cache keys on.
+pub struct GpuBuffer {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) id: u64,
+    label: String,
+    dropped: Arc<Mutex<Vec<u64>>>,
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuffer({:?}, {} bytes)",
+            self.label,
+            self.buffer.size()
+        )
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        // The device forgets the bind groups holding this buffer at its next submit.
+        if let Ok(mut dropped) = self.dropped.lock() {
+            dropped.push(self.id);
+        }
+    }
+}
+
+impl GpuBuffer {
+    /// Size in bytes (a multiple of 16).
+    pub fn size(&self) -> u64 {
+        self.buffer.size()
+    }
+
+    /// The label given at creation.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The wgpu buffer.
+    pub fn wgpu_buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+/// A weight matrix on the GPU and how it is stored.
+#[derive(Debug)]
+pub struct Weights {
+    /// The data.
+    pub buffer: GpuBuffer,
+    /// Its format; pick kernel variants with it.
+    pub format: WeightFormat,
+}
+
+/// Host weights to upload.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightData<'a> {
+    /// Kept in f32.
+    F32(&'a [f32]),
+    /// Kept in f16.
+    F16(&'a [f16]),
+}
+
+impl Device {
+    fn check_size(&self, label: &str, size: u64) -> Result<(), RuntimeError> {
+        let limits = self.limits();
+        let too_large = |limit, max| RuntimeError::BufferTooLarge {
+            label: label.to_string(),
+            size,
+            limit,
+            max,
+        };
+        if size > limits.max_storage_buffer_binding_size {
+            return Err(too_large(
+                "max_storage_buffer_binding_size",
+                limits.max_storage_buffer_binding_size,
+            ));
+        }
+        if size > limits.max_buffer_size {
+            return Err(too_large("max_buffer_size", limits.max_buffer_size));
+        }
+        Ok(())
+    }
+
+    fn wrap(&self, buffer: wgpu::Buffer, label: &str) -> GpuBuffer {
+        self.counters.count_buffer();
+        GpuBuffer {
+            buffer,
+            id: next_id(),
+            label: label.to_string(),
+            dropped: Arc::clone(&self.dropped_buffers),
+        }
+    }
+
+    fn storage_usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+    }
+
+    /// A zero-filled storage buffer of at least `size` bytes.
+    pub fn create_storage(&self, label: &str, size: u64) -> Result<GpuBuffer, RuntimeError> {
+        let size = size.max(1).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        self.check_size(label, size)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: Self::storage_usage(),
+            mapped_at_creation: false,
+        });
+        Ok(self.wrap(buffer, label))
+    }
+
+    /// A zero-filled storage buffer for `len` f32 (or u32) values.
+    pub fn create_storage_f32(&self, label: &str, len: usize) -> Result<GpuBuffer, RuntimeError> {
+        self.create_storage(label, len as u64 * 4)
+    }
+
+    /// A storage buffer holding `bytes`, zero-padded to a multiple of 16 bytes.
+    pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> Result<GpuBuffer, RuntimeError> {
+        let size = (bytes.len() as u64).max(1).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
+        self.check_size(label, size)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: Self::storage_usage(),
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| RuntimeError::Wgpu(e.to_string()))?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        buffer.unmap();
+        Ok(self.wrap(buffer, label))
+    }
+
+    /// A storage buffer holding these f32 values.
+    pub fn upload_f32(&self, label: &str, values: &[f32]) -> Result<GpuBuffer, RuntimeError> {
+        self.upload_bytes(label, bytemuck::cast_slice(values))
+    }
+
+    /// A storage buffer holding these u32 values (e.g. token ids).
+    pub fn upload_u32(&self, label: &str, values: &[u32]) -> Result<GpuBuffer, RuntimeError> {
+        self.upload_bytes(label, bytemuck::cast_slice(values))
+    }
+
+    /// A storage buffer holding these halves.
+    pub fn upload_f16(&self, label: &str, values: &[f16]) -> Result<GpuBuffer, RuntimeError> {
+        self.upload_bytes(label, bytemuck::cast_slice(values))
+    }
+
+    /// Uploads a weight matrix; f16 data is read natively where the device has `shader-f16`,
+    /// packed in u32 otherwise.
+    pub fn upload_weights(
+        &self,
+        label: &str,
+        data: WeightData<'_>,
+    ) -> Result<Weights, RuntimeError> {
+        let format = match data {
+            WeightData::F32(_) => WeightFormat::F32,
+            WeightData::F16(_) => WeightFormat::half_for(self.features()),
+        };
+        self.upload_weights_as(label, data, format)
+    }
+
+    /// Uploads a weight matrix for a chosen format (e.g. to test the packed path on an adapter
+    /// that has `shader-f16`). f32 data asked in an f16 format is rounded to f16, and back.
+    pub fn upload_weights_as(
+        &self,
+        label: &str,
+        data: WeightData<'_>,
+        format: WeightFormat,
+    ) -> Result<Weights, RuntimeError> {
+        let buffer = match (data, format) {
+            (WeightData::F32(values), WeightFormat::F32) => self.upload_f32(label, values)?,
+            (WeightData::F16(values), WeightFormat::F32) => {
+                let widened: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+                self.upload_f32(label, &widened)?
+            }
+            (_, WeightFormat::F16) if !self.features().shader_f16 => {
+                return Err(RuntimeError::MissingFeature {
+                    kernel: "f16 weights",
+                    needed: "shader-f16".into(),
+                    available: self.features().to_string(),
+                })
+            }
+            (_, WeightFormat::F16Packed) if !self.supports_half_weights() => {
+                return Err(RuntimeError::NoHalfPrecision)
+            }
+            (WeightData::F16(values), _) => self.upload_f16(label, values)?,
+            (WeightData::F32(values), _) => {
+                let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                self.upload_f16(label, &halves)?
+            }
+        };
+        Ok(Weights { buffer, format })
+    }
+
+    /// Overwrites f32 values starting at element `offset` (ordered before later submissions).
+    pub fn write_f32(&self, buffer: &GpuBuffer, offset: usize, values: &[f32]) {
+        self.queue.write_buffer(
+            &buffer.buffer,
+            offset as u64 * 4,
+            bytemuck::cast_slice(values),
+        );
+    }
+
+    /// Overwrites u32 values starting at element `offset` (ordered before later submissions).
+    pub fn write_u32(&self, buffer: &GpuBuffer, offset: usize, values: &[u32]) {
+        self.queue.write_buffer(
+            &buffer.buffer,
+            offset as u64 * 4,
+            bytemuck::cast_slice(values),
+        );
+    }
+
+    /// Fills the buffer with zeros (ordered before later submissions).
+    pub fn clear(&self, buffer: &GpuBuffer) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(&buffer.buffer, 0, None);
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Copies `src` into `dst` (sizes must match; e.g. to clone a recurrent state).
+    pub fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, Some(src.size()));
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Reads `len` f32 values starting at element `offset`, once the submitted work is done.
+    /// Staging buffers are pooled, so reading back each decode step creates nothing after the first.
+    pub async fn read_f32(
+        &self,
+        buffer: &GpuBuffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let bytes = self
+            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Reads `len` u32 values starting at element `offset`.
+    pub async fn read_u32(
+        &self,
+        buffer: &GpuBuffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<u32>, RuntimeError> {
+        let bytes = self
+            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    async fn read_bytes(
+        &self,
+        buffer: &GpuBuffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
+        let staging = self.take_staging(padded);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&buffer.buffer, offset, &staging, 0, Some(padded));
+        self.queue.submit([encoder.finish()]);
+        let mapped = MapRead::new(&self.device, &staging, padded).await;
+        let result = match mapped {
+            Ok(()) => {
+                let bytes = staging
+                    .slice(..padded)
+                    .get_mapped_range()
+                    .map(|view| view[..size as usize].to_vec())
+                    .map_err(|e| RuntimeError::Wgpu(e.to_string()));
+                staging.unmap();
+                bytes
+            }
+            Err(source) => Err(RuntimeError::Map {
+                label: buffer.label.clone(),
+                source,
+            }),
+        };
+        self.return_staging(staging);
+        result
+    }
+
+    fn take_staging(&self, size: u64) -> wgpu::Buffer {
+        if let Ok(mut caches) = self.caches.lock() {
+            let best = caches
+                .staging
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| *s >= size)
+                .min_by_key(|(_, (s, _))| *s)
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return caches.staging.swap_remove(i).1;
+            }
+        }
+        self.counters.count_buffer();
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn return_staging(&self, buffer: wgpu::Buffer) {
+        if let Ok(mut caches) = self.caches.lock() {
+            caches.staging.push((buffer.size(), buffer));
+        }
+    }
+}
+
+#[derive(Default)]
+struct MapState {
+    result: Option<Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+/// Resolves when `map_async` on a buffer completes. On native backends wgpu only runs the
+/// callback when the device is polled, so each poll of this future polls the device without
+/// blocking and asks to be polled again; in the browser the callback wakes it.
+struct MapRead<'a> {
+    device: &'a wgpu::Device,
+    state: Arc<Mutex<MapState>>,
+}
+
+impl<'a> MapRead<'a> {
+    fn new(device: &'a wgpu::Device, buffer: &wgpu::Buffer, size: u64) -> Self {
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let callback_state = Arc::clone(&state);
+        buffer
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                if let Ok(mut state) = callback_state.lock() {
+                    state.result = Some(result);
+                    if let Some(waker) = state.waker.take() {
+                        waker.wake();
+                    }
+                }
+            });
+        MapRead { device, state }
+    }
+
+    fn take_result(&self, cx: &Context<'_>) -> Option<Result<(), wgpu::BufferAsyncError>> {
+        let mut state = self.state.lock().ok()?;
+        let result = state.result.take();
+        if result.is_none() {
+            state.waker = Some(cx.waker().clone());
+        }
+        result
+    }
+}
+
+impl Future for MapRead<'_> {
+    type Output = Result<(), wgpu::BufferAsyncError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.take_result(cx) {
+            return Poll::Ready(result);
+        }
+        // Non-blocking: runs the callbacks of finished work, if any.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Some(result) = self.take_result(cx) {
+            return Poll::Ready(result);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            // Nothing else will wake us on native: ask to be polled again, letting other threads
+            // (the driver's, on a software adapter) run first.
+            cx.waker().wake_by_ref();
+            std::thread::yield_now();
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,258 @@
+//! Adapter selection, feature detection and the [`Device`] that owns every cache.
+
+use crate::cache::{CacheStats, Caches, Counters};
+use crate::error::RuntimeError;
+use retnet_kernels::Features;
+use std::sync::{Arc, Mutex};
+
+/// How to pick and configure the adapter. [`DeviceOptions::from_env`] reads the environment.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    /// Backends to search; `None`: all that this build supports.
+    pub backends: Option<wgpu::Backends>,
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Do not use `shader-f16` even if the adapter has it (driver workaround; f16 weights then use
+    /// the packed path).
+    pub disable_f16: bool,
+    /// Do not use subgroup operations even if the adapter has them (driver workaround).
+    pub disable_subgroups: bool,
+}
+
+impl DeviceOptions {
+    /// Options from the environment: `RETNET_BACKEND` = vulkan|metal|dx12|gl,
+    /// `RETNET_ADAPTER` = substring of the adapter name, `RETNET_DISABLE_F16=1`,
+    /// `RETNET_DISABLE_SUBGROUPS=1`. Unset variables leave the defaults.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let backends = var("RETNET_BACKEND")
+            .map(|b| parse_backend(&b))
+            .transpose()?;
+        let flag = |name: &str| var(name).is_some_and(|v| v != "0");
+        Ok(DeviceOptions {
+            backends,
+            adapter_name: var("RETNET_ADAPTER"),
+            disable_f16: flag("RETNET_DISABLE_F16"),
+            disable_subgroups: flag("RETNET_DISABLE_SUBGROUPS"),
+        })
+    }
+}
+
+/// Parses a backend name as `RETNET_BACKEND` takes it.
+pub fn parse_backend(name: &str) -> Result<wgpu::Backends, RuntimeError> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        _ => Err(RuntimeError::UnknownBackend(name.to_string())),
+    }
+}
+
+/// One line per adapter the options can see: name, backend, device type.
+pub async fn list_adapters(options: &DeviceOptions) -> Vec<wgpu::AdapterInfo> {
+    let backends = options.backends.unwrap_or(wgpu::Backends::all());
+    let instance = instance(backends);
+    instance
+        .enumerate_adapters(backends)
+        .await
+        .iter()
+        .map(wgpu::Adapter::get_info)
+        .collect()
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = backends;
+    wgpu::Instance::new(descriptor)
+}
+
+/// Discrete first, CPU renderers last.
+fn preference(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+async fn select_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    options: &DeviceOptions,
+) -> Result<wgpu::Adapter, RuntimeError> {
+    let no_adapter = || RuntimeError::NoAdapter {
+        backends: format!("{backends:?}"),
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let mut adapters = instance.enumerate_adapters(backends).await;
+    // Browsers expose one adapter through requestAdapter only.
+    #[cfg(target_arch = "wasm32")]
+    let mut adapters: Vec<wgpu::Adapter> = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .into_iter()
+        .collect();
+    if adapters.is_empty() {
+        return Err(no_adapter());
+    }
+    if let Some(wanted) = &options.adapter_name {
+        let needle = wanted.to_lowercase();
+        let available: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+        if adapters.is_empty() {
+            return Err(RuntimeError::AdapterNotFound {
+                wanted: wanted.clone(),
+                available,
+            });
+        }
+    }
+    adapters.sort_by_key(|a| preference(a.get_info().device_type));
+    adapters.into_iter().next().ok_or_else(no_adapter)
+}
+
+/// The GPU: wgpu device and queue, what the adapter offers, and every cache (shader modules,
+/// pipelines, bind groups, the parameter arena, read-back staging buffers).
+pub struct Device {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: Features,
+    timestamp_query: bool,
+    half_unpack: bool,
+    limits: wgpu::Limits,
+    pub(crate) caches: Mutex<Caches>,
+    pub(crate) counters: Arc<Counters>,
+    /// Ids of dropped [`crate::GpuBuffer`]s whose bind groups are still cached.
+    pub(crate) dropped_buffers: Arc<Mutex<Vec<u64>>>,
+    /// First wgpu error reported outside an error scope, taken by the next submit.
+    pub(crate) uncaptured_error: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Picks an adapter (discrete GPU first; `options` may fix backend and name), enables
+    /// SHADER_F16, SUBGROUP and TIMESTAMP_QUERY where offered, and requests the adapter's own
+    /// limits (WebGPU's defaults, e.g. 128 MiB per storage binding, are too small for an LLM).
+    pub async fn new(options: &DeviceOptions) -> Result<Device, RuntimeError> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let instance = instance(backends);
+        let adapter = select_adapter(&instance, backends, options).await?;
+        let info = adapter.get_info();
+        let offered = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        if offered.contains(wgpu::Features::SHADER_F16) && !options.disable_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if offered.contains(wgpu::Features::SUBGROUP) && !options.disable_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("retnet"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| RuntimeError::RequestDevice {
+                adapter: info.name.clone(),
+                source,
+            })?;
+        let uncaptured_error = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&uncaptured_error);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut slot) = slot.lock() {
+                slot.get_or_insert_with(|| error.to_string());
+            }
+        }));
+        let downlevel = adapter.get_downlevel_capabilities().flags;
+        let features = Features {
+            shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+        };
+        Ok(Device {
+            device,
+            queue,
+            info,
+            features,
+            timestamp_query: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
+            half_unpack: features.shader_f16
+                || downlevel.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32),
+            limits,
+            caches: Mutex::new(Caches::default()),
+            counters: Arc::new(Counters::default()),
+            dropped_buffers: Arc::new(Mutex::new(Vec::new())),
+            uncaptured_error,
+        })
+    }
+
+    /// [`Device::new`] with [`DeviceOptions::from_env`].
+    pub async fn from_env() -> Result<Device, RuntimeError> {
+        Device::new(&DeviceOptions::from_env()?).await
+    }
+
+    /// The adapter's name, backend, type and driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Optional features in use (kernel variants are chosen from these).
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Whether TIMESTAMP_QUERY is enabled.
+    pub fn has_timestamp_query(&self) -> bool {
+        self.timestamp_query
+    }
+
+    /// Whether f16 weights can be read at all (natively or packed).
+    pub fn supports_half_weights(&self) -> bool {
+        self.half_unpack
+    }
+
+    /// The limits in force (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The wgpu device, for what this crate does not wrap.
+    pub fn wgpu_device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn wgpu_queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// How many GPU objects the runtime has created so far. Recording the same dispatch sequence
+    /// a second time must leave these unchanged.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.counters.snapshot()
+    }
+
+    pub(crate) fn take_uncaptured_error(&self) -> Result<(), RuntimeError> {
+        let error = self.uncaptured_error.lock().ok().and_then(|mut e| e.take());
+        error.map_or(Ok(()), |e| Err(RuntimeError::Wgpu(e)))
+    }
+}

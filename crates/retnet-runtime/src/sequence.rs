@@ -1,0 +1,201 @@
+//! Recording a sequence of kernel dispatches and submitting it as one compute pass.
+
+use crate::buffer::{next_id, GpuBuffer};
+use crate::cache::ParamArena;
+use crate::device::Device;
+use crate::error::RuntimeError;
+use retnet_kernels::{Access, ConstantValues, Dispatch, Kernel, MAX_PARAM_WORDS};
+
+struct RecordedDispatch {
+    kernel: &'static Kernel,
+    constants: ConstantValues,
+    buffers: Vec<(u64, wgpu::Buffer)>,
+    params_offset: u32,
+    workgroups: [u32; 3],
+}
+
+/// Dispatches recorded in order, submitted together in one compute pass by [`Sequence::submit`].
+///
+/// Recording only stores values; GPU objects are looked up (or, the first time, created) at
+/// submit. All parameter blocks go into one uniform arena, written with a single
+/// `write_buffer`, each at its own dynamic offset, so a bind group serves every step that binds
+/// the same buffers: recording the same sequence again (e.g. the next decode step, with new
+/// positions in the parameters) creates no pipeline, bind group or buffer.
+pub struct Sequence<'d> {
+    device: &'d Device,
+    label: &'static str,
+    dispatches: Vec<RecordedDispatch>,
+    params: Vec<u8>,
+    stride: usize,
+}
+
+impl Device {
+    /// Starts recording a sequence of dispatches.
+    pub fn sequence(&self, label: &'static str) -> Sequence<'_> {
+        // Parameter blocks are at most 64 bytes; dynamic offsets must be aligned (256 on most).
+        let alignment = self.limits().min_uniform_buffer_offset_alignment as usize;
+        Sequence {
+            device: self,
+            label,
+            dispatches: Vec::new(),
+            params: Vec::new(),
+            stride: (MAX_PARAM_WORDS * 4).div_ceil(alignment) * alignment,
+        }
+    }
+}
+
+impl Sequence<'_> {
+    /// Appends a dispatch; `buffers` are bound at the kernel's bindings after the parameter
+    /// block, in binding order ([`Kernel::resource_bindings`]).
+    pub fn dispatch(
+        &mut self,
+        dispatch: Dispatch,
+        buffers: &[&GpuBuffer],
+    ) -> Result<(), RuntimeError> {
+        let kernel = dispatch.kernel;
+        let features = self.device.features();
+        if !features.contains(kernel.requires) {
+            return Err(RuntimeError::MissingFeature {
+                kernel: kernel.name,
+                needed: kernel.requires.to_string(),
+                available: features.to_string(),
+            });
+        }
+        let bindings: Vec<_> = kernel.resource_bindings().collect();
+        if bindings.len() != buffers.len() {
+            return Err(RuntimeError::WrongBufferCount {
+                kernel: kernel.name,
+                expected: bindings.len(),
+                got: buffers.len(),
+            });
+        }
+        for (i, (binding, buffer)) in bindings.iter().zip(buffers).enumerate() {
+            let bound_again = buffers
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && other.id == buffer.id);
+            if binding.access == Access::ReadWrite && bound_again {
+                return Err(RuntimeError::AliasedOutput {
+                    kernel: kernel.name,
+                    label: buffer.label().to_string(),
+                    binding: binding.index,
+                });
+            }
+        }
+        let max_groups = self.device.limits().max_compute_workgroups_per_dimension;
+        if let Some(&too_many) = dispatch.workgroups.iter().find(|&&n| n > max_groups) {
+            return Err(RuntimeError::Wgpu(format!(
+                "{}: {too_many} workgroups in one dimension, over the limit of {max_groups}",
+                kernel.name
+            )));
+        }
+        if dispatch.workgroups.contains(&0) {
+            return Ok(());
+        }
+        let params_offset = self.params.len();
+        self.params
+            .extend(dispatch.params.0.iter().flat_map(|w| w.to_le_bytes()));
+        self.params.resize(params_offset + self.stride, 0);
+        self.dispatches.push(RecordedDispatch {
+            kernel,
+            constants: dispatch.constants,
+            buffers: buffers.iter().map(|b| (b.id, b.buffer.clone())).collect(),
+            params_offset: params_offset as u32,
+            workgroups: dispatch.workgroups,
+        });
+        Ok(())
+    }
+
+    /// Number of dispatches recorded.
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+
+    /// Encodes everything into one compute pass and submits it. Does not wait.
+    ///
+    /// The parameter arena is shared by all sequences: writing it and submitting happen under
+    /// the cache lock, so a sequence submitted from another thread in between cannot overwrite
+    /// the parameters of this one before the queue has ordered them.
+    pub fn submit(self) -> Result<wgpu::SubmissionIndex, RuntimeError> {
+        let device = self.device;
+        let dropped: Vec<u64> = device
+            .dropped_buffers
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        let mut caches = device
+            .caches
+            .lock()
+            .map_err(|_| RuntimeError::Wgpu("cache lock poisoned".into()))?;
+        caches.forget_buffers(&dropped);
+        let mut encoder = device
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(self.label),
+            });
+        if !self.params.is_empty() {
+            let needed = self.params.len() as u64;
+            if caches.arena.as_ref().is_none_or(|a| a.capacity < needed) {
+                // Grows by powers of two: a new arena (and so new bind groups) only a few times.
+                let capacity = needed.next_power_of_two().max(4096);
+                device.counters.count_buffer();
+                let buffer = device.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("parameter arena"),
+                    size: capacity,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                caches.arena = Some(ParamArena {
+                    id: next_id(),
+                    buffer,
+                    capacity,
+                });
+            }
+            if let Some(arena) = &caches.arena {
+                device.queue.write_buffer(&arena.buffer, 0, &self.params);
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(self.label),
+                timestamp_writes: None,
+            });
+            for dispatch in &self.dispatches {
+                let pipeline = caches.pipeline(
+                    &device.device,
+                    &device.counters,
+                    dispatch.kernel,
+                    dispatch.constants,
+                );
+                let group = caches.bind_group(
+                    &device.device,
+                    &device.counters,
+                    dispatch.kernel,
+                    &dispatch.buffers,
+                );
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[dispatch.params_offset]);
+                let [x, y, z] = dispatch.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        let index = device.queue.submit([encoder.finish()]);
+        drop(caches);
+        device.take_uncaptured_error()?;
+        Ok(index)
+    }
+}
+
+impl Device {
+    /// Number of bind groups currently cached (bind groups of dropped buffers are forgotten at
+    /// the next submit).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.caches
+            .lock()
+            .map(|c| c.bind_group_count())
+            .unwrap_or(0)
+    }
+}

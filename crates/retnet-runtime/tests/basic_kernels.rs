@@ -1,0 +1,468 @@
+//! Every non-retention kernel against a straightforward f64 CPU computation.
+//!
+//! Tolerances (error relative to the largest |reference|, see `common::max_relative_error`):
+//! - data movement and single products (gather × scale, residual add): 1e-6, a few f32 roundings;
+//! - reductions in f32 (norms over ≤ 1000 values, dot products over ≤ 1024 terms): 1e-5; the
+//!   rounding error of an n-term f32 sum is ~√n·6e-8 typically and stays well under 1e-5 here;
+//! - f16 weights: the reference uses the same f16-rounded weights, so the f32 tolerances apply.
+
+mod common;
+
+use common::{assert_close, device, read, round_f16, to_f64, Rng};
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::gated_activation::{
+    gated_activation, Activation, GatedActivationParams,
+};
+use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
+use retnet_runtime::kernels::linear::{matmul, matvec, LinearParams, Reduction};
+use retnet_runtime::kernels::residual::residual_add;
+use retnet_runtime::kernels::retention::Strided;
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
+use retnet_runtime::kernels::rotary::{rotary, RotaryParams, RotaryStyle};
+use retnet_runtime::kernels::{Dispatch, WeightFormat};
+use retnet_runtime::{Device, GpuBuffer, WeightData};
+
+fn run(device: &Device, dispatch: Dispatch, buffers: &[&GpuBuffer]) {
+    let mut sequence = device.sequence("test");
+    sequence.dispatch(dispatch, buffers).expect("dispatch");
+    sequence.submit().expect("submit");
+}
+
+/// The weight formats this device can run (native f16 only with shader-f16).
+fn formats(device: &Device) -> Vec<WeightFormat> {
+    WeightFormat::ALL
+        .into_iter()
+        .filter(|f| *f != WeightFormat::F16 || device.features().shader_f16)
+        .collect()
+}
+
+/// Host copy of the weights as the GPU sees them.
+fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
+    match format {
+        WeightFormat::F32 => values.to_vec(),
+        WeightFormat::F16 | WeightFormat::F16Packed => round_f16(values),
+    }
+}
+
+#[test]
+fn embedding_gather_matches_cpu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(1);
+    let (vocab, dim) = (37usize, 19usize);
+    let table = rng.vec(vocab * dim);
+    let ids: Vec<u32> = vec![0, 36, 5, 5, 17];
+    let scale = 1.7f32;
+    for format in formats(device) {
+        let weights = device
+            .upload_weights_as("table", WeightData::F32(&table), format)
+            .unwrap();
+        let ids_buffer = device.upload_u32("ids", &ids).unwrap();
+        let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
+        let params = EmbeddingParams {
+            tokens: ids.len() as u32,
+            dim: dim as u32,
+            scale,
+        };
+        run(
+            device,
+            gather(format, params),
+            &[&weights.buffer, &ids_buffer, &out],
+        );
+        let stored = as_stored(&table, format);
+        let reference: Vec<f64> = ids
+            .iter()
+            .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))
+            .map(|(id, c)| f64::from(stored[id * dim + c]) * f64::from(scale))
+            .collect();
+        assert_close(
+            &format!("embedding {format:?}"),
+            &read(device, &out, ids.len() * dim),
+            &reference,
+            1e-6,
+        );
+    }
+}
+
+fn rms_norm_reference(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    rows: usize,
+    dim: usize,
+    eps: f64,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(rows * dim);
+    for row in x.chunks(dim).take(rows) {
+        let mean_square = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
+        let inv = 1.0 / (mean_square + eps).sqrt();
+        for (c, &v) in row.iter().enumerate() {
+            out.push(f64::from(v) * inv * weight.map_or(1.0, |w| f64::from(w[c])));
+        }
+    }
+    out
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(2);
+    for (rows, dim) in [(1, 1), (3, 7), (2, 300), (4, 1000)] {
+        let x = rng.vec(rows * dim);
+        let w: Vec<f32> = rng.vec(dim).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let eps = 1e-5f32;
+        let xb = device.upload_f32("x", &x).unwrap();
+        let wb = device.upload_f32("w", &w).unwrap();
+        let out = device.create_storage_f32("out", rows * dim).unwrap();
+        let params = RmsNormParams {
+            rows: rows as u32,
+            dim: dim as u32,
+            eps,
+        };
+        run(device, rms_norm(true, params), &[&xb, &wb, &out]);
+        let reference = rms_norm_reference(&x, Some(&w), rows, dim, f64::from(eps));
+        assert_close(
+            &format!("rms_norm {rows}x{dim}"),
+            &read(device, &out, rows * dim),
+            &reference,
+            1e-5,
+        );
+        run(device, rms_norm(false, params), &[&xb, &out]);
+        let reference = rms_norm_reference(&x, None, rows, dim, f64::from(eps));
+        assert_close(
+            &format!("rms_norm unweighted {rows}x{dim}"),
+            &read(device, &out, rows * dim),
+            &reference,
+            1e-5,
+        );
+    }
+}
+
+/// Y[r] = alpha·Y0[r] + X[x_row_start + r]·Wᵀ in f64.
+fn linear_reference(x: &[f32], w: &[f32], y0: &[f32], params: &LinearParams) -> Vec<f64> {
+    let (i, o) = (params.in_dim as usize, params.out_dim as usize);
+    let mut out = Vec::new();
+    for r in 0..params.rows as usize {
+        let xr = &x[(params.x_row_start as usize + r) * i..][..i];
+        for n in 0..o {
+            let dot: f64 = xr
+                .iter()
+                .zip(&w[n * i..][..i])
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            out.push(
+                params
+                    .accumulate
+                    .map_or(0.0, |alpha| f64::from(alpha) * f64::from(y0[r * o + n]))
+                    + dot,
+            );
+        }
+    }
+    out
+}
+
+fn check_linear(
+    device: &Device,
+    rng: &mut Rng,
+    params: LinearParams,
+    make: &dyn Fn(WeightFormat, LinearParams) -> Dispatch,
+    what: &str,
+) {
+    let (i, o) = (params.in_dim as usize, params.out_dim as usize);
+    let x_rows = params.x_row_start as usize + params.rows as usize;
+    let x = rng.vec(x_rows * i);
+    let w = rng.vec(o * i);
+    let y0 = rng.vec(params.rows as usize * o);
+    let xb = device.upload_f32("x", &x).unwrap();
+    for format in formats(device) {
+        let weights = device
+            .upload_weights_as("w", WeightData::F32(&w), format)
+            .unwrap();
+        let y = device.upload_f32("y", &y0).unwrap();
+        run(device, make(format, params), &[&weights.buffer, &xb, &y]);
+        let reference = linear_reference(&x, &as_stored(&w, format), &y0, &params);
+        let label = format!(
+            "{what} {format:?} rows {} in {i} out {o} {:?}",
+            params.rows, params.accumulate
+        );
+        assert_close(
+            &label,
+            &read(device, &y, params.rows as usize * o),
+            &reference,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_for_odd_and_untiled_shapes() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(3);
+    // Tiles are 64×64 with 16-wide K slices: these shapes exercise partial tiles on every axis.
+    for (rows, i, o) in [(1, 7, 5), (5, 33, 17), (70, 65, 130), (3, 256, 64)] {
+        check_linear(
+            device,
+            &mut rng,
+            LinearParams::new(rows, i, o),
+            &matmul,
+            "matmul",
+        );
+    }
+    let fused = LinearParams {
+        x_row_start: 2,
+        accumulate: Some(1.5),
+        ..LinearParams::new(4, 20, 9)
+    };
+    check_linear(device, &mut rng, fused, &matmul, "matmul");
+}
+
+#[test]
+fn matvec_matches_cpu_with_both_reductions() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(4);
+    let mut reductions = vec![Reduction::Workgroup];
+    if device.features().subgroups {
+        reductions.push(Reduction::Subgroup);
+    }
+    for reduction in reductions {
+        let make = move |format, params| matvec(format, reduction, params);
+        for (rows, i, o) in [
+            (1, 4, 1),
+            (1, 8, 5),
+            (1, 64, 33),
+            (3, 260, 70),
+            (1, 1024, 9),
+        ] {
+            check_linear(
+                device,
+                &mut rng,
+                LinearParams::new(rows, i, o),
+                &make,
+                &format!("matvec {reduction:?}"),
+            );
+        }
+        let last_token = LinearParams {
+            x_row_start: 4,
+            accumulate: Some(0.5),
+            ..LinearParams::new(1, 12, 7)
+        };
+        check_linear(
+            device,
+            &mut rng,
+            last_token,
+            &make,
+            &format!("matvec {reduction:?}"),
+        );
+    }
+}
+
+/// Rotates like PyTorch: the angle is the f32 product f32(position)·θ, then cos/sin in f64.
+fn rotary_reference(x: &[f32], theta: &[f32], style: RotaryStyle, p: &RotaryParams) -> Vec<f64> {
+    let mut out = to_f64(x);
+    let k = p.head_dim as usize;
+    for t in 0..p.tokens as usize {
+        for h in 0..p.heads as usize {
+            let base = p.col_offset as usize + t * p.row_stride as usize + h * k;
+            for (i, &th) in theta.iter().enumerate() {
+                let angle = f64::from((p.start_pos as usize + t) as f32 * th);
+                let (a, b) = match style {
+                    RotaryStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
+                    RotaryStyle::Halves => (base + i, base + k / 2 + i),
+                };
+                let (xa, xb) = (f64::from(x[a]), f64::from(x[b]));
+                let s = f64::from(p.scale);
+                out[a] = (xa * angle.cos() - xb * angle.sin()) * s;
+                out[b] = (xb * angle.cos() + xa * angle.sin()) * s;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rotary_matches_cpu_in_both_styles_at_large_positions() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(5);
+    let (tokens, heads, k) = (5u32, 3u32, 10u32);
+    // Rows hold q (3 heads) after 7 other columns and before 4 more: a strided column range.
+    let row_stride = 7 + heads * k + 4;
+    let theta: Vec<f32> = (0..k / 2)
+        .map(|i| 1.0 / 10000f32.powf(i as f32 / (k / 2 - 1) as f32))
+        .collect();
+    for style in [RotaryStyle::Interleaved, RotaryStyle::Halves] {
+        // 5000: angles of thousands of radians, where unreduced GPU sin/cos lose accuracy.
+        for start_pos in [0, 1, 5000] {
+            let x = rng.vec((tokens * row_stride) as usize);
+            let params = RotaryParams {
+                tokens,
+                heads,
+                head_dim: k,
+                start_pos,
+                row_stride,
+                col_offset: 7,
+                scale: 0.3,
+            };
+            let xb = device.upload_f32("x", &x).unwrap();
+            let tb = device.upload_f32("theta", &theta).unwrap();
+            run(device, rotary(style, params), &[&tb, &xb]);
+            let reference = rotary_reference(&x, &theta, style, &params);
+            // Angle reduction and sin/cos in f32: ~1e-7 absolute, so 1e-6 relative to max.
+            assert_close(
+                &format!("rotary {style:?} at {start_pos}"),
+                &read(device, &xb, x.len()),
+                &reference,
+                1e-6,
+            );
+        }
+    }
+}
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+#[test]
+fn head_norm_gate_matches_cpu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(6);
+    // V = 300 exceeds the workgroup (128): several values per invocation.
+    for (tokens, heads, v) in [(1usize, 1usize, 5usize), (3, 3, 67), (2, 2, 300)] {
+        let width = heads * v;
+        // Input rows padded by 3, gate a column range after 2 columns in rows of width + 5.
+        let input = rng.vec(tokens * (width + 3));
+        let gate = rng
+            .vec(tokens * (width + 5))
+            .iter()
+            .map(|g| 4.0 * g)
+            .collect::<Vec<_>>();
+        let weight: Vec<f32> = rng.vec(v).iter().map(|w| 1.0 + 0.5 * w).collect();
+        let eps = 1e-6f32;
+        let params = HeadNormGateParams {
+            tokens: tokens as u32,
+            heads: heads as u32,
+            head_dim: v as u32,
+            eps,
+            input: Strided {
+                offset: 0,
+                stride: (width + 3) as u32,
+            },
+            gate: Strided {
+                offset: 2,
+                stride: (width + 5) as u32,
+            },
+            out: Strided::dense(width as u32),
+        };
+        let (ib, gb, wb) = (
+            device.upload_f32("o", &input).unwrap(),
+            device.upload_f32("g", &gate).unwrap(),
+            device.upload_f32("w", &weight).unwrap(),
+        );
+        let out = device.create_storage_f32("out", tokens * width).unwrap();
+        for weighted in [true, false] {
+            let mut reference = Vec::new();
+            for t in 0..tokens {
+                for h in 0..heads {
+                    let o = &input[t * (width + 3) + h * v..][..v];
+                    let ms = o.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / v as f64;
+                    let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+                    for c in 0..v {
+                        let g = f64::from(gate[2 + t * (width + 5) + h * v + c]);
+                        let w = if weighted { f64::from(weight[c]) } else { 1.0 };
+                        reference.push(f64::from(o[c]) * inv * w * silu(g));
+                    }
+                }
+            }
+            if weighted {
+                run(device, head_norm_gate(true, params), &[&ib, &gb, &wb, &out]);
+            } else {
+                run(device, head_norm_gate(false, params), &[&ib, &gb, &out]);
+            }
+            let label = format!("head_norm_gate weighted={weighted} {tokens}x{heads}x{v}");
+            assert_close(
+                &label,
+                &read(device, &out, tokens * width),
+                &reference,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn gated_activation_matches_cpu_with_exact_gelu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(7);
+    let (tokens, width) = (3usize, 301usize);
+    // One fused buffer [tokens, 2·width]: a in the first half, l in the second.
+    let mut fused = rng.vec(tokens * 2 * width);
+    for t in 0..tokens {
+        for i in 0..width {
+            fused[t * 2 * width + i] *= 8.0; // a spans [-8, 8): both tails of gelu.
+            fused[t * 2 * width + width + i] = 1.0; // l = 1 isolates the activation's error.
+        }
+    }
+    let buffer = device.upload_f32("a|l", &fused).unwrap();
+    let out = device.create_storage_f32("out", tokens * width).unwrap();
+    let params = GatedActivationParams {
+        tokens: tokens as u32,
+        width: width as u32,
+        act: Strided {
+            offset: 0,
+            stride: (2 * width) as u32,
+        },
+        linear: Strided {
+            offset: width as u32,
+            stride: (2 * width) as u32,
+        },
+        out: Strided::dense(width as u32),
+    };
+    for activation in [Activation::Silu, Activation::Gelu] {
+        run(
+            device,
+            gated_activation(activation, params),
+            &[&buffer, &buffer, &out],
+        );
+        let gpu = read(device, &out, tokens * width);
+        let mut worst = 0.0f64;
+        for t in 0..tokens {
+            for i in 0..width {
+                let a = f64::from(fused[t * 2 * width + i]);
+                let reference = match activation {
+                    Activation::Silu => silu(a),
+                    Activation::Gelu => 0.5 * a * (1.0 + libm::erf(a / std::f64::consts::SQRT_2)),
+                };
+                // Elementwise: |error| ≤ 2e-7·(|a| + 1) combines the erfc fit (< 1.2e-7 relative)
+                // with f32 rounding of x, x² and exp (|x| ≤ 8).
+                let error = (f64::from(gpu[t * width + i]) - reference).abs() / (a.abs() + 1.0);
+                worst = worst.max(error);
+            }
+        }
+        eprintln!("{activation:?}: max |error|/(|x|+1) = {worst:.2e}");
+        assert!(worst <= 2e-7, "{activation:?}: error {worst:.2e}");
+    }
+}
+
+#[test]
+fn residual_add_matches_cpu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(8);
+    for count in [1usize, 1000, 70_001] {
+        let x = rng.vec(count);
+        let r = rng.vec(count);
+        let (xb, rb) = (
+            device.upload_f32("x", &x).unwrap(),
+            device.upload_f32("r", &r).unwrap(),
+        );
+        let alpha = 1.25f32;
+        run(device, residual_add(count as u32, alpha), &[&xb, &rb]);
+        let reference: Vec<f64> = x
+            .iter()
+            .zip(&r)
+            .map(|(&a, &b)| f64::from(alpha) * f64::from(a) + f64::from(b))
+            .collect();
+        assert_close(
+            &format!("residual_add {count}"),
+            &read(device, &xb, count),
+            &reference,
+            1e-6,
+        );
+    }
+}
