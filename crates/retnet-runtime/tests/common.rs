@@ -91,6 +91,7 @@ pub fn assert_close(what: &str, gpu: &[f32], reference: &[f64], tolerance: f64) 
         "{what}: non-finite output"
     );
     let error = max_relative_error(gpu, reference);
+    eprintln!("{what}: {error:.2e}");
     assert!(
         error <= tolerance,
         "{what}: max error {error:.3e} (relative to max |ref|) over tolerance {tolerance:.1e}"
