@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 pub fn device() -> Option<&'static Device> {
     static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
     DEVICE
-        .get_or_init(|| match pollster::block_on(Device::new(&DeviceOptions::default())) {
+        .get_or_init(|| match pollster::block_on(Device::new(&DeviceOptions::from_env().expect("RETNET_* variables"))) {
             Ok(device) => {
                 let info = device.adapter_info();
                 eprintln!(
