@@ -370,6 +370,49 @@ mod tests {
     }
 
     #[test]
+    fn a_description_that_disagrees_with_its_shader_is_rejected() {
+        let base = &rms_norm::UNWEIGHTED;
+        let wrong_access = Kernel {
+            bindings: &[
+                PARAMS,
+                Binding {
+                    index: 1,
+                    name: "input",
+                    access: Access::ReadWrite,
+                },
+                Binding {
+                    index: 3,
+                    name: "output",
+                    access: Access::ReadWrite,
+                },
+            ],
+            ..*base
+        };
+        let wrong_fields = Kernel {
+            params: ("RmsNormParams", &["dim", "rows", "eps", "_pad"]),
+            ..*base
+        };
+        let wrong_size = Kernel {
+            workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+            ..*base
+        };
+        let wrong_constant = Kernel {
+            constants: &[OverrideConstant {
+                name: "WORKGROUP_SIZE",
+                default: 64,
+            }],
+            ..*base
+        };
+        for kernel in [wrong_access, wrong_fields, wrong_size, wrong_constant] {
+            let result = validate(&kernel, Features::NONE);
+            assert!(
+                matches!(result, Err(ValidationError::Mismatch(_))),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
     fn names_are_unique_and_feature_listing_is_monotone() {
         let all = all_kernels();
         let mut names: Vec<_> = all.iter().map(|k| k.name).collect();

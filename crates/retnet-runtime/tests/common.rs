@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 pub fn device() -> Option<&'static Device> {
     static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
     DEVICE
-        .get_or_init(|| match pollster::block_on(Device::new(&DeviceOptions::default())) {
+        .get_or_init(|| match pollster::block_on(Device::new(&DeviceOptions::from_env().expect("RETNET_* variables"))) {
             Ok(device) => {
                 let info = device.adapter_info();
                 eprintln!(
@@ -91,6 +91,7 @@ pub fn assert_close(what: &str, gpu: &[f32], reference: &[f64], tolerance: f64) 
         "{what}: non-finite output"
     );
     let error = max_relative_error(gpu, reference);
+    eprintln!("{what}: {error:.2e}");
     assert!(
         error <= tolerance,
         "{what}: max error {error:.3e} (relative to max |ref|) over tolerance {tolerance:.1e}"

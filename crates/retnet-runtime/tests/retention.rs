@@ -1,0 +1,363 @@
+//! Retention in its three forms against the recurrent definition computed in f64, and the state
+//! carried across calls (chunkwise, then recurrent steps, then chunkwise = one parallel pass).
+//!
+//! Tolerance 2e-5 relative to the largest |reference| output (or state entry): every output is a
+//! sum of up to T·(K + 1) f32 products (T ≤ 100, K ≤ 33 here), whose rounding error is
+//! ~√(T·K)·6e-8 ≈ 4e-6 typically; the decay powers γ^n (f32 exp of n·log γ, or repeated f32
+//! multiplication in the recurrent form) add ~n·6e-8 relative. The reference uses the same f32
+//! log γ values, widened.
+
+mod common;
+
+use common::{assert_close, device, read, Rng};
+use retnet_runtime::kernels::retention::{
+    chunkwise, parallel, recurrent, RetentionParams, Strided,
+};
+use retnet_runtime::kernels::Dispatch;
+use retnet_runtime::{Device, GpuBuffer};
+
+const TOLERANCE: f64 = 2e-5;
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    tokens: usize,
+    query_heads: usize,
+    kv_heads: usize,
+    key_dim: usize,
+    value_dim: usize,
+}
+
+impl Shape {
+    /// Columns of the fused q|k|v row, with 3 unused columns at the end.
+    fn row(&self) -> usize {
+        (self.query_heads + self.kv_heads) * self.key_dim + self.kv_heads * self.value_dim + 3
+    }
+    fn k_offset(&self) -> usize {
+        self.query_heads * self.key_dim
+    }
+    fn v_offset(&self) -> usize {
+        (self.query_heads + self.kv_heads) * self.key_dim
+    }
+    fn out_width(&self) -> usize {
+        self.query_heads * self.value_dim
+    }
+    fn state_len(&self) -> usize {
+        self.query_heads * self.key_dim * self.value_dim
+    }
+
+    /// Params for tokens `first..first + count` of the fused buffer.
+    fn params(&self, first: usize, count: usize, scale_by_decay_sum: bool) -> RetentionParams {
+        let row = self.row() as u32;
+        let at = |column: usize| (first * self.row() + column) as u32;
+        RetentionParams {
+            tokens: count as u32,
+            query_heads: self.query_heads as u32,
+            kv_heads: self.kv_heads as u32,
+            key_dim: self.key_dim as u32,
+            value_dim: self.value_dim as u32,
+            start_pos: first as u32,
+            q: Strided {
+                offset: at(0),
+                stride: row,
+            },
+            k: Strided {
+                offset: at(self.k_offset()),
+                stride: row,
+            },
+            v: Strided {
+                offset: at(self.v_offset()),
+                stride: row,
+            },
+            out: Strided {
+                offset: (first * self.out_width()) as u32,
+                stride: self.out_width() as u32,
+            },
+            scale_by_decay_sum,
+        }
+    }
+}
+
+/// The recurrent definition in f64: S_n = γ S_{n−1} + k_nᵀ v_n, P_n = q_n S_n (÷ sqrt(c_n)).
+/// Returns the outputs [T, H·V] and the final state [H, K, V].
+fn reference(
+    shape: &Shape,
+    fused: &[f32],
+    log_decay: &[f32],
+    scale_by_decay_sum: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let Shape {
+        tokens,
+        query_heads,
+        kv_heads,
+        key_dim: kd,
+        value_dim: vd,
+    } = *shape;
+    let group = query_heads / kv_heads;
+    let mut state = vec![0.0f64; shape.state_len()];
+    let mut out = vec![0.0f64; tokens * shape.out_width()];
+    for t in 0..tokens {
+        let row = &fused[t * shape.row()..][..shape.row()];
+        for h in 0..query_heads {
+            let kvh = h / group;
+            let gamma = f64::from(log_decay[h]).exp();
+            let q = &row[h * kd..][..kd];
+            let k = &row[shape.k_offset() + kvh * kd..][..kd];
+            let v = &row[shape.v_offset() + kvh * vd..][..vd];
+            let s = &mut state[h * kd * vd..][..kd * vd];
+            for r in 0..kd {
+                for c in 0..vd {
+                    s[r * vd + c] = gamma * s[r * vd + c] + f64::from(k[r]) * f64::from(v[c]);
+                }
+            }
+            let decay_sum: f64 = (0..=t).map(|i| gamma.powi(i as i32)).sum();
+            let scale = if scale_by_decay_sum {
+                1.0 / decay_sum.sqrt()
+            } else {
+                1.0
+            };
+            for c in 0..vd {
+                let p: f64 = (0..kd).map(|r| f64::from(q[r]) * s[r * vd + c]).sum();
+                out[t * shape.out_width() + h * vd + c] = p * scale;
+            }
+        }
+    }
+    (out, state)
+}
+
+/// log γ for head h as both peers compute it, in f32: log(1 − 2^(−5−h)) (0 for h ≥ 20).
+fn log_decay_f32(h: usize) -> f32 {
+    (1.0f32 - 2f32.powi(-5 - h as i32)).ln()
+}
+
+struct Buffers {
+    fused: GpuBuffer,
+    log_decay: GpuBuffer,
+    state: GpuBuffer,
+    out: GpuBuffer,
+}
+
+fn buffers(device: &Device, shape: &Shape, fused: &[f32], log_decay: &[f32]) -> Buffers {
+    Buffers {
+        fused: device.upload_f32("q|k|v", fused).unwrap(),
+        log_decay: device.upload_f32("log γ", log_decay).unwrap(),
+        state: device
+            .create_storage_f32("state", shape.state_len())
+            .unwrap(),
+        out: device
+            .create_storage_f32("out", shape.tokens * shape.out_width())
+            .unwrap(),
+    }
+}
+
+fn record(device: &Device, b: &Buffers, dispatches: &[Dispatch]) {
+    let mut sequence = device.sequence("retention");
+    for &dispatch in dispatches {
+        if dispatch.kernel.name == "retention/parallel" {
+            sequence
+                .dispatch(
+                    dispatch,
+                    &[&b.fused, &b.fused, &b.fused, &b.log_decay, &b.out],
+                )
+                .unwrap();
+        } else {
+            sequence
+                .dispatch(
+                    dispatch,
+                    &[&b.fused, &b.fused, &b.fused, &b.log_decay, &b.state, &b.out],
+                )
+                .unwrap();
+        }
+    }
+    sequence.submit().unwrap();
+}
+
+fn check_all_forms(
+    device: &Device,
+    shape: Shape,
+    log_decay: &[f32],
+    chunk_sizes: &[u32],
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let fused = rng.vec(shape.tokens * shape.row());
+    for scale_by_decay_sum in [false, true] {
+        let (expected, expected_state) = reference(&shape, &fused, log_decay, scale_by_decay_sum);
+        let b = buffers(device, &shape, &fused, log_decay);
+        let params = shape.params(0, shape.tokens, scale_by_decay_sum);
+        let out_len = shape.tokens * shape.out_width();
+        let label = format!("{shape:?} scale_by_decay_sum={scale_by_decay_sum}");
+
+        record(device, &b, &[parallel(params)]);
+        assert_close(
+            &format!("parallel {label}"),
+            &read(device, &b.out, out_len),
+            &expected,
+            TOLERANCE,
+        );
+
+        for &chunk in chunk_sizes {
+            device.clear(&b.state);
+            device.clear(&b.out);
+            record(device, &b, &[chunkwise(params, chunk)]);
+            assert_close(
+                &format!("chunkwise({chunk}) {label}"),
+                &read(device, &b.out, out_len),
+                &expected,
+                TOLERANCE,
+            );
+            let state = read(device, &b.state, shape.state_len());
+            assert_close(
+                &format!("chunkwise({chunk}) state {label}"),
+                &state,
+                &expected_state,
+                TOLERANCE,
+            );
+        }
+
+        device.clear(&b.state);
+        device.clear(&b.out);
+        record(device, &b, &[recurrent(params)]);
+        assert_close(
+            &format!("recurrent {label}"),
+            &read(device, &b.out, out_len),
+            &expected,
+            TOLERANCE,
+        );
+        let state = read(device, &b.state, shape.state_len());
+        assert_close(
+            &format!("recurrent state {label}"),
+            &state,
+            &expected_state,
+            TOLERANCE,
+        );
+    }
+}
+
+#[test]
+fn single_token_single_head() {
+    let Some(device) = device() else { return };
+    let shape = Shape {
+        tokens: 1,
+        query_heads: 1,
+        kv_heads: 1,
+        key_dim: 8,
+        value_dim: 8,
+    };
+    check_all_forms(device, shape, &[log_decay_f32(0)], &[16], 11);
+}
+
+#[test]
+fn many_chunks_grouped_heads_key_and_value_widths_differ_gamma_one() {
+    let Some(device) = device() else { return };
+    // 100 tokens: 7 chunks of 16 (the last partial), 4 of 32. Heads: γ = 1 − 2^-5, γ = 1 exactly
+    // (log γ = 0, as heads ≥ 20 round to), γ = 1 − 2^-8, γ = 1 − 2^-24 (log γ ≈ −6e-8, where a
+    // naive (1 − γ^(n+1))/(1 − γ) loses every digit).
+    let shape = Shape {
+        tokens: 100,
+        query_heads: 4,
+        kv_heads: 2,
+        key_dim: 12,
+        value_dim: 20,
+    };
+    let log_decay = [log_decay_f32(0), 0.0, log_decay_f32(3), log_decay_f32(19)];
+    assert!(log_decay[3] != 0.0 && log_decay[3].abs() < 1e-7);
+    check_all_forms(device, shape, &log_decay, &[16, 32], 12);
+}
+
+#[test]
+fn odd_widths_and_more_value_columns_than_a_workgroup_tile() {
+    let Some(device) = device() else { return };
+    // K = 33 is not a multiple of the 16-wide tiles; V = 67 spans two 64-column tiles (chunkwise)
+    // and two 64-column tiles of the parallel form.
+    let shape = Shape {
+        tokens: 40,
+        query_heads: 2,
+        kv_heads: 1,
+        key_dim: 33,
+        value_dim: 67,
+    };
+    check_all_forms(
+        device,
+        shape,
+        &[log_decay_f32(1), log_decay_f32(6)],
+        &[16],
+        13,
+    );
+}
+
+#[test]
+fn value_width_above_256() {
+    let Some(device) = device() else { return };
+    let shape = Shape {
+        tokens: 20,
+        query_heads: 1,
+        kv_heads: 1,
+        key_dim: 16,
+        value_dim: 300,
+    };
+    check_all_forms(device, shape, &[log_decay_f32(2)], &[8], 14);
+}
+
+#[test]
+fn chunkwise_then_recurrent_steps_then_chunkwise_equals_one_parallel_pass() {
+    let Some(device) = device() else { return };
+    let shape = Shape {
+        tokens: 100,
+        query_heads: 2,
+        kv_heads: 2,
+        key_dim: 12,
+        value_dim: 10,
+    };
+    let log_decay = [log_decay_f32(0), 0.0];
+    let mut rng = Rng::new(15);
+    let fused = rng.vec(shape.tokens * shape.row());
+    let out_len = shape.tokens * shape.out_width();
+    for scale_by_decay_sum in [false, true] {
+        let (expected, expected_state) = reference(&shape, &fused, &log_decay, scale_by_decay_sum);
+        let b = buffers(device, &shape, &fused, &log_decay);
+        record(
+            device,
+            &b,
+            &[parallel(shape.params(0, shape.tokens, scale_by_decay_sum))],
+        );
+        let parallel_out = read(device, &b.out, out_len);
+        assert_close("parallel", &parallel_out, &expected, TOLERANCE);
+
+        device.clear(&b.out);
+        // Prefill 37 tokens in chunks of 16, decode 5 tokens one submission each, then prefill
+        // the remaining 58 in chunks of 32: the state and absolute positions carry over.
+        record(
+            device,
+            &b,
+            &[chunkwise(shape.params(0, 37, scale_by_decay_sum), 16)],
+        );
+        for t in 37..42 {
+            record(
+                device,
+                &b,
+                &[recurrent(shape.params(t, 1, scale_by_decay_sum))],
+            );
+        }
+        record(
+            device,
+            &b,
+            &[chunkwise(shape.params(42, 58, scale_by_decay_sum), 32)],
+        );
+        let label = format!("prefill+steps+prefill scale_by_decay_sum={scale_by_decay_sum}");
+        let pieced = read(device, &b.out, out_len);
+        assert_close(&label, &pieced, &expected, TOLERANCE);
+        let parallel_as_reference: Vec<f64> = parallel_out.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("{label} vs parallel"),
+            &pieced,
+            &parallel_as_reference,
+            TOLERANCE,
+        );
+        assert_close(
+            &format!("{label} state"),
+            &read(device, &b.state, shape.state_len()),
+            &expected_state,
+            TOLERANCE,
+        );
+    }
+}
