@@ -99,6 +99,9 @@ pub enum ModelError {
         /// What is wrong with it.
         message: String,
     },
+    /// The GPU runtime failed (no adapter, a buffer over the adapter's limits, a lost device…).
+    #[error(transparent)]
+    Gpu(#[from] retnet_runtime::RuntimeError),
     /// A chunk size of zero was asked for.
     #[error("chunk size must be at least 1")]
     ZeroChunkSize,

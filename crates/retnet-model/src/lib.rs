@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod reference;
 pub mod retention;
 pub mod safetensors_store;
@@ -25,6 +26,7 @@ pub use config::{
     Activation, DecaySource, Family, ModelConfig, NormPlacement, OutputScale, RotaryStyle,
 };
 pub use error::{ModelError, Result};
+pub use gpu::{GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
 pub use reference::{CpuModel, CpuState, RetentionForm};
 pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;

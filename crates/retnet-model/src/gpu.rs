@@ -1,0 +1,618 @@
+//! The whole model on the GPU: weights uploaded once, every layer a short list of kernel
+//! dispatches recorded into one compute pass per call.
+//!
+//! One code path serves both checkpoint families: the [`ModelConfig`] knobs pick kernel variants
+//! and parameters, exactly as they pick branches in the CPU reference ([`crate::CpuModel`]),
+//! which stays the oracle these results are checked against.
+//!
+//! Per layer (pre-norm): `rms_norm → q|k|v|g projection (one fused matrix) → rotary (q, k) →
+//! retention → per-head norm × silu(g) → out_proj (+ α·x fused) → rms_norm → act|lin projection
+//! (fused) → gated activation → down_proj (+ α·x fused)`. Post-norm (deepnorm) layers move the
+//! norms after the residual sums.
+
+use std::sync::Arc;
+
+use half::f16;
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
+use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
+use retnet_runtime::kernels::linear::{linear, LinearParams, Reduction};
+use retnet_runtime::kernels::retention::{self, RetentionParams, Strided};
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
+use retnet_runtime::kernels::rotary::{self, rotary, RotaryParams};
+use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
+
+use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
+use crate::error::{ModelError, Result};
+use crate::reference::{check_tokens, CpuModel, RetentionForm};
+use crate::weights::{Linear, ModelWeights};
+
+/// Precision of the weight matrices on the GPU (norm weights, decays and angles stay f32;
+/// activations, accumulators and the recurrent state are always f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightPrecision {
+    /// Full precision.
+    #[default]
+    F32,
+    /// Half precision: native `f16` where the adapter has `shader-f16`, packed in u32 otherwise.
+    F16,
+}
+
+/// Options of [`GpuModel::new`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuOptions {
+    /// Precision of the weight matrices.
+    pub weights: WeightPrecision,
+}
+
+/// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats.
+const MAX_GPU_CHUNK: usize = 64;
+/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
+const MAX_SPAN: usize = 1024;
+
+struct GpuLayer {
+    retention_norm: GpuBuffer,
+    qkvg: Weights,
+    out_proj: Weights,
+    head_norm: Option<GpuBuffer>,
+    ffn_norm: GpuBuffer,
+    ffn_in: Weights,
+    ffn_down: Weights,
+}
+
+/// A model whose weights live on a GPU.
+pub struct GpuModel {
+    device: Arc<Device>,
+    config: ModelConfig,
+    embed: Weights,
+    embed_norm: Option<GpuBuffer>,
+    layers: Vec<GpuLayer>,
+    final_norm: Option<GpuBuffer>,
+    /// `None` when tied to the embeddings.
+    head: Option<Weights>,
+    log_decay: GpuBuffer,
+    rotary_theta: GpuBuffer,
+    reduction: Reduction,
+    max_chunk: usize,
+}
+
+/// Column layout of the fused q|k|v|g projection output.
+#[derive(Clone, Copy)]
+struct QkvgLayout {
+    width: u32,
+    k: u32,
+    v: u32,
+    g: u32,
+}
+
+impl GpuModel {
+    /// Uploads a model's weights to `device`.
+    pub fn new(device: Arc<Device>, model: &CpuModel, options: GpuOptions) -> Result<Self> {
+        Self::from_weights(device, model.config().clone(), model.weights(), options)
+    }
+
+    /// Uploads weights (in host f32) to `device`.
+    pub fn from_weights(
+        device: Arc<Device>,
+        config: ModelConfig,
+        weights: &ModelWeights,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let upload = |label: &str, rows: &[&Linear]| -> Result<Weights> {
+            let data: Vec<f32> = rows.iter().flat_map(|l| l.data.iter().copied()).collect();
+            Ok(match options.weights {
+                WeightPrecision::F32 => device.upload_weights(label, WeightData::F32(&data))?,
+                WeightPrecision::F16 => {
+                    let halves: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+                    device.upload_weights(label, WeightData::F16(&halves))?
+                }
+            })
+        };
+        let vector = |label: &str, v: &[f32]| device.upload_f32(label, v);
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for layer in &weights.layers {
+            layers.push(GpuLayer {
+                retention_norm: vector("retention_norm", &layer.retention_norm)?,
+                qkvg: upload(
+                    "q|k|v|g",
+                    &[&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.g_proj],
+                )?,
+                out_proj: upload("out_proj", &[&layer.out_proj])?,
+                head_norm: match &layer.head_norm {
+                    Some(w) => Some(vector("head_norm", w)?),
+                    None => None,
+                },
+                ffn_norm: vector("ffn_norm", &layer.ffn_norm)?,
+                ffn_in: upload("ffn act|lin", &[&layer.ffn_act, &layer.ffn_lin])?,
+                ffn_down: upload("ffn_down", &[&layer.ffn_down])?,
+            });
+        }
+        let optional = |label: &str, v: &Option<Vec<f32>>| -> Result<Option<GpuBuffer>> {
+            Ok(match v {
+                Some(v) => Some(vector(label, v)?),
+                None => None,
+            })
+        };
+        let limits = device.limits();
+        let max_chunk = (1..=MAX_GPU_CHUNK)
+            .rev()
+            .find(|&c| {
+                ((c * c + 65 * c + 1) * 4) as u32 <= limits.max_compute_workgroup_storage_size
+            })
+            .unwrap_or(1);
+        Ok(Self {
+            embed: upload("embed_tokens", &[&weights.embed])?,
+            embed_norm: optional("embed_norm", &weights.embed_norm)?,
+            layers,
+            final_norm: optional("final_norm", &weights.final_norm)?,
+            head: match &weights.head {
+                Some(h) => Some(upload("head", &[h])?),
+                None => None,
+            },
+            log_decay: vector("log_decay", &weights.log_decay)?,
+            rotary_theta: vector("rotary_theta", &weights.rotary_theta)?,
+            reduction: Reduction::for_features(device.features()),
+            max_chunk,
+            config,
+            device,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// A fresh session (zero state at position 0).
+    pub fn session(&self) -> Result<GpuSession<'_>> {
+        GpuSession::new(self)
+    }
+
+    /// Logits `[T, vocab]` of a whole sequence from a fresh state, in any form.
+    pub async fn logits(&self, tokens: &[u32], form: RetentionForm) -> Result<Vec<f32>> {
+        let mut session = self.session()?;
+        session.forward(tokens, form, LogitRows::All).await
+    }
+
+    fn head(&self) -> &Weights {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn qkvg_layout(&self) -> QkvgLayout {
+        let c = &self.config;
+        let k = c.query_width() as u32;
+        let v = k + c.key_width() as u32;
+        let g = v + c.kv_value_width() as u32;
+        QkvgLayout {
+            width: g + c.value_width() as u32,
+            k,
+            v,
+            g,
+        }
+    }
+}
+
+/// Which rows of logits a forward pass computes and returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Every position: `[T, vocab]`.
+    All,
+    /// The last position only: `[vocab]` (prefill before generation).
+    Last,
+}
+
+/// Activation buffers sized for up to `tokens` tokens per span.
+struct Scratch {
+    tokens: usize,
+    token_ids: GpuBuffer,
+    x: GpuBuffer,
+    h: GpuBuffer,
+    qkvg: GpuBuffer,
+    retained: GpuBuffer,
+    gated: GpuBuffer,
+    ffn_in: GpuBuffer,
+    ffn_mid: GpuBuffer,
+    logits: GpuBuffer,
+}
+
+impl Scratch {
+    fn new(model: &GpuModel, tokens: usize) -> Result<Self> {
+        let c = &model.config;
+        let dev = &model.device;
+        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, tokens * width);
+        Ok(Self {
+            tokens,
+            token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
+            x: f32s("x", c.d_model)?,
+            h: f32s("h", c.d_model)?,
+            qkvg: f32s("q|k|v|g", model.qkvg_layout().width as usize)?,
+            retained: f32s("retained", c.value_width())?,
+            gated: f32s("gated", c.value_width())?,
+            ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
+            ffn_mid: f32s("ffn mid", c.ffn_dim)?,
+            logits: f32s("logits", c.vocab_size)?,
+        })
+    }
+}
+
+/// A sequence on the GPU: its recurrent state (one `[H, K, V]` f32 buffer per layer), its
+/// position, and activation buffers reused from call to call.
+pub struct GpuSession<'m> {
+    model: &'m GpuModel,
+    states: Vec<GpuBuffer>,
+    position: usize,
+    scratch: Scratch,
+}
+
+impl<'m> GpuSession<'m> {
+    fn new(model: &'m GpuModel) -> Result<Self> {
+        let c = &model.config;
+        let states = (0..c.num_layers)
+            .map(|_| {
+                model
+                    .device
+                    .create_storage_f32("state", c.num_heads * c.head_k_dim * c.head_v_dim)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self {
+            model,
+            states,
+            position: 0,
+            scratch: Scratch::new(model, 1)?,
+        })
+    }
+
+    /// Tokens consumed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// The per-layer state buffers (`[H, K, V]` f32 each).
+    pub fn states(&self) -> &[GpuBuffer] {
+        &self.states
+    }
+
+    /// Feeds `tokens` chunkwise; returns the logits of the last one.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let chunk_size = self.model.config.default_chunk_size;
+        self.forward(
+            tokens,
+            RetentionForm::Chunkwise { chunk_size },
+            LogitRows::Last,
+        )
+        .await
+    }
+
+    /// Feeds one token with the recurrent form; returns its logits.
+    pub async fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.forward(&[token], RetentionForm::Recurrent, LogitRows::Last)
+            .await
+    }
+
+    /// Feeds `tokens` in `form` and returns the requested logits. The parallel form starts
+    /// from a zero state and leaves no state behind, so it is only accepted for a whole
+    /// sequence at position 0; use it through [`GpuModel::logits`].
+    pub async fn forward(
+        &mut self,
+        tokens: &[u32],
+        form: RetentionForm,
+        rows: LogitRows,
+    ) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        check_tokens(tokens, c.vocab_size)?;
+        let span = match form {
+            RetentionForm::Chunkwise { chunk_size: 0 } => return Err(ModelError::ZeroChunkSize),
+            RetentionForm::Parallel if self.position != 0 => {
+                return Err(ModelError::invalid(
+                    "the parallel form runs a whole sequence from position 0",
+                ))
+            }
+            // One span: the parallel kernel neither reads nor writes the state.
+            RetentionForm::Parallel => tokens.len(),
+            _ => MAX_SPAN,
+        };
+        let vocab = c.vocab_size;
+        let mut out = Vec::with_capacity(match rows {
+            LogitRows::All => tokens.len() * vocab,
+            LogitRows::Last => vocab,
+        });
+        let spans: Vec<&[u32]> = tokens.chunks(span).collect();
+        for (i, span_tokens) in spans.iter().enumerate() {
+            let last = i + 1 == spans.len();
+            let span_rows = match rows {
+                LogitRows::All => Some(false),
+                LogitRows::Last if last => Some(true),
+                LogitRows::Last => None,
+            };
+            self.record_and_submit(span_tokens, form, span_rows)?;
+            if let Some(only_last) = span_rows {
+                let n = if only_last {
+                    vocab
+                } else {
+                    span_tokens.len() * vocab
+                };
+                out.extend(
+                    self.model
+                        .device
+                        .read_f32(&self.scratch.logits, 0, n)
+                        .await?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records one span's dispatches and submits them. `logits`: `None` computes no logits,
+    /// `Some(true)` the last row only, `Some(false)` every row.
+    fn record_and_submit(
+        &mut self,
+        tokens: &[u32],
+        form: RetentionForm,
+        logits: Option<bool>,
+    ) -> Result<()> {
+        let model = self.model;
+        let c = &model.config;
+        let dev = &model.device;
+        let t = tokens.len();
+        if t > self.scratch.tokens {
+            self.scratch = Scratch::new(model, t.next_power_of_two())?;
+        }
+        dev.write_u32(&self.scratch.token_ids, 0, tokens);
+        let s = &self.scratch;
+        let t32 = t as u32;
+        let d = c.d_model as u32;
+        let layout = model.qkvg_layout();
+        let mut seq = dev.sequence("retnet forward");
+
+        // Embeddings (scaled), then the optional embedding norm.
+        let embed = |seq: &mut Sequence<'_>, out: &GpuBuffer| {
+            let params = EmbeddingParams {
+                tokens: t32,
+                dim: d,
+                scale: c.embed_scale,
+            };
+            seq.dispatch(
+                gather(model.embed.format, params),
+                &[&model.embed.buffer, &s.token_ids, out],
+            )
+        };
+        let norm = |rows: u32| RmsNormParams {
+            rows,
+            dim: d,
+            eps: c.norm_eps,
+        };
+        match &model.embed_norm {
+            Some(w) => {
+                embed(&mut seq, &s.h)?;
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, w, &s.x])?;
+            }
+            None => embed(&mut seq, &s.x)?,
+        }
+
+        let alpha = c.residual_alpha;
+        let proj = |seq: &mut Sequence<'_>,
+                    w: &Weights,
+                    input: &GpuBuffer,
+                    out: &GpuBuffer,
+                    in_dim: usize,
+                    out_dim: usize,
+                    accumulate: Option<f32>| {
+            let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
+            params.accumulate = accumulate;
+            seq.dispatch(
+                linear(w.format, model.reduction, params),
+                &[&w.buffer, input, out],
+            )
+        };
+        for (layer, state) in model.layers.iter().zip(&self.states) {
+            // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
+            let (ret_in, ret_out) = match c.norm_placement {
+                NormPlacement::PreNorm => {
+                    seq.dispatch(
+                        rms_norm(true, norm(t32)),
+                        &[&s.x, &layer.retention_norm, &s.h],
+                    )?;
+                    (&s.h, &s.x)
+                }
+                NormPlacement::PostNorm => (&s.x, &s.x),
+            };
+            proj(
+                &mut seq,
+                &layer.qkvg,
+                ret_in,
+                &s.qkvg,
+                c.d_model,
+                layout.width as usize,
+                None,
+            )?;
+            self.record_retention(&mut seq, layer, state, layout, tokens.len(), form)?;
+            proj(
+                &mut seq,
+                &layer.out_proj,
+                &s.gated,
+                ret_out,
+                c.value_width(),
+                c.d_model,
+                Some(alpha),
+            )?;
+
+            // FFN sub-layer.
+            let (ffn_in, ffn_out) = match c.norm_placement {
+                NormPlacement::PreNorm => {
+                    seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, &layer.ffn_norm, &s.h])?;
+                    (&s.h, &s.x)
+                }
+                NormPlacement::PostNorm => {
+                    // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
+                    seq.dispatch(
+                        rms_norm(true, norm(t32)),
+                        &[&s.x, &layer.retention_norm, &s.h],
+                    )?;
+                    (&s.h, &s.h)
+                }
+            };
+            let f = c.ffn_dim as u32;
+            proj(
+                &mut seq,
+                &layer.ffn_in,
+                ffn_in,
+                &s.ffn_in,
+                c.d_model,
+                2 * c.ffn_dim,
+                None,
+            )?;
+            let act = match c.ffn_activation {
+                Activation::Swish => gated_activation::Activation::Silu,
+                Activation::Gelu => gated_activation::Activation::Gelu,
+            };
+            let params = GatedActivationParams {
+                tokens: t32,
+                width: f,
+                act: Strided {
+                    offset: 0,
+                    stride: 2 * f,
+                },
+                linear: Strided {
+                    offset: f,
+                    stride: 2 * f,
+                },
+                out: Strided::dense(f),
+            };
+            seq.dispatch(
+                gated_activation(act, params),
+                &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
+            )?;
+            proj(
+                &mut seq,
+                &layer.ffn_down,
+                &s.ffn_mid,
+                ffn_out,
+                c.ffn_dim,
+                c.d_model,
+                Some(alpha),
+            )?;
+            if c.norm_placement == NormPlacement::PostNorm {
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, &layer.ffn_norm, &s.x])?;
+            }
+        }
+
+        if let Some(only_last) = logits {
+            let (rows, start) = if only_last { (1, t32 - 1) } else { (t32, 0) };
+            let features = match &model.final_norm {
+                Some(w) => {
+                    seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, w, &s.h])?;
+                    &s.h
+                }
+                None => &s.x,
+            };
+            let head = model.head();
+            let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
+            params.x_row_start = start;
+            seq.dispatch(
+                linear(head.format, model.reduction, params),
+                &[&head.buffer, features, &s.logits],
+            )?;
+        }
+        seq.submit()?;
+        self.position += t;
+        Ok(())
+    }
+
+    /// Rotary on q and k, retention in `form`, then the per-head norm times the output gate.
+    fn record_retention(
+        &self,
+        seq: &mut Sequence<'_>,
+        layer: &GpuLayer,
+        state: &GpuBuffer,
+        layout: QkvgLayout,
+        t: usize,
+        form: RetentionForm,
+    ) -> Result<()> {
+        let model = self.model;
+        let c = &model.config;
+        let s = &self.scratch;
+        let (t32, kd, vd) = (t as u32, c.head_k_dim as u32, c.head_v_dim as u32);
+        let style = match c.rotary {
+            RotaryStyle::InterleavedPairs => rotary::RotaryStyle::Interleaved,
+            RotaryStyle::SplitHalves => rotary::RotaryStyle::Halves,
+        };
+        let position = self.position as u32;
+        for (heads, col_offset, scale) in [
+            (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
+            (c.num_kv_heads, layout.k, 1.0),
+        ] {
+            let params = RotaryParams {
+                tokens: t32,
+                heads: heads as u32,
+                head_dim: kd,
+                start_pos: position,
+                row_stride: layout.width,
+                col_offset,
+                scale,
+            };
+            seq.dispatch(rotary(style, params), &[&model.rotary_theta, &s.qkvg])?;
+        }
+        let params = RetentionParams {
+            tokens: t32,
+            query_heads: c.num_heads as u32,
+            kv_heads: c.num_kv_heads as u32,
+            key_dim: kd,
+            value_dim: vd,
+            start_pos: position,
+            q: Strided {
+                offset: 0,
+                stride: layout.width,
+            },
+            k: Strided {
+                offset: layout.k,
+                stride: layout.width,
+            },
+            v: Strided {
+                offset: layout.v,
+                stride: layout.width,
+            },
+            out: Strided::dense(c.value_width() as u32),
+            scale_by_decay_sum: c.output_scale == OutputScale::InvSqrtDecaySum,
+        };
+        let qkv = &s.qkvg;
+        match form {
+            RetentionForm::Parallel => seq.dispatch(
+                retention::parallel(params),
+                &[qkv, qkv, qkv, &model.log_decay, &s.retained],
+            )?,
+            RetentionForm::Recurrent => seq.dispatch(
+                retention::recurrent(params),
+                &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+            )?,
+            RetentionForm::Chunkwise { chunk_size } => seq.dispatch(
+                retention::chunkwise(params, chunk_size.min(model.max_chunk) as u32),
+                &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+            )?,
+        }
+        let params = HeadNormGateParams {
+            tokens: t32,
+            heads: c.num_heads as u32,
+            head_dim: vd,
+            eps: c.head_norm_eps,
+            input: Strided::dense(c.value_width() as u32),
+            gate: Strided {
+                offset: layout.g,
+                stride: layout.width,
+            },
+            out: Strided::dense(c.value_width() as u32),
+        };
+        match &layer.head_norm {
+            Some(w) => seq.dispatch(
+                head_norm_gate(true, params),
+                &[&s.retained, qkv, w, &s.gated],
+            )?,
+            None => seq.dispatch(head_norm_gate(false, params), &[&s.retained, qkv, &s.gated])?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! The whole model on the GPU (lavapipe in CI) against the peers' logits and the CPU reference,
+//! in every retention form, with f32 and f16 weights.
+//!
+//! These tests need a wgpu adapter; on a machine without a GPU install Mesa's software Vulkan
+//! driver (`apt-get install mesa-vulkan-drivers`). Set `RETNET_SKIP_GPU_TESTS=1` to skip them
+//! explicitly — they never skip silently.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use retnet::model::{GpuModel, GpuOptions, LogitRows, WeightPrecision};
+use retnet::runtime::Device;
+use retnet::{CpuModel, RetentionForm};
+
+/// The bar with f32 weights: the GPU accumulates in f32 (the CPU reference in f64), so
+/// ~1e-6 is expected; 1e-3 is the contract.
+const F32_TOLERANCE: f64 = 1e-3;
+/// With f16 weights every matrix is rounded to 11 significant bits (~5e-4 relative per
+/// element), which compounds over layers; 2e-2 is the contract.
+const F16_TOLERANCE: f64 = 2e-2;
+
+fn device() -> Option<Arc<Device>> {
+    if std::env::var_os("RETNET_SKIP_GPU_TESTS").is_some() {
+        eprintln!("RETNET_SKIP_GPU_TESTS is set: skipping GPU tests");
+        return None;
+    }
+    match pollster::block_on(Device::from_env()) {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) => panic!("{e} (set RETNET_SKIP_GPU_TESTS=1 to skip GPU tests)"),
+    }
+}
+
+fn forms() -> [RetentionForm; 5] {
+    [
+        RetentionForm::Parallel,
+        RetentionForm::Recurrent,
+        RetentionForm::Chunkwise { chunk_size: 7 },
+        RetentionForm::Chunkwise { chunk_size: 16 },
+        RetentionForm::Chunkwise { chunk_size: 64 },
+    ]
+}
+
+#[test]
+fn gpu_logits_match_the_peers_in_every_form() {
+    let Some(device) = device() else { return };
+    let mut failures = Vec::new();
+    for dir in all_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cpu = CpuModel::load(&dir).unwrap();
+        let tokens = fixture_tokens(&dir);
+        let (_, peer) = read_logits(&dir.join("logits.safetensors"));
+        for (precision, tolerance) in [
+            (WeightPrecision::F32, F32_TOLERANCE),
+            (WeightPrecision::F16, F16_TOLERANCE),
+        ] {
+            if precision == WeightPrecision::F16 && !device.supports_half_weights() {
+                eprintln!("{name}: this adapter cannot read f16 weights; skipping f16");
+                continue;
+            }
+            let gpu =
+                GpuModel::new(device.clone(), &cpu, GpuOptions { weights: precision }).unwrap();
+            for form in forms() {
+                let got = pollster::block_on(gpu.logits(&tokens, form)).unwrap();
+                let err = rel_max_err(&got, &peer);
+                println!("{name:30} {precision:?} {form:?}: vs peer {err:.2e}");
+                if err > tolerance {
+                    failures.push(format!(
+                        "{name} {precision:?} {form:?}: {err:.2e} > {tolerance:.0e}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn prefill_then_steps_equals_one_parallel_pass() {
+    let Some(device) = device() else { return };
+    for name in [
+        "torchscale_gelu_lnemb_f16",
+        "fla_gqa_tied_bf16_sharded",
+        "torchscale_deepnorm_bf16",
+    ] {
+        let cpu = CpuModel::load(&fixture(name)).unwrap();
+        let tokens = fixture_tokens(&fixture(name));
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let vocab = cpu.config().vocab_size;
+        let whole = pollster::block_on(gpu.logits(&tokens, RetentionForm::Parallel)).unwrap();
+        let split = tokens.len() / 2;
+        let mut session = gpu.session().unwrap();
+        let last = pollster::block_on(session.prefill(&tokens[..split])).unwrap();
+        let mut got = last.clone();
+        for &t in &tokens[split..] {
+            got.extend(pollster::block_on(session.step(t)).unwrap());
+        }
+        let want: Vec<f32> = whole[(split - 1) * vocab..].to_vec();
+        let err = rel_max_err(&got, &want);
+        assert!(err < 1e-4, "{name}: {err:.2e}");
+        assert_eq!(session.position(), tokens.len());
+    }
+}
+
+#[test]
+fn decode_steps_create_no_gpu_objects() {
+    let Some(device) = device() else { return };
+    let cpu = CpuModel::load(&fixture("fla_basic")).unwrap();
+    let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+    let mut session = gpu.session().unwrap();
+    pollster::block_on(session.prefill(&[1, 2, 3])).unwrap();
+    pollster::block_on(session.step(4)).unwrap();
+    let before = device.cache_stats();
+    let mut outputs = Vec::new();
+    for t in 5..15 {
+        outputs.push(pollster::block_on(session.step(t)).unwrap());
+    }
+    let after = device.cache_stats();
+    assert_eq!(
+        before, after,
+        "a decode step created pipelines, bind groups or buffers"
+    );
+    assert_ne!(outputs[0], outputs[1], "steps must still compute");
+}
+
+#[test]
+fn long_prefill_spans_and_bad_inputs() {
+    let Some(device) = device() else { return };
+    let cpu = CpuModel::load(&fixture("torchscale_swish_tied")).unwrap();
+    let gpu = GpuModel::new(device, &cpu, GpuOptions::default()).unwrap();
+    let vocab = cpu.config().vocab_size as u32;
+    // Longer than one recorded span (1024 tokens): spans carry the state between them.
+    let tokens: Vec<u32> = (0..1500u32).map(|i| (i * 37 + 11) % vocab).collect();
+    let mut session = gpu.session().unwrap();
+    let last = pollster::block_on(session.forward(
+        &tokens,
+        RetentionForm::Chunkwise { chunk_size: 32 },
+        LogitRows::Last,
+    ))
+    .unwrap();
+    let mut state = cpu.new_state();
+    let want = cpu
+        .forward(
+            &tokens,
+            &mut state,
+            RetentionForm::Chunkwise { chunk_size: 64 },
+        )
+        .unwrap();
+    let err = rel_max_err(&last, &want[want.len() - vocab as usize..]);
+    assert!(err < F32_TOLERANCE, "{err:.2e}");
+
+    let mut session = gpu.session().unwrap();
+    assert!(pollster::block_on(session.prefill(&[])).is_err());
+    assert!(pollster::block_on(session.step(vocab)).is_err());
+    assert!(pollster::block_on(session.forward(
+        &[1],
+        RetentionForm::Chunkwise { chunk_size: 0 },
+        LogitRows::All
+    ))
+    .is_err());
+    pollster::block_on(session.step(1)).unwrap();
+    assert!(
+        pollster::block_on(session.forward(&[1, 2], RetentionForm::Parallel, LogitRows::All))
+            .is_err()
+    );
+}
