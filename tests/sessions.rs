@@ -4,18 +4,19 @@
 mod common;
 
 use common::*;
-use retnet::model::{CpuSession, SamplingParams};
+use pollster::block_on;
+use retnet::model::{CpuEngine, CpuSession, SamplingParams};
 use retnet::CpuModel;
 
 #[test]
 fn greedy_decoding_follows_the_parallel_argmax() {
     let model = CpuModel::load(&fixture("fla_basic")).unwrap();
     let prompt = [3u32, 1, 4, 1, 5];
-    let mut session = CpuSession::new(&model);
-    session.prefill(&prompt).unwrap();
+    let mut session = CpuSession::new(CpuEngine::new(&model));
+    block_on(session.prefill(&prompt)).unwrap();
     let mut tokens = prompt.to_vec();
     for _ in 0..12 {
-        tokens.push(session.next_token(&SamplingParams::greedy()).unwrap());
+        tokens.push(block_on(session.next_token(&SamplingParams::greedy())).unwrap());
     }
     // Every generated token is the argmax of the parallel logits at the position before it.
     let vocab = model.config().vocab_size;
@@ -42,21 +43,23 @@ fn saved_state_resumes_exactly_and_only_into_its_model() {
         repeat_penalty: 1.3,
         seed: 3,
     };
-    let mut whole = CpuSession::new(&model);
-    whole.prefill(&[1, 2, 3]).unwrap();
+    let mut whole = CpuSession::new(CpuEngine::new(&model));
+    block_on(whole.prefill(&[1, 2, 3])).unwrap();
     let want: Vec<u32> = (0..10)
-        .map(|_| whole.next_token(&params).unwrap())
+        .map(|_| block_on(whole.next_token(&params)).unwrap())
         .collect();
 
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("state.safetensors");
-    let mut first = CpuSession::new(&model);
-    first.prefill(&[1, 2, 3]).unwrap();
-    let mut got: Vec<u32> = (0..4).map(|_| first.next_token(&params).unwrap()).collect();
-    first.save(&path).unwrap();
-    let mut resumed = CpuSession::load(&model, &path).unwrap();
+    let mut first = CpuSession::new(CpuEngine::new(&model));
+    block_on(first.prefill(&[1, 2, 3])).unwrap();
+    let mut got: Vec<u32> = (0..4)
+        .map(|_| block_on(first.next_token(&params)).unwrap())
+        .collect();
+    block_on(first.save(&path)).unwrap();
+    let mut resumed = CpuSession::load(CpuEngine::new(&model), &path).unwrap();
     assert_eq!(resumed.book(), first.book());
-    got.extend((0..6).map(|_| resumed.next_token(&params).unwrap()));
+    got.extend((0..6).map(|_| block_on(resumed.next_token(&params)).unwrap()));
     assert_eq!(got, want);
 
     // The same checkpoint with one knob changed is another model.
@@ -65,12 +68,17 @@ fn saved_state_resumes_exactly_and_only_into_its_model() {
         c.insert("layernorm_eps".into(), 1e-3.into());
     });
     let other = CpuModel::load(dir.path()).unwrap();
-    let e = CpuSession::load(&other, &path).err().expect("refused");
+    let e = CpuSession::load(CpuEngine::new(&other), &path)
+        .err()
+        .expect("refused");
     assert!(e.to_string().contains("belongs to another model"), "{e}");
 
     // Not a state file at all.
-    let e = CpuSession::load(&model, &fixture("fla_basic").join("model.safetensors"))
-        .err()
-        .unwrap();
+    let e = CpuSession::load(
+        CpuEngine::new(&model),
+        &fixture("fla_basic").join("model.safetensors"),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("not a retnet state file"), "{e}");
 }

@@ -5,12 +5,29 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use retnet_model::{
-    CpuModel, CpuSession, ModelConfig, ModelError, RetentionForm, SamplingParams, TensorStore,
-    TextStream,
+    mean_nll, CpuEngine, CpuModel, Engine, Generator, GpuModel, GpuOptions, LogitRows, ModelConfig,
+    ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer, WeightPrecision,
 };
 
-use crate::load::load;
+use crate::load::{gpu_device, load};
 use crate::{Backend, CliError};
+
+/// Precision of the weight matrices on the GPU.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Weights {
+    /// Full precision (exact).
+    F32,
+    /// Half precision (half the memory traffic).
+    F16,
+}
+
+fn gpu_model(model: &CpuModel, weights: Weights) -> Result<GpuModel, CliError> {
+    let weights = match weights {
+        Weights::F32 => WeightPrecision::F32,
+        Weights::F16 => WeightPrecision::F16,
+    };
+    Ok(GpuModel::new(gpu_device()?, model, GpuOptions { weights })?)
+}
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
@@ -35,6 +52,9 @@ pub struct LogitsArgs {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
+    /// Precision of the weight matrices with --backend gpu.
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: Weights,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -50,9 +70,6 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         (None, Some(path)) => read_token_file(path)?,
         (None, None) => return Err(CliError::BadTokens("give --tokens or --tokens-file".into())),
     };
-    if let Backend::Gpu = args.backend {
-        return Err(CliError::GpuNotImplemented);
-    }
     let model = CpuModel::load(&args.model)?;
     let form = match args.mode {
         Mode::Parallel => RetentionForm::Parallel,
@@ -62,7 +79,14 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         },
     };
     let tokens = to_token_ids(&tokens, model.config().vocab_size)?;
-    let logits = model.logits(&tokens, form)?;
+    let logits = match args.backend {
+        Backend::Cpu => model.logits(&tokens, form)?,
+        Backend::Gpu => {
+            let gpu = gpu_model(&model, args.weights)?;
+            let mut session = gpu.session()?;
+            pollster::block_on(session.forward(&tokens, form, LogitRows::All))?
+        }
+    };
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_atomically(&args.out, |tmp| {
         let shape = vec![tokens.len(), model.config().vocab_size];
@@ -129,30 +153,43 @@ fn to_token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, CliError>
         .collect()
 }
 
-/// Writes through a hidden file next to `path`, then renames it into place, so that a failure
-/// never leaves a partial file at `path`.
+/// The hidden file next to `path` that an output is written to before it is renamed.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Renames the written temporary file into place, or removes it if writing failed, so that a
+/// failure never leaves a partial file at `path`.
+fn finish_atomic_write(path: &Path, written: Result<(), String>) -> Result<(), CliError> {
+    let tmp = tmp_path(path);
+    let result = written
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()))
+        .map_err(|message| CliError::Output {
+            path: path.to_path_buf(),
+            message,
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes through a hidden file next to `path`, then renames it into place.
 fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), CliError> {
-    let output_error = |message: String| CliError::Output {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| output_error("not a file path".into()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = write(&tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()))
-        .map_err(output_error);
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if path.file_name().is_none() {
+        return Err(CliError::Output {
+            path: path.to_path_buf(),
+            message: "not a file path".into(),
+        });
     }
-    written
+    let written = write(&tmp_path(path));
+    finish_atomic_write(path, written)
 }
 
 #[derive(clap::Args)]
@@ -188,8 +225,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     load_state: Option<PathBuf>,
     /// Where to compute.
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "gpu")]
     backend: Backend,
+    /// Precision of the weight matrices with --backend gpu.
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: Weights,
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
@@ -206,56 +246,81 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         seed,
     };
     params.validate().map_err(CliError::BadArgument)?;
-    if let Backend::Gpu = args.backend {
-        return Err(CliError::GpuNotImplemented);
-    }
     let loaded = load(args.model.as_deref())?;
-    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
-    let mut session = match &args.load_state {
-        Some(path) => CpuSession::load(model, path)?,
-        None => CpuSession::new(model),
-    };
     let prompt = match (&args.prompt, &args.load_state) {
-        (Some(p), _) => tokenizer.encode(p)?,
+        (Some(p), _) => loaded.tokenizer.encode(p)?,
         (None, Some(_)) => Vec::new(),
-        (None, None) => tokenizer.encode("\n")?,
+        (None, None) => loaded.tokenizer.encode("\n")?,
     };
     if args.seed.is_none() && params.temperature > 0.0 {
         eprintln!("seed: {seed}");
     }
-
-    let started = Instant::now();
-    session.prefill(&prompt)?;
-    let prefill_time = started.elapsed().as_secs_f64();
-
-    let decode_start = Instant::now();
-    let mut stdout = std::io::stdout().lock();
-    let mut text = TextStream::new();
-    for _ in 0..args.max_tokens {
-        let token = session.next_token(&params)?;
-        let bytes = text.push(tokenizer, token)?;
-        // A closed pipe (e.g. `| head`) ends generation quietly.
-        if stdout
-            .write_all(&bytes)
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            break;
+    let run = GenerationRun {
+        args,
+        params: &params,
+        prompt: &prompt,
+        tokenizer: &loaded.tokenizer,
+    };
+    match args.backend {
+        Backend::Cpu => pollster::block_on(run.go(CpuEngine::new(&loaded.model))),
+        Backend::Gpu => {
+            let gpu = gpu_model(&loaded.model, args.weights)?;
+            pollster::block_on(run.go(gpu.session()?))
         }
     }
-    let decode_time = decode_start.elapsed().as_secs_f64();
-    eprintln!(
-        "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s (backend {:?})",
-        prompt.len(),
-        prompt.len() as f64 / prefill_time.max(1e-9),
-        args.max_tokens,
-        args.max_tokens as f64 / decode_time.max(1e-9),
-        args.backend,
-    );
-    if let Some(path) = &args.save_state {
-        write_atomically(path, |tmp| session.save(tmp).map_err(|e| e.to_string()))?;
+}
+
+/// One `generate` invocation, independent of the backend.
+struct GenerationRun<'a> {
+    args: &'a GenerateArgs,
+    params: &'a SamplingParams,
+    prompt: &'a [u32],
+    tokenizer: &'a Tokenizer,
+}
+
+impl GenerationRun<'_> {
+    async fn go<E: Engine>(&self, engine: E) -> Result<(), CliError> {
+        let args = self.args;
+        let mut session = match &args.load_state {
+            Some(path) => Generator::load(engine, path)?,
+            None => Generator::new(engine),
+        };
+        let started = Instant::now();
+        session.prefill(self.prompt).await?;
+        let prefill_time = started.elapsed().as_secs_f64();
+
+        let decode_start = Instant::now();
+        let mut stdout = std::io::stdout().lock();
+        let mut text = TextStream::new();
+        let mut generated = 0usize;
+        for _ in 0..args.max_tokens {
+            let token = session.next_token(self.params).await?;
+            generated += 1;
+            let bytes = text.push(self.tokenizer, token)?;
+            // A closed pipe (e.g. `| head`) ends generation quietly.
+            if stdout
+                .write_all(&bytes)
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+        let decode_time = decode_start.elapsed().as_secs_f64();
+        eprintln!(
+            "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({:?} backend)",
+            self.prompt.len(),
+            self.prompt.len() as f64 / prefill_time.max(1e-9),
+            generated,
+            generated as f64 / decode_time.max(1e-9),
+            args.backend,
+        );
+        if let Some(path) = &args.save_state {
+            let saved = session.save(&tmp_path(path)).await;
+            finish_atomic_write(path, saved.map_err(|e| e.to_string()))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -267,21 +332,21 @@ pub struct PerplexityArgs {
     #[arg(long)]
     text_file: PathBuf,
     /// Where to compute.
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "gpu")]
     backend: Backend,
+    /// Precision of the weight matrices with --backend gpu.
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: Weights,
 }
 
 pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
-    if let Backend::Gpu = args.backend {
-        return Err(CliError::GpuNotImplemented);
-    }
     let text = std::fs::read(&args.text_file).map_err(|source| ModelError::Io {
         path: args.text_file.clone(),
         source,
     })?;
     let loaded = load(args.model.as_deref())?;
     let tokens = match loaded.tokenizer {
-        retnet_model::Tokenizer::Bytes => text.iter().map(|&b| u32::from(b)).collect(),
+        Tokenizer::Bytes => text.iter().map(|&b| u32::from(b)).collect(),
         ref t => {
             let text = String::from_utf8(text).map_err(|_| {
                 CliError::BadArgument(format!("{}: not UTF-8 text", args.text_file.display()))
@@ -294,9 +359,18 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = Instant::now();
-    let nll = loaded
-        .model
-        .mean_nll(&tokens, 512, &mut |done, _| bar.set_position(done as u64))?;
+    let mut progress = |done: usize, _| bar.set_position(done as u64);
+    let nll = match args.backend {
+        Backend::Cpu => {
+            let mut engine = CpuEngine::new(&loaded.model);
+            pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
+        }
+        Backend::Gpu => {
+            let gpu = gpu_model(&loaded.model, args.weights)?;
+            let mut engine = gpu.session()?;
+            pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
+        }
+    };
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     println!("tokens: {}", tokens.len());
@@ -352,5 +426,38 @@ pub fn info(args: &InfoArgs) -> Result<(), CliError> {
         .map(|(d, n)| format!("{d} ({n} tensors)"))
         .collect();
     println!("dtypes: {}", dtypes.join(", "));
+    Ok(())
+}
+
+pub fn devices() -> Result<(), CliError> {
+    let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
+    let adapters = pollster::block_on(retnet_runtime::list_adapters(&options));
+    for a in &adapters {
+        println!(
+            "adapter: {} ({:?}, {:?}, driver {} {})",
+            a.name, a.backend, a.device_type, a.driver, a.driver_info
+        );
+    }
+    let device = crate::load::gpu_device()?;
+    let info = device.adapter_info();
+    let limits = device.limits();
+    println!("selected: {} ({:?})", info.name, info.backend);
+    println!(
+        "features: shader-f16 {}, subgroups {}, timestamp queries {}, f16 weights {}",
+        device.features().shader_f16,
+        device.features().subgroups,
+        device.has_timestamp_query(),
+        if device.supports_half_weights() {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    println!(
+        "limits: max buffer {} bytes, max storage binding {} bytes, workgroup memory {} bytes",
+        limits.max_buffer_size,
+        limits.max_storage_buffer_binding_size,
+        limits.max_compute_workgroup_storage_size,
+    );
     Ok(())
 }

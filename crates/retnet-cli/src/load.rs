@@ -2,6 +2,7 @@
 //! compiled into the binary.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use retnet_model::{CpuModel, Tokenizer};
@@ -41,4 +42,11 @@ pub fn load(dir: Option<&Path>) -> Result<Loaded, CliError> {
     bar.finish_and_clear();
     let tokenizer = Tokenizer::for_model(dir, model.config())?;
     Ok(Loaded { model, tokenizer })
+}
+
+/// The GPU device (chosen by `RETNET_BACKEND` / `RETNET_ADAPTER`, discrete GPUs first).
+pub fn gpu_device() -> Result<Arc<retnet_runtime::Device>, CliError> {
+    let device = pollster::block_on(retnet_runtime::Device::from_env())
+        .map_err(retnet_model::ModelError::from)?;
+    Ok(Arc::new(device))
 }

@@ -34,6 +34,8 @@ enum Command {
     Perplexity(commands::PerplexityArgs),
     /// Describes a checkpoint: family, sizes, parameters, dtypes.
     Info(commands::InfoArgs),
+    /// Lists the GPU adapters, and the features and limits of the one `--backend gpu` picks.
+    Devices,
 }
 
 /// Where a command computes.
@@ -57,9 +59,6 @@ pub enum CliError {
     /// An argument with a value out of its range.
     #[error("{0}")]
     BadArgument(String),
-    /// The GPU backend is not there yet.
-    #[error("--backend gpu is not implemented yet; use --backend cpu")]
-    GpuNotImplemented,
     /// Writing an output failed.
     #[error("{path}: {message}")]
     Output {
@@ -71,7 +70,8 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// Exit codes: 2 is clap's (bad usage); 3 bad input; 4 bad model; 5 output; 6 unsupported.
+    /// Exit codes: 2 is clap's (bad usage); 3 bad input; 4 bad model; 5 output; 6 unsupported;
+    /// 7 GPU (no adapter, over the adapter's limits, device lost).
     fn exit_code(&self) -> u8 {
         match self {
             CliError::BadTokens(_) | CliError::BadArgument(_) => 3,
@@ -83,9 +83,9 @@ impl CliError {
                 | ModelError::StateFile { .. },
             ) => 3,
             CliError::Model(ModelError::Unsupported { .. }) => 6,
+            CliError::Model(ModelError::Gpu(_)) => 7,
             CliError::Model(_) => 4,
             CliError::Output { .. } => 5,
-            CliError::GpuNotImplemented => 6,
         }
     }
 }
@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate(&args),
         Command::Perplexity(args) => commands::perplexity(&args),
         Command::Info(args) => commands::info(&args),
+        Command::Devices => commands::devices(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

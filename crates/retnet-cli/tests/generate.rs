@@ -22,13 +22,17 @@ fn retnet(args: &[&str]) -> Output {
 }
 
 fn generate(extra: &[&str]) -> Vec<u8> {
+    generate_on("cpu", extra)
+}
+
+fn generate_on(backend: &str, extra: &[&str]) -> Vec<u8> {
     let model = byte_model();
     let mut args = vec![
         "generate",
         "--model",
         model.to_str().unwrap(),
         "--backend",
-        "cpu",
+        backend,
     ];
     args.extend(extra);
     let o = retnet(&args);
@@ -203,4 +207,70 @@ fn info_describes_a_checkpoint() {
     ] {
         assert!(out.contains(needle), "{needle} not in {out}");
     }
+}
+
+#[test]
+fn the_gpu_generates_what_the_cpu_generates_and_states_move_between_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state.safetensors");
+    let state = state.to_str().unwrap();
+    let greedy = ["--temperature", "0", "--prompt", "Friends, Romans"];
+    let cpu = generate_on("cpu", &[&greedy[..], &["--max-tokens", "30"]].concat());
+    let gpu = generate_on("gpu", &[&greedy[..], &["--max-tokens", "30"]].concat());
+    assert_eq!(
+        gpu, cpu,
+        "greedy text on the GPU equals the CPU reference's"
+    );
+    let first = generate_on(
+        "gpu",
+        &[&greedy[..], &["--max-tokens", "10", "--save-state", state]].concat(),
+    );
+    let second = generate_on(
+        "cpu",
+        &[
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+            "--load-state",
+            state,
+        ],
+    );
+    assert_eq!(
+        [first, second].concat(),
+        cpu,
+        "a GPU state resumes on the CPU"
+    );
+}
+
+#[test]
+fn perplexity_agrees_across_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "O Romeo, Romeo, wherefore art thou Romeo? ".repeat(20),
+    )
+    .unwrap();
+    let model = byte_model();
+    let nats = |backend: &str| -> f64 {
+        let o = retnet(&[
+            "perplexity",
+            "--model",
+            model.to_str().unwrap(),
+            "--text-file",
+            text.to_str().unwrap(),
+            "--backend",
+            backend,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("nats/token: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (cpu, gpu) = (nats("cpu"), nats("gpu"));
+    assert!((cpu - gpu).abs() < 1e-4 * cpu, "cpu {cpu} gpu {gpu}");
 }

@@ -616,3 +616,52 @@ impl<'m> GpuSession<'m> {
         Ok(())
     }
 }
+
+impl crate::session::Engine for GpuSession<'_> {
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    async fn feed(&mut self, tokens: &[u32], all_rows: bool) -> Result<Vec<f32>> {
+        let form = if tokens.len() == 1 {
+            RetentionForm::Recurrent
+        } else {
+            RetentionForm::Chunkwise {
+                chunk_size: self.model.config.default_chunk_size,
+            }
+        };
+        let rows = if all_rows {
+            LogitRows::All
+        } else {
+            LogitRows::Last
+        };
+        self.forward(tokens, form, rows).await
+    }
+
+    async fn export_state(&self) -> Result<Vec<Vec<f32>>> {
+        let c = &self.model.config;
+        let len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let mut layers = Vec::with_capacity(self.states.len());
+        for state in &self.states {
+            layers.push(self.model.device.read_f32(state, 0, len).await?);
+        }
+        Ok(layers)
+    }
+
+    fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
+        let c = &self.model.config;
+        let len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        if layers.len() != self.states.len() || layers.iter().any(|l| l.len() != len) {
+            return Err(ModelError::invalid("a state of another shape"));
+        }
+        for (buffer, values) in self.states.iter().zip(layers) {
+            self.model.device.write_f32(buffer, 0, values);
+        }
+        self.position = position;
+        Ok(())
+    }
+}

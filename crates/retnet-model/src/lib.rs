@@ -30,6 +30,6 @@ pub use gpu::{GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
 pub use reference::{CpuModel, CpuState, RetentionForm};
 pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;
-pub use session::{CpuSession, SessionBook};
+pub use session::{mean_nll, CpuEngine, CpuSession, Engine, Generator, SessionBook};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{LayerWeights, Linear, ModelWeights};

@@ -98,49 +98,6 @@ impl CpuModel {
         self.forward(tokens, &mut state, form)
     }
 
-    /// Mean negative log-likelihood (nats per token) of predicting each token of `tokens` from
-    /// the ones before it, over the whole sequence as one context (T − 1 predictions). Runs
-    /// chunkwise in spans of `span` tokens so memory stays bounded; `progress(done, total)`
-    /// reports tokens consumed.
-    pub fn mean_nll(
-        &self,
-        tokens: &[u32],
-        span: usize,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<f64> {
-        if tokens.len() < 2 {
-            return Err(ModelError::invalid(
-                "perplexity needs at least 2 tokens of text".to_string(),
-            ));
-        }
-        self.check_tokens(tokens)?;
-        let vocab = self.config.vocab_size;
-        let form = RetentionForm::Chunkwise {
-            chunk_size: self.config.default_chunk_size,
-        };
-        let mut state = self.new_state();
-        let mut total = 0.0f64;
-        for (s, chunk) in tokens.chunks(span.max(1)).enumerate() {
-            let start = s * span.max(1);
-            let logits = self.forward(chunk, &mut state, form)?;
-            for (i, row) in logits.chunks_exact(vocab).enumerate() {
-                let Some(&next) = tokens.get(start + i + 1) else {
-                    break;
-                };
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let log_z = max
-                    + row
-                        .iter()
-                        .map(|&l| (l as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                total += log_z - row[next as usize] as f64;
-            }
-            progress(start + chunk.len(), tokens.len());
-        }
-        Ok(total / (tokens.len() - 1) as f64)
-    }
-
     /// Runs `tokens` from `state`, returns their logits `[T, vocab]` and advances the state.
     pub fn forward(
         &self,

@@ -1,4 +1,8 @@
-//! A generation session on the CPU reference: prefill, sample, step, save and resume.
+//! Generation sessions on either backend: prefill, sample, step, save and resume.
+//!
+//! An [`Engine`] is a model plus one sequence's recurrent state on some backend — the CPU
+//! reference ([`CpuEngine`]) or the GPU ([`crate::GpuSession`]). A [`Generator`] drives an engine
+//! with the sampler and keeps the bookkeeping that a resumed session needs.
 //!
 //! The last sampled token is kept *pending* (not yet fed through the model) until more input
 //! is needed. A saved session therefore holds exactly the tokens it has consumed plus the one
@@ -6,8 +10,10 @@
 //! prompt) is fed first, then sampling goes on with the same draw counter and penalty history.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::reference::{CpuModel, CpuState, RetentionForm};
 use crate::sampling::{apply_repeat_penalty, sample, SamplingParams};
@@ -15,6 +21,114 @@ use crate::state_file::{load_state, save_state, SavedState};
 
 /// How many recent tokens the repetition penalty looks at.
 pub const REPEAT_WINDOW: usize = 64;
+
+/// A model and the recurrent state of one sequence, on some backend.
+pub trait Engine {
+    /// The model's config.
+    fn config(&self) -> &ModelConfig;
+    /// Tokens consumed so far.
+    fn position(&self) -> usize;
+    /// Feeds `tokens` (chunkwise, or recurrent for one token) and returns the logits of the
+    /// last one (`[vocab]`), or of every one (`[T, vocab]`) when `all_rows`.
+    fn feed(&mut self, tokens: &[u32], all_rows: bool) -> impl Future<Output = Result<Vec<f32>>>;
+    /// A copy of the state: per layer `H × K × V` f32.
+    fn export_state(&self) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
+    /// Replaces the state and position.
+    fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()>;
+}
+
+/// The CPU reference as an [`Engine`].
+pub struct CpuEngine<'m> {
+    model: &'m CpuModel,
+    state: CpuState,
+}
+
+impl<'m> CpuEngine<'m> {
+    /// A fresh sequence.
+    pub fn new(model: &'m CpuModel) -> Self {
+        Self {
+            model,
+            state: model.new_state(),
+        }
+    }
+}
+
+impl Engine for CpuEngine<'_> {
+    fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    fn position(&self) -> usize {
+        self.state.position
+    }
+
+    async fn feed(&mut self, tokens: &[u32], all_rows: bool) -> Result<Vec<f32>> {
+        let form = if tokens.len() == 1 {
+            RetentionForm::Recurrent
+        } else {
+            RetentionForm::Chunkwise {
+                chunk_size: self.model.config().default_chunk_size,
+            }
+        };
+        let logits = self.model.forward(tokens, &mut self.state, form)?;
+        let vocab = self.model.config().vocab_size;
+        Ok(if all_rows {
+            logits
+        } else {
+            logits[logits.len() - vocab..].to_vec()
+        })
+    }
+
+    async fn export_state(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.state.layers.clone())
+    }
+
+    fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
+        self.state = CpuState {
+            position,
+            layers: layers.to_vec(),
+        };
+        Ok(())
+    }
+}
+
+/// Mean negative log-likelihood (nats per token) of each token of `tokens` given the ones
+/// before it, the whole sequence as one context (T − 1 predictions), fed in spans of `span`
+/// tokens so memory stays bounded. `progress(done, total)` reports tokens consumed.
+pub async fn mean_nll<E: Engine>(
+    engine: &mut E,
+    tokens: &[u32],
+    span: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
+    if tokens.len() < 2 {
+        return Err(ModelError::invalid(
+            "perplexity needs at least 2 tokens of text",
+        ));
+    }
+    let vocab = engine.config().vocab_size;
+    let span = span.max(1);
+    let mut total = 0.0f64;
+    for (s, chunk) in tokens.chunks(span).enumerate() {
+        let start = s * span;
+        let logits = engine.feed(chunk, true).await?;
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            let Some(&next) = tokens.get(start + i + 1) else {
+                break;
+            };
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_z = max
+                + row
+                    .iter()
+                    .map(|&l| (l as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            total += log_z - row[next as usize] as f64;
+        }
+        progress(start + chunk.len(), tokens.len());
+    }
+    Ok(total / (tokens.len() - 1) as f64)
+}
 
 /// What a session must remember besides the recurrent state.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -64,31 +178,30 @@ impl SessionBook {
     }
 }
 
-/// A sequence being generated on the CPU.
-pub struct CpuSession<'m> {
-    model: &'m CpuModel,
-    state: CpuState,
+/// Text generation over an [`Engine`].
+pub struct Generator<E: Engine> {
+    engine: E,
     book: SessionBook,
-    /// Logits after the last consumed token, if nothing is pending.
+    /// Logits after the last consumed token, while nothing is pending.
     last_logits: Option<Vec<f32>>,
-    chunk_size: usize,
 }
 
-impl<'m> CpuSession<'m> {
-    /// A fresh session at position 0.
-    pub fn new(model: &'m CpuModel) -> Self {
+/// A generation session on the CPU reference.
+pub type CpuSession<'m> = Generator<CpuEngine<'m>>;
+
+impl<E: Engine> Generator<E> {
+    /// A generator over an engine (normally a fresh one).
+    pub fn new(engine: E) -> Self {
         Self {
-            model,
-            state: model.new_state(),
+            engine,
             book: SessionBook::default(),
             last_logits: None,
-            chunk_size: model.config().default_chunk_size,
         }
     }
 
     /// Tokens consumed so far.
     pub fn position(&self) -> usize {
-        self.state.position
+        self.engine.position()
     }
 
     /// The session's bookkeeping.
@@ -96,38 +209,40 @@ impl<'m> CpuSession<'m> {
         &self.book
     }
 
-    /// Feeds the pending token (if any) and `tokens` with the chunkwise form.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
-        let mut input: Vec<u32> = self.book.pending.take().into_iter().collect();
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Feeds the pending token (if any) and `tokens`.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        let mut input: Vec<u32> = self.book.pending.into_iter().collect();
         input.extend_from_slice(tokens);
         if input.is_empty() {
             return if self.last_logits.is_some() {
                 Ok(())
             } else {
-                Err(ModelError::EmptyTokens)
+                Err(ModelError::invalid(
+                    "nothing to continue from: give a prompt (or a state with a pending token)",
+                ))
             };
         }
-        self.model.check_tokens(&input)?;
-        let form = if input.len() == 1 {
-            RetentionForm::Recurrent
-        } else {
-            RetentionForm::Chunkwise {
-                chunk_size: self.chunk_size,
-            }
-        };
-        let logits = self.model.forward(&input, &mut self.state, form)?;
-        let vocab = self.model.config().vocab_size;
-        self.last_logits = Some(logits[logits.len() - vocab..].to_vec());
+        let logits = self.engine.feed(&input, false).await?;
+        self.book.pending = None;
+        self.last_logits = Some(logits);
         self.book.remember(tokens);
         Ok(())
     }
 
     /// Samples the next token; it stays pending until the next call needs its logits.
-    pub fn next_token(&mut self, params: &SamplingParams) -> Result<u32> {
+    pub async fn next_token(&mut self, params: &SamplingParams) -> Result<u32> {
         if self.book.pending.is_some() {
-            self.prefill(&[])?;
+            self.prefill(&[]).await?;
         }
-        let mut logits = self.last_logits.take().ok_or(ModelError::EmptyTokens)?;
+        let mut logits = self
+            .last_logits
+            .take()
+            .ok_or_else(|| ModelError::invalid("nothing to continue from: give a prompt first"))?;
         apply_repeat_penalty(&mut logits, &self.book.history, params.repeat_penalty);
         let token = sample(&logits, params, self.book.draws);
         self.book.draws += 1;
@@ -137,29 +252,28 @@ impl<'m> CpuSession<'m> {
     }
 
     /// Saves the state and bookkeeping to a safetensors file.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub async fn save(&self, path: &Path) -> Result<()> {
         let saved = SavedState {
-            position: self.state.position,
-            layers: self.state.layers.clone(),
+            position: self.engine.position(),
+            layers: self.engine.export_state().await?,
             extra: self.book.to_strings(),
         };
-        save_state(path, self.model.config(), &saved)
+        save_state(path, self.engine.config(), &saved)
     }
 
-    /// Resumes a session saved by [`CpuSession::save`] for this model.
-    pub fn load(model: &'m CpuModel, path: &Path) -> Result<Self> {
-        let saved = load_state(path, model.config())?;
+    /// Resumes a session saved by [`Generator::save`] (from either backend) into `engine`.
+    pub fn load(mut engine: E, path: &Path) -> Result<Self> {
+        let saved = load_state(path, engine.config())?;
         let book =
             SessionBook::from_strings(&saved.extra).ok_or_else(|| ModelError::StateFile {
                 path: path.to_path_buf(),
                 message: "missing or bad session bookkeeping (pending, history, draws)".into(),
             })?;
-        let mut session = Self::new(model);
-        session.state = CpuState {
-            position: saved.position,
-            layers: saved.layers,
-        };
-        session.book = book;
-        Ok(session)
+        engine.import_state(saved.position, &saved.layers)?;
+        Ok(Self {
+            engine,
+            book,
+            last_logits: None,
+        })
     }
 }

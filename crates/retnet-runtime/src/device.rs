@@ -5,6 +5,11 @@ use crate::error::RuntimeError;
 use retnet_kernels::Features;
 use std::sync::{Arc, Mutex};
 
+/// Backends searched unless told otherwise: Vulkan, Metal, DX12 and the browser's WebGPU.
+/// OpenGL is left out by default: its compute support is the weakest, and probing it on Linux
+/// (EGL) prints driver noise on stderr; `RETNET_BACKEND=gl` still selects it.
+pub const DEFAULT_BACKENDS: wgpu::Backends = wgpu::Backends::PRIMARY;
+
 /// How to pick and configure the adapter. [`DeviceOptions::from_env`] reads the environment.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
@@ -51,7 +56,7 @@ pub fn parse_backend(name: &str) -> Result<wgpu::Backends, RuntimeError> {
 
 /// One line per adapter the options can see: name, backend, device type.
 pub async fn list_adapters(options: &DeviceOptions) -> Vec<wgpu::AdapterInfo> {
-    let backends = options.backends.unwrap_or(wgpu::Backends::all());
+    let backends = options.backends.unwrap_or(DEFAULT_BACKENDS);
     let instance = instance(backends);
     instance
         .enumerate_adapters(backends)
@@ -149,7 +154,7 @@ impl Device {
     /// SHADER_F16, SUBGROUP and TIMESTAMP_QUERY where offered, and requests the adapter's own
     /// limits (WebGPU's defaults, e.g. 128 MiB per storage binding, are too small for an LLM).
     pub async fn new(options: &DeviceOptions) -> Result<Device, RuntimeError> {
-        let backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let backends = options.backends.unwrap_or(DEFAULT_BACKENDS);
         let instance = instance(backends);
         let adapter = select_adapter(&instance, backends, options).await?;
         let info = adapter.get_info();
