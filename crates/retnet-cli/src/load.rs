@@ -5,16 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use retnet_model::{CpuModel, Tokenizer};
+use retnet_model::{Bytes, CpuModel, Tokenizer};
 
 use crate::CliError;
 
-/// The default model's directory in the source tree (a byte-level RetNet trained on
-/// Shakespeare's plays; see `models/retnet-shakespeare`).
-pub const DEFAULT_MODEL_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../models/retnet-shakespeare"
-);
+/// The default model, compiled into the binary so that `retnet generate` works anywhere: a
+/// byte-level RetNet (torchscale architecture, 6.8M parameters, f16) trained on Shakespeare's
+/// plays; see `models/retnet-shakespeare` and `tools/train`.
+const DEFAULT_CONFIG: &str = include_str!("../../../models/retnet-shakespeare/config.json");
+static DEFAULT_WEIGHTS: &[u8] =
+    include_bytes!("../../../models/retnet-shakespeare/model.safetensors");
 
 /// A model, its tokenizer, and a name for messages.
 pub struct Loaded {
@@ -24,7 +24,12 @@ pub struct Loaded {
 
 /// Loads `dir`, or the default model; shows a progress bar for checkpoints of many layers.
 pub fn load(dir: Option<&Path>) -> Result<Loaded, CliError> {
-    let dir = dir.unwrap_or(Path::new(DEFAULT_MODEL_DIR));
+    let Some(dir) = dir else {
+        let model = CpuModel::from_bytes(DEFAULT_CONFIG, Bytes::Static(DEFAULT_WEIGHTS))?;
+        let tokenizer = Tokenizer::bytes_for(model.config())
+            .ok_or_else(|| CliError::BadArgument("the default model is not byte-level".into()))?;
+        return Ok(Loaded { model, tokenizer });
+    };
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("loading {msg} {bar:30} layer {pos}/{len}")
