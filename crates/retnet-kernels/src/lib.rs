@@ -29,6 +29,7 @@ pub mod residual;
 pub mod retention;
 pub mod rms_norm;
 pub mod rotary;
+pub mod sampling;
 mod validate;
 
 pub use validate::{validate, ValidationError, ValidationReport};
@@ -295,6 +296,7 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
     all.extend(head_norm_gate::KERNELS);
     all.extend(gated_activation::KERNELS);
     all.extend(residual::KERNELS);
+    all.extend(sampling::KERNELS);
     all
 }
 
