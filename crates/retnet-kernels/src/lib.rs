@@ -21,6 +21,8 @@ macro_rules! shader {
     };
 }
 
+#[cfg(any(test, feature = "backends"))]
+pub mod backends;
 pub mod embedding;
 pub mod gated_activation;
 pub mod head_norm_gate;
