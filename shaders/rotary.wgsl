@@ -71,3 +71,35 @@ fn rotary_halves(@builtin(global_invocation_id) gid: vec3<u32>) {
     let base = token * params.row_stride + params.col_offset + head * params.head_dim;
     rotate(base + pair, base + half_dim + pair, params.start_pos + token, pair);
 }
+
+// Batched decode: row `token` is one token of its own sequence, at absolute position
+// positions[token] (start_pos is not used). Used only by the *_batched entry points.
+@group(0) @binding(3) var<storage, read> positions: array<u32>;
+
+// torchscale pairs, per-row positions. Grid: (ceil(heads·head_dim/2 / WORKGROUP_SIZE), rows).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn rotary_interleaved_batched(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let half_dim = params.head_dim / 2u;
+    let head = gid.x / half_dim;
+    let pair = gid.x % half_dim;
+    let token = gid.y;
+    if head >= params.heads || token >= params.tokens {
+        return;
+    }
+    let base = token * params.row_stride + params.col_offset + head * params.head_dim;
+    rotate(base + 2u * pair, base + 2u * pair + 1u, positions[token], pair);
+}
+
+// fla / NeoX halves, per-row positions. Grid: (ceil(heads·head_dim/2 / WORKGROUP_SIZE), rows).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn rotary_halves_batched(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let half_dim = params.head_dim / 2u;
+    let head = gid.x / half_dim;
+    let pair = gid.x % half_dim;
+    let token = gid.y;
+    if head >= params.heads || token >= params.tokens {
+        return;
+    }
+    let base = token * params.row_stride + params.col_offset + head * params.head_dim;
+    rotate(base + pair, base + half_dim + pair, positions[token], pair);
+}

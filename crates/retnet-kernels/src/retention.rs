@@ -1,5 +1,6 @@
-//! Retention in its three forms — [`parallel`], [`chunkwise`], [`recurrent`] — over rotated and
-//! scaled q, k. See `shaders/retention_common.wgsl` for the formulas and buffer layout.
+//! Retention in its three forms — [`parallel`], [`chunkwise`], [`recurrent`] (and
+//! [`recurrent_batched`] for batched decode) — over rotated and scaled q, k. See
+//! `shaders/retention_common.wgsl` for the formulas and buffer layout.
 
 use crate::{
     ceil_div, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
@@ -203,8 +204,60 @@ pub static RECURRENT: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+/// Recurrent form, batched: one token for each of `rows` sequences, each with its own position
+/// and state slot (batched decode).
+pub static RECURRENT_BATCHED: Kernel = Kernel {
+    name: "retention/recurrent-batched",
+    source: shader!("retention_common.wgsl", "retention_recurrent_batched.wgsl"),
+    entry_point: "retention_recurrent_batched",
+    workgroup_size: [
+        Dim::Constant("COLUMNS"),
+        Dim::Constant("SLICES"),
+        Dim::Fixed(1),
+    ],
+    constants: &[
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 32,
+        },
+        OverrideConstant {
+            name: "SLICES",
+            default: 8,
+        },
+    ],
+    bindings: &[
+        PARAMS,
+        Q,
+        K,
+        V,
+        LOG_DECAY,
+        Binding {
+            index: 5,
+            name: "positions",
+            access: Access::ReadOnly,
+        },
+        Binding {
+            index: 6,
+            name: "slots",
+            access: Access::ReadOnly,
+        },
+        Binding {
+            index: 7,
+            name: "state",
+            access: Access::ReadWrite,
+        },
+        Binding {
+            index: 8,
+            name: "output",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&PARALLEL, &CHUNKWISE, &RECURRENT];
+pub static KERNELS: &[&Kernel] = &[&PARALLEL, &CHUNKWISE, &RECURRENT, &RECURRENT_BATCHED];
 
 /// Parallel retention from a zero state (the state is neither read nor written).
 /// Buffers: q, k, v, `log_decay [H]`, output.
@@ -251,5 +304,65 @@ pub fn recurrent(params: RetentionParams) -> Dispatch {
         constants,
         params: params.words(),
         workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    }
+}
+
+/// Parameters of [`recurrent_batched`]: row b of q, k, v and the output is one token of sequence
+/// b (its own position and state slot come from buffers).
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionBatchedParams {
+    /// B: rows, one token of one sequence each.
+    pub rows: u32,
+    /// H: query heads (one state per query head).
+    pub query_heads: u32,
+    /// H_kv: key/value heads; must divide `query_heads`.
+    pub kv_heads: u32,
+    /// K.
+    pub key_dim: u32,
+    /// V.
+    pub value_dim: u32,
+    /// Layout of q (`[rows, H, K]`).
+    pub q: Strided,
+    /// Layout of k (`[rows, H_kv, K]`).
+    pub k: Strided,
+    /// Layout of v (`[rows, H_kv, V]`).
+    pub v: Strided,
+    /// Layout of the output (`[rows, H, V]`).
+    pub out: Strided,
+    /// Divide P_n by sqrt(c_n), c_n = Σ_{i≤n} γ^i, n = `positions[b]` (torchscale).
+    pub scale_by_decay_sum: bool,
+}
+
+/// Batched recurrent step (decode of many sequences in one dispatch): row b advances the state in
+/// slot `slots[b]` of the pool by its token at absolute position `positions[b]`. Distinct rows must
+/// use distinct slots. Buffers: q, k, v, `log_decay [H]`, `positions [rows]` u32,
+/// `slots [rows]` u32, `state [slots, H, K, V]` f32 (the pool), output.
+pub fn recurrent_batched(params: RetentionBatchedParams) -> Dispatch {
+    let kernel = &RECURRENT_BATCHED;
+    let constants = kernel.default_constants();
+    let [columns, _, _] = kernel.workgroup_size(&constants);
+    let words = RetentionParams {
+        tokens: params.rows,
+        query_heads: params.query_heads,
+        kv_heads: params.kv_heads,
+        key_dim: params.key_dim,
+        value_dim: params.value_dim,
+        start_pos: 0,
+        q: params.q,
+        k: params.k,
+        v: params.v,
+        out: params.out,
+        scale_by_decay_sum: params.scale_by_decay_sum,
+    }
+    .words();
+    Dispatch {
+        kernel,
+        constants,
+        params: words,
+        workgroups: [
+            ceil_div(params.value_dim, columns),
+            params.query_heads,
+            params.rows,
+        ],
     }
 }

@@ -65,7 +65,23 @@ const PARAMS_STRUCT: (&str, &[&str]) = (
     ],
 );
 
-const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
+/// [`BINDINGS`] plus `positions` (one u32 per row), for the batched variants.
+const BATCHED_BINDINGS: &[Binding] = &[
+    BINDINGS[0],
+    BINDINGS[1],
+    BINDINGS[2],
+    Binding {
+        index: 3,
+        name: "positions",
+        access: Access::ReadOnly,
+    },
+];
+
+const fn variant(
+    name: &'static str,
+    entry_point: &'static str,
+    bindings: &'static [Binding],
+) -> Kernel {
     Kernel {
         name,
         source: shader!("rotary.wgsl"),
@@ -76,19 +92,31 @@ const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
             Dim::Fixed(1),
         ],
         constants: CONSTANTS,
-        bindings: BINDINGS,
+        bindings,
         params: PARAMS_STRUCT,
         requires: Features::NONE,
     }
 }
 
 /// Pairs (2i, 2i+1).
-pub static INTERLEAVED: Kernel = variant("rotary/interleaved", "rotary_interleaved");
+pub static INTERLEAVED: Kernel = variant("rotary/interleaved", "rotary_interleaved", BINDINGS);
 /// Pairs (i, i+K/2).
-pub static HALVES: Kernel = variant("rotary/halves", "rotary_halves");
+pub static HALVES: Kernel = variant("rotary/halves", "rotary_halves", BINDINGS);
+/// Pairs (2i, 2i+1), row b at position `positions[b]` (batched decode).
+pub static INTERLEAVED_BATCHED: Kernel = variant(
+    "rotary/interleaved-batched",
+    "rotary_interleaved_batched",
+    BATCHED_BINDINGS,
+);
+/// Pairs (i, i+K/2), row b at position `positions[b]` (batched decode).
+pub static HALVES_BATCHED: Kernel = variant(
+    "rotary/halves-batched",
+    "rotary_halves_batched",
+    BATCHED_BINDINGS,
+);
 
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&INTERLEAVED, &HALVES];
+pub static KERNELS: &[&Kernel] = &[&INTERLEAVED, &HALVES, &INTERLEAVED_BATCHED, &HALVES_BATCHED];
 
 /// Rotates in place. Buffers: `theta [head_dim / 2]` f32 (angle per pair and position),
 /// `x` f32 (read and written).
@@ -114,6 +142,53 @@ pub fn rotary(style: RotaryStyle, params: RotaryParams) -> Dispatch {
         workgroups: [
             ceil_div(params.heads * (params.head_dim / 2), x),
             params.tokens,
+            1,
+        ],
+    }
+}
+
+/// Parameters of [`rotary_batched`]: one row per sequence, each at its own position. Element j of
+/// head h of row b is at `col_offset + b·row_stride + h·head_dim + j`.
+#[derive(Clone, Copy, Debug)]
+pub struct RotaryBatchedParams {
+    /// B: rows, one token of one sequence each.
+    pub rows: u32,
+    /// Heads to rotate in each row.
+    pub heads: u32,
+    /// K, even.
+    pub head_dim: u32,
+    /// Elements between consecutive rows.
+    pub row_stride: u32,
+    /// Element index of head 0 of row 0.
+    pub col_offset: u32,
+    /// Applied after the rotation (as [`RotaryParams::scale`]).
+    pub scale: f32,
+}
+
+/// Rotates in place, row b at absolute position `positions[b]` (batched decode). Buffers:
+/// `theta [head_dim / 2]` f32, `x` f32 (read and written), `positions [rows]` u32.
+pub fn rotary_batched(style: RotaryStyle, params: RotaryBatchedParams) -> Dispatch {
+    let kernel = match style {
+        RotaryStyle::Interleaved => &INTERLEAVED_BATCHED,
+        RotaryStyle::Halves => &HALVES_BATCHED,
+    };
+    let constants = kernel.default_constants();
+    let [x, _, _] = kernel.workgroup_size(&constants);
+    Dispatch {
+        kernel,
+        constants,
+        params: ParamWords::new(&[
+            params.rows,
+            params.heads,
+            params.head_dim,
+            0, // start_pos: unused, positions come from the buffer
+            params.row_stride,
+            params.col_offset,
+            f(params.scale),
+        ]),
+        workgroups: [
+            ceil_div(params.heads * (params.head_dim / 2), x),
+            params.rows,
             1,
         ],
     }

@@ -1,0 +1,55 @@
+// Batched recurrent retention (decode of many sessions in one dispatch): row b of q, k, v and the
+// output is one token of its own sequence, at absolute position positions[b] (for the c_n scale),
+// whose state is slot slots[b] of a pool laid out [slot, query_heads, K, V] f32. `tokens` is the
+// number of rows B; start_pos is not used. Per row, the same fused step as
+// retention_recurrent.wgsl, in the same order of operations (so a row gives the same bits as the
+// unbatched kernel run on that sequence alone):
+//   S ← γ S + kᵀ v;  P = q S,
+// each state entry read once and written once. Two rows must not name the same slot.
+
+@group(0) @binding(5) var<storage, read> positions: array<u32>;
+@group(0) @binding(6) var<storage, read> slots: array<u32>;
+@group(0) @binding(7) var<storage, read_write> state: array<f32>;
+@group(0) @binding(8) var<storage, read_write> output: array<f32>;
+
+// Value columns per workgroup (one per invocation along x).
+override COLUMNS: u32 = 32u;
+// Invocations per column (along y).
+override SLICES: u32 = 8u;
+
+var<workgroup> partial_sums: array<f32, COLUMNS * SLICES>;
+
+// Grid: (ceil(value_dim / COLUMNS), query_heads, rows).
+@compute @workgroup_size(COLUMNS, SLICES)
+fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let head = wid.y;
+    let row = wid.z;
+    let kv_head = kv_head_of(head);
+    let column = wid.x * COLUMNS + lid.x;
+    let slice = lid.y;
+    let log_gamma = log_decay[head];
+    let gamma = exp(log_gamma);
+    let in_range = column < params.value_dim && row < params.tokens;
+    // Start of this row's state for this head: the pool slot, then [H, K, V] as in state_index.
+    let slot_base = slots[row] * params.query_heads * params.key_dim * params.value_dim;
+
+    var acc = 0.0;
+    if in_range {
+        let v_value = v_at(row, kv_head, column);
+        for (var r = slice; r < params.key_dim; r += SLICES) {
+            let index = slot_base + state_index(head, r, column);
+            let s = fma(gamma, state[index], k_at(row, kv_head, r) * v_value);
+            state[index] = s;
+            acc = fma(q_at(row, head, r), s, acc);
+        }
+    }
+    partial_sums[slice * COLUMNS + lid.x] = acc;
+    workgroupBarrier();
+    if slice == 0u && in_range {
+        var sum = 0.0;
+        for (var i = 0u; i < SLICES; i++) {
+            sum += partial_sums[i * COLUMNS + lid.x];
+        }
+        output[output_index(row, head, column)] = sum * output_scale(log_gamma, positions[row]);
+    }
+}
