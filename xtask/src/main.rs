@@ -1,70 +1,30 @@
-//! Project tasks: `cargo xtask shaders` validates every WGSL kernel variant with naga.
+//! Project tasks:
+//! - `cargo xtask shaders`: every WGSL kernel variant validated with naga and translated to
+//!   SPIR-V, MSL, HLSL and back to WGSL, for each feature set;
+//! - `cargo xtask verify [--quick] [--json FILE]`: every GPU kernel (and, later, the whole model)
+//!   against an f64 CPU computation over a matrix of shapes.
 
-use retnet_kernels::{all_kernels, validate, Features};
+mod shaders;
+mod verify;
+
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]";
+
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("shaders") => shaders(),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("shaders") if args.len() == 1 => shaders::run(),
+        Some("verify") => match verify::Options::parse(&args[1..]) {
+            Ok(options) => verify::run(&options),
+            Err(message) => {
+                eprintln!("{message}\n{USAGE}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask shaders");
+            eprintln!("{USAGE}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Validates every kernel variant under each feature combination that offers what it needs, and
-/// prints a table (variant × feature set). Exits non-zero if any validation fails.
-fn shaders() -> ExitCode {
-    let combinations = Features::combinations();
-    let kernels = all_kernels();
-    let name_width = kernels.iter().map(|k| k.name.len()).max().unwrap_or(0);
-    let entry_width = kernels
-        .iter()
-        .map(|k| k.entry_point.len())
-        .max()
-        .unwrap_or(0);
-    print!("{:name_width$}  {:entry_width$}", "kernel", "entry point");
-    for features in combinations {
-        print!("  {:<14}", features.to_string());
-    }
-    println!();
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for kernel in &kernels {
-        print!(
-            "{:name_width$}  {:entry_width$}",
-            kernel.name, kernel.entry_point
-        );
-        for features in combinations {
-            let cell = if !features.contains(kernel.requires) {
-                "-".to_string()
-            } else {
-                checked += 1;
-                match validate(kernel, features) {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => {
-                        failures.push(format!("{} ({features}): {e}", kernel.name));
-                        "FAIL".to_string()
-                    }
-                }
-            };
-            print!("  {cell:<14}");
-        }
-        println!();
-    }
-    println!(
-        "\n{} variants, {checked} validations, {} failed ('-': needs a feature the set lacks)",
-        kernels.len(),
-        failures.len()
-    );
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for failure in &failures {
-            eprintln!("\n{failure}");
-        }
-        ExitCode::FAILURE
     }
 }

@@ -21,6 +21,8 @@ macro_rules! shader {
     };
 }
 
+#[cfg(any(test, feature = "backends"))]
+pub mod backends;
 pub mod embedding;
 pub mod gated_activation;
 pub mod head_norm_gate;
@@ -29,6 +31,7 @@ pub mod residual;
 pub mod retention;
 pub mod rms_norm;
 pub mod rotary;
+pub mod sampling;
 mod validate;
 
 pub use validate::{validate, ValidationError, ValidationReport};
@@ -295,6 +298,7 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
     all.extend(head_norm_gate::KERNELS);
     all.extend(gated_activation::KERNELS);
     all.extend(residual::KERNELS);
+    all.extend(sampling::KERNELS);
     all
 }
 

@@ -1,0 +1,420 @@
+//! Every kernel variant through naga's writers for the native backends wgpu uses — SPIR-V
+//! (Vulkan), MSL (Metal), HLSL (DX12) — and back through WGSL, with the override constants
+//! resolved first as wgpu does when it creates a pipeline.
+//!
+//! Only Vulkan runs on the machines this project is tested on; translating every variant proves
+//! the other backends as far as a compiler can without their drivers: naga accepts the module and
+//! emits code for the shading-language version wgpu would use on an adapter offering the same
+//! features. Each feature set is translated for the oldest target that can express it:
+//!
+//! | features | SPIR-V | MSL | HLSL |
+//! |---|---|---|---|
+//! | core | 1.0 | 2.0 | SM 5.1 (FXC) |
+//! | f16 | 1.0 + `SPV_KHR_16bit_storage` | 2.0 (`half` is core MSL) | SM 6.2 (16-bit types) |
+//! | subgroups | 1.3 (`GroupNonUniform*`) | 2.1 (SIMD-group functions) | SM 6.0 (wave intrinsics) |
+//! | f16+subgroups | 1.3 | 2.1 | SM 6.2 |
+//!
+//! wgpu's DX12 backend only offers SHADER_F16 at SM ≥ 6.2 and SUBGROUP at SM ≥ 6.0, its Metal
+//! backend SUBGROUP only on SIMD-group capable families and its Vulkan backend SUBGROUP on Vulkan
+//! ≥ 1.1 (SPIR-V ≥ 1.3), so the runtime's feature detection never selects a variant for a target
+//! below these: an f16 variant in SM 5.1 is excluded by construction, and [`translate_for`]
+//! reports such a combination as [`Translation::Excluded`] with the reason.
+
+use crate::validate::capabilities;
+use crate::{Features, Kernel};
+use naga::back::PipelineConstants;
+use naga::valid::{ModuleInfo, ValidationFlags, Validator};
+use naga::{Module, ShaderStage};
+
+/// A naga writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// SPIR-V for Vulkan.
+    SpirV,
+    /// Metal Shading Language.
+    Msl,
+    /// HLSL for DX12.
+    Hlsl,
+    /// WGSL written back out (overrides resolved), re-parsed and validated again.
+    Wgsl,
+}
+
+impl Backend {
+    /// Every backend, in table order.
+    pub const ALL: [Backend; 4] = [Backend::SpirV, Backend::Msl, Backend::Hlsl, Backend::Wgsl];
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::SpirV => "spir-v",
+            Backend::Msl => "msl",
+            Backend::Hlsl => "hlsl",
+            Backend::Wgsl => "wgsl",
+        }
+    }
+}
+
+/// The language version a backend is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// SPIR-V (major, minor).
+    SpirV(u8, u8),
+    /// MSL (major, minor).
+    Msl(u8, u8),
+    /// HLSL shader model.
+    Hlsl(naga::back::hlsl::ShaderModel),
+    /// WGSL.
+    Wgsl,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::SpirV(major, minor) => write!(f, "spv{major}.{minor}"),
+            Target::Msl(major, minor) => write!(f, "msl{major}.{minor}"),
+            Target::Hlsl(model) => write!(f, "sm{}", model.to_str().replace('_', ".")),
+            Target::Wgsl => write!(f, "wgsl"),
+        }
+    }
+}
+
+/// The oldest target of `backend` that wgpu would use on an adapter offering `features`
+/// (see the module documentation for why).
+pub fn target_for(backend: Backend, features: Features) -> Target {
+    use naga::back::hlsl::ShaderModel;
+    match backend {
+        Backend::SpirV if features.subgroups => Target::SpirV(1, 3),
+        Backend::SpirV => Target::SpirV(1, 0),
+        Backend::Msl if features.subgroups => Target::Msl(2, 1),
+        Backend::Msl => Target::Msl(2, 0),
+        Backend::Hlsl if features.shader_f16 => Target::Hlsl(ShaderModel::V6_2),
+        Backend::Hlsl if features.subgroups => Target::Hlsl(ShaderModel::V6_0),
+        Backend::Hlsl => Target::Hlsl(ShaderModel::V5_1),
+        Backend::Wgsl => Target::Wgsl,
+    }
+}
+
+/// What translating one variant gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Translation {
+    /// Written for `target`; `size` is the output's length (SPIR-V words, else bytes).
+    Written {
+        /// The language version used.
+        target: Target,
+        /// Output length.
+        size: usize,
+    },
+    /// The target cannot express the variant; the runtime never selects it there.
+    Excluded {
+        /// The language version asked for.
+        target: Target,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Why a translation failed (a bug in a shader or in naga, never an expected exclusion).
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    /// The variant does not validate for these features (see [`crate::validate`]).
+    #[error("{0}")]
+    Invalid(String),
+    /// Resolving the override constants failed.
+    #[error("override constants: {0}")]
+    Overrides(String),
+    /// The backend writer failed.
+    #[error("{backend} ({target}) writer: {message}")]
+    Writer {
+        /// Which writer.
+        backend: &'static str,
+        /// For which version.
+        target: Target,
+        /// naga's message.
+        message: String,
+    },
+    /// The WGSL written back does not parse or validate.
+    #[error("WGSL written back does not {stage}: {message}")]
+    WgslRoundTrip {
+        /// "parse" or "validate".
+        stage: &'static str,
+        /// naga's message.
+        message: String,
+    },
+}
+
+fn parse_and_validate(
+    kernel: &Kernel,
+    features: Features,
+) -> Result<(Module, ModuleInfo), TranslateError> {
+    let module = naga::front::wgsl::parse_str(kernel.source)
+        .map_err(|e| TranslateError::Invalid(e.emit_to_string(kernel.source)))?;
+    let info = Validator::new(ValidationFlags::all(), capabilities(features))
+        .validate(&module)
+        .map_err(|e| TranslateError::Invalid(e.emit_to_string(kernel.source)))?;
+    Ok((module, info))
+}
+
+/// Translates `kernel` for an adapter with `features` with the target [`target_for`] picks.
+pub fn translate(
+    kernel: &'static Kernel,
+    features: Features,
+    backend: Backend,
+) -> Result<Translation, TranslateError> {
+    translate_for(kernel, features, target_for(backend, features))
+}
+
+/// Translates `kernel`, validated for `features`, to `target` with the kernel's default override
+/// values (the pipeline constants the runtime passes unless a constructor changes one).
+pub fn translate_for(
+    kernel: &'static Kernel,
+    features: Features,
+    target: Target,
+) -> Result<Translation, TranslateError> {
+    use naga::back::hlsl::ShaderModel;
+    if let Some(reason) = exclusion(kernel.requires, target) {
+        return Ok(Translation::Excluded { target, reason });
+    }
+    let (module, info) = parse_and_validate(kernel, features)?;
+    let writer_error = |backend: &'static str, message: String| TranslateError::Writer {
+        backend,
+        target,
+        message,
+    };
+
+    let mut constants = PipelineConstants::default();
+    for (name, value) in kernel.default_constants().pairs(kernel) {
+        constants.insert(name.to_string(), value);
+    }
+    let entry = (ShaderStage::Compute, kernel.entry_point);
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(&module, &info, Some(entry), &constants)
+            .map_err(|e| TranslateError::Overrides(e.to_string()))?;
+
+    if target == Target::Wgsl {
+        // Written after the overrides are resolved, with override-sized arrays given their
+        // resolved length: naga 30's WGSL writer panics on the anonymous override behind
+        // `array<f32, CHUNK_SIZE * COLUMNS>` and writes a pending-size array without its element
+        // type (`array<N>`), both naga bugs that do not affect the shaders themselves.
+        let module = with_array_sizes_resolved(&module)?;
+        let text =
+            naga::back::wgsl::write_string(&module, &info, naga::back::wgsl::WriterFlags::empty())
+                .map_err(|e| writer_error("wgsl", e.to_string()))?;
+        let reparsed =
+            naga::front::wgsl::parse_str(&text).map_err(|e| TranslateError::WgslRoundTrip {
+                stage: "parse",
+                message: e.emit_to_string(&text),
+            })?;
+        Validator::new(ValidationFlags::all(), capabilities(features))
+            .validate(&reparsed)
+            .map_err(|e| TranslateError::WgslRoundTrip {
+                stage: "validate",
+                message: e.emit_to_string(&text),
+            })?;
+        if !reparsed
+            .entry_points
+            .iter()
+            .any(|ep| ep.name == kernel.entry_point)
+        {
+            return Err(TranslateError::WgslRoundTrip {
+                stage: "keep the entry point",
+                message: kernel.entry_point.to_string(),
+            });
+        }
+        return Ok(Translation::Written {
+            target,
+            size: text.len(),
+        });
+    }
+
+    let size = match target {
+        Target::SpirV(major, minor) => {
+            let options = naga::back::spv::Options {
+                lang_version: (major, minor),
+                flags: naga::back::spv::WriterFlags::empty(),
+                ..Default::default()
+            };
+            let pipeline = naga::back::spv::PipelineOptions {
+                shader_stage: ShaderStage::Compute,
+                entry_point: kernel.entry_point.to_string(),
+            };
+            naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
+                .map_err(|e| writer_error("spir-v", e.to_string()))?
+                .len()
+        }
+        Target::Msl(major, minor) => {
+            let options = naga::back::msl::Options {
+                lang_version: (major, minor),
+                ..Default::default()
+            };
+            let pipeline = naga::back::msl::PipelineOptions {
+                entry_point: Some((ShaderStage::Compute, kernel.entry_point.to_string())),
+                ..Default::default()
+            };
+            let (text, translation) =
+                naga::back::msl::write_string(&module, &info, &options, &pipeline)
+                    .map_err(|e| writer_error("msl", e.to_string()))?;
+            for name in translation.entry_point_names {
+                name.map_err(|e| writer_error("msl", e.to_string()))?;
+            }
+            text.len()
+        }
+        Target::Hlsl(shader_model) => {
+            let options = naga::back::hlsl::Options {
+                shader_model,
+                ..Default::default()
+            };
+            let pipeline = naga::back::hlsl::PipelineOptions {
+                entry_point: Some((ShaderStage::Compute, kernel.entry_point.to_string())),
+            };
+            let mut text = String::new();
+            let reflection = naga::back::hlsl::Writer::new(&mut text, &options, &pipeline)
+                .write(&module, &info, None)
+                .map_err(|e| writer_error("hlsl", e.to_string()))?;
+            for name in reflection.entry_point_names {
+                name.map_err(|e| writer_error("hlsl", e.to_string()))?;
+            }
+            let half_types = ["half", "half2", "half3", "half4", "float16_t"];
+            let uses_half = text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|token| half_types.contains(&token));
+            if shader_model < ShaderModel::V6_2 && uses_half {
+                return Err(writer_error(
+                    "hlsl",
+                    "16-bit types emitted below SM 6.2".to_string(),
+                ));
+            }
+            text.len()
+        }
+        Target::Wgsl => 0,
+    };
+    Ok(Translation::Written { target, size })
+}
+
+/// A copy of `module` whose override-sized array types have their resolved constant length.
+fn with_array_sizes_resolved(module: &Module) -> Result<Module, TranslateError> {
+    let mut module = module.clone();
+    let pending: Vec<_> = module
+        .types
+        .iter()
+        .filter_map(|(handle, ty)| match ty.inner {
+            naga::TypeInner::Array {
+                base,
+                size: size @ naga::ArraySize::Pending(_),
+                stride,
+            } => Some((handle, base, size, stride)),
+            _ => None,
+        })
+        .collect();
+    for (index, (handle, base, size, stride)) in pending.into_iter().enumerate() {
+        let length = match size.resolve(module.to_ctx()) {
+            Ok(naga::proc::IndexableLength::Known(length)) => length,
+            other => return Err(TranslateError::Overrides(format!("array size {other:?}"))),
+        };
+        let size = std::num::NonZeroU32::new(length)
+            .map(naga::ArraySize::Constant)
+            .ok_or_else(|| TranslateError::Overrides("zero-sized array".into()))?;
+        // A unique name keeps the type distinct from an identical one already in the arena
+        // (the WGSL writer writes arrays inline, without their name).
+        let resolved = naga::Type {
+            name: Some(format!("resolved_array_{index}")),
+            inner: naga::TypeInner::Array { base, size, stride },
+        };
+        module.types.replace(handle, resolved);
+    }
+    Ok(module)
+}
+
+/// Why `target` cannot run a variant that requires `requires`, if it cannot.
+pub fn exclusion(requires: Features, target: Target) -> Option<&'static str> {
+    use naga::back::hlsl::ShaderModel;
+    match target {
+        Target::Hlsl(model) if requires.shader_f16 && model < ShaderModel::V6_2 => {
+            Some("16-bit types need SM 6.2 (DXC); wgpu's DX12 offers shader-f16 only there")
+        }
+        Target::Hlsl(model) if requires.subgroups && model < ShaderModel::V6_0 => {
+            Some("wave intrinsics need SM 6.0 (DXC); wgpu's DX12 offers subgroups only there")
+        }
+        Target::SpirV(major, minor) if requires.subgroups && (major, minor) < (1, 3) => {
+            Some("GroupNonUniform operations need SPIR-V 1.3 (Vulkan 1.1)")
+        }
+        Target::Msl(major, minor) if requires.subgroups && (major, minor) < (2, 1) => {
+            Some("SIMD-group reductions need MSL 2.1")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{all_kernels, kernels_for};
+
+    #[test]
+    fn every_variant_translates_for_every_backend_under_every_feature_set() {
+        let mut failures = Vec::new();
+        let mut written = 0;
+        for features in Features::combinations() {
+            for kernel in kernels_for(features) {
+                for backend in Backend::ALL {
+                    match translate(kernel, features, backend) {
+                        Ok(Translation::Written { .. }) => written += 1,
+                        Ok(Translation::Excluded { target, reason }) => failures.push(format!(
+                            "{} under {features} excluded from {target}: {reason}",
+                            kernel.name
+                        )),
+                        Err(e) => failures.push(format!(
+                            "{} under {features} to {}: {e}",
+                            kernel.name,
+                            backend.name()
+                        )),
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        assert!(written >= all_kernels().len() * Backend::ALL.len());
+    }
+
+    #[test]
+    fn targets_below_a_variants_needs_are_excluded_with_a_reason() {
+        use naga::back::hlsl::ShaderModel;
+        let f16 = &crate::linear::MATVEC_F16;
+        let subgroup = &crate::linear::MATVEC_F32_SUBGROUP;
+        for (kernel, target) in [
+            (f16, Target::Hlsl(ShaderModel::V5_1)),
+            (f16, Target::Hlsl(ShaderModel::V6_0)),
+            (subgroup, Target::Hlsl(ShaderModel::V5_1)),
+            (subgroup, Target::SpirV(1, 0)),
+            (subgroup, Target::Msl(2, 0)),
+        ] {
+            let result = translate_for(kernel, Features::ALL, target).expect("translation");
+            assert!(
+                matches!(result, Translation::Excluded { .. }),
+                "{} {target}: {result:?}",
+                kernel.name
+            );
+        }
+    }
+
+    #[test]
+    fn override_constants_chosen_by_constructors_translate_too() {
+        // The chunk size is the one constant the runtime changes (it sizes workgroup arrays).
+        let kernel = &crate::retention::CHUNKWISE;
+        let (module, info) = parse_and_validate(kernel, Features::NONE).expect("valid");
+        for chunk in [1u32, 7, 64] {
+            let values = kernel.default_constants().with(kernel, "CHUNK_SIZE", chunk);
+            let mut constants = PipelineConstants::default();
+            for (name, value) in values.pairs(kernel) {
+                constants.insert(name.to_string(), value);
+            }
+            let (module, info) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((ShaderStage::Compute, kernel.entry_point)),
+                &constants,
+            )
+            .expect("overrides");
+            naga::back::spv::write_vec(&module, &info, &Default::default(), None).expect("spir-v");
+        }
+    }
+}

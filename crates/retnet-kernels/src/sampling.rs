@@ -1,0 +1,211 @@
+//! Sampling the next token on the GPU: repetition penalty, greedy, temperature, top-k, top-p and
+//! the seeded draw of `retnet_model::sampling`, in one dispatch of one workgroup.
+//!
+//! Everything that changes from one decode step to the next lives in GPU buffers, so the same
+//! [`sample`] dispatch (same parameters) is recorded at every step and no value goes through the
+//! CPU between steps:
+//!
+//! | binding | buffer | access | contents |
+//! |---|---|---|---|
+//! | 1 | `logits` | read | the row `[vocab]` at element `logits_offset` |
+//! | 2 | `state` | read-write | [`state_len`]`(window)` u32: draw index, tokens pushed, 2 reserved, the history ring |
+//! | 3 | `next_token` | read-write | `[1]`: the chosen id (bind it as the next step's embedding `ids`) |
+//! | 4 | `generated` | read-write | `[capacity]`: draw *n* writes its id at `n % capacity` |
+//!
+//! Each dispatch reads the draw index *n* from `state[0]`, draws with `uniform(seed, n)`, writes
+//! the id, pushes it into the history ring and stores *n* + 1. Initialise `state` with
+//! [`initial_state`] (e.g. from a session's draw counter and its last tokens, prompt included)
+//! and read it back with [`state_history`] to save a session.
+//!
+//! The choice equals the CPU's `sample()` exactly in the greedy case and for the candidate set
+//! (top-k, top-p thresholds are found on exact order keys of `l − max` by nine-way bisection);
+//! the weights are f32 `exp` rounded to 31-bit fixed point and summed exactly in 64-bit integers,
+//! so a draw can differ from the CPU's f64 only where its target falls within that rounding of a
+//! boundary.
+
+use crate::{
+    f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords, PARAMS,
+};
+
+/// Words of `state` before the history ring.
+pub const STATE_HEADER: usize = 4;
+
+/// The repetition-penalty window of the CPU sessions (`REPEAT_WINDOW`).
+pub const DEFAULT_HISTORY_WINDOW: u32 = 64;
+
+/// The largest history window (one invocation per entry).
+pub const MAX_HISTORY_WINDOW: u32 = 256;
+
+/// Parameters of [`sample`]; constant over a generation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    /// Vocabulary size (row length).
+    pub vocab: u32,
+    /// Element offset of the row in the `logits` buffer (0 for one row).
+    pub logits_offset: u32,
+    /// Softmax temperature; 0 picks the largest logit (lowest id among equals).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: no limit).
+    pub top_k: u32,
+    /// Keep the most likely tokens reaching this share of the probability (1: no limit).
+    pub top_p: f32,
+    /// Divide positive (multiply negative) logits of tokens in the history by this (1: off).
+    pub repeat_penalty: f32,
+    /// Seed of the draws (folded to u32 as `uniform` does).
+    pub seed: u64,
+    /// Entries of the history ring, at most [`MAX_HISTORY_WINDOW`] (0: no history kept).
+    pub history_window: u32,
+    /// Length of `generated` (0: not written).
+    pub capacity: u32,
+}
+
+const PARAMS_STRUCT: (&str, &[&str]) = (
+    "SampleParams",
+    &[
+        "vocab",
+        "logits_offset",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repeat_penalty",
+        "seed_lo",
+        "seed_hi",
+        "history_window",
+        "capacity",
+        "_pad0",
+        "_pad1",
+    ],
+);
+
+/// The sampling kernel.
+pub static SAMPLE: Kernel = Kernel {
+    name: "sampling/sample",
+    source: shader!("sampling.wgsl"),
+    entry_point: "sample_token",
+    workgroup_size: [
+        Dim::Constant("WORKGROUP_SIZE"),
+        Dim::Fixed(1),
+        Dim::Fixed(1),
+    ],
+    constants: &[OverrideConstant {
+        name: "WORKGROUP_SIZE",
+        default: 256,
+    }],
+    bindings: &[
+        PARAMS,
+        Binding {
+            index: 1,
+            name: "logits",
+            access: Access::ReadOnly,
+        },
+        Binding {
+            index: 2,
+            name: "state",
+            access: Access::ReadWrite,
+        },
+        Binding {
+            index: 3,
+            name: "next_token",
+            access: Access::ReadWrite,
+        },
+        Binding {
+            index: 4,
+            name: "generated",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
+/// All variants.
+pub static KERNELS: &[&Kernel] = &[&SAMPLE];
+
+/// One draw. Buffers: `logits`, `state` ([`state_len`] words), `next_token` (1 word),
+/// `generated` (`capacity` words). A window over [`MAX_HISTORY_WINDOW`] is clamped.
+pub fn sample(params: SampleParams) -> Dispatch {
+    Dispatch {
+        kernel: &SAMPLE,
+        constants: SAMPLE.default_constants(),
+        params: ParamWords::new(&[
+            params.vocab,
+            params.logits_offset,
+            f(params.temperature),
+            params.top_k,
+            f(params.top_p),
+            f(params.repeat_penalty),
+            params.seed as u32,
+            (params.seed >> 32) as u32,
+            params.history_window.min(MAX_HISTORY_WINDOW),
+            params.capacity,
+        ]),
+        workgroups: [1, 1, 1],
+    }
+}
+
+/// Length in u32 of the `state` buffer for a history window.
+pub fn state_len(window: u32) -> usize {
+    STATE_HEADER + window.min(MAX_HISTORY_WINDOW) as usize
+}
+
+/// The `state` words for the next draw index `draws` and the recent tokens `history` (oldest
+/// first; only the last `window` are kept, as the CPU session keeps them).
+pub fn initial_state(window: u32, draws: u32, history: &[u32]) -> Vec<u32> {
+    let window = window.min(MAX_HISTORY_WINDOW) as usize;
+    let mut words = vec![0u32; STATE_HEADER + window];
+    words[0] = draws;
+    if window > 0 {
+        let kept = &history[history.len().saturating_sub(window)..];
+        words[1] = kept.len() as u32;
+        words[STATE_HEADER..STATE_HEADER + kept.len()].copy_from_slice(kept);
+    }
+    words
+}
+
+/// The next draw index in a `state` read back from the GPU.
+pub fn state_draws(state: &[u32]) -> u32 {
+    state.first().copied().unwrap_or(0)
+}
+
+/// The history tokens in a `state` read back from the GPU, oldest first.
+pub fn state_history(state: &[u32], window: u32) -> Vec<u32> {
+    let window = window.min(MAX_HISTORY_WINDOW) as usize;
+    let (Some(&pushed), Some(ring)) =
+        (state.get(1), state.get(STATE_HEADER..STATE_HEADER + window))
+    else {
+        return Vec::new();
+    };
+    let pushed = pushed as usize;
+    if window == 0 {
+        return Vec::new();
+    }
+    if pushed < window {
+        return ring[..pushed].to_vec();
+    }
+    let head = pushed % window;
+    ring[head..].iter().chain(&ring[..head]).copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_keeps_the_last_window() {
+        let history: Vec<u32> = (0..100).collect();
+        let state = initial_state(64, 7, &history);
+        assert_eq!(state.len(), state_len(64));
+        assert_eq!(state_draws(&state), 7);
+        assert_eq!(state_history(&state, 64), history[36..].to_vec());
+        let short = initial_state(64, 0, &[5, 6]);
+        assert_eq!(state_history(&short, 64), vec![5, 6]);
+        assert!(state_history(&initial_state(0, 3, &[1, 2]), 0).is_empty());
+    }
+
+    #[test]
+    fn a_ring_that_wrapped_reads_oldest_first() {
+        // Window 4 after pushing 1..=6: the ring holds [5, 6, 3, 4] and pushed = 6 (≥ window).
+        let state = [0, 6, 0, 0, 5, 6, 3, 4];
+        assert_eq!(state_history(&state, 4), vec![3, 4, 5, 6]);
+    }
+}

@@ -1,0 +1,1184 @@
+//! Every GPU kernel against an f64 CPU computation ([`super::reference`]) over a matrix of
+//! shapes: odd sizes and sizes that are not multiples of the tiles, one and many heads, grouped
+//! heads, K ≠ V, T from 1 to 4096, several chunk sizes, γ = 1 and γ < 1, with and without the
+//! ÷sqrt(c_n) scale, every weight format and matvec reduction the device offers.
+//!
+//! Tolerances bound max |gpu − ref| / max |ref| and are stated next to each family with their
+//! justification. Inputs are uniform in [-1, 1) unless said otherwise; f16 weights are compared
+//! with a reference that uses the same f16-rounded values, so only the f32 arithmetic is measured.
+
+use super::reference::{self as cpu, Layout, Rng};
+use super::Row;
+use retnet_kernels::embedding::{gather, EmbeddingParams};
+use retnet_kernels::gated_activation::{gated_activation, Activation, GatedActivationParams};
+use retnet_kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
+use retnet_kernels::linear::{matmul, matvec, LinearParams, Reduction};
+use retnet_kernels::residual::residual_add;
+use retnet_kernels::retention::{self, RetentionParams, Strided};
+use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
+use retnet_kernels::rotary::{rotary, RotaryParams, RotaryStyle};
+use retnet_kernels::{Dispatch, WeightFormat};
+use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
+use std::time::Instant;
+
+/// Data movement and a single product per value (gather × scale, α·x + r): at most two f32
+/// roundings, 2·2^-24 ≈ 1.2e-7; 1e-6 leaves room for an FMA-less device.
+const MOVE_TOLERANCE: f64 = 1e-6;
+/// RMSNorm and the per-head norm: an f32 sum of up to 8191 squares (tree-reduced: error
+/// ~log2(n)·2^-24 ≈ 8e-7 worst case) and one inverse square root (a few ulp), then ≤ 3 products.
+const NORM_TOLERANCE: f64 = 1e-5;
+/// Activations: silu in f32 (exp to a few ulp) and gelu through an erfc fit with relative error
+/// < 1.2e-7, times l, relative to max |ref| ≥ 1 here.
+const ACTIVATION_TOLERANCE: f64 = 1e-6;
+/// Rotary: the f32 angle reduced by Cody–Waite; the rounded middle product k·2π_mid costs up to
+/// ulp(k·2π_mid)/2 ≈ 1e-6 rad at angles near 1e5 rad (position 100 000, θ = 1), and GPU sin/cos
+/// add a few ulp within [-π, π].
+const ROTARY_TOLERANCE: f64 = 4e-6;
+
+/// Linear layers: a dot product of n = in_dim f32 products accumulated in f32. Its rounding error
+/// is ~√n·2^-24 times the terms' scale typically and n·2^-24 in the worst case; relative to
+/// max |ref| (itself ~√n times the terms' scale for random data) the bound is ≈ √n·2^-24·c.
+/// 1e-5 covers n ≤ 256 with a wide margin; longer rows scale with √n.
+fn linear_tolerance(in_dim: usize) -> f64 {
+    1e-5 * (in_dim as f64 / 256.0).sqrt().max(1.0)
+}
+
+/// The weight formats, or why the device cannot run one.
+fn format_support(device: &Device, format: WeightFormat) -> Result<(), &'static str> {
+    match format {
+        WeightFormat::F32 => Ok(()),
+        WeightFormat::F16 if device.features().shader_f16 => Ok(()),
+        WeightFormat::F16 => Err("adapter lacks SHADER_F16"),
+        WeightFormat::F16Packed if device.supports_half_weights() => Ok(()),
+        WeightFormat::F16Packed => {
+            Err("adapter lacks the SHADER_F16_IN_F32 downlevel flag (unpack2x16float)")
+        }
+    }
+}
+
+fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'static str> {
+    match reduction {
+        Reduction::Subgroup if !device.features().subgroups => Err("adapter lacks SUBGROUP"),
+        _ => Ok(()),
+    }
+}
+
+/// The weights as the GPU sees them.
+fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
+    match format {
+        WeightFormat::F32 => values.to_vec(),
+        WeightFormat::F16 | WeightFormat::F16Packed => cpu::round_f16(values),
+    }
+}
+
+fn submit(device: &Device, dispatches: &[(Dispatch, &[&GpuBuffer])]) -> Result<(), RuntimeError> {
+    let mut sequence = device.sequence("verify");
+    for (dispatch, buffers) in dispatches {
+        sequence.dispatch(*dispatch, buffers)?;
+    }
+    sequence.submit()?;
+    Ok(())
+}
+
+fn read(device: &Device, buffer: &GpuBuffer, len: usize) -> Result<Vec<f32>, RuntimeError> {
+    pollster::block_on(device.read_f32(buffer, 0, len))
+}
+
+/// Collects rows, timing each group and turning runtime errors into FAIL rows.
+struct Rows<'d> {
+    device: &'d Device,
+    quick: bool,
+    rows: Vec<Row>,
+}
+
+impl Rows<'_> {
+    /// Runs `f`, which returns one or more rows; its time is given to each of them.
+    fn add(
+        &mut self,
+        case: &str,
+        shape: &str,
+        f: impl FnOnce(&Device) -> Result<Vec<Row>, RuntimeError>,
+    ) {
+        let start = Instant::now();
+        match f(self.device) {
+            Ok(rows) => {
+                let elapsed = start.elapsed() / rows.len().max(1) as u32;
+                self.rows.extend(rows.into_iter().map(|r| r.timed(elapsed)));
+            }
+            Err(e) => self
+                .rows
+                .push(Row::fail(case, shape, format!("runtime error: {e}")).timed(start.elapsed())),
+        }
+    }
+
+    fn skip(&mut self, case: &str, shape: &str, reason: &str) {
+        self.rows.push(Row::skip(case, shape, reason));
+    }
+}
+
+/// The kernel rows (`quick`: a representative subset).
+pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
+    let mut rows = Rows {
+        device,
+        quick,
+        rows: Vec::new(),
+    };
+    embedding(&mut rows);
+    rms_norms(&mut rows);
+    linears(&mut rows);
+    rotaries(&mut rows);
+    head_norm_gates(&mut rows);
+    gated_activations(&mut rows);
+    residual_adds(&mut rows);
+    retentions(&mut rows);
+    rows.rows
+}
+
+fn embedding(rows: &mut Rows<'_>) {
+    // (vocab, dim, tokens, scale): a width of 1, widths that are not multiples of the 256-wide
+    // workgroup, torchscale's sqrt(d) scale, a 32k vocabulary.
+    let mut shapes = vec![(37, 19, 5, 1.7f32), (1000, 1027, 16, (1027f32).sqrt())];
+    if !rows.quick {
+        shapes.extend([(50, 1, 3, 1.0), (32000, 256, 64, 16.0)]);
+    }
+    for (index, (vocab, dim, tokens, scale)) in shapes.into_iter().enumerate() {
+        let mut rng = Rng::new(100 + index as u64);
+        let table = rng.vec(vocab * dim);
+        let mut ids: Vec<u32> = (0..tokens).map(|_| rng.below(vocab as u32)).collect();
+        ids[0] = vocab as u32 - 1;
+        let shape = format!("vocab={vocab} d={dim} T={tokens} scale={scale:.3}");
+        for format in WeightFormat::ALL {
+            let case = format!("embedding_gather/{}", format.name());
+            if let Err(reason) = format_support(rows.device, format) {
+                rows.skip(&case, &shape, reason);
+                continue;
+            }
+            rows.add(&case, &shape, |device| {
+                let weights = device.upload_weights_as("table", WeightData::F32(&table), format)?;
+                let id_buffer = device.upload_u32("ids", &ids)?;
+                let out = device.create_storage_f32("out", tokens * dim)?;
+                let params = EmbeddingParams {
+                    tokens: tokens as u32,
+                    dim: dim as u32,
+                    scale,
+                };
+                submit(
+                    device,
+                    &[(gather(format, params), &[&weights.buffer, &id_buffer, &out])],
+                )?;
+                let reference = cpu::embedding(&as_stored(&table, format), dim, &ids, scale);
+                let gpu = read(device, &out, tokens * dim)?;
+                Ok(vec![Row::compare(
+                    &case,
+                    &shape,
+                    &gpu,
+                    &reference,
+                    MOVE_TOLERANCE,
+                )])
+            });
+        }
+    }
+}
+
+fn rms_norms(rows: &mut Rows<'_>) {
+    // (rows, dim): width 1, odd widths, more than one pass of the 256-wide workgroup.
+    let mut shapes = vec![(1, 1), (3, 7), (4, 1000), (2, 4097)];
+    if !rows.quick {
+        shapes.extend([(2, 300), (64, 2048), (5, 8191)]);
+    }
+    for (index, (count, dim)) in shapes.into_iter().enumerate() {
+        let mut rng = Rng::new(200 + index as u64);
+        let x: Vec<f32> = rng.vec(count * dim).iter().map(|v| 3.0 * v).collect();
+        let weight: Vec<f32> = rng.vec(dim).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let eps = if index % 2 == 0 { 1e-5 } else { 1e-6 };
+        let shape = format!("rows={count} d={dim} eps={eps:.0e}");
+        for weighted in [true, false] {
+            let case = if weighted {
+                "rms_norm/weighted"
+            } else {
+                "rms_norm/unweighted"
+            };
+            rows.add(case, &shape, |device| {
+                let input = device.upload_f32("x", &x)?;
+                let w = device.upload_f32("w", &weight)?;
+                let out = device.create_storage_f32("out", count * dim)?;
+                let params = RmsNormParams {
+                    rows: count as u32,
+                    dim: dim as u32,
+                    eps,
+                };
+                let buffers: Vec<&GpuBuffer> = if weighted {
+                    vec![&input, &w, &out]
+                } else {
+                    vec![&input, &out]
+                };
+                submit(device, &[(rms_norm(weighted, params), &buffers)])?;
+                let reference = cpu::rms_norm(&x, dim, weighted.then_some(&weight[..]), eps);
+                let gpu = read(device, &out, count * dim)?;
+                Ok(vec![Row::compare(
+                    case,
+                    &shape,
+                    &gpu,
+                    &reference,
+                    NORM_TOLERANCE,
+                )])
+            });
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum LinearKernel {
+    Matmul,
+    Matvec(Reduction),
+}
+
+fn linear_case(
+    rows: &mut Rows<'_>,
+    kernel: LinearKernel,
+    params: LinearParams,
+    seed: u64,
+    what: &str,
+) {
+    let (n_rows, i, o) = (
+        params.rows as usize,
+        params.in_dim as usize,
+        params.out_dim as usize,
+    );
+    let mut rng = Rng::new(seed);
+    let x = rng.vec((params.x_row_start as usize + n_rows) * i);
+    let w = rng.vec(o * i);
+    let y0 = rng.vec(n_rows * o);
+    let mut shape = format!("rows={n_rows} in={i} out={o}");
+    if params.x_row_start > 0 {
+        shape += &format!(" x_row_start={}", params.x_row_start);
+    }
+    if let Some(alpha) = params.accumulate {
+        shape += &format!(" Y=αY+XWᵀ α={alpha}");
+    }
+    if !what.is_empty() {
+        shape += &format!(" ({what})");
+    }
+    for format in WeightFormat::ALL {
+        let case = match kernel {
+            LinearKernel::Matmul => format!("matmul/{}", format.name()),
+            LinearKernel::Matvec(Reduction::Workgroup) => {
+                format!("matvec/{}/workgroup", format.name())
+            }
+            LinearKernel::Matvec(Reduction::Subgroup) => {
+                format!("matvec/{}/subgroup", format.name())
+            }
+        };
+        let support = format_support(rows.device, format).and_then(|()| match kernel {
+            LinearKernel::Matvec(reduction) => reduction_support(rows.device, reduction),
+            LinearKernel::Matmul => Ok(()),
+        });
+        if let Err(reason) = support {
+            rows.skip(&case, &shape, reason);
+            continue;
+        }
+        rows.add(&case, &shape, |device| {
+            let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
+            let input = device.upload_f32("x", &x)?;
+            let y = device.upload_f32("y", &y0)?;
+            let dispatch = match kernel {
+                LinearKernel::Matmul => matmul(format, params),
+                LinearKernel::Matvec(reduction) => matvec(format, reduction, params),
+            };
+            submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+            let stored = as_stored(&w, format);
+            let reference = cpu::linear(&cpu::Linear {
+                x: &x,
+                weight: &stored,
+                y0: &y0,
+                rows: n_rows,
+                in_dim: i,
+                out_dim: o,
+                x_row_start: params.x_row_start as usize,
+                accumulate: params.accumulate,
+            });
+            let gpu = read(device, &y, n_rows * o)?;
+            Ok(vec![Row::compare(
+                &case,
+                &shape,
+                &gpu,
+                &reference,
+                linear_tolerance(i),
+            )])
+        });
+    }
+}
+
+fn linears(rows: &mut Rows<'_>) {
+    // Tiles are 64×64 outputs with 16-wide K slices: every shape but (3, 256, 64) has partial
+    // tiles; (64, 4096, 64) is a long reduction.
+    let mut matmuls = vec![(1, 7, 5), (70, 65, 130), (3, 256, 64)];
+    if !rows.quick {
+        matmuls.extend([
+            (5, 33, 17),
+            (257, 129, 65),
+            (128, 1024, 300),
+            (300, 512, 515),
+            (64, 4096, 64),
+        ]);
+    }
+    for (index, (r, i, o)) in matmuls.into_iter().enumerate() {
+        let params = LinearParams::new(r, i, o);
+        linear_case(rows, LinearKernel::Matmul, params, 300 + index as u64, "");
+    }
+    let fused = LinearParams {
+        x_row_start: 2,
+        accumulate: Some(1.5),
+        ..LinearParams::new(4, 20, 9)
+    };
+    linear_case(rows, LinearKernel::Matmul, fused, 350, "residual fused");
+
+    // matvec needs in_dim % 4 == 0; 4 outputs per workgroup, so odd out_dim leaves a partial one.
+    let mut matvecs = vec![(1, 4, 1), (3, 260, 70), (1, 1024, 9)];
+    if !rows.quick {
+        matvecs.extend([(1, 8, 5), (1, 64, 33), (4, 4096, 130), (1, 2048, 515)]);
+    }
+    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+        let kernel = LinearKernel::Matvec(reduction);
+        for (index, &(r, i, o)) in matvecs.iter().enumerate() {
+            let params = LinearParams::new(r, i, o);
+            linear_case(rows, kernel, params, 400 + index as u64, "");
+        }
+        let last_token = LinearParams {
+            x_row_start: 4,
+            accumulate: Some(0.5),
+            ..LinearParams::new(1, 12, 7)
+        };
+        linear_case(rows, kernel, last_token, 450, "residual fused");
+        if !rows.quick {
+            // The logits head: the last token of a 7-token prefill against a 32k vocabulary.
+            let head = LinearParams {
+                x_row_start: 6,
+                ..LinearParams::new(1, 512, 32003)
+            };
+            linear_case(rows, kernel, head, 460, "logits head");
+        }
+    }
+}
+
+fn rotaries(rows: &mut Rows<'_>) {
+    // (tokens, heads, K, start_pos): K = 2 (one pair), K not a multiple of 4, large positions
+    // where unreduced GPU sin/cos would lose every digit.
+    let mut shapes = vec![(5, 3, 10, 0), (5, 3, 10, 5000), (3, 8, 64, 100_000)];
+    if !rows.quick {
+        shapes.extend([(4, 1, 2, 1), (33, 12, 128, 4000), (2, 2, 256, 65_000)]);
+    }
+    for (index, (tokens, heads, k, start_pos)) in shapes.into_iter().enumerate() {
+        for style in [RotaryStyle::Interleaved, RotaryStyle::Halves] {
+            let interleaved = style == RotaryStyle::Interleaved;
+            let half = k / 2;
+            // torchscale: 1/10000^linspace(0, 1, K/2); fla: 1/10000^(2i/K).
+            let theta: Vec<f32> = (0..half)
+                .map(|i| {
+                    let exponent = if interleaved {
+                        i as f32 / (half.max(2) - 1) as f32
+                    } else {
+                        2.0 * i as f32 / k as f32
+                    };
+                    1.0 / 10000f32.powf(exponent)
+                })
+                .collect();
+            // q of `heads` heads after 7 other columns and before 4 more: a strided column range.
+            let row_stride = 7 + heads * k + 4;
+            let scale = if index % 2 == 0 {
+                1.0
+            } else {
+                1.0 / (k as f32).sqrt()
+            };
+            let mut rng = Rng::new(500 + index as u64);
+            let x = rng.vec(tokens * row_stride);
+            let case = if interleaved {
+                "rotary/interleaved"
+            } else {
+                "rotary/halves"
+            };
+            let shape = format!("T={tokens} H={heads} K={k} pos={start_pos} scale={scale:.3}");
+            rows.add(case, &shape, |device| {
+                let buffer = device.upload_f32("x", &x)?;
+                let theta_buffer = device.upload_f32("theta", &theta)?;
+                let params = RotaryParams {
+                    tokens: tokens as u32,
+                    heads: heads as u32,
+                    head_dim: k as u32,
+                    start_pos: start_pos as u32,
+                    row_stride: row_stride as u32,
+                    col_offset: 7,
+                    scale,
+                };
+                submit(
+                    device,
+                    &[(rotary(style, params), &[&theta_buffer, &buffer])],
+                )?;
+                let reference = cpu::rotary(
+                    &x,
+                    &theta,
+                    interleaved,
+                    tokens,
+                    heads,
+                    k,
+                    start_pos,
+                    row_stride,
+                    7,
+                    scale,
+                );
+                let gpu = read(device, &buffer, x.len())?;
+                Ok(vec![Row::compare(
+                    case,
+                    &shape,
+                    &gpu,
+                    &reference,
+                    ROTARY_TOLERANCE,
+                )])
+            });
+        }
+    }
+}
+
+fn head_norm_gates(rows: &mut Rows<'_>) {
+    // (tokens, heads, V): V = 300 and 1000 exceed the 128-wide workgroup, V = 432 is
+    // torchscale's preset.
+    let mut shapes = vec![(1, 1, 5), (3, 3, 67), (2, 2, 300)];
+    if !rows.quick {
+        shapes.extend([(4, 8, 432), (17, 2, 1000)]);
+    }
+    for (index, (tokens, heads, v)) in shapes.into_iter().enumerate() {
+        let width = heads * v;
+        let mut rng = Rng::new(600 + index as u64);
+        // Input rows padded by 3; the gate a column range after 2 columns in rows of width + 5.
+        let input = rng.vec(tokens * (width + 3));
+        let gate: Vec<f32> = rng
+            .vec(tokens * (width + 5))
+            .iter()
+            .map(|g| 4.0 * g)
+            .collect();
+        let weight: Vec<f32> = rng.vec(v).iter().map(|w| 1.0 + 0.5 * w).collect();
+        let eps = 1e-6f32;
+        let input_layout = Layout {
+            offset: 0,
+            stride: width + 3,
+        };
+        let gate_layout = Layout {
+            offset: 2,
+            stride: width + 5,
+        };
+        let shape = format!("T={tokens} H={heads} V={v}");
+        for weighted in [true, false] {
+            let case = if weighted {
+                "head_norm_gate/weighted"
+            } else {
+                "head_norm_gate/unweighted"
+            };
+            rows.add(case, &shape, |device| {
+                let params = HeadNormGateParams {
+                    tokens: tokens as u32,
+                    heads: heads as u32,
+                    head_dim: v as u32,
+                    eps,
+                    input: Strided {
+                        offset: 0,
+                        stride: (width + 3) as u32,
+                    },
+                    gate: Strided {
+                        offset: 2,
+                        stride: (width + 5) as u32,
+                    },
+                    out: Strided::dense(width as u32),
+                };
+                let ib = device.upload_f32("o", &input)?;
+                let gb = device.upload_f32("g", &gate)?;
+                let wb = device.upload_f32("w", &weight)?;
+                let out = device.create_storage_f32("out", tokens * width)?;
+                let buffers: Vec<&GpuBuffer> = if weighted {
+                    vec![&ib, &gb, &wb, &out]
+                } else {
+                    vec![&ib, &gb, &out]
+                };
+                submit(device, &[(head_norm_gate(weighted, params), &buffers)])?;
+                let reference = cpu::head_norm_gate(
+                    &input,
+                    input_layout,
+                    &gate,
+                    gate_layout,
+                    weighted.then_some(&weight[..]),
+                    tokens,
+                    heads,
+                    v,
+                    eps,
+                );
+                let gpu = read(device, &out, tokens * width)?;
+                Ok(vec![Row::compare(
+                    case,
+                    &shape,
+                    &gpu,
+                    &reference,
+                    NORM_TOLERANCE,
+                )])
+            });
+        }
+    }
+}
+
+fn gated_activations(rows: &mut Rows<'_>) {
+    let mut shapes = vec![(3, 301)];
+    if !rows.quick {
+        shapes.extend([(1, 1), (17, 2816)]);
+    }
+    for (index, (tokens, width)) in shapes.into_iter().enumerate() {
+        let mut rng = Rng::new(700 + index as u64);
+        // One fused buffer [tokens, 2·width]: a (×8, both tails of gelu) then l.
+        let mut fused = rng.vec(tokens * 2 * width);
+        for t in 0..tokens {
+            for i in 0..width {
+                fused[t * 2 * width + i] *= 8.0;
+            }
+        }
+        let shape = format!("T={tokens} width={width} a∈[-8,8)");
+        for activation in [Activation::Silu, Activation::Gelu] {
+            let case = match activation {
+                Activation::Silu => "gated_activation/silu",
+                Activation::Gelu => "gated_activation/gelu",
+            };
+            rows.add(case, &shape, |device| {
+                let buffer = device.upload_f32("a|l", &fused)?;
+                let out = device.create_storage_f32("out", tokens * width)?;
+                let params = GatedActivationParams {
+                    tokens: tokens as u32,
+                    width: width as u32,
+                    act: Strided {
+                        offset: 0,
+                        stride: (2 * width) as u32,
+                    },
+                    linear: Strided {
+                        offset: width as u32,
+                        stride: (2 * width) as u32,
+                    },
+                    out: Strided::dense(width as u32),
+                };
+                submit(
+                    device,
+                    &[(
+                        gated_activation(activation, params),
+                        &[&buffer, &buffer, &out],
+                    )],
+                )?;
+                let mut reference = Vec::with_capacity(tokens * width);
+                for t in 0..tokens {
+                    for i in 0..width {
+                        let a = f64::from(fused[t * 2 * width + i]);
+                        let l = f64::from(fused[t * 2 * width + width + i]);
+                        let act = match activation {
+                            Activation::Silu => cpu::silu(a),
+                            Activation::Gelu => cpu::gelu(a),
+                        };
+                        reference.push(act * l);
+                    }
+                }
+                let gpu = read(device, &out, tokens * width)?;
+                Ok(vec![Row::compare(
+                    case,
+                    &shape,
+                    &gpu,
+                    &reference,
+                    ACTIVATION_TOLERANCE,
+                )])
+            });
+        }
+    }
+}
+
+fn residual_adds(rows: &mut Rows<'_>) {
+    // 16 777 217 elements need more than 65535 workgroups of 256 along x: the 2-D grid.
+    let mut counts = vec![1usize, 1000, 70_001];
+    if !rows.quick {
+        counts.push(65_535 * 256 + 1);
+    }
+    for (index, count) in counts.into_iter().enumerate() {
+        let shape = format!("n={count} α=1.25");
+        rows.add("residual_add", &shape, |device| {
+            let mut rng = Rng::new(800 + index as u64);
+            let x = rng.vec(count);
+            let r = rng.vec(count);
+            let xb = device.upload_f32("x", &x)?;
+            let rb = device.upload_f32("r", &r)?;
+            submit(device, &[(residual_add(count as u32, 1.25), &[&xb, &rb])])?;
+            let reference: Vec<f64> = x
+                .iter()
+                .zip(&r)
+                .map(|(&a, &b)| 1.25 * f64::from(a) + f64::from(b))
+                .collect();
+            let gpu = read(device, &xb, count)?;
+            Ok(vec![Row::compare(
+                "residual_add",
+                &shape,
+                &gpu,
+                &reference,
+                MOVE_TOLERANCE,
+            )])
+        });
+    }
+}
+
+/// The decay of each head.
+#[derive(Clone, Copy, Debug)]
+enum Decay {
+    /// γ_h = 1 − 2^(−5−h), the peers' formula.
+    Peers,
+    /// γ = 1 exactly for every head (heads ≥ 20 of large models): no decay, the state is a
+    /// running sum over the whole context.
+    One,
+    /// Cycling through 1 − 2^-5, 1, 1 − 2^-8 and 1 − 2^-24 (log γ ≈ −6e-8, where a naive
+    /// (1 − γ^(n+1))/(1 − γ) loses every digit).
+    Mixed,
+}
+
+impl Decay {
+    fn log_decays(self, heads: usize) -> Vec<f32> {
+        (0..heads)
+            .map(|h| match self {
+                Decay::Peers => cpu::log_decay_f32(h),
+                Decay::One => 0.0,
+                Decay::Mixed => [cpu::log_decay_f32(0), 0.0, cpu::log_decay_f32(3)]
+                    .get(h % 4)
+                    .copied()
+                    .unwrap_or_else(|| cpu::log_decay_f32(19)),
+            })
+            .collect()
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Decay::Peers => "γ=1-2^(-5-h)",
+            Decay::One => "γ=1",
+            Decay::Mixed => "γ mixed incl. 1 and 1-2^-24",
+        }
+    }
+}
+
+/// One retention problem, all three forms.
+#[derive(Clone, Copy, Debug)]
+struct RetentionCase {
+    tokens: usize,
+    query_heads: usize,
+    kv_heads: usize,
+    key_dim: usize,
+    value_dim: usize,
+    decay: Decay,
+    chunk_sizes: &'static [u32],
+}
+
+impl RetentionCase {
+    /// Columns of one token's fused q|k|v row, with 3 unused columns at the end.
+    fn row(&self) -> usize {
+        (self.query_heads + self.kv_heads) * self.key_dim + self.kv_heads * self.value_dim + 3
+    }
+    fn width(&self) -> usize {
+        self.query_heads * self.value_dim
+    }
+    /// Output rows are wider than H·V and start at an offset, to exercise the output layout.
+    fn out_stride(&self) -> usize {
+        self.width() + 5
+    }
+    const OUT_OFFSET: usize = 3;
+    fn state_len(&self) -> usize {
+        self.query_heads * self.key_dim * self.value_dim
+    }
+    fn layout(&self, column: usize) -> Layout {
+        Layout {
+            offset: column,
+            stride: self.row(),
+        }
+    }
+    fn q(&self) -> Layout {
+        self.layout(0)
+    }
+    fn k(&self) -> Layout {
+        self.layout(self.query_heads * self.key_dim)
+    }
+    fn v(&self) -> Layout {
+        self.layout((self.query_heads + self.kv_heads) * self.key_dim)
+    }
+
+    /// Parameters for tokens `first..first + count` (absolute positions).
+    fn params(&self, first: usize, count: usize, scale: bool) -> RetentionParams {
+        let strided = |l: Layout| Strided {
+            offset: (l.offset + first * l.stride) as u32,
+            stride: l.stride as u32,
+        };
+        RetentionParams {
+            tokens: count as u32,
+            query_heads: self.query_heads as u32,
+            kv_heads: self.kv_heads as u32,
+            key_dim: self.key_dim as u32,
+            value_dim: self.value_dim as u32,
+            start_pos: first as u32,
+            q: strided(self.q()),
+            k: strided(self.k()),
+            v: strided(self.v()),
+            out: Strided {
+                offset: (Self::OUT_OFFSET + first * self.out_stride()) as u32,
+                stride: self.out_stride() as u32,
+            },
+            scale_by_decay_sum: scale,
+        }
+    }
+
+    fn shape(&self, scale: bool) -> String {
+        format!(
+            "T={} H={}/{} K={} V={} {}{}",
+            self.tokens,
+            self.query_heads,
+            self.kv_heads,
+            self.key_dim,
+            self.value_dim,
+            self.decay.label(),
+            if scale { " ÷sqrt(c_n)" } else { "" }
+        )
+    }
+}
+
+/// Retention tolerance. Every output sums T·(K + 1) f32 products whose rounding stays
+/// ~√(T·K)·2^-24 relative to max |ref|: 2e-5 covers T·K ≤ 3e5 with margin. On top, the forms
+/// that carry a state multiply it by γ (recurrent, every token) or γ^B (chunkwise, every chunk)
+/// `steps` times, and each multiplication can cost up to 2^-24 relative: the rounding of γ itself
+/// (exp to about one ulp) and of γ·S, which for γ within 2^-24 of 1 is biased (γ·S − S is below
+/// half an ulp of S, so the decay is lost, step after step). A term survives
+/// min(steps, 1/(1 − γ^B)) multiplications, hence that many times 2^-23 (a factor 2 of margin).
+/// γ = 1 heads are exact (exp(0) = 1) and add nothing.
+fn retention_tolerance(case: &RetentionCase, log_decays: &[f32], step: usize) -> f64 {
+    let base = 2e-5
+        * (case.tokens as f64 * case.key_dim as f64 / 3e5)
+            .sqrt()
+            .max(1.0);
+    let steps = case.tokens.div_ceil(step.max(1)) as f64;
+    let survival = log_decays
+        .iter()
+        .filter(|&&l| l != 0.0)
+        .map(|&l| {
+            let chunk_decay = (f64::from(l) * step as f64).exp();
+            steps.min(1.0 / (1.0 - chunk_decay))
+        })
+        .fold(0.0, f64::max);
+    base + survival * 2f64.powi(-23)
+}
+
+/// Workgroup memory of the chunkwise kernel for a chunk size (scores, v columns, decay powers).
+fn chunkwise_workgroup_bytes(chunk: u32) -> u64 {
+    let columns = u64::from(retention::CHUNKWISE.default_constants().0[1]);
+    let chunk = u64::from(chunk);
+    4 * (chunk * chunk + chunk * columns + chunk + 1)
+}
+
+/// Mesa's llvmpipe (lavapipe) ends every loop of an invocation once that invocation has run
+/// 65535 loop iterations in total (gallivm's `LP_MAX_TGSI_LOOP_ITERATIONS`, a guard against
+/// infinite loops), silently. The chunkwise kernel walks every chunk inside one dispatch, so a
+/// long single dispatch goes wrong there from a fixed chunk on (measured: T = 4096, K = 16,
+/// B = 32 fails from token 4032; the failing token scales with the workgroup size). Split into
+/// several dispatches (as a session's prefill may), the same tokens pass.
+const LLVMPIPE_LOOP_LIMIT: u64 = 65_535;
+
+/// Loop iterations of the busiest invocation of one chunkwise dispatch of `tokens` tokens
+/// (within ~6% of the measured failure points, so used with a 10% margin).
+fn chunkwise_loop_iterations(tokens: usize, key_dim: usize, chunk: u32) -> u64 {
+    let constants = retention::CHUNKWISE.default_constants().0;
+    let (columns, workgroup) = (u64::from(constants[1]), u64::from(constants[2]));
+    let (b, k) = (u64::from(chunk), key_dim as u64);
+    let chunks = (tokens as u64).div_ceil(b);
+    let scores = (b * b).div_ceil(workgroup) * (k + 1);
+    let per_lane = (b * columns).div_ceil(workgroup);
+    let outputs: u64 = (0..per_lane)
+        .map(|m| {
+            let i = ((workgroup - 1 + workgroup * m) / columns).min(b - 1);
+            (k + 1) + (i + 1)
+        })
+        .sum();
+    let state = (k * columns).div_ceil(workgroup) * (b + 1);
+    chunks * (scores + per_lane + outputs + state + 4)
+}
+
+/// Why this device cannot run a chunkwise dispatch of `tokens` tokens, if it cannot.
+fn chunkwise_limit(device: &Device, tokens: usize, key_dim: usize, chunk: u32) -> Option<String> {
+    let bytes = chunkwise_workgroup_bytes(chunk);
+    let max_workgroup = u64::from(device.limits().max_compute_workgroup_storage_size);
+    if bytes > max_workgroup {
+        return Some(format!(
+            "needs {bytes} bytes of workgroup memory, the adapter has {max_workgroup}"
+        ));
+    }
+    let iterations = chunkwise_loop_iterations(tokens, key_dim, chunk);
+    let llvmpipe = device.adapter_info().name.contains("llvmpipe");
+    if llvmpipe && iterations * 11 / 10 > LLVMPIPE_LOOP_LIMIT {
+        return Some(format!(
+            "~{iterations} loop iterations per invocation in one dispatch; llvmpipe stops \
+             loops after {LLVMPIPE_LOOP_LIMIT}"
+        ));
+    }
+    None
+}
+
+/// Reads the output rows of `case` (dropping the layout's padding).
+fn read_outputs(
+    device: &Device,
+    buffer: &GpuBuffer,
+    case: &RetentionCase,
+) -> Result<Vec<f32>, RuntimeError> {
+    let all = read(
+        device,
+        buffer,
+        RetentionCase::OUT_OFFSET + case.tokens * case.out_stride(),
+    )?;
+    Ok((0..case.tokens)
+        .flat_map(|t| {
+            let start = RetentionCase::OUT_OFFSET + t * case.out_stride();
+            all[start..start + case.width()].to_vec()
+        })
+        .collect())
+}
+
+struct RetentionBuffers {
+    data: GpuBuffer,
+    log_decay: GpuBuffer,
+    state: GpuBuffer,
+    out: GpuBuffer,
+}
+
+impl RetentionBuffers {
+    fn new(
+        device: &Device,
+        case: &RetentionCase,
+        data: &[f32],
+        log_decay: &[f32],
+    ) -> Result<Self, RuntimeError> {
+        Ok(RetentionBuffers {
+            data: device.upload_f32("q|k|v", data)?,
+            log_decay: device.upload_f32("log γ", log_decay)?,
+            state: device.create_storage_f32("state", case.state_len())?,
+            out: device.create_storage_f32(
+                "out",
+                RetentionCase::OUT_OFFSET + case.tokens * case.out_stride(),
+            )?,
+        })
+    }
+
+    fn reset(&self, device: &Device) {
+        device.clear(&self.state);
+        device.clear(&self.out);
+    }
+
+    /// Records and submits the dispatches (each a retention form) in one sequence.
+    fn run(&self, device: &Device, dispatches: &[Dispatch]) -> Result<(), RuntimeError> {
+        let with_state: [&GpuBuffer; 6] = [
+            &self.data,
+            &self.data,
+            &self.data,
+            &self.log_decay,
+            &self.state,
+            &self.out,
+        ];
+        let without_state: [&GpuBuffer; 5] = [
+            &self.data,
+            &self.data,
+            &self.data,
+            &self.log_decay,
+            &self.out,
+        ];
+        let list: Vec<(Dispatch, &[&GpuBuffer])> = dispatches
+            .iter()
+            .map(|&d| {
+                let buffers: &[&GpuBuffer] = if std::ptr::eq(d.kernel, &retention::PARALLEL) {
+                    &without_state
+                } else {
+                    &with_state
+                };
+                (d, buffers)
+            })
+            .collect();
+        submit(device, &list)
+    }
+}
+
+fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let data = rng.vec(case.tokens * case.row());
+    let log_decay = case.decay.log_decays(case.query_heads);
+    let shape = case.shape(scale);
+    let start = Instant::now();
+    let (expected, expected_state) = cpu::retention(&cpu::Retention {
+        data: &data,
+        q: case.q(),
+        k: case.k(),
+        v: case.v(),
+        tokens: case.tokens,
+        query_heads: case.query_heads,
+        kv_heads: case.kv_heads,
+        key_dim: case.key_dim,
+        value_dim: case.value_dim,
+        log_decay: &log_decay,
+        scale_by_decay_sum: scale,
+    });
+    let reference_time = start.elapsed();
+    let buffers = match RetentionBuffers::new(rows.device, &case, &data, &log_decay) {
+        Ok(b) => b,
+        Err(e) => {
+            rows.rows.push(Row::fail(
+                "retention",
+                &shape,
+                format!("runtime error: {e}"),
+            ));
+            return;
+        }
+    };
+    let params = case.params(0, case.tokens, scale);
+    let max_workgroup = u64::from(rows.device.limits().max_compute_workgroup_storage_size);
+
+    // Parallel: exp((n−m)·log γ) per pair, no carried product: only the summation error.
+    let tolerance = retention_tolerance(&case, &[], 1);
+    rows.add("retention/parallel", &shape, |device| {
+        buffers.reset(device);
+        buffers.run(device, &[retention::parallel(params)])?;
+        let gpu = read_outputs(device, &buffers.out, &case)?;
+        Ok(vec![Row::compare(
+            "retention/parallel",
+            &shape,
+            &gpu,
+            &expected,
+            tolerance,
+        )])
+    });
+
+    for &chunk in case.chunk_sizes {
+        let name = format!("retention/chunkwise(B={chunk})");
+        if let Some(reason) = chunkwise_limit(rows.device, case.tokens, case.key_dim, chunk) {
+            rows.skip(&name, &shape, &reason);
+            if chunkwise_workgroup_bytes(chunk) <= max_workgroup {
+                chunkwise_split(
+                    rows,
+                    &case,
+                    &buffers,
+                    scale,
+                    chunk,
+                    &expected,
+                    &expected_state,
+                );
+            }
+            continue;
+        }
+        // The state is scaled by γ^B once per chunk.
+        let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
+        rows.add(&name, &shape, |device| {
+            buffers.reset(device);
+            buffers.run(device, &[retention::chunkwise(params, chunk)])?;
+            let gpu = read_outputs(device, &buffers.out, &case)?;
+            let state = read(device, &buffers.state, case.state_len())?;
+            Ok(vec![
+                Row::compare(&name, &shape, &gpu, &expected, tolerance),
+                Row::compare(
+                    format!("{name} state"),
+                    &shape,
+                    &state,
+                    &expected_state,
+                    tolerance,
+                ),
+            ])
+        });
+    }
+
+    // Recurrent: γ is rounded to f32 once and the state multiplied by it at every token.
+    let tolerance = retention_tolerance(&case, &log_decay, 1);
+    rows.add("retention/recurrent", &shape, |device| {
+        buffers.reset(device);
+        buffers.run(device, &[retention::recurrent(params)])?;
+        let gpu = read_outputs(device, &buffers.out, &case)?;
+        let state = read(device, &buffers.state, case.state_len())?;
+        Ok(vec![
+            Row::compare("retention/recurrent", &shape, &gpu, &expected, tolerance),
+            Row::compare(
+                "retention/recurrent state",
+                &shape,
+                &state,
+                &expected_state,
+                tolerance,
+            ),
+        ])
+    });
+
+    // Carried state across calls, as a session does: a chunkwise prefill of 37% of the tokens,
+    // 5 decode steps submitted one by one, then a chunkwise prefill of the rest with another
+    // chunk size; absolute positions carry over through start_pos.
+    if case.tokens >= 16 && case.chunk_sizes.len() >= 2 {
+        let (b1, b2) = (
+            case.chunk_sizes[0],
+            case.chunk_sizes[case.chunk_sizes.len() - 1],
+        );
+        let prefill = case.tokens * 37 / 100;
+        let steps = 5;
+        let name = format!("retention/chunkwise(B={b1})+recurrent×{steps}+chunkwise(B={b2})");
+        let limit = chunkwise_limit(rows.device, prefill, case.key_dim, b1).or_else(|| {
+            chunkwise_limit(rows.device, case.tokens - prefill - steps, case.key_dim, b2)
+        });
+        if let Some(reason) = limit {
+            rows.skip(&name, &shape, &reason);
+        } else {
+            let tolerance = retention_tolerance(&case, &log_decay, 1);
+            rows.add(&name, &shape, |device| {
+                buffers.reset(device);
+                buffers.run(
+                    device,
+                    &[retention::chunkwise(case.params(0, prefill, scale), b1)],
+                )?;
+                for t in prefill..prefill + steps {
+                    buffers.run(device, &[retention::recurrent(case.params(t, 1, scale))])?;
+                }
+                let rest = prefill + steps;
+                buffers.run(
+                    device,
+                    &[retention::chunkwise(
+                        case.params(rest, case.tokens - rest, scale),
+                        b2,
+                    )],
+                )?;
+                let gpu = read_outputs(device, &buffers.out, &case)?;
+                let state = read(device, &buffers.state, case.state_len())?;
+                Ok(vec![
+                    Row::compare(&name, &shape, &gpu, &expected, tolerance),
+                    Row::compare(
+                        format!("{name} state"),
+                        &shape,
+                        &state,
+                        &expected_state,
+                        tolerance,
+                    ),
+                ])
+            });
+        }
+    }
+    if let Some(row) = rows.rows.last_mut() {
+        // The f64 reference's time goes to the last row of the case.
+        row.elapsed = row.elapsed.map(|e| e + reference_time);
+    }
+}
+
+/// The chunkwise form over all tokens in several dispatches of at most 512 tokens (a multiple of
+/// the chunk size), recorded in one sequence: what a prefill does where one dispatch would exceed
+/// llvmpipe's loop limit.
+#[allow(clippy::too_many_arguments)]
+fn chunkwise_split(
+    rows: &mut Rows<'_>,
+    case: &RetentionCase,
+    buffers: &RetentionBuffers,
+    scale: bool,
+    chunk: u32,
+    expected: &[f64],
+    expected_state: &[f64],
+) {
+    let piece = (512 / chunk as usize).max(1) * chunk as usize;
+    let name = format!(
+        "retention/chunkwise(B={chunk}) in {} dispatches",
+        case.tokens.div_ceil(piece)
+    );
+    let shape = case.shape(scale);
+    if let Some(reason) = chunkwise_limit(rows.device, piece, case.key_dim, chunk) {
+        rows.skip(&name, &shape, &reason);
+        return;
+    }
+    let tolerance = retention_tolerance(
+        case,
+        &case.decay.log_decays(case.query_heads),
+        chunk as usize,
+    );
+    rows.add(&name, &shape, |device| {
+        buffers.reset(device);
+        let dispatches: Vec<Dispatch> = (0..case.tokens)
+            .step_by(piece)
+            .map(|first| {
+                let count = piece.min(case.tokens - first);
+                retention::chunkwise(case.params(first, count, scale), chunk)
+            })
+            .collect();
+        buffers.run(device, &dispatches)?;
+        let gpu = read_outputs(device, &buffers.out, case)?;
+        let state = read(device, &buffers.state, case.state_len())?;
+        Ok(vec![
+            Row::compare(&name, &shape, &gpu, expected, tolerance),
+            Row::compare(
+                format!("{name} state"),
+                &shape,
+                &state,
+                expected_state,
+                tolerance,
+            ),
+        ])
+    });
+}
+
+fn retentions(rows: &mut Rows<'_>) {
+    let case =
+        |tokens, query_heads, kv_heads, key_dim, value_dim, decay, chunk_sizes| RetentionCase {
+            tokens,
+            query_heads,
+            kv_heads,
+            key_dim,
+            value_dim,
+            decay,
+            chunk_sizes,
+        };
+    // (case, with ÷sqrt(c_n) scale, in the quick subset)
+    let all: Vec<(RetentionCase, bool, bool)> = vec![
+        // One token, one head: every form degenerates to k·v·q.
+        (case(1, 1, 1, 8, 8, Decay::Peers, &[1, 16]), false, true),
+        (case(1, 1, 1, 8, 8, Decay::Peers, &[16]), true, false),
+        (case(2, 2, 2, 4, 3, Decay::Mixed, &[1, 32]), true, false),
+        // Grouped heads (4 query heads on 2 kv heads), K ≠ V, many partial chunks.
+        (
+            case(17, 4, 2, 12, 20, Decay::Mixed, &[1, 7, 16, 32]),
+            true,
+            true,
+        ),
+        (case(17, 4, 2, 12, 20, Decay::Mixed, &[7, 16]), false, false),
+        // Odd widths: K = 33 is not a multiple of the 16-wide tiles, V = 67 spans two column
+        // tiles of the parallel and chunkwise forms.
+        (
+            case(100, 2, 1, 33, 67, Decay::Peers, &[16, 64, 32]),
+            false,
+            true,
+        ),
+        (case(100, 2, 1, 33, 67, Decay::Peers, &[48, 1]), true, false),
+        // V above 256, 8 query heads on one kv head, no decay.
+        (
+            case(515, 8, 1, 16, 300, Decay::One, &[32, 64, 48]),
+            true,
+            false,
+        ),
+        // Long contexts: T = 4096 through every form.
+        (
+            case(4096, 4, 2, 12, 20, Decay::Mixed, &[16, 64, 7]),
+            true,
+            true,
+        ),
+        (
+            case(4096, 4, 2, 12, 20, Decay::Mixed, &[32, 48]),
+            false,
+            false,
+        ),
+        (
+            case(4096, 2, 2, 33, 67, Decay::One, &[16, 64, 32]),
+            false,
+            false,
+        ),
+        (
+            case(4096, 2, 1, 64, 48, Decay::Peers, &[16, 64, 32]),
+            true,
+            false,
+        ),
+    ];
+    for (index, (case, scale, in_quick)) in all.into_iter().enumerate() {
+        if rows.quick && !in_quick {
+            continue;
+        }
+        retention_case(rows, case, scale, 900 + index as u64);
+    }
+}

@@ -1,0 +1,267 @@
+//! f64 CPU computations of what each kernel computes, written from the formulas
+//! (/work/shared/docs/retnet-spec.md and the kernels' documentation), independently of the
+//! shaders and of the runtime's tests. Inputs are the f32 values the GPU receives, widened.
+
+/// Deterministic values (splitmix64).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1), exactly representable in f32.
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `len` uniform values.
+    pub fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.uniform()).collect()
+    }
+
+    /// An integer below `bound`.
+    pub fn below(&mut self, bound: u32) -> u32 {
+        (self.next_u64() % u64::from(bound.max(1))) as u32
+    }
+}
+
+/// (max |gpu − ref|, max |gpu − ref| / max |ref|).
+pub fn errors(gpu: &[f32], reference: &[f64]) -> (f64, f64) {
+    let scale = reference
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let max_abs = gpu
+        .iter()
+        .zip(reference)
+        .map(|(&g, &r)| (f64::from(g) - r).abs())
+        .fold(0.0, f64::max);
+    (max_abs, max_abs / scale)
+}
+
+/// Rounds through f16, as f16 weights are stored.
+pub fn round_f16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Exact (erf) gelu.
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// `table[ids[t], :] · scale`.
+pub fn embedding(table: &[f32], dim: usize, ids: &[u32], scale: f32) -> Vec<f64> {
+    let mut out = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        let row = &table[id as usize * dim..][..dim];
+        out.extend(row.iter().map(|&v| f64::from(v) * f64::from(scale)));
+    }
+    out
+}
+
+/// RMSNorm of each `dim`-wide row: x / sqrt(mean(x²) + eps) (⊙ w).
+pub fn rms_norm(x: &[f32], dim: usize, weight: Option<&[f32]>, eps: f32) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(dim) {
+        let mean_square = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
+        let inverse = 1.0 / (mean_square + f64::from(eps)).sqrt();
+        for (c, &v) in row.iter().enumerate() {
+            let w = weight.map_or(1.0, |w| f64::from(w[c]));
+            out.push(f64::from(v) * inverse * w);
+        }
+    }
+    out
+}
+
+/// A linear layer as the kernels define it: `Y[r] = (α·Y0[r] +) X[x_row_start + r] · Wᵀ`,
+/// W stored `[out, in]`.
+pub struct Linear<'a> {
+    pub x: &'a [f32],
+    pub weight: &'a [f32],
+    pub y0: &'a [f32],
+    pub rows: usize,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub x_row_start: usize,
+    pub accumulate: Option<f32>,
+}
+
+pub fn linear(l: &Linear<'_>) -> Vec<f64> {
+    let mut out = Vec::with_capacity(l.rows * l.out_dim);
+    for r in 0..l.rows {
+        let x = &l.x[(l.x_row_start + r) * l.in_dim..][..l.in_dim];
+        for o in 0..l.out_dim {
+            let w = &l.weight[o * l.in_dim..][..l.in_dim];
+            let dot: f64 = x
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            let previous = l.accumulate.map_or(0.0, |alpha| {
+                f64::from(alpha) * f64::from(l.y0[r * l.out_dim + o])
+            });
+            out.push(previous + dot);
+        }
+    }
+    out
+}
+
+/// Rotary in place on a strided buffer (returns the whole buffer). The angle is the f32 product
+/// f32(position)·θ_i, as PyTorch computes it; cos and sin in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary(
+    x: &[f32],
+    theta: &[f32],
+    interleaved: bool,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    start_pos: usize,
+    row_stride: usize,
+    col_offset: usize,
+    scale: f32,
+) -> Vec<f64> {
+    let mut out: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let half = head_dim / 2;
+    for t in 0..tokens {
+        for h in 0..heads {
+            let base = col_offset + t * row_stride + h * head_dim;
+            for (i, &th) in theta.iter().enumerate().take(half) {
+                let angle = f64::from((start_pos + t) as f32 * th);
+                let (a, b) = if interleaved {
+                    (base + 2 * i, base + 2 * i + 1)
+                } else {
+                    (base + i, base + half + i)
+                };
+                let (xa, xb) = (f64::from(x[a]), f64::from(x[b]));
+                let s = f64::from(scale);
+                out[a] = (xa * angle.cos() - xb * angle.sin()) * s;
+                out[b] = (xb * angle.cos() + xa * angle.sin()) * s;
+            }
+        }
+    }
+    out
+}
+
+/// Where element `c` of head `h` of token `t` lives: `offset + t·stride + h·dim + c`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl Layout {
+    pub fn at(&self, token: usize, head: usize, dim: usize, c: usize) -> usize {
+        self.offset + token * self.stride + head * dim + c
+    }
+}
+
+/// Per-head RMSNorm over V (optional weight) times silu(gate); dense `[tokens, heads·V]` output.
+#[allow(clippy::too_many_arguments)]
+pub fn head_norm_gate(
+    input: &[f32],
+    input_layout: Layout,
+    gate: &[f32],
+    gate_layout: Layout,
+    weight: Option<&[f32]>,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(tokens * heads * head_dim);
+    for t in 0..tokens {
+        for h in 0..heads {
+            let o = |c| f64::from(input[input_layout.at(t, h, head_dim, c)]);
+            let mean_square = (0..head_dim).map(|c| o(c).powi(2)).sum::<f64>() / head_dim as f64;
+            let inverse = 1.0 / (mean_square + f64::from(eps)).sqrt();
+            for c in 0..head_dim {
+                let g = f64::from(gate[gate_layout.at(t, h, head_dim, c)]);
+                let w = weight.map_or(1.0, |w| f64::from(w[c]));
+                out.push(o(c) * inverse * w * silu(g));
+            }
+        }
+    }
+    out
+}
+
+/// One retention problem: q `[T, H, K]`, k `[T, H_kv, K]`, v `[T, H_kv, V]` at their layouts.
+pub struct Retention<'a> {
+    pub data: &'a [f32],
+    pub q: Layout,
+    pub k: Layout,
+    pub v: Layout,
+    pub tokens: usize,
+    pub query_heads: usize,
+    pub kv_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+    /// log γ per query head, as the GPU receives it (f32).
+    pub log_decay: &'a [f32],
+    /// Divide P_n by sqrt(c_n) (torchscale).
+    pub scale_by_decay_sum: bool,
+}
+
+/// The recurrent definition, O(T·H·K·V): S_n = γ S_{n−1} + k_nᵀ v_n, P_n = q_n S_n
+/// (÷ sqrt(c_n), c_n = γ c_{n−1} + 1 = Σ_{i≤n} γ^i), from a zero state at position 0.
+/// Returns the outputs `[T, H, V]` (dense) and the final state `[H, K, V]`.
+pub fn retention(r: &Retention<'_>) -> (Vec<f64>, Vec<f64>) {
+    let (kd, vd) = (r.key_dim, r.value_dim);
+    let group = r.query_heads / r.kv_heads;
+    let mut state = vec![0.0f64; r.query_heads * kd * vd];
+    let mut out = vec![0.0f64; r.tokens * r.query_heads * vd];
+    let mut decay_sums = vec![0.0f64; r.query_heads];
+    let gammas: Vec<f64> = r.log_decay.iter().map(|&l| f64::from(l).exp()).collect();
+    let mut q = vec![0.0f64; kd];
+    let mut k = vec![0.0f64; kd];
+    let mut v = vec![0.0f64; vd];
+    for t in 0..r.tokens {
+        for h in 0..r.query_heads {
+            let kv = h / group;
+            let gamma = gammas[h];
+            for i in 0..kd {
+                q[i] = f64::from(r.data[r.q.at(t, h, kd, i)]);
+                k[i] = f64::from(r.data[r.k.at(t, kv, kd, i)]);
+            }
+            for (c, value) in v.iter_mut().enumerate() {
+                *value = f64::from(r.data[r.v.at(t, kv, vd, c)]);
+            }
+            let s = &mut state[h * kd * vd..][..kd * vd];
+            let p = &mut out[(t * r.query_heads + h) * vd..][..vd];
+            for (i, row) in s.chunks_exact_mut(vd).enumerate() {
+                for (c, entry) in row.iter_mut().enumerate() {
+                    *entry = gamma * *entry + k[i] * v[c];
+                    p[c] += q[i] * *entry;
+                }
+            }
+            decay_sums[h] = gamma * decay_sums[h] + 1.0;
+            if r.scale_by_decay_sum {
+                let scale = 1.0 / decay_sums[h].sqrt();
+                p.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+    }
+    (out, state)
+}
+
+/// log γ for head h as both peer implementations compute it, in f32: log(1 − 2^(−5−h))
+/// (exactly 0 for h ≥ 20, where the subtraction rounds to 1).
+pub fn log_decay_f32(h: usize) -> f32 {
+    (1.0f32 - 2f32.powi(-5 - h as i32)).ln()
+}
