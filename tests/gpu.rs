@@ -165,3 +165,26 @@ fn long_prefill_spans_and_bad_inputs() {
             .is_err()
     );
 }
+
+#[test]
+fn forked_sessions_continue_independently() {
+    use retnet::model::{Generator, SamplingParams};
+    let Some(device) = device() else { return };
+    let cpu = CpuModel::load(&fixture("torchscale_24heads_syncdoth")).unwrap();
+    let gpu = GpuModel::new(device, &cpu, GpuOptions::default()).unwrap();
+    let mut a = Generator::new(gpu.session().unwrap());
+    pollster::block_on(a.prefill(&[10, 20, 30])).unwrap();
+    let mut b = a.fork().unwrap();
+    let greedy = SamplingParams::greedy();
+    let from_a: Vec<u32> = (0..8)
+        .map(|_| pollster::block_on(a.next_token(&greedy)).unwrap())
+        .collect();
+    // The fork sees none of what `a` did after the fork.
+    let from_b: Vec<u32> = (0..8)
+        .map(|_| pollster::block_on(b.next_token(&greedy)).unwrap())
+        .collect();
+    assert_eq!(from_a, from_b);
+    pollster::block_on(b.prefill(&[1, 2])).unwrap();
+    // b consumed its pending token and the two new ones.
+    assert_eq!(b.position(), a.position() + 3);
+}

@@ -664,4 +664,13 @@ impl crate::session::Engine for GpuSession<'_> {
         self.position = position;
         Ok(())
     }
+
+    fn fork(&self) -> Result<Self> {
+        let mut copy = GpuSession::new(self.model)?;
+        for (src, dst) in self.states.iter().zip(&copy.states) {
+            self.model.device.copy(src, dst);
+        }
+        copy.position = self.position;
+        Ok(copy)
+    }
 }

@@ -35,6 +35,10 @@ pub trait Engine {
     fn export_state(&self) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
     /// Replaces the state and position.
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()>;
+    /// An independent copy of this sequence (on the GPU, the state is copied on the GPU).
+    fn fork(&self) -> Result<Self>
+    where
+        Self: Sized;
 }
 
 /// The CPU reference as an [`Engine`].
@@ -89,6 +93,13 @@ impl Engine for CpuEngine<'_> {
             layers: layers.to_vec(),
         };
         Ok(())
+    }
+
+    fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            model: self.model,
+            state: self.state.clone(),
+        })
     }
 }
 
@@ -249,6 +260,16 @@ impl<E: Engine> Generator<E> {
         self.book.remember(&[token]);
         self.book.pending = Some(token);
         Ok(token)
+    }
+
+    /// An independent copy of this session: same state, position, pending token, history and
+    /// draw counter; the two continue separately.
+    pub fn fork(&self) -> Result<Self> {
+        Ok(Self {
+            engine: self.engine.fork()?,
+            book: self.book.clone(),
+            last_logits: self.last_logits.clone(),
+        })
     }
 
     /// Saves the state and bookkeeping to a safetensors file.

@@ -213,7 +213,7 @@ pub fn run(options: &Options) -> ExitCode {
         }
     };
     let device = match pollster::block_on(Device::new(&device_options)) {
-        Ok(device) => device,
+        Ok(device) => std::sync::Arc::new(device),
         Err(e) => {
             eprintln!("no GPU device: {e}");
             return ExitCode::FAILURE;
