@@ -130,7 +130,7 @@ fn long_prefill_spans_and_bad_inputs() {
     let cpu = CpuModel::load(&fixture("torchscale_swish_tied")).unwrap();
     let gpu = GpuModel::new(device, &cpu, GpuOptions::default()).unwrap();
     let vocab = cpu.config().vocab_size as u32;
-    // Longer than one recorded span (1024 tokens): spans carry the state between them.
+    // Longer than two recorded spans (512 tokens each): spans carry the state between them.
     let tokens: Vec<u32> = (0..1500u32).map(|i| (i * 37 + 11) % vocab).collect();
     let mut session = gpu.session().unwrap();
     let last = pollster::block_on(session.forward(
@@ -149,6 +149,11 @@ fn long_prefill_spans_and_bad_inputs() {
         .unwrap();
     let err = rel_max_err(&last, &want[want.len() - vocab as usize..]);
     assert!(err < F32_TOLERANCE, "{err:.2e}");
+    // The parallel form over the whole sequence too (on llvmpipe it continues chunkwise past
+    // one span, since long shader loops are cut there).
+    let all = pollster::block_on(gpu.logits(&tokens, RetentionForm::Parallel)).unwrap();
+    let err = rel_max_err(&all, &want);
+    assert!(err < F32_TOLERANCE, "parallel: {err:.2e}");
 
     let mut session = gpu.session().unwrap();
     assert!(pollster::block_on(session.prefill(&[])).is_err());

@@ -47,8 +47,10 @@ pub struct GpuOptions {
 
 /// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats.
 const MAX_GPU_CHUNK: usize = 64;
-/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
-const MAX_SPAN: usize = 1024;
+/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes,
+/// and keeps each chunkwise dispatch short enough for llvmpipe, which silently stops any loop
+/// after 65535 iterations of one invocation (found by `cargo xtask verify`).
+const MAX_SPAN: usize = 512;
 
 struct GpuLayer {
     retention_norm: GpuBuffer,
@@ -74,6 +76,8 @@ pub struct GpuModel {
     rotary_theta: GpuBuffer,
     reduction: Reduction,
     max_chunk: usize,
+    /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
+    loop_limited: bool,
 }
 
 /// Column layout of the fused q|k|v|g projection output.
@@ -153,6 +157,7 @@ impl GpuModel {
             rotary_theta: vector("rotary_theta", &weights.rotary_theta)?,
             reduction: Reduction::for_features(device.features()),
             max_chunk,
+            loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
             config,
             device,
         })
@@ -312,9 +317,19 @@ impl<'m> GpuSession<'m> {
                     "the parallel form runs a whole sequence from position 0",
                 ))
             }
-            // One span: the parallel kernel neither reads nor writes the state.
-            RetentionForm::Parallel => tokens.len(),
+            // One span: the parallel kernel neither reads nor writes the state. Except on a
+            // CPU adapter (llvmpipe), whose loop limit would silently cut a long parallel
+            // dispatch short: there, beyond one span, the sequence continues chunkwise.
+            RetentionForm::Parallel if !self.model.loop_limited || tokens.len() <= MAX_SPAN => {
+                tokens.len()
+            }
             _ => MAX_SPAN,
+        };
+        let form = match form {
+            RetentionForm::Parallel if span < tokens.len() => RetentionForm::Chunkwise {
+                chunk_size: self.model.max_chunk,
+            },
+            other => other,
         };
         let vocab = c.vocab_size;
         let mut out = Vec::with_capacity(match rows {

@@ -20,8 +20,15 @@ const F16_TOLERANCE: f64 = 2e-2;
 /// another order.
 const CONTINUATION_TOLERANCE: f64 = 1e-4;
 
+/// `tests/fixtures` of the current directory when run from the repository root (also a copied
+/// binary on another machine), else of the source tree this binary was built from.
 fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    let here = PathBuf::from("tests/fixtures");
+    if here.is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
 }
 
 fn fixtures() -> Vec<PathBuf> {
