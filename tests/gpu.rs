@@ -193,3 +193,68 @@ fn forked_sessions_continue_independently() {
     // b consumed its pending token and the two new ones.
     assert_eq!(b.position(), a.position() + 3);
 }
+
+#[test]
+fn batched_decode_equals_decoding_each_alone() {
+    use retnet::model::{sampling::argmax, GpuBatch};
+    let Some(device) = device() else { return };
+    for name in ["torchscale_swish_tied", "fla_gqa_tied_bf16_sharded"] {
+        let cpu = CpuModel::load(&fixture(name)).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let vocab = cpu.config().vocab_size;
+        let prompts: [Vec<u32>; 3] = [vec![1, 2, 3], (0..10).collect(), (5..30).collect()];
+        // Each sequence alone: prefill, then 6 greedy steps.
+        let mut alone = Vec::new();
+        for p in &prompts {
+            let mut s = gpu.session().unwrap();
+            let mut logits = pollster::block_on(s.prefill(p)).unwrap();
+            let mut rows = Vec::new();
+            for _ in 0..6 {
+                logits = pollster::block_on(s.step(argmax(&logits))).unwrap();
+                rows.push(logits.clone());
+            }
+            alone.push(rows);
+        }
+        // Together: prefill alone, then step all three (and once only two) in one batch.
+        let mut batch = GpuBatch::new(&gpu, 4).unwrap();
+        let mut last = Vec::new();
+        let mut slots = Vec::new();
+        for p in &prompts {
+            let mut s = gpu.session().unwrap();
+            last.push(pollster::block_on(s.prefill(p)).unwrap());
+            slots.push(batch.insert(&s).unwrap());
+        }
+        for step in 0..6 {
+            let inputs: Vec<(usize, u32)> = slots
+                .iter()
+                .zip(&last)
+                .map(|(&s, l)| (s, argmax(l)))
+                .collect();
+            let out = pollster::block_on(batch.step(&inputs)).unwrap();
+            for (i, row) in out.chunks_exact(vocab).enumerate() {
+                let err = rel_max_err(row, &alone[i][step]);
+                assert!(err < 1e-5, "{name} sequence {i} step {step}: {err:.2e}");
+                last[i] = row.to_vec();
+            }
+        }
+        assert_eq!(batch.position(slots[2]), Some(prompts[2].len() + 6));
+        // A sequence taken out of the batch continues alone from where it was.
+        let mut s = batch.extract(slots[0]).unwrap();
+        assert_eq!(s.position(), prompts[0].len() + 6);
+        let next = pollster::block_on(s.step(argmax(&last[0]))).unwrap();
+        assert!(next.iter().all(|v| v.is_finite()));
+        // Bad inputs are errors.
+        assert!(
+            pollster::block_on(batch.step(&[(3, 1)])).is_err(),
+            "empty slot"
+        );
+        assert!(
+            pollster::block_on(batch.step(&[(0, 1), (0, 2)])).is_err(),
+            "slot twice"
+        );
+        assert!(
+            pollster::block_on(batch.step(&[(0, vocab as u32)])).is_err(),
+            "token out of range"
+        );
+    }
+}

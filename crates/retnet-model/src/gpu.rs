@@ -17,9 +17,11 @@ use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
 use retnet_runtime::kernels::linear::{linear, LinearParams, Reduction};
-use retnet_runtime::kernels::retention::{self, RetentionParams, Strided};
+use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
-use retnet_runtime::kernels::rotary::{self, rotary, RotaryParams};
+use retnet_runtime::kernels::rotary::{
+    self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
+};
 use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
@@ -371,264 +373,495 @@ impl<'m> GpuSession<'m> {
         logits: Option<bool>,
     ) -> Result<()> {
         let model = self.model;
-        let c = &model.config;
-        let dev = &model.device;
-        let t = tokens.len();
-        if t > self.scratch.tokens {
-            self.scratch = Scratch::new(model, t.next_power_of_two())?;
+        if tokens.len() > self.scratch.tokens {
+            self.scratch = Scratch::new(model, tokens.len().next_power_of_two())?;
         }
-        dev.write_u32(&self.scratch.token_ids, 0, tokens);
-        let s = &self.scratch;
-        let t32 = t as u32;
-        let d = c.d_model as u32;
-        let layout = model.qkvg_layout();
-        let mut seq = dev.sequence("retnet forward");
-
-        // Embeddings (scaled), then the optional embedding norm.
-        let embed = |seq: &mut Sequence<'_>, out: &GpuBuffer| {
-            let params = EmbeddingParams {
-                tokens: t32,
-                dim: d,
-                scale: c.embed_scale,
-            };
-            seq.dispatch(
-                gather(model.embed.format, params),
-                &[&model.embed.buffer, &s.token_ids, out],
-            )
+        let rows = Rows::Sequence {
+            position: self.position as u32,
+            states: &self.states,
+            form,
         };
-        let norm = |rows: u32| RmsNormParams {
-            rows,
-            dim: d,
-            eps: c.norm_eps,
-        };
-        match &model.embed_norm {
-            Some(w) => {
-                embed(&mut seq, &s.h)?;
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, w, &s.x])?;
-            }
-            None => embed(&mut seq, &s.x)?,
-        }
-
-        let alpha = c.residual_alpha;
-        let proj = |seq: &mut Sequence<'_>,
-                    w: &Weights,
-                    input: &GpuBuffer,
-                    out: &GpuBuffer,
-                    in_dim: usize,
-                    out_dim: usize,
-                    accumulate: Option<f32>| {
-            let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
-            params.accumulate = accumulate;
-            seq.dispatch(
-                linear(w.format, model.reduction, params),
-                &[&w.buffer, input, out],
-            )
-        };
-        for (layer, state) in model.layers.iter().zip(&self.states) {
-            // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
-            let (ret_in, ret_out) = match c.norm_placement {
-                NormPlacement::PreNorm => {
-                    seq.dispatch(
-                        rms_norm(true, norm(t32)),
-                        &[&s.x, &layer.retention_norm, &s.h],
-                    )?;
-                    (&s.h, &s.x)
-                }
-                NormPlacement::PostNorm => (&s.x, &s.x),
-            };
-            proj(
-                &mut seq,
-                &layer.qkvg,
-                ret_in,
-                &s.qkvg,
-                c.d_model,
-                layout.width as usize,
-                None,
-            )?;
-            self.record_retention(&mut seq, layer, state, layout, tokens.len(), form)?;
-            proj(
-                &mut seq,
-                &layer.out_proj,
-                &s.gated,
-                ret_out,
-                c.value_width(),
-                c.d_model,
-                Some(alpha),
-            )?;
-
-            // FFN sub-layer.
-            let (ffn_in, ffn_out) = match c.norm_placement {
-                NormPlacement::PreNorm => {
-                    seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, &layer.ffn_norm, &s.h])?;
-                    (&s.h, &s.x)
-                }
-                NormPlacement::PostNorm => {
-                    // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
-                    seq.dispatch(
-                        rms_norm(true, norm(t32)),
-                        &[&s.x, &layer.retention_norm, &s.h],
-                    )?;
-                    (&s.h, &s.h)
-                }
-            };
-            let f = c.ffn_dim as u32;
-            proj(
-                &mut seq,
-                &layer.ffn_in,
-                ffn_in,
-                &s.ffn_in,
-                c.d_model,
-                2 * c.ffn_dim,
-                None,
-            )?;
-            let act = match c.ffn_activation {
-                Activation::Swish => gated_activation::Activation::Silu,
-                Activation::Gelu => gated_activation::Activation::Gelu,
-            };
-            let params = GatedActivationParams {
-                tokens: t32,
-                width: f,
-                act: Strided {
-                    offset: 0,
-                    stride: 2 * f,
-                },
-                linear: Strided {
-                    offset: f,
-                    stride: 2 * f,
-                },
-                out: Strided::dense(f),
-            };
-            seq.dispatch(
-                gated_activation(act, params),
-                &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
-            )?;
-            proj(
-                &mut seq,
-                &layer.ffn_down,
-                &s.ffn_mid,
-                ffn_out,
-                c.ffn_dim,
-                c.d_model,
-                Some(alpha),
-            )?;
-            if c.norm_placement == NormPlacement::PostNorm {
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, &layer.ffn_norm, &s.x])?;
-            }
-        }
-
-        if let Some(only_last) = logits {
-            let (rows, start) = if only_last { (1, t32 - 1) } else { (t32, 0) };
-            let features = match &model.final_norm {
-                Some(w) => {
-                    seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, w, &s.h])?;
-                    &s.h
-                }
-                None => &s.x,
-            };
-            let head = model.head();
-            let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
-            params.x_row_start = start;
-            seq.dispatch(
-                linear(head.format, model.reduction, params),
-                &[&head.buffer, features, &s.logits],
-            )?;
-        }
-        seq.submit()?;
-        self.position += t;
+        record_forward(model, &self.scratch, tokens, rows, logits)?;
+        self.position += tokens.len();
         Ok(())
     }
+}
 
-    /// Rotary on q and k, retention in `form`, then the per-head norm times the output gate.
-    fn record_retention(
-        &self,
-        seq: &mut Sequence<'_>,
-        layer: &GpuLayer,
-        state: &GpuBuffer,
-        layout: QkvgLayout,
-        t: usize,
+/// Where the rows of one recorded forward pass come from.
+enum Rows<'a> {
+    /// Consecutive tokens of one sequence from `position`, with its per-layer states.
+    Sequence {
+        position: u32,
+        states: &'a [GpuBuffer],
         form: RetentionForm,
-    ) -> Result<()> {
-        let model = self.model;
-        let c = &model.config;
-        let s = &self.scratch;
-        let (t32, kd, vd) = (t as u32, c.head_k_dim as u32, c.head_v_dim as u32);
-        let style = match c.rotary {
-            RotaryStyle::InterleavedPairs => rotary::RotaryStyle::Interleaved,
-            RotaryStyle::SplitHalves => rotary::RotaryStyle::Halves,
-        };
-        let position = self.position as u32;
-        for (heads, col_offset, scale) in [
-            (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
-            (c.num_kv_heads, layout.k, 1.0),
-        ] {
-            let params = RotaryParams {
-                tokens: t32,
-                heads: heads as u32,
-                head_dim: kd,
-                start_pos: position,
-                row_stride: layout.width,
-                col_offset,
-                scale,
-            };
-            seq.dispatch(rotary(style, params), &[&model.rotary_theta, &s.qkvg])?;
-        }
-        let params = RetentionParams {
+    },
+    /// One token of each of several sequences: row b is at `positions[b]` and owns state slot
+    /// `slots[b]` of each layer's pool (batched decode).
+    Batch {
+        positions: &'a GpuBuffer,
+        slots: &'a GpuBuffer,
+        pools: &'a [GpuBuffer],
+    },
+}
+
+/// Records the whole model over `tokens` (already written to `s.token_ids`) and submits it.
+fn record_forward(
+    model: &GpuModel,
+    s: &Scratch,
+    tokens: &[u32],
+    rows: Rows<'_>,
+    logits: Option<bool>,
+) -> Result<()> {
+    let c = &model.config;
+    let dev = &model.device;
+    let t = tokens.len();
+    dev.write_u32(&s.token_ids, 0, tokens);
+    let t32 = t as u32;
+    let d = c.d_model as u32;
+    let layout = model.qkvg_layout();
+    let mut seq = dev.sequence("retnet forward");
+
+    // Embeddings (scaled), then the optional embedding norm.
+    let embed = |seq: &mut Sequence<'_>, out: &GpuBuffer| {
+        let params = EmbeddingParams {
             tokens: t32,
-            query_heads: c.num_heads as u32,
-            kv_heads: c.num_kv_heads as u32,
-            key_dim: kd,
-            value_dim: vd,
-            start_pos: position,
-            q: Strided {
+            dim: d,
+            scale: c.embed_scale,
+        };
+        seq.dispatch(
+            gather(model.embed.format, params),
+            &[&model.embed.buffer, &s.token_ids, out],
+        )
+    };
+    let norm = |rows: u32| RmsNormParams {
+        rows,
+        dim: d,
+        eps: c.norm_eps,
+    };
+    match &model.embed_norm {
+        Some(w) => {
+            embed(&mut seq, &s.h)?;
+            seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, w, &s.x])?;
+        }
+        None => embed(&mut seq, &s.x)?,
+    }
+
+    let alpha = c.residual_alpha;
+    let proj = |seq: &mut Sequence<'_>,
+                w: &Weights,
+                input: &GpuBuffer,
+                out: &GpuBuffer,
+                in_dim: usize,
+                out_dim: usize,
+                accumulate: Option<f32>| {
+        let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
+        params.accumulate = accumulate;
+        seq.dispatch(
+            linear(w.format, model.reduction, params),
+            &[&w.buffer, input, out],
+        )
+    };
+    for (index, layer) in model.layers.iter().enumerate() {
+        // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
+        let (ret_in, ret_out) = match c.norm_placement {
+            NormPlacement::PreNorm => {
+                seq.dispatch(
+                    rms_norm(true, norm(t32)),
+                    &[&s.x, &layer.retention_norm, &s.h],
+                )?;
+                (&s.h, &s.x)
+            }
+            NormPlacement::PostNorm => (&s.x, &s.x),
+        };
+        let width = layout.width as usize;
+        proj(
+            &mut seq,
+            &layer.qkvg,
+            ret_in,
+            &s.qkvg,
+            c.d_model,
+            width,
+            None,
+        )?;
+        record_retention(model, s, &mut seq, layer, index, &rows, layout, t)?;
+        let vw = c.value_width();
+        proj(
+            &mut seq,
+            &layer.out_proj,
+            &s.gated,
+            ret_out,
+            vw,
+            c.d_model,
+            Some(alpha),
+        )?;
+
+        // FFN sub-layer.
+        let (ffn_in, ffn_out) = match c.norm_placement {
+            NormPlacement::PreNorm => {
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, &layer.ffn_norm, &s.h])?;
+                (&s.h, &s.x)
+            }
+            NormPlacement::PostNorm => {
+                // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
+                seq.dispatch(
+                    rms_norm(true, norm(t32)),
+                    &[&s.x, &layer.retention_norm, &s.h],
+                )?;
+                (&s.h, &s.h)
+            }
+        };
+        let f = c.ffn_dim as u32;
+        proj(
+            &mut seq,
+            &layer.ffn_in,
+            ffn_in,
+            &s.ffn_in,
+            c.d_model,
+            2 * c.ffn_dim,
+            None,
+        )?;
+        let act = match c.ffn_activation {
+            Activation::Swish => gated_activation::Activation::Silu,
+            Activation::Gelu => gated_activation::Activation::Gelu,
+        };
+        let params = GatedActivationParams {
+            tokens: t32,
+            width: f,
+            act: Strided {
                 offset: 0,
-                stride: layout.width,
+                stride: 2 * f,
             },
-            k: Strided {
-                offset: layout.k,
-                stride: layout.width,
+            linear: Strided {
+                offset: f,
+                stride: 2 * f,
             },
-            v: Strided {
-                offset: layout.v,
-                stride: layout.width,
-            },
-            out: Strided::dense(c.value_width() as u32),
-            scale_by_decay_sum: c.output_scale == OutputScale::InvSqrtDecaySum,
+            out: Strided::dense(f),
         };
-        let qkv = &s.qkvg;
-        match form {
-            RetentionForm::Parallel => seq.dispatch(
-                retention::parallel(params),
-                &[qkv, qkv, qkv, &model.log_decay, &s.retained],
-            )?,
-            RetentionForm::Recurrent => seq.dispatch(
-                retention::recurrent(params),
-                &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-            )?,
-            RetentionForm::Chunkwise { chunk_size } => seq.dispatch(
-                retention::chunkwise(params, chunk_size.min(model.max_chunk) as u32),
-                &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-            )?,
+        seq.dispatch(
+            gated_activation(act, params),
+            &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
+        )?;
+        proj(
+            &mut seq,
+            &layer.ffn_down,
+            &s.ffn_mid,
+            ffn_out,
+            c.ffn_dim,
+            c.d_model,
+            Some(alpha),
+        )?;
+        if c.norm_placement == NormPlacement::PostNorm {
+            seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, &layer.ffn_norm, &s.x])?;
         }
-        let params = HeadNormGateParams {
-            tokens: t32,
-            heads: c.num_heads as u32,
-            head_dim: vd,
-            eps: c.head_norm_eps,
-            input: Strided::dense(c.value_width() as u32),
-            gate: Strided {
-                offset: layout.g,
-                stride: layout.width,
-            },
-            out: Strided::dense(c.value_width() as u32),
+    }
+
+    if let Some(only_last) = logits {
+        let (rows, start) = if only_last { (1, t32 - 1) } else { (t32, 0) };
+        let features = match &model.final_norm {
+            Some(w) => {
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, w, &s.h])?;
+                &s.h
+            }
+            None => &s.x,
         };
-        match &layer.head_norm {
-            Some(w) => seq.dispatch(
-                head_norm_gate(true, params),
-                &[&s.retained, qkv, w, &s.gated],
-            )?,
-            None => seq.dispatch(head_norm_gate(false, params), &[&s.retained, qkv, &s.gated])?,
+        let head = model.head();
+        let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
+        params.x_row_start = start;
+        seq.dispatch(
+            linear(head.format, model.reduction, params),
+            &[&head.buffer, features, &s.logits],
+        )?;
+    }
+    seq.submit()?;
+    Ok(())
+}
+
+/// Rotary on q and k, retention, then the per-head norm times the output gate, for layer
+/// `index`.
+#[allow(clippy::too_many_arguments)]
+fn record_retention(
+    model: &GpuModel,
+    s: &Scratch,
+    seq: &mut Sequence<'_>,
+    layer: &GpuLayer,
+    index: usize,
+    rows: &Rows<'_>,
+    layout: QkvgLayout,
+    t: usize,
+) -> Result<()> {
+    let c = &model.config;
+    let (t32, kd, vd) = (t as u32, c.head_k_dim as u32, c.head_v_dim as u32);
+    let style = match c.rotary {
+        RotaryStyle::InterleavedPairs => rotary::RotaryStyle::Interleaved,
+        RotaryStyle::SplitHalves => rotary::RotaryStyle::Halves,
+    };
+    for (heads, col_offset, scale) in [
+        (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
+        (c.num_kv_heads, layout.k, 1.0),
+    ] {
+        match rows {
+            Rows::Sequence { position, .. } => {
+                let params = RotaryParams {
+                    tokens: t32,
+                    heads: heads as u32,
+                    head_dim: kd,
+                    start_pos: *position,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale,
+                };
+                seq.dispatch(rotary(style, params), &[&model.rotary_theta, &s.qkvg])?;
+            }
+            Rows::Batch { positions, .. } => {
+                let params = RotaryBatchedParams {
+                    rows: t32,
+                    heads: heads as u32,
+                    head_dim: kd,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale,
+                };
+                seq.dispatch(
+                    rotary_batched(style, params),
+                    &[&model.rotary_theta, &s.qkvg, positions],
+                )?;
+            }
         }
-        Ok(())
+    }
+    let strided = |offset| Strided {
+        offset,
+        stride: layout.width,
+    };
+    let out = Strided::dense(c.value_width() as u32);
+    let scale_by_decay_sum = c.output_scale == OutputScale::InvSqrtDecaySum;
+    let qkv = &s.qkvg;
+    match rows {
+        Rows::Sequence {
+            position,
+            states,
+            form,
+        } => {
+            let params = RetentionParams {
+                tokens: t32,
+                query_heads: c.num_heads as u32,
+                kv_heads: c.num_kv_heads as u32,
+                key_dim: kd,
+                value_dim: vd,
+                start_pos: *position,
+                q: strided(0),
+                k: strided(layout.k),
+                v: strided(layout.v),
+                out,
+                scale_by_decay_sum,
+            };
+            let state = states
+                .get(index)
+                .ok_or_else(|| ModelError::invalid("a state per layer"))?;
+            match form {
+                RetentionForm::Parallel => seq.dispatch(
+                    retention::parallel(params),
+                    &[qkv, qkv, qkv, &model.log_decay, &s.retained],
+                )?,
+                RetentionForm::Recurrent => seq.dispatch(
+                    retention::recurrent(params),
+                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                )?,
+                RetentionForm::Chunkwise { chunk_size } => seq.dispatch(
+                    retention::chunkwise(params, (*chunk_size).min(model.max_chunk) as u32),
+                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                )?,
+            }
+        }
+        Rows::Batch {
+            positions,
+            slots,
+            pools,
+        } => {
+            let params = RetentionBatchedParams {
+                rows: t32,
+                query_heads: c.num_heads as u32,
+                kv_heads: c.num_kv_heads as u32,
+                key_dim: kd,
+                value_dim: vd,
+                q: strided(0),
+                k: strided(layout.k),
+                v: strided(layout.v),
+                out,
+                scale_by_decay_sum,
+            };
+            let pool = pools
+                .get(index)
+                .ok_or_else(|| ModelError::invalid("a state pool per layer"))?;
+            seq.dispatch(
+                retention::recurrent_batched(params),
+                &[
+                    qkv,
+                    qkv,
+                    qkv,
+                    &model.log_decay,
+                    positions,
+                    slots,
+                    pool,
+                    &s.retained,
+                ],
+            )?;
+        }
+    }
+    let params = HeadNormGateParams {
+        tokens: t32,
+        heads: c.num_heads as u32,
+        head_dim: vd,
+        eps: c.head_norm_eps,
+        input: Strided::dense(c.value_width() as u32),
+        gate: strided(layout.g),
+        out: Strided::dense(c.value_width() as u32),
+    };
+    match &layer.head_norm {
+        Some(w) => seq.dispatch(
+            head_norm_gate(true, params),
+            &[&s.retained, qkv, w, &s.gated],
+        )?,
+        None => seq.dispatch(head_norm_gate(false, params), &[&s.retained, qkv, &s.gated])?,
+    }
+    Ok(())
+}
+
+/// Several sequences decoded together: one token of each per step, in one dispatch per kernel.
+///
+/// Each sequence owns a slot of a per-layer state pool (`[slots, H, K, V]` f32). Sequences are
+/// prefilled alone in a [`GpuSession`], then [`GpuBatch::insert`]ed (their state copied on the
+/// GPU); they may be at different positions, and any subset may step together.
+pub struct GpuBatch<'m> {
+    model: &'m GpuModel,
+    pools: Vec<GpuBuffer>,
+    /// Position of the sequence in each slot; `None` for a free slot.
+    slots: Vec<Option<usize>>,
+    positions_buffer: GpuBuffer,
+    slots_buffer: GpuBuffer,
+    scratch: Scratch,
+    /// Reused per step: no allocation in the decode loop.
+    row_positions: Vec<u32>,
+    row_slots: Vec<u32>,
+    row_tokens: Vec<u32>,
+}
+
+impl<'m> GpuBatch<'m> {
+    /// A batch of up to `capacity` sequences.
+    pub fn new(model: &'m GpuModel, capacity: usize) -> Result<Self> {
+        let c = &model.config;
+        let capacity = capacity.max(1);
+        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let dev = &model.device;
+        let pools = (0..c.num_layers)
+            .map(|_| dev.create_storage_f32("state pool", capacity * state_len))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self {
+            model,
+            pools,
+            slots: vec![None; capacity],
+            positions_buffer: dev.create_storage("batch positions", (capacity * 4) as u64)?,
+            slots_buffer: dev.create_storage("batch slots", (capacity * 4) as u64)?,
+            scratch: Scratch::new(model, capacity)?,
+            row_positions: Vec::with_capacity(capacity),
+            row_slots: Vec::with_capacity(capacity),
+            row_tokens: Vec::with_capacity(capacity),
+        })
+    }
+
+    fn state_bytes(&self) -> u64 {
+        let c = &self.model.config;
+        (c.num_heads * c.head_k_dim * c.head_v_dim * 4) as u64
+    }
+
+    /// Copies a session's state into a free slot; returns the slot.
+    pub fn insert(&mut self, session: &GpuSession<'_>) -> Result<usize> {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| ModelError::invalid("the batch is full"))?;
+        let bytes = self.state_bytes();
+        for (state, pool) in session.states.iter().zip(&self.pools) {
+            self.model
+                .device
+                .copy_region(state, 0, pool, slot as u64 * bytes, bytes);
+        }
+        self.slots[slot] = Some(session.position);
+        Ok(slot)
+    }
+
+    /// Frees a slot.
+    pub fn remove(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// The position of the sequence in `slot`, if any.
+    pub fn position(&self, slot: usize) -> Option<usize> {
+        self.slots.get(slot).copied().flatten()
+    }
+
+    /// A session holding a copy of the sequence in `slot` (to save it, or continue alone).
+    pub fn extract(&self, slot: usize) -> Result<GpuSession<'m>> {
+        let position = self
+            .position(slot)
+            .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
+        let mut session = GpuSession::new(self.model)?;
+        let bytes = self.state_bytes();
+        for (state, pool) in session.states.iter().zip(&self.pools) {
+            self.model
+                .device
+                .copy_region(pool, slot as u64 * bytes, state, 0, bytes);
+        }
+        session.position = position;
+        Ok(session)
+    }
+
+    /// Advances each listed sequence by one token: `inputs[i] = (slot, token)`. Returns the
+    /// logits `[inputs.len(), vocab]`, row i for `inputs[i]`.
+    pub async fn step(&mut self, inputs: &[(usize, u32)]) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        self.row_positions.clear();
+        self.row_slots.clear();
+        self.row_tokens.clear();
+        for (i, &(slot, token)) in inputs.iter().enumerate() {
+            let position = self
+                .position(slot)
+                .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
+            if inputs[..i].iter().any(|&(other, _)| other == slot) {
+                return Err(ModelError::invalid(format!(
+                    "slot {slot} listed twice in one step"
+                )));
+            }
+            self.row_positions.push(position as u32);
+            self.row_slots.push(slot as u32);
+            self.row_tokens.push(token);
+        }
+        check_tokens(&self.row_tokens, c.vocab_size)?;
+        let dev = &self.model.device;
+        dev.write_u32(&self.positions_buffer, 0, &self.row_positions);
+        dev.write_u32(&self.slots_buffer, 0, &self.row_slots);
+        let rows = Rows::Batch {
+            positions: &self.positions_buffer,
+            slots: &self.slots_buffer,
+            pools: &self.pools,
+        };
+        record_forward(
+            self.model,
+            &self.scratch,
+            &self.row_tokens,
+            rows,
+            Some(false),
+        )?;
+        for &(slot, _) in inputs {
+            if let Some(Some(p)) = self.slots.get_mut(slot) {
+                *p += 1;
+            }
+        }
+        Ok(dev
+            .read_f32(&self.scratch.logits, 0, inputs.len() * c.vocab_size)
+            .await?)
     }
 }
 

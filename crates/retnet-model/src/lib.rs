@@ -26,7 +26,7 @@ pub use config::{
     Activation, DecaySource, Family, ModelConfig, NormPlacement, OutputScale, RotaryStyle,
 };
 pub use error::{ModelError, Result};
-pub use gpu::{GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
+pub use gpu::{GpuBatch, GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
 pub use reference::{CpuModel, CpuState, RetentionForm};
 pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;

@@ -251,6 +251,27 @@ impl Device {
         self.queue.submit([encoder.finish()]);
     }
 
+    /// Copies `bytes` bytes from `src` at byte `src_offset` to `dst` at byte `dst_offset`, on the
+    /// GPU (offsets and size must be multiples of 4).
+    pub fn copy_region(
+        &self,
+        src: &GpuBuffer,
+        src_offset: u64,
+        dst: &GpuBuffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(
+            &src.buffer,
+            src_offset,
+            &dst.buffer,
+            dst_offset,
+            Some(bytes),
+        );
+        self.queue.submit([encoder.finish()]);
+    }
+
     /// Reads `len` f32 values starting at element `offset`, once the submitted work is done.
     /// Staging buffers are pooled, so reading back each decode step creates nothing after the first.
     pub async fn read_f32(
