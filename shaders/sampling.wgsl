@@ -40,7 +40,7 @@ struct SampleParams {
 @group(0) @binding(3) var<storage, read_write> next_token: array<u32>;
 @group(0) @binding(4) var<storage, read_write> generated: array<u32>;
 
-// Must be a power of two (tree reductions); the history window is at most this.
+// Must be a power of two (tree reductions).
 override WORKGROUP_SIZE: u32 = 256u;
 
 const HEADER: u32 = 4u;
@@ -49,6 +49,8 @@ const NONE: u32 = 0xffffffffu;
 const KEY_ZERO: u32 = 0x80000000u;
 // A 2048-bit filter over token ids (id mod 2048) in front of the history lookup.
 const BLOOM_WORDS: u32 = 64u;
+// Entries of the sorted history table (the largest window), searched in eight unrolled steps.
+const HISTORY_TABLE: u32 = 256u;
 
 struct Search {
     lo: u32,
@@ -57,8 +59,12 @@ struct Search {
     target_hi: u32,
 }
 
-var<workgroup> hist_tok: array<u32, WORKGROUP_SIZE>;
-var<workgroup> hist_val: array<f32, WORKGROUP_SIZE>;
+// The ring's valid entries in ring order (NONE elsewhere), then sorted ascending with the
+// penalised logits alongside.
+var<workgroup> ring_tok: array<u32, HISTORY_TABLE>;
+var<workgroup> hist_tok: array<u32, HISTORY_TABLE>;
+var<workgroup> hist_val: array<f32, HISTORY_TABLE>;
+var<workgroup> bloom_bits: array<atomic<u32>, BLOOM_WORDS>;
 var<workgroup> bloom: array<u32, BLOOM_WORDS>;
 var<workgroup> red_a: array<vec4<u32>, WORKGROUP_SIZE>;
 var<workgroup> red_b: array<vec4<u32>, WORKGROUP_SIZE>;
@@ -68,7 +74,6 @@ var<workgroup> pivot_hi: array<vec4<u32>, 2>;
 var<workgroup> search_state: Search;
 var<workgroup> chosen: u32;
 
-var<private> hist_n: u32;
 var<private> max_logit: f32;
 
 // ---- integer helpers (u64 as vec2<u32>(low, high)) ----
@@ -185,16 +190,24 @@ fn weight_fixed(d: f32) -> u32 {
     return u32(round(w * 2147483648.0));
 }
 
-// The logit of token i after the repetition penalty.
+// The logit of token i after the repetition penalty. No loop: llvmpipe stops a shader after
+// 65535 loop iterations in all, so the per-token work must not loop.
 fn logit_at(i: u32) -> f32 {
     let l = logits[params.logits_offset + i];
     if ((bloom[(i >> 5u) % BLOOM_WORDS] >> (i & 31u)) & 1u) == 0u {
         return l;
     }
-    for (var j = 0u; j < hist_n; j++) {
-        if hist_tok[j] == i {
-            return hist_val[j];
-        }
+    // The last table entry ≤ i.
+    var pos = select(0u, 128u, hist_tok[128] <= i);
+    pos += select(0u, 64u, hist_tok[pos + 64u] <= i);
+    pos += select(0u, 32u, hist_tok[pos + 32u] <= i);
+    pos += select(0u, 16u, hist_tok[pos + 16u] <= i);
+    pos += select(0u, 8u, hist_tok[pos + 8u] <= i);
+    pos += select(0u, 4u, hist_tok[pos + 4u] <= i);
+    pos += select(0u, 2u, hist_tok[pos + 2u] <= i);
+    pos += select(0u, 1u, hist_tok[pos + 1u] <= i);
+    if hist_tok[pos] == i {
+        return hist_val[pos];
     }
     return l;
 }
@@ -377,38 +390,55 @@ fn top_p_target(kept: vec2<u32>) -> vec2<u32> {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sample_token(@builtin(local_invocation_index) lane: u32) {
     let vocab = params.vocab;
-    let window = min(params.history_window, WORKGROUP_SIZE);
+    let window = min(params.history_window, HISTORY_TABLE);
     let step = state[0];
     let pushed = state[1];
 
-    // The history: the valid ring entries and their penalised logits, and the filter.
-    hist_n = 0u;
+    // The history: the ring's valid entries (ids beyond the vocabulary dropped), sorted by rank
+    // (ties by ring position, so duplicates stay, adjacent, with equal values) with their
+    // penalised logits, and the filter of their ids.
+    var valid = 0u;
     if params.repeat_penalty != 1.0 {
-        hist_n = min(pushed, window);
+        valid = min(pushed, window);
     }
-    var token = NONE;
-    var value = 0.0;
-    if lane < hist_n {
-        token = state[HEADER + lane];
-        if token < vocab {
-            value = penalised(logits[params.logits_offset + token]);
-        } else {
-            token = NONE;
-        }
-    }
-    hist_tok[lane] = token;
-    hist_val[lane] = value;
-    storageBarrier();
-    workgroupBarrier();
-    for (var w = lane; w < BLOOM_WORDS; w += WORKGROUP_SIZE) {
-        var word = 0u;
-        for (var j = 0u; j < hist_n; j++) {
-            let t = hist_tok[j];
-            if t != NONE && (t >> 5u) % BLOOM_WORDS == w {
-                word |= 1u << (t & 31u);
+    for (var j = lane; j < HISTORY_TABLE; j += WORKGROUP_SIZE) {
+        var t = NONE;
+        if j < valid {
+            t = state[HEADER + j];
+            if t >= vocab {
+                t = NONE;
             }
         }
-        bloom[w] = word;
+        ring_tok[j] = t;
+    }
+    for (var w = lane; w < BLOOM_WORDS; w += WORKGROUP_SIZE) {
+        atomicStore(&bloom_bits[w], 0u);
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var j = lane; j < HISTORY_TABLE; j += WORKGROUP_SIZE) {
+        let t = ring_tok[j];
+        // Entries past `valid` are NONE and keep their place; NONE entries within it go after
+        // the real ids.
+        var rank = j;
+        var value = 0.0;
+        if j < valid {
+            rank = 0u;
+            for (var k = 0u; k < valid; k++) {
+                let u = ring_tok[k];
+                rank += select(0u, 1u, u < t || (u == t && k < j));
+            }
+        }
+        if t != NONE {
+            value = penalised(logits[params.logits_offset + t]);
+            atomicOr(&bloom_bits[(t >> 5u) % BLOOM_WORDS], 1u << (t & 31u));
+        }
+        hist_tok[rank] = t;
+        hist_val[rank] = value;
+    }
+    workgroupBarrier();
+    for (var w = lane; w < BLOOM_WORDS; w += WORKGROUP_SIZE) {
+        bloom[w] = atomicLoad(&bloom_bits[w]);
     }
     workgroupBarrier();
 

@@ -13,15 +13,33 @@
 //! | 4 | `generated` | read-write | `[capacity]`: draw *n* writes its id at `n % capacity` |
 //!
 //! Each dispatch reads the draw index *n* from `state[0]`, draws with `uniform(seed, n)`, writes
-//! the id, pushes it into the history ring and stores *n* + 1. Initialise `state` with
-//! [`initial_state`] (e.g. from a session's draw counter and its last tokens, prompt included)
-//! and read it back with [`state_history`] to save a session.
+//! the id, pushes it into the history ring and stores *n* + 1 (a u32: draws past 2³² are not
+//! supported). Write `state` with [`initial_state`] from a session's draw counter and recent
+//! tokens (prompt included, as `SessionBook::history` keeps them) when a generation starts and
+//! after each prefill, which adds tokens to the history; read it back with [`state_draws`] and
+//! [`state_history`] to save a session (`next_token[0]` is then its pending token).
+//!
+//! A decode loop, per step (buffers created once; the same parameters every step):
+//!
+//! ```ignore
+//! let mut step = device.sequence("decode");
+//! step.dispatch(embedding::gather(format, EmbeddingParams { tokens: 1, .. }),
+//!               &[&table, &next_token, &hidden])?;     // reads the previous step's choice
+//! // … the layers and the head, into `logits` …
+//! step.dispatch(sampling::sample(params), &[&logits, &state, &next_token, &generated])?;
+//! step.submit()?;
+//! // every `capacity` steps (or at the end): device.read_u32(&generated, 0, capacity)
+//! ```
 //!
 //! The choice equals the CPU's `sample()` exactly in the greedy case and for the candidate set
-//! (top-k, top-p thresholds are found on exact order keys of `l − max` by nine-way bisection);
-//! the weights are f32 `exp` rounded to 31-bit fixed point and summed exactly in 64-bit integers,
-//! so a draw can differ from the CPU's f64 only where its target falls within that rounding of a
-//! boundary.
+//! (top-k, top-p thresholds are found on exact order keys of `l − max` by nine-way bisection,
+//! eight pivots counted or summed per pass over the row); the weights are f32 `exp` rounded to
+//! 31-bit fixed point and summed exactly in 64-bit integers, so a draw can differ from the CPU's
+//! f64 only where its target falls within that rounding of a boundary.
+//!
+//! Cost: one workgroup of 256 invocations makes at most about 24 passes over the row (1 for
+//! greedy; + ≤ 10 for top-k, + ≤ 11 for top-p, + 1–2 for the draw). On llvmpipe, which stops a
+//! shader after 65535 loop iterations in all, that bounds the vocabulary to about 690k.
 
 use crate::{
     f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords, PARAMS,
@@ -33,7 +51,7 @@ pub const STATE_HEADER: usize = 4;
 /// The repetition-penalty window of the CPU sessions (`REPEAT_WINDOW`).
 pub const DEFAULT_HISTORY_WINDOW: u32 = 64;
 
-/// The largest history window (one invocation per entry).
+/// The largest history window (the size of the shader's sorted history table).
 pub const MAX_HISTORY_WINDOW: u32 = 256;
 
 /// Parameters of [`sample`]; constant over a generation.

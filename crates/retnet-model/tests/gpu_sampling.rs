@@ -7,6 +7,9 @@
 //! Every sequence below records one dispatch per step with the same parameters (apart from the
 //! row offset when a test gives each step its own logits), as a decode loop does.
 
+// clippy.toml allows unwrap in tests; the helpers below are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use retnet_model::sampling::{apply_repeat_penalty, argmax, sample, SamplingParams};
 use retnet_model::session::REPEAT_WINDOW;
 use retnet_runtime::kernels::sampling::{
@@ -197,6 +200,8 @@ fn compare(
     let sampler = Sampler::new(device, params, first_draw, history);
     let offsets: Vec<u32> = (0..steps).map(|s| (row_of(s) * vocab) as u32).collect();
     sampler.run(&logits, &offsets);
+    // Every dispatch ran to its end (llvmpipe cuts a shader short after 65535 loop iterations).
+    assert_eq!(state_draws(&sampler.state()), first_draw + steps as u32);
     // generated[n % capacity] holds draw n.
     let ring = sampler.generated();
     let tokens: Vec<u32> = (0..steps)
@@ -291,7 +296,7 @@ fn seeded_draws_agree_with_the_cpu() {
         let (rows_per_setting, draws_per_row) = match vocab {
             1 => (4, 4),
             7 | 256 => (40, 4),
-            _ => (8, 3),
+            _ => (12, 4),
         };
         for (i, &(temperature, top_k, top_p, penalty)) in settings.iter().enumerate() {
             let rows: Vec<Vec<f32>> = (0..rows_per_setting)
@@ -331,6 +336,33 @@ fn seeded_draws_agree_with_the_cpu() {
         100.0 * share
     );
     assert!(share >= 0.99, "{agree_all}/{all}");
+}
+
+#[test]
+fn a_vocabulary_of_256k_works() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng(7);
+    let vocab = 262_144 + 3;
+    let rows: Vec<Vec<f32>> = (0..4).map(|r| rng.logits(vocab, r + 1)).collect();
+    for (temperature, top_k, top_p, penalty) in [
+        (0.0, 0, 1.0, 1.3),
+        (1.0, 0, 1.0, 1.0),
+        (0.8, 40, 0.95, 1.1),
+        (1.0, 5000, 0.9, 1.0),
+    ] {
+        let p = SampleParams {
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty: penalty,
+            seed: 3,
+            ..params(vocab)
+        };
+        let history: Vec<u32> = (0..64).map(|_| rng.below(vocab) as u32).collect();
+        let (agree, n, _) = compare(device, &rows, |s| s / 2, p, (0, &history), 8);
+        eprintln!("vocab {vocab}, T {temperature}, top-k {top_k}, top-p {top_p}: {agree}/{n}");
+        assert!(agree >= n - 1, "{agree}/{n}");
+    }
 }
 
 #[test]
