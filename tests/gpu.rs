@@ -259,3 +259,35 @@ fn batched_decode_equals_decoding_each_alone() {
         );
     }
 }
+
+#[test]
+fn gpu_sampling_loop_creates_no_gpu_objects_after_warm_up() {
+    use retnet::model::{Generator, SamplingParams};
+    let Some(device) = device() else { return };
+    let cpu = CpuModel::load(&fixture("fla_basic")).unwrap();
+    let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+    let mut session = Generator::new(gpu.session().unwrap());
+    pollster::block_on(session.prefill(&[1, 2, 3])).unwrap();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 20,
+        top_p: 0.9,
+        repeat_penalty: 1.1,
+        seed: 5,
+    };
+    let mut all = Vec::new();
+    let mut sink = |t: &[u32]| {
+        all.extend_from_slice(t);
+        true
+    };
+    pollster::block_on(session.generate(&params, 20, &mut sink)).unwrap();
+    let before = device.cache_stats();
+    pollster::block_on(session.generate(&params, 40, &mut sink)).unwrap();
+    assert_eq!(
+        device.cache_stats(),
+        before,
+        "the decode loop created GPU objects"
+    );
+    assert_eq!(all.len(), 60);
+    assert_eq!(session.position(), 3 + 59, "the last token stays pending");
+}

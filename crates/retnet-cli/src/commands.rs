@@ -292,19 +292,34 @@ impl GenerationRun<'_> {
         let decode_start = Instant::now();
         let mut stdout = std::io::stdout().lock();
         let mut text = TextStream::new();
-        let mut generated = 0usize;
-        for _ in 0..args.max_tokens {
-            let token = session.next_token(self.params).await?;
-            generated += 1;
-            let bytes = text.push(self.tokenizer, token)?;
-            // A closed pipe (e.g. `| head`) ends generation quietly.
-            if stdout
-                .write_all(&bytes)
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
-                break;
+        let mut failed = None;
+        let tokenizer = self.tokenizer;
+        let mut emit = |tokens: &[u32]| -> bool {
+            for &token in tokens {
+                match text.push(tokenizer, token) {
+                    // A closed pipe (e.g. `| head`) ends generation quietly.
+                    Ok(bytes) => {
+                        if stdout
+                            .write_all(&bytes)
+                            .and_then(|()| stdout.flush())
+                            .is_err()
+                        {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
             }
+            true
+        };
+        let generated = session
+            .generate(self.params, args.max_tokens, &mut emit)
+            .await?;
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         let decode_time = decode_start.elapsed().as_secs_f64();
         eprintln!(

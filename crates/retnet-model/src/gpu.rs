@@ -22,6 +22,7 @@ use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
 use retnet_runtime::kernels::rotary::{
     self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
 };
+use retnet_runtime::kernels::sampling;
 use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
@@ -254,6 +255,7 @@ pub struct GpuSession<'m> {
     states: Vec<GpuBuffer>,
     position: usize,
     scratch: Scratch,
+    sampler: Option<SamplerBuffers>,
 }
 
 impl<'m> GpuSession<'m> {
@@ -271,6 +273,7 @@ impl<'m> GpuSession<'m> {
             states,
             position: 0,
             scratch: Scratch::new(model, 1)?,
+            sampler: None,
         })
     }
 
@@ -381,10 +384,123 @@ impl<'m> GpuSession<'m> {
             states: &self.states,
             form,
         };
-        record_forward(model, &self.scratch, tokens, rows, logits)?;
+        let s = &self.scratch;
+        model.device.write_u32(&s.token_ids, 0, tokens);
+        let mut seq = model.device.sequence("retnet forward");
+        record_forward(model, s, &mut seq, &s.token_ids, tokens.len(), rows, logits)?;
+        seq.submit()?;
         self.position += tokens.len();
         Ok(())
     }
+
+    /// Generates `count` tokens with the sampler on the GPU, from the logits left by the last
+    /// call (which must have computed the last row: [`GpuSession::prefill`] or
+    /// [`GpuSession::step`]). Each step is one submission — sample, then feed the sampled id
+    /// (which never leaves the GPU) through the model — and ids are read back every
+    /// `flush_every` steps and handed to `on_tokens`. The last sampled token is *not* fed: it
+    /// is returned pending, as [`crate::Generator`] keeps it. `draws` and `history` are the
+    /// sampler's position and the recent tokens (prompt included).
+    pub async fn sample_loop(
+        &mut self,
+        params: &crate::SamplingParams,
+        draws: u64,
+        history: &[u32],
+        count: usize,
+        flush_every: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<Vec<u32>> {
+        let model = self.model;
+        let c = &model.config;
+        let dev = &model.device;
+        let capacity = flush_every.clamp(1, 256);
+        let window = sampling::DEFAULT_HISTORY_WINDOW;
+        let recent = &history[history.len().saturating_sub(window as usize)..];
+        let draws32 = u32::try_from(draws)
+            .map_err(|_| ModelError::invalid("more than 2^32 draws in one session"))?;
+        let sampler = self.sampler(window, capacity)?;
+        dev.write_u32(
+            &sampler.state,
+            0,
+            &sampling::initial_state(window, draws32, recent),
+        );
+        let sample_params = sampling::SampleParams {
+            vocab: c.vocab_size as u32,
+            logits_offset: 0,
+            temperature: params.temperature,
+            top_k: params.top_k.min(u32::MAX as usize) as u32,
+            top_p: params.top_p,
+            repeat_penalty: params.repeat_penalty,
+            seed: params.seed,
+            history_window: window,
+            capacity: capacity as u32,
+        };
+        let mut out = Vec::with_capacity(count);
+        let mut unread = 0;
+        for i in 0..count {
+            let s = &self.scratch;
+            let mut seq = dev.sequence("retnet decode step");
+            seq.dispatch(
+                sampling::sample(sample_params),
+                &[
+                    &s.logits,
+                    &sampler.state,
+                    &sampler.next_token,
+                    &sampler.generated,
+                ],
+            )?;
+            let last = i + 1 == count;
+            if !last {
+                let rows = Rows::Sequence {
+                    position: self.position as u32,
+                    states: &self.states,
+                    form: RetentionForm::Recurrent,
+                };
+                record_forward(model, s, &mut seq, &sampler.next_token, 1, rows, Some(true))?;
+            }
+            seq.submit()?;
+            if !last {
+                self.position += 1;
+            }
+            unread += 1;
+            if unread == capacity || last {
+                // Draw n is stored at n % capacity, and this loop's draws start at `draws`.
+                let start = (draws as usize + i + 1 - unread) % capacity;
+                let ids = dev.read_u32(&sampler.generated, 0, capacity).await?;
+                let fresh: Vec<u32> = (0..unread).map(|k| ids[(start + k) % capacity]).collect();
+                unread = 0;
+                out.extend_from_slice(&fresh);
+                if !on_tokens(&fresh) {
+                    break;
+                }
+            }
+        }
+        self.sampler = Some(sampler);
+        Ok(out)
+    }
+
+    /// The sampler's buffers, created on first use and kept for the session.
+    fn sampler(&mut self, window: u32, capacity: usize) -> Result<SamplerBuffers> {
+        if let Some(b) = self.sampler.take() {
+            if b.capacity == capacity {
+                return Ok(b);
+            }
+        }
+        let dev = &self.model.device;
+        Ok(SamplerBuffers {
+            state: dev.create_storage("sampler state", (sampling::state_len(window) * 4) as u64)?,
+            next_token: dev.create_storage("next token", 4)?,
+            generated: dev.create_storage("generated", (capacity * 4) as u64)?,
+            capacity,
+        })
+    }
+}
+
+/// GPU buffers of the sampler: its state (draw counter, history), the chosen id, recent ids.
+struct SamplerBuffers {
+    state: GpuBuffer,
+    next_token: GpuBuffer,
+    generated: GpuBuffer,
+    capacity: usize,
 }
 
 /// Where the rows of one recorded forward pass come from.
@@ -404,22 +520,20 @@ enum Rows<'a> {
     },
 }
 
-/// Records the whole model over `tokens` (already written to `s.token_ids`) and submits it.
+/// Records the whole model over `t` tokens whose ids are in `token_ids` (on the GPU) into `seq`.
 fn record_forward(
     model: &GpuModel,
     s: &Scratch,
-    tokens: &[u32],
+    seq: &mut Sequence<'_>,
+    token_ids: &GpuBuffer,
+    t: usize,
     rows: Rows<'_>,
     logits: Option<bool>,
 ) -> Result<()> {
     let c = &model.config;
-    let dev = &model.device;
-    let t = tokens.len();
-    dev.write_u32(&s.token_ids, 0, tokens);
     let t32 = t as u32;
     let d = c.d_model as u32;
     let layout = model.qkvg_layout();
-    let mut seq = dev.sequence("retnet forward");
 
     // Embeddings (scaled), then the optional embedding norm.
     let embed = |seq: &mut Sequence<'_>, out: &GpuBuffer| {
@@ -430,7 +544,7 @@ fn record_forward(
         };
         seq.dispatch(
             gather(model.embed.format, params),
-            &[&model.embed.buffer, &s.token_ids, out],
+            &[&model.embed.buffer, token_ids, out],
         )
     };
     let norm = |rows: u32| RmsNormParams {
@@ -440,10 +554,10 @@ fn record_forward(
     };
     match &model.embed_norm {
         Some(w) => {
-            embed(&mut seq, &s.h)?;
+            embed(seq, &s.h)?;
             seq.dispatch(rms_norm(true, norm(t32)), &[&s.h, w, &s.x])?;
         }
-        None => embed(&mut seq, &s.x)?,
+        None => embed(seq, &s.x)?,
     }
 
     let alpha = c.residual_alpha;
@@ -474,19 +588,11 @@ fn record_forward(
             NormPlacement::PostNorm => (&s.x, &s.x),
         };
         let width = layout.width as usize;
-        proj(
-            &mut seq,
-            &layer.qkvg,
-            ret_in,
-            &s.qkvg,
-            c.d_model,
-            width,
-            None,
-        )?;
-        record_retention(model, s, &mut seq, layer, index, &rows, layout, t)?;
+        proj(seq, &layer.qkvg, ret_in, &s.qkvg, c.d_model, width, None)?;
+        record_retention(model, s, seq, layer, index, &rows, layout, t)?;
         let vw = c.value_width();
         proj(
-            &mut seq,
+            seq,
             &layer.out_proj,
             &s.gated,
             ret_out,
@@ -512,7 +618,7 @@ fn record_forward(
         };
         let f = c.ffn_dim as u32;
         proj(
-            &mut seq,
+            seq,
             &layer.ffn_in,
             ffn_in,
             &s.ffn_in,
@@ -542,7 +648,7 @@ fn record_forward(
             &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
         )?;
         proj(
-            &mut seq,
+            seq,
             &layer.ffn_down,
             &s.ffn_mid,
             ffn_out,
@@ -572,7 +678,6 @@ fn record_forward(
             &[&head.buffer, features, &s.logits],
         )?;
     }
-    seq.submit()?;
     Ok(())
 }
 
@@ -847,13 +952,19 @@ impl<'m> GpuBatch<'m> {
             slots: &self.slots_buffer,
             pools: &self.pools,
         };
+        let s = &self.scratch;
+        dev.write_u32(&s.token_ids, 0, &self.row_tokens);
+        let mut seq = dev.sequence("retnet batched step");
         record_forward(
             self.model,
-            &self.scratch,
-            &self.row_tokens,
+            s,
+            &mut seq,
+            &s.token_ids,
+            inputs.len(),
             rows,
             Some(false),
         )?;
+        seq.submit()?;
         for &(slot, _) in inputs {
             if let Some(Some(p)) = self.slots.get_mut(slot) {
                 *p += 1;
@@ -911,6 +1022,20 @@ impl crate::session::Engine for GpuSession<'_> {
         }
         self.position = position;
         Ok(())
+    }
+
+    async fn sample_on_device(
+        &mut self,
+        params: &crate::SamplingParams,
+        draws: u64,
+        history: &[u32],
+        count: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<Option<Vec<u32>>> {
+        const FLUSH_EVERY: usize = 16;
+        self.sample_loop(params, draws, history, count, FLUSH_EVERY, on_tokens)
+            .await
+            .map(Some)
     }
 
     fn fork(&self) -> Result<Self> {

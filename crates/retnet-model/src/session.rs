@@ -39,6 +39,20 @@ pub trait Engine {
     fn fork(&self) -> Result<Self>
     where
         Self: Sized;
+    /// Samples `count` tokens on the device itself, from the logits of the last consumed token,
+    /// feeding each but the last (see [`Generator::generate`]); `None` when this engine samples
+    /// on the host.
+    fn sample_on_device(
+        &mut self,
+        params: &SamplingParams,
+        draws: u64,
+        history: &[u32],
+        count: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> impl Future<Output = Result<Option<Vec<u32>>>> {
+        let _ = (params, draws, history, count, on_tokens);
+        async { Ok(None) }
+    }
 }
 
 /// The CPU reference as an [`Engine`].
@@ -260,6 +274,57 @@ impl<E: Engine> Generator<E> {
         self.book.remember(&[token]);
         self.book.pending = Some(token);
         Ok(token)
+    }
+
+    /// Generates up to `count` tokens, handing them to `on_tokens` as they are known (it
+    /// returns `false` to stop early). On the GPU the sampler runs there too and the sampled ids
+    /// feed the next step without a round trip through the CPU; elsewhere this is
+    /// [`Generator::next_token`] in a loop. Returns how many tokens were generated.
+    pub async fn generate(
+        &mut self,
+        params: &SamplingParams,
+        count: usize,
+        on_tokens: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<usize> {
+        if count == 0 {
+            return Ok(0);
+        }
+        if self.book.pending.is_some() {
+            self.prefill(&[]).await?;
+        }
+        if self.last_logits.is_none() {
+            return Err(ModelError::invalid(
+                "nothing to continue from: give a prompt first",
+            ));
+        }
+        let sampled = self
+            .engine
+            .sample_on_device(
+                params,
+                self.book.draws,
+                &self.book.history,
+                count,
+                on_tokens,
+            )
+            .await?;
+        match sampled {
+            Some(tokens) => {
+                self.book.draws += tokens.len() as u64;
+                self.book.remember(&tokens);
+                self.book.pending = tokens.last().copied();
+                self.last_logits = None;
+                Ok(tokens.len())
+            }
+            None => {
+                for n in 0..count {
+                    let token = self.next_token(params).await?;
+                    if !on_tokens(&[token]) {
+                        return Ok(n + 1);
+                    }
+                }
+                Ok(count)
+            }
+        }
     }
 
     /// An independent copy of this session: same state, position, pending token, history and
