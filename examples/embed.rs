@@ -1,5 +1,6 @@
 //! Embedding retnet in a program: load a checkpoint, put it on the GPU, prefill a prompt,
-//! decode token by token, fork a session and save its state.
+//! decode token by token, fork a session, save its state, and decode several sequences in one
+//! batch.
 //!
 //! ```sh
 //! cargo run --release --example embed -- models/retnet-shakespeare "ROMEO:"
@@ -11,7 +12,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use retnet::model::{Generator, GpuModel, GpuOptions, SamplingParams, Tokenizer, WeightPrecision};
+use retnet::model::sampling::argmax;
+use retnet::model::{
+    Generator, GpuBatch, GpuModel, GpuOptions, SamplingParams, Tokenizer, WeightPrecision,
+};
 use retnet::runtime::Device;
 use retnet::{CpuModel, ModelError};
 
@@ -71,6 +75,31 @@ async fn run(dir: PathBuf, prompt: String) -> Result<(), ModelError> {
         path.display(),
         session.position()
     );
+
+    // 6. Batched decode: sequences of different lengths, one token each per step, one dispatch
+    //    per kernel for all of them.
+    let mut batch = GpuBatch::new(&gpu, 4)?;
+    let mut next = Vec::new();
+    for prompt in ["ROMEO:\n", "JULIET:\nO Romeo, Romeo!", "Enter"] {
+        let mut s = gpu.session()?;
+        let logits = s.prefill(&tokenizer.encode(prompt)?).await?;
+        next.push((batch.insert(&s)?, argmax(&logits)));
+    }
+    let vocab = gpu.config().vocab_size;
+    let mut texts = vec![Vec::new(); next.len()];
+    for _ in 0..32 {
+        let logits = batch.step(&next).await?;
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            texts[i].push(next[i].1);
+            next[i].1 = argmax(row);
+        }
+    }
+    for text in texts {
+        println!(
+            "batched: {:?}",
+            String::from_utf8_lossy(&tokenizer.decode(&text)?)
+        );
+    }
     Ok(())
 }
 
