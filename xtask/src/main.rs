@@ -2,14 +2,17 @@
 //! - `cargo xtask shaders`: every WGSL kernel variant validated with naga and translated to
 //!   SPIR-V, MSL, HLSL and back to WGSL, for each feature set;
 //! - `cargo xtask verify [--quick] [--json FILE]`: every GPU kernel (and, later, the whole model)
-//!   against an f64 CPU computation over a matrix of shapes.
+//!   against an f64 CPU computation over a matrix of shapes;
+//! - `cargo xtask bench [--preset NAME] [--quick] [--json FILE]`: decode, prefill, time to first
+//!   token, memory and roofline fraction of the whole model with random f16 weights.
 
+mod bench;
 mod shaders;
 mod verify;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +20,13 @@ fn main() -> ExitCode {
         Some("shaders") if args.len() == 1 => shaders::run(),
         Some("verify") => match verify::Options::parse(&args[1..]) {
             Ok(options) => verify::run(&options),
+            Err(message) => {
+                eprintln!("{message}\n{USAGE}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("bench") => match bench::Options::parse(&args[1..]) {
+            Ok(options) => bench::run(&options),
             Err(message) => {
                 eprintln!("{message}\n{USAGE}");
                 ExitCode::FAILURE

@@ -187,6 +187,32 @@ impl GpuModel {
         session.forward(tokens, form, LogitRows::All).await
     }
 
+    /// Bytes of GPU memory the model's own buffers hold (weights, norms, decays, angles), as
+    /// allocated (sizes are rounded up to the runtime's granule).
+    pub fn buffer_bytes(&self) -> u64 {
+        let optional = |b: &Option<GpuBuffer>| b.as_ref().map_or(0, GpuBuffer::size);
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.retention_norm.size()
+                    + l.qkvg.buffer.size()
+                    + l.out_proj.buffer.size()
+                    + optional(&l.head_norm)
+                    + l.ffn_norm.size()
+                    + l.ffn_in.buffer.size()
+                    + l.ffn_down.buffer.size()
+            })
+            .sum();
+        layers
+            + self.embed.buffer.size()
+            + optional(&self.embed_norm)
+            + optional(&self.final_norm)
+            + self.head.as_ref().map_or(0, |h| h.buffer.size())
+            + self.log_decay.size()
+            + self.rotary_theta.size()
+    }
+
     fn head(&self) -> &Weights {
         self.head.as_ref().unwrap_or(&self.embed)
     }
@@ -229,6 +255,23 @@ struct Scratch {
 }
 
 impl Scratch {
+    fn bytes(&self) -> u64 {
+        [
+            &self.token_ids,
+            &self.x,
+            &self.h,
+            &self.qkvg,
+            &self.retained,
+            &self.gated,
+            &self.ffn_in,
+            &self.ffn_mid,
+            &self.logits,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum()
+    }
+
     fn new(model: &GpuModel, tokens: usize) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
@@ -280,6 +323,15 @@ impl<'m> GpuSession<'m> {
     /// Tokens consumed so far.
     pub fn position(&self) -> usize {
         self.position
+    }
+
+    /// Bytes of GPU memory this session holds (states, activations, sampler buffers).
+    pub fn buffer_bytes(&self) -> u64 {
+        let states: u64 = self.states.iter().map(GpuBuffer::size).sum();
+        let sampler = self.sampler.as_ref().map_or(0, |s| {
+            s.state.size() + s.next_token.size() + s.generated.size()
+        });
+        states + self.scratch.bytes() + sampler
     }
 
     /// The per-layer state buffers (`[H, K, V]` f32 each).
@@ -414,7 +466,9 @@ impl<'m> GpuSession<'m> {
         let dev = &model.device;
         let capacity = flush_every.clamp(1, 256);
         let window = sampling::DEFAULT_HISTORY_WINDOW;
-        let recent = &history[history.len().saturating_sub(window as usize)..];
+        let recent = history
+            .get(history.len().saturating_sub(window as usize)..)
+            .unwrap_or_default();
         let draws32 = u32::try_from(draws)
             .map_err(|_| ModelError::invalid("more than 2^32 draws in one session"))?;
         let sampler = self.sampler(window, capacity)?;
@@ -466,7 +520,12 @@ impl<'m> GpuSession<'m> {
                 // Draw n is stored at n % capacity, and this loop's draws start at `draws`.
                 let start = (draws as usize + i + 1 - unread) % capacity;
                 let ids = dev.read_u32(&sampler.generated, 0, capacity).await?;
-                let fresh: Vec<u32> = (0..unread).map(|k| ids[(start + k) % capacity]).collect();
+                let fresh = (0..unread)
+                    .map(|k| {
+                        let id = ids.get((start + k) % capacity).copied();
+                        id.ok_or_else(|| ModelError::invalid("sampled ids read back short"))
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
                 unread = 0;
                 out.extend_from_slice(&fresh);
                 if !on_tokens(&fresh) {
@@ -873,6 +932,12 @@ impl<'m> GpuBatch<'m> {
         })
     }
 
+    /// Bytes of GPU memory this batch holds (state pools, slot tables, activations).
+    pub fn buffer_bytes(&self) -> u64 {
+        let pools: u64 = self.pools.iter().map(GpuBuffer::size).sum();
+        pools + self.positions_buffer.size() + self.slots_buffer.size() + self.scratch.bytes()
+    }
+
     fn state_bytes(&self) -> u64 {
         let c = &self.model.config;
         (c.num_heads * c.head_k_dim * c.head_v_dim * 4) as u64
@@ -891,7 +956,9 @@ impl<'m> GpuBatch<'m> {
                 .device
                 .copy_region(state, 0, pool, slot as u64 * bytes, bytes);
         }
-        self.slots[slot] = Some(session.position);
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some(session.position);
+        }
         Ok(slot)
     }
 
@@ -934,7 +1001,7 @@ impl<'m> GpuBatch<'m> {
             let position = self
                 .position(slot)
                 .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
-            if inputs[..i].iter().any(|&(other, _)| other == slot) {
+            if inputs.iter().take(i).any(|&(other, _)| other == slot) {
                 return Err(ModelError::invalid(format!(
                     "slot {slot} listed twice in one step"
                 )));
