@@ -219,7 +219,8 @@ impl Kernel {
                 .constants
                 .iter()
                 .position(|c| c.name == name)
-                .map_or(0, |i| constants.0[i]),
+                .and_then(|i| constants.0.get(i).copied())
+                .unwrap_or(0),
         })
     }
 
@@ -251,8 +252,9 @@ impl ConstantValues {
 
     /// Replace the value of constant `name` (no-op if the kernel has no such constant).
     pub fn with(mut self, kernel: &Kernel, name: &str, value: u32) -> Self {
-        if let Some(i) = kernel.constants.iter().position(|c| c.name == name) {
-            self.0[i] = value;
+        let index = kernel.constants.iter().position(|c| c.name == name);
+        if let Some(slot) = index.and_then(|i| self.0.get_mut(i)) {
+            *slot = value;
         }
         self
     }
@@ -266,10 +268,14 @@ pub const MAX_PARAM_WORDS: usize = 16;
 pub struct ParamWords(pub [u32; MAX_PARAM_WORDS]);
 
 impl ParamWords {
-    /// Packs the words given in field order.
+    /// Packs the words given in field order (at most [`MAX_PARAM_WORDS`]; every kernel's
+    /// parameter block is declared with fewer).
     pub fn new(words: &[u32]) -> Self {
+        debug_assert!(words.len() <= MAX_PARAM_WORDS);
         let mut all = [0; MAX_PARAM_WORDS];
-        all[..words.len()].copy_from_slice(words);
+        for (slot, &word) in all.iter_mut().zip(words) {
+            *slot = word;
+        }
         ParamWords(all)
     }
 }

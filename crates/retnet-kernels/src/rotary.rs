@@ -66,6 +66,7 @@ const PARAMS_STRUCT: (&str, &[&str]) = (
 );
 
 /// [`BINDINGS`] plus `positions` (one u32 per row), for the batched variants.
+#[allow(clippy::indexing_slicing)] // constant indices into a constant array: checked at compile time
 const BATCHED_BINDINGS: &[Binding] = &[
     BINDINGS[0],
     BINDINGS[1],

@@ -171,11 +171,19 @@ pub fn state_len(window: u32) -> usize {
 pub fn initial_state(window: u32, draws: u32, history: &[u32]) -> Vec<u32> {
     let window = window.min(MAX_HISTORY_WINDOW) as usize;
     let mut words = vec![0u32; STATE_HEADER + window];
-    words[0] = draws;
+    if let Some(w) = words.first_mut() {
+        *w = draws;
+    }
     if window > 0 {
-        let kept = &history[history.len().saturating_sub(window)..];
-        words[1] = kept.len() as u32;
-        words[STATE_HEADER..STATE_HEADER + kept.len()].copy_from_slice(kept);
+        let kept = history
+            .get(history.len().saturating_sub(window)..)
+            .unwrap_or_default();
+        if let Some(w) = words.get_mut(1) {
+            *w = kept.len() as u32;
+        }
+        for (w, &token) in words.iter_mut().skip(STATE_HEADER).zip(kept) {
+            *w = token;
+        }
     }
     words
 }
@@ -198,10 +206,15 @@ pub fn state_history(state: &[u32], window: u32) -> Vec<u32> {
         return Vec::new();
     }
     if pushed < window {
-        return ring[..pushed].to_vec();
+        return ring.iter().take(pushed).copied().collect();
     }
     let head = pushed % window;
-    ring[head..].iter().chain(&ring[..head]).copied().collect()
+    ring.iter()
+        .cycle()
+        .skip(head)
+        .take(window)
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

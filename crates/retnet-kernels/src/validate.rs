@@ -53,14 +53,14 @@ pub fn validate(kernel: &Kernel, features: Features) -> Result<ValidationReport,
         .map_err(|e| ValidationError::Invalid(e.emit_to_string(kernel.source)))?;
     let mismatch = |what: String| Err(ValidationError::Mismatch(what));
 
-    let Some(entry_index) = module
+    let Some((entry_index, entry)) = module
         .entry_points
         .iter()
-        .position(|ep| ep.name == kernel.entry_point)
+        .enumerate()
+        .find(|(_, ep)| ep.name == kernel.entry_point)
     else {
         return mismatch(format!("no entry point `{}`", kernel.entry_point));
     };
-    let entry = &module.entry_points[entry_index];
     let entry_info = info.get_entry_point(entry_index);
 
     // Bindings actually used by the entry point, with their access.
@@ -157,10 +157,10 @@ pub fn validate(kernel: &Kernel, features: Features) -> Result<ValidationReport,
     for (axis, dim) in kernel.workgroup_size.iter().enumerate() {
         let overridden = entry
             .workgroup_size_overrides
-            .and_then(|o| o[axis])
+            .and_then(|o| o.get(axis).copied().flatten())
             .map(|expr| &module.global_expressions[expr]);
         let ok = match (dim, overridden) {
-            (Dim::Fixed(n), None) => entry.workgroup_size[axis] == *n,
+            (Dim::Fixed(n), None) => entry.workgroup_size.get(axis) == Some(n),
             (Dim::Constant(name), Some(naga::Expression::Override(handle))) => {
                 module.overrides[*handle].name.as_deref() == Some(*name)
             }

@@ -99,6 +99,7 @@ impl CpuModel {
     }
 
     /// Runs `tokens` from `state`, returns their logits `[T, vocab]` and advances the state.
+    #[allow(clippy::indexing_slicing)] // tokens are checked against the vocab; shapes at load
     pub fn forward(
         &self,
         tokens: &[u32],
@@ -155,6 +156,7 @@ impl CpuModel {
 
     /// Multi-scale retention of `h` (`T × d`, already normed) for tokens at positions
     /// `position..position+T`; returns `T × d`.
+    #[allow(clippy::indexing_slicing)] // widths and head offsets come from the validated config
     fn retention(
         &self,
         layer: &LayerWeights,
@@ -247,9 +249,13 @@ pub fn check_tokens(tokens: &[u32], vocab_size: usize) -> Result<()> {
     if tokens.is_empty() {
         return Err(ModelError::EmptyTokens);
     }
-    match tokens.iter().position(|&t| t as usize >= vocab_size) {
-        Some(position) => Err(ModelError::TokenOutOfRange {
-            token: tokens[position] as i64,
+    match tokens
+        .iter()
+        .enumerate()
+        .find(|&(_, &t)| t as usize >= vocab_size)
+    {
+        Some((position, &token)) => Err(ModelError::TokenOutOfRange {
+            token: token as i64,
             position,
             vocab_size,
         }),
@@ -269,14 +275,27 @@ pub fn rms_norm_rows(x: &mut [f32], width: usize, weight: Option<&[f32]>, eps: f
     for row in x.chunks_exact_mut(width) {
         let mean_sq = row.iter().map(|&e| e as f64 * e as f64).sum::<f64>() / width as f64;
         let inv = 1.0 / (mean_sq + eps as f64).sqrt();
-        for (i, e) in row.iter_mut().enumerate() {
-            let w = weight.map_or(1.0, |w| w[i] as f64);
-            *e = (*e as f64 * inv * w) as f32;
+        match weight {
+            Some(weight) => {
+                for (e, &w) in row.iter_mut().zip(weight) {
+                    *e = (*e as f64 * inv * w as f64) as f32;
+                }
+            }
+            None => {
+                for e in row.iter_mut() {
+                    *e = (*e as f64 * inv) as f32;
+                }
+            }
         }
     }
 }
 
 /// `y = x Wᵀ` for `rows` rows of x.
+///
+/// # Panics
+///
+/// If `x` has fewer than `rows × w.in_features` values.
+#[allow(clippy::indexing_slicing)] // row offsets are in range by the shapes checked at load
 pub fn matmul_t(x: &[f32], rows: usize, w: &Linear) -> Vec<f32> {
     let (n_in, n_out) = (w.in_features, w.out_features);
     let mut y = vec![0.0f32; rows * n_out];
@@ -305,6 +324,7 @@ pub fn activate(kind: Activation, x: f32) -> f32 {
 }
 
 /// Rotates one head's query or key vector for absolute position `position`.
+#[allow(clippy::indexing_slicing)] // i < x.len() / 2, so 2i + 1 and i + x.len() / 2 are in range
 pub fn rotate(x: &mut [f32], position: usize, theta: &[f32], style: RotaryStyle) {
     let half = x.len() / 2;
     for (i, &th) in theta.iter().enumerate().take(half) {

@@ -26,6 +26,12 @@ pub struct HeadShape {
 }
 
 /// Recurrent form: S_n = γ S_{n−1} + k̂_nᵀ v_n, P_n = q̂_n S_n, token after token.
+///
+/// # Panics
+///
+/// If a slice is shorter than `shape` says (the model's callers size them from a config whose
+/// shapes were validated at load).
+#[allow(clippy::indexing_slicing)] // row offsets are multiples of the shape's dims, in range by the shape
 pub fn recurrent(
     shape: HeadShape,
     q: &[f32],
@@ -72,6 +78,12 @@ pub fn parallel(
 /// Chunkwise form with chunks of `chunk` tokens (the last one may be shorter): inside a chunk
 /// starting at s, P_{s+i} = γ^(i+1) q̂ S + Σ_{j≤i} γ^(i−j) (q̂·k̂_{s+j}) v_{s+j}; then
 /// S ← γ^B S + Σ_j γ^(B−1−j) k̂_{s+j}ᵀ v_{s+j}.
+///
+/// # Panics
+///
+/// If a slice is shorter than `shape` says (the model's callers size them from a config whose
+/// shapes were validated at load).
+#[allow(clippy::indexing_slicing)] // row offsets are multiples of the shape's dims, in range by the shape
 pub fn chunkwise(
     shape: HeadShape,
     q: &[f32],

@@ -218,18 +218,9 @@ impl TensorStore {
             })?;
         // Byte ranges in a safetensors file need not be aligned, so decode little-endian words.
         let values = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => le_words(bytes, f32::from_le_bytes),
+            Dtype::F16 => le_words(bytes, |b| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::BF16 => le_words(bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     name: name.to_string(),
@@ -239,6 +230,16 @@ impl TensorStore {
         };
         Ok(values)
     }
+}
+
+/// Decodes `bytes` as consecutive `N`-byte little-endian words (a trailing partial word, which
+/// safetensors' own length checks rule out, is ignored).
+pub(crate) fn le_words<const N: usize, T>(bytes: &[u8], decode: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .filter_map(|b| <[u8; N]>::try_from(b).ok())
+        .map(decode)
+        .collect()
 }
 
 fn describe(e: &safetensors::SafeTensorError) -> String {

@@ -95,13 +95,13 @@ pub fn apply_repeat_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
 
 /// Index of the largest logit; the lowest id wins ties (and 0 for an empty slice).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
+    let mut best = (0usize, logits.first().copied().unwrap_or(0.0));
     for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+        if l > best.1 {
+            best = (i, l);
         }
     }
-    best as u32
+    best.0 as u32
 }
 
 /// Picks the token for draw number `step` from one row of logits (the penalty, if any, must
@@ -122,8 +122,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, step: u64) -> u32 {
     let mut sorted = weights.clone();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let mut threshold = 0.0f64;
-    if params.top_k > 0 && params.top_k < sorted.len() {
-        threshold = sorted[params.top_k - 1];
+    if params.top_k < sorted.len() {
+        if let Some(&kth) = params.top_k.checked_sub(1).and_then(|k| sorted.get(k)) {
+            threshold = kth;
+        }
     }
     if params.top_p < 1.0 {
         let kept: Vec<f64> = sorted.iter().copied().filter(|&w| w >= threshold).collect();

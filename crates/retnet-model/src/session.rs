@@ -93,7 +93,8 @@ impl Engine for CpuEngine<'_> {
         Ok(if all_rows {
             logits
         } else {
-            logits[logits.len() - vocab..].to_vec()
+            let mut logits = logits;
+            logits.split_off(logits.len().saturating_sub(vocab))
         })
     }
 
@@ -148,7 +149,12 @@ pub async fn mean_nll<E: Engine>(
                     .map(|&l| (l as f64 - max).exp())
                     .sum::<f64>()
                     .ln();
-            total += log_z - row[next as usize] as f64;
+            let logit = row.get(next as usize).ok_or(ModelError::TokenOutOfRange {
+                token: next as i64,
+                position: start + i + 1,
+                vocab_size: vocab,
+            })?;
+            total += log_z - *logit as f64;
         }
         progress(start + chunk.len(), tokens.len());
     }

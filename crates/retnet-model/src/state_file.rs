@@ -95,12 +95,10 @@ pub fn load_state(path: &Path, config: &ModelConfig) -> Result<SavedState> {
         if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
             return Err(err(format!("tensor `{name}` is not f32 {shape:?}")));
         }
-        layers.push(
-            view.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        );
+        layers.push(crate::safetensors_store::le_words(
+            view.data(),
+            f32::from_le_bytes,
+        ));
     }
     Ok(SavedState {
         position,

@@ -87,10 +87,12 @@ impl TextStream {
         }
         self.ids.push(id);
         let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with("\u{FFFD}".as_bytes()) || text.len() < self.emitted {
+        if text.ends_with("\u{FFFD}".as_bytes()) {
             return Ok(Vec::new());
         }
-        let new = text[self.emitted..].to_vec();
+        let Some(new) = text.get(self.emitted..).map(<[u8]>::to_vec) else {
+            return Ok(Vec::new());
+        };
         self.emitted = text.len();
         Ok(new)
     }

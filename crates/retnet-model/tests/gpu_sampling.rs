@@ -8,7 +8,12 @@
 //! row offset when a test gives each step its own logits), as a decode loop does.
 
 // clippy.toml allows unwrap in tests; the helpers below are test code too.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use retnet_model::sampling::{apply_repeat_penalty, argmax, sample, SamplingParams};
 use retnet_model::session::REPEAT_WINDOW;

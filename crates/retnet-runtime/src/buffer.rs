@@ -319,7 +319,11 @@ impl Device {
                 let bytes = staging
                     .slice(..padded)
                     .get_mapped_range()
-                    .map(|view| view[..size as usize].to_vec())
+                    .map(|view| {
+                        let mut bytes = view.to_vec();
+                        bytes.truncate(size as usize);
+                        bytes
+                    })
                     .map_err(|e| RuntimeError::Wgpu(e.to_string()));
                 staging.unmap();
                 bytes

@@ -5,6 +5,13 @@
 //! - reductions in f32 (norms over ≤ 1000 values, dot products over ≤ 1024 terms): 1e-5; the
 //!   rounding error of an n-term f32 sum is ~√n·6e-8 typically and stays well under 1e-5 here;
 //! - f16 weights: the reference uses the same f16-rounded weights, so the f32 tolerances apply.
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

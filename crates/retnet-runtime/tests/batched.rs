@@ -8,6 +8,13 @@
 //!   on each sequence alone (same order of operations), leave the pool's other slots untouched,
 //!   and match an f64 recurrence within 2e-5 (the tolerance of retention.rs; 1e-4 after a
 //!   1000-token prefill, see that test).
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

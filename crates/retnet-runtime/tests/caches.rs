@@ -1,4 +1,11 @@
 //! Recording the same dispatch sequence again creates no GPU object; errors are clear.
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! Shared helpers of the kernel tests: one device for all tests, seeded data, comparisons.
-
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 #![allow(dead_code)]
 
 use retnet_runtime::{Device, DeviceOptions, RuntimeError};

@@ -6,6 +6,13 @@
 //! ~√(T·K)·6e-8 ≈ 4e-6 typically; the decay powers γ^n (f32 exp of n·log γ, or repeated f32
 //! multiplication in the recurrent form) add ~n·6e-8 relative. The reference uses the same f32
 //! log γ values, widened.
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
