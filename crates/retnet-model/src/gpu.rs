@@ -393,9 +393,10 @@ impl<'m> GpuSession<'m> {
             LogitRows::All => tokens.len() * vocab,
             LogitRows::Last => vocab,
         });
-        let spans: Vec<&[u32]> = tokens.chunks(span).collect();
-        for (i, span_tokens) in spans.iter().enumerate() {
-            let last = i + 1 == spans.len();
+        // Counted rather than collected: a decode step should allocate nothing it can avoid.
+        let span_count = tokens.len().div_ceil(span);
+        for (i, span_tokens) in tokens.chunks(span).enumerate() {
+            let last = i + 1 == span_count;
             let span_rows = match rows {
                 LogitRows::All => Some(false),
                 LogitRows::Last if last => Some(true),
