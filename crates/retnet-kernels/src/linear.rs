@@ -413,7 +413,10 @@ pub static TO_F16: Kernel = Kernel {
             access: Access::ReadWrite,
         },
     ],
-    params: ("ToF16Params", &["rows", "padded_rows", "dim", "x_row_start"]),
+    params: (
+        "ToF16Params",
+        &["rows", "padded_rows", "dim", "x_row_start"],
+    ),
     requires: Features::new(true, false, false),
 };
 

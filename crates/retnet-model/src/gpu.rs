@@ -16,13 +16,16 @@ use half::f16;
 use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_runtime::kernels::linear::{linear, LinearParams, Reduction};
+use retnet_runtime::kernels::linear::{
+    self, coop_padded_rows, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+};
 use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
 use retnet_runtime::kernels::rotary::{
     self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
 };
 use retnet_runtime::kernels::sampling;
+use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
@@ -50,10 +53,12 @@ pub struct GpuOptions {
 
 /// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats.
 const MAX_GPU_CHUNK: usize = 64;
-/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes,
-/// and keeps each chunkwise dispatch short enough for llvmpipe, which silently stops any loop
-/// after 65535 iterations of one invocation (found by `cargo xtask verify`).
-const MAX_SPAN: usize = 512;
+/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
+const MAX_SPAN: usize = 2048;
+/// The span on a software adapter (llvmpipe), which silently stops any loop after 65535
+/// iterations of one invocation (found by `cargo xtask verify`): keeps each chunkwise dispatch
+/// short enough.
+const MAX_SPAN_LOOP_LIMITED: usize = 512;
 
 struct GpuLayer {
     retention_norm: GpuBuffer,
@@ -81,6 +86,9 @@ pub struct GpuModel {
     max_chunk: usize,
     /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
     loop_limited: bool,
+    /// Projections of many rows run on the tensor cores ([`linear::matmul_coop`]): the adapter
+    /// has cooperative matrices and the weights are native f16.
+    tensor_cores: bool,
 }
 
 /// Column layout of the fused q|k|v|g projection output.
@@ -159,6 +167,9 @@ impl GpuModel {
             log_decay: vector("log_decay", &weights.log_decay)?,
             rotary_theta: vector("rotary_theta", &weights.rotary_theta)?,
             reduction: Reduction::for_features(device.features()),
+            tensor_cores: device.features().cooperative_matrix
+                && WeightFormat::half_for(device.features()) == WeightFormat::F16
+                && options.weights == WeightPrecision::F16,
             max_chunk,
             loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
             config,
@@ -217,6 +228,26 @@ impl GpuModel {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Whether projections of many rows run on the tensor cores.
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.tensor_cores
+    }
+
+    /// Tokens per recorded prefill span on this adapter.
+    fn max_span(&self) -> usize {
+        if self.loop_limited {
+            MAX_SPAN_LOOP_LIMITED
+        } else {
+            MAX_SPAN
+        }
+    }
+
+    /// Widest input of any projection (the f16 copy for the tensor cores is this wide).
+    fn max_projection_input(&self) -> usize {
+        let c = &self.config;
+        c.d_model.max(c.value_width()).max(c.ffn_dim)
+    }
+
     fn qkvg_layout(&self) -> QkvgLayout {
         let c = &self.config;
         let k = c.query_width() as u32;
@@ -243,6 +274,10 @@ pub enum LogitRows {
 /// Activation buffers sized for up to `tokens` tokens per span.
 struct Scratch {
     tokens: usize,
+    /// Rows allocated: `tokens`, padded to whole tensor-core blocks where those are used.
+    rows: usize,
+    /// Rows of logits allocated: 1, or `rows` once every row was asked for.
+    logit_rows: usize,
     token_ids: GpuBuffer,
     x: GpuBuffer,
     h: GpuBuffer,
@@ -252,6 +287,8 @@ struct Scratch {
     ffn_in: GpuBuffer,
     ffn_mid: GpuBuffer,
     logits: GpuBuffer,
+    /// f16 copy of a projection's input rows, for the tensor cores.
+    half_input: Option<GpuBuffer>,
 }
 
 impl Scratch {
@@ -269,15 +306,30 @@ impl Scratch {
         ]
         .iter()
         .map(|b| b.size())
-        .sum()
+        .sum::<u64>()
+            + self.half_input.as_ref().map_or(0, GpuBuffer::size)
     }
 
-    fn new(model: &GpuModel, tokens: usize) -> Result<Self> {
+    fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
-        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, tokens * width);
+        let rows = if model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize {
+            coop_padded_rows(tokens as u32) as usize
+        } else {
+            tokens
+        };
+        let logit_rows = if all_logits { rows } else { 1 };
+        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
+        let half_input = if rows > tokens {
+            let bytes = (rows * model.max_projection_input() * 2) as u64;
+            Some(dev.create_storage("f16 input", bytes)?)
+        } else {
+            None
+        };
         Ok(Self {
             tokens,
+            rows,
+            logit_rows,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -286,7 +338,8 @@ impl Scratch {
             gated: f32s("gated", c.value_width())?,
             ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
             ffn_mid: f32s("ffn mid", c.ffn_dim)?,
-            logits: f32s("logits", c.vocab_size)?,
+            logits: dev.create_storage_f32("logits", logit_rows * c.vocab_size)?,
+            half_input,
         })
     }
 }
@@ -315,7 +368,7 @@ impl<'m> GpuSession<'m> {
             model,
             states,
             position: 0,
-            scratch: Scratch::new(model, 1)?,
+            scratch: Scratch::new(model, 1, false)?,
             sampler: None,
         })
     }
@@ -377,10 +430,12 @@ impl<'m> GpuSession<'m> {
             // One span: the parallel kernel neither reads nor writes the state. Except on a
             // CPU adapter (llvmpipe), whose loop limit would silently cut a long parallel
             // dispatch short: there, beyond one span, the sequence continues chunkwise.
-            RetentionForm::Parallel if !self.model.loop_limited || tokens.len() <= MAX_SPAN => {
+            RetentionForm::Parallel
+                if !self.model.loop_limited || tokens.len() <= MAX_SPAN_LOOP_LIMITED =>
+            {
                 tokens.len()
             }
-            _ => MAX_SPAN,
+            _ => self.model.max_span(),
         };
         let form = match form {
             RetentionForm::Parallel if span < tokens.len() => RetentionForm::Chunkwise {
@@ -429,8 +484,12 @@ impl<'m> GpuSession<'m> {
         logits: Option<bool>,
     ) -> Result<()> {
         let model = self.model;
-        if tokens.len() > self.scratch.tokens {
-            self.scratch = Scratch::new(model, tokens.len().next_power_of_two())?;
+        let all_logits = logits == Some(false);
+        if tokens.len() > self.scratch.tokens
+            || (all_logits && self.scratch.logit_rows < self.scratch.rows)
+        {
+            let tokens = tokens.len().next_power_of_two().max(self.scratch.tokens);
+            self.scratch = Scratch::new(model, tokens, all_logits)?;
         }
         let rows = Rows::Sequence {
             position: self.position as u32,
@@ -630,10 +689,7 @@ fn record_forward(
                 accumulate: Option<f32>| {
         let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
         params.accumulate = accumulate;
-        seq.dispatch(
-            linear(w.format, model.reduction, params),
-            &[&w.buffer, input, out],
-        )
+        project(model, s, seq, w, input, out, params)
     };
     for (index, layer) in model.layers.iter().enumerate() {
         // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
@@ -730,13 +786,43 @@ fn record_forward(
             }
             None => &s.x,
         };
-        let head = model.head();
         let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
         params.x_row_start = start;
-        seq.dispatch(
-            linear(head.format, model.reduction, params),
-            &[&head.buffer, features, &s.logits],
-        )?;
+        project(model, s, seq, model.head(), features, &s.logits, params)?;
+    }
+    Ok(())
+}
+
+/// Records `output = input · Wᵀ` (`params` says the shape and whether it accumulates): on the
+/// tensor cores where the model uses them and the shape allows (an f16 copy of the input rows
+/// first), else with the portable kernel [`linear`] picks.
+fn project(
+    model: &GpuModel,
+    s: &Scratch,
+    seq: &mut Sequence<'_>,
+    w: &Weights,
+    input: &GpuBuffer,
+    output: &GpuBuffer,
+    params: LinearParams,
+) -> Result<()> {
+    let padded = coop_padded_rows(params.rows);
+    match &s.half_input {
+        Some(half)
+            if w.format == WeightFormat::F16
+                && params.rows > MATVEC_BATCH_MAX_ROWS
+                && padded as usize <= s.rows
+                && linear::coop_supports(&params) =>
+        {
+            seq.dispatch(
+                linear::to_f16(params.rows, padded, params.in_dim, params.x_row_start),
+                &[input, half],
+            )?;
+            seq.dispatch(linear::matmul_coop(params), &[&w.buffer, half, output])?;
+        }
+        _ => seq.dispatch(
+            linear(w.format, model.reduction, params),
+            &[&w.buffer, input, output],
+        )?,
     }
     Ok(())
 }
@@ -926,7 +1012,7 @@ impl<'m> GpuBatch<'m> {
             slots: vec![None; capacity],
             positions_buffer: dev.create_storage("batch positions", (capacity * 4) as u64)?,
             slots_buffer: dev.create_storage("batch slots", (capacity * 4) as u64)?,
-            scratch: Scratch::new(model, capacity)?,
+            scratch: Scratch::new(model, capacity, true)?,
             row_positions: Vec::with_capacity(capacity),
             row_slots: Vec::with_capacity(capacity),
             row_tokens: Vec::with_capacity(capacity),

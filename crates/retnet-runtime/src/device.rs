@@ -22,12 +22,14 @@ pub struct DeviceOptions {
     pub disable_f16: bool,
     /// Do not use subgroup operations even if the adapter has them (driver workaround).
     pub disable_subgroups: bool,
+    /// Do not use cooperative matrices (tensor cores) even if the adapter has them.
+    pub disable_cooperative_matrix: bool,
 }
 
 impl DeviceOptions {
     /// Options from the environment: `RETNET_BACKEND` = vulkan|metal|dx12|gl,
     /// `RETNET_ADAPTER` = substring of the adapter name, `RETNET_DISABLE_F16=1`,
-    /// `RETNET_DISABLE_SUBGROUPS=1`. Unset variables leave the defaults.
+    /// `RETNET_DISABLE_SUBGROUPS=1`, `RETNET_DISABLE_COOP=1`. Unset variables leave the defaults.
     pub fn from_env() -> Result<Self, RuntimeError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let backends = var("RETNET_BACKEND")
@@ -39,6 +41,7 @@ impl DeviceOptions {
             adapter_name: var("RETNET_ADAPTER"),
             disable_f16: flag("RETNET_DISABLE_F16"),
             disable_subgroups: flag("RETNET_DISABLE_SUBGROUPS"),
+            disable_cooperative_matrix: flag("RETNET_DISABLE_COOP"),
         })
     }
 }
@@ -121,6 +124,32 @@ async fn select_adapter(
     adapters.into_iter().next().ok_or_else(no_adapter)
 }
 
+/// Whether the adapter multiplies 16×16×16 f16 tiles into f32 accumulators with cooperative
+/// matrices, in subgroups of exactly 32 (the tensor-core matmul's workgroup is 4 such subgroups).
+fn has_f16_tensor_tiles(adapter: &wgpu::Adapter) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use wgpu::CooperativeScalarType as Scalar;
+        let info = adapter.get_info();
+        adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == Scalar::F16
+                    && p.cr_type == Scalar::F32
+            })
+    }
+    // Browsers offer no cooperative matrices.
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = adapter;
+        false
+    }
+}
+
 /// The GPU: wgpu device and queue, what the adapter offers, and every cache (shader modules,
 /// pipelines, bind groups, the parameter arena, read-back staging buffers).
 pub struct Device {
@@ -169,12 +198,26 @@ impl Device {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let cooperative_matrix = !options.disable_cooperative_matrix
+            && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+            && has_f16_tensor_tiles(&adapter);
+        if cooperative_matrix {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("retnet"),
                 required_features: wanted,
                 required_limits: limits.clone(),
+                experimental_features: if cooperative_matrix {
+                    // SAFETY: the one experimental feature requested is cooperative matrices,
+                    // used only by the tensor-core matmul, which `cargo xtask verify` checks
+                    // against the CPU on every adapter that offers it.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 ..Default::default()
             })
             .await
@@ -193,6 +236,7 @@ impl Device {
         let features = Features {
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix,
         };
         Ok(Device {
             device,

@@ -12,7 +12,9 @@ use super::Row;
 use retnet_kernels::embedding::{gather, EmbeddingParams};
 use retnet_kernels::gated_activation::{gated_activation, Activation, GatedActivationParams};
 use retnet_kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_kernels::linear::{matmul, matvec, LinearParams, Reduction};
+use retnet_kernels::linear::{
+    self, coop_padded_rows, matmul, matvec, matvec_batch, LinearParams, Reduction,
+};
 use retnet_kernels::residual::residual_add;
 use retnet_kernels::retention::{self, RetentionParams, Strided};
 use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
@@ -231,6 +233,9 @@ fn rms_norms(rows: &mut Rows<'_>) {
 enum LinearKernel {
     Matmul,
     Matvec(Reduction),
+    MatvecBatch(Reduction),
+    /// f16 conversion of the input, then the tensor-core matmul (f16 weights only).
+    Coop,
 }
 
 fn linear_case(
@@ -259,19 +264,31 @@ fn linear_case(
     if !what.is_empty() {
         shape += &format!(" ({what})");
     }
-    for format in WeightFormat::ALL {
+    let formats: &[WeightFormat] = match kernel {
+        LinearKernel::Coop => &[WeightFormat::F16],
+        _ => &WeightFormat::ALL,
+    };
+    for &format in formats {
+        let reduction_name = |r: Reduction| match r {
+            Reduction::Workgroup => "workgroup",
+            Reduction::Subgroup => "subgroup",
+        };
         let case = match kernel {
             LinearKernel::Matmul => format!("matmul/{}", format.name()),
-            LinearKernel::Matvec(Reduction::Workgroup) => {
-                format!("matvec/{}/workgroup", format.name())
+            LinearKernel::Matvec(r) => format!("matvec/{}/{}", format.name(), reduction_name(r)),
+            LinearKernel::MatvecBatch(r) => {
+                format!("matvec-batch/{}/{}", format.name(), reduction_name(r))
             }
-            LinearKernel::Matvec(Reduction::Subgroup) => {
-                format!("matvec/{}/subgroup", format.name())
-            }
+            LinearKernel::Coop => "matmul-coop/f16".to_string(),
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
-            LinearKernel::Matvec(reduction) => reduction_support(rows.device, reduction),
-            LinearKernel::Matmul => Ok(()),
+            LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
+                reduction_support(rows.device, reduction)
+            }
+            LinearKernel::Coop if !rows.device.features().cooperative_matrix => {
+                Err("adapter lacks 16×16 f16 cooperative matrices in 32-wide subgroups")
+            }
+            LinearKernel::Matmul | LinearKernel::Coop => Ok(()),
         });
         if let Err(reason) = support {
             rows.skip(&case, &shape, reason);
@@ -280,13 +297,47 @@ fn linear_case(
         rows.add(&case, &shape, |device| {
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
+            let stored = as_stored(&w, format);
+            if let LinearKernel::Coop = kernel {
+                // The output holds whole blocks of rows; the padding rows are not compared.
+                let padded = coop_padded_rows(params.rows) as usize;
+                let mut y_padded = y0.clone();
+                y_padded.resize(padded * o, 0.0);
+                let y = device.upload_f32("y", &y_padded)?;
+                let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
+                let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
+                let multiply = linear::matmul_coop(params);
+                submit(
+                    device,
+                    &[
+                        (convert, &[&input, &half]),
+                        (multiply, &[&weights.buffer, &half, &y]),
+                    ],
+                )?;
+                // The tensor cores multiply f16 inputs: the reference rounds X as they do.
+                let reference = cpu::linear(&cpu::Linear {
+                    x: &cpu::round_f16(&x),
+                    weight: &stored,
+                    y0: &y0,
+                    rows: n_rows,
+                    in_dim: i,
+                    out_dim: o,
+                    x_row_start: 0,
+                    accumulate: params.accumulate,
+                });
+                let gpu = read(device, &y, n_rows * o)?;
+                let tolerance = linear_tolerance(i);
+                return Ok(vec![Row::compare(
+                    &case, &shape, &gpu, &reference, tolerance,
+                )]);
+            }
             let y = device.upload_f32("y", &y0)?;
             let dispatch = match kernel {
-                LinearKernel::Matmul => matmul(format, params),
+                LinearKernel::Matmul | LinearKernel::Coop => matmul(format, params),
                 LinearKernel::Matvec(reduction) => matvec(format, reduction, params),
+                LinearKernel::MatvecBatch(reduction) => matvec_batch(format, reduction, params),
             };
             submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
-            let stored = as_stored(&w, format);
             let reference = cpu::linear(&cpu::Linear {
                 x: &x,
                 weight: &stored,
@@ -359,6 +410,41 @@ fn linears(rows: &mut Rows<'_>) {
             linear_case(rows, kernel, head, 460, "logits head");
         }
     }
+
+    // Batched matvec: 8 rows per workgroup, so 2, 8, 9 and 21 rows cover a partial block, one
+    // whole block, and blocks after the first.
+    let mut batched = vec![(2, 12, 5), (8, 256, 70), (9, 64, 33)];
+    if !rows.quick {
+        batched.extend([(21, 1024, 130), (32, 2048, 515)]);
+    }
+    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+        let kernel = LinearKernel::MatvecBatch(reduction);
+        for (index, &(r, i, o)) in batched.iter().enumerate() {
+            let params = LinearParams::new(r, i, o);
+            linear_case(rows, kernel, params, 470 + index as u64, "");
+        }
+        let fused = LinearParams {
+            x_row_start: 3,
+            accumulate: Some(0.5),
+            ..LinearParams::new(10, 16, 9)
+        };
+        linear_case(rows, kernel, fused, 490, "residual fused");
+    }
+
+    // Tensor cores: in and out multiples of 64, rows padded to blocks of 256.
+    let mut coops = vec![(33, 64, 64), (256, 128, 192)];
+    if !rows.quick {
+        coops.extend([(300, 2048, 512), (1000, 512, 2048), (2048, 4096, 256)]);
+    }
+    for (index, &(r, i, o)) in coops.iter().enumerate() {
+        let params = LinearParams::new(r, i, o);
+        linear_case(rows, LinearKernel::Coop, params, 500 + index as u64, "");
+    }
+    let fused = LinearParams {
+        accumulate: Some(1.5),
+        ..LinearParams::new(70, 128, 64)
+    };
+    linear_case(rows, LinearKernel::Coop, fused, 520, "residual fused");
 }
 
 fn rotaries(rows: &mut Rows<'_>) {
