@@ -281,7 +281,12 @@ impl Device {
         len: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
         let bytes = self
-            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .read_bytes(
+                &buffer.buffer,
+                &buffer.label,
+                offset as u64 * 4,
+                len as u64 * 4,
+            )
             .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
@@ -294,14 +299,20 @@ impl Device {
         len: usize,
     ) -> Result<Vec<u32>, RuntimeError> {
         let bytes = self
-            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .read_bytes(
+                &buffer.buffer,
+                &buffer.label,
+                offset as u64 * 4,
+                len as u64 * 4,
+            )
             .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    async fn read_bytes(
+    pub(crate) async fn read_bytes(
         &self,
-        buffer: &GpuBuffer,
+        buffer: &wgpu::Buffer,
+        label: &str,
         offset: u64,
         size: u64,
     ) -> Result<Vec<u8>, RuntimeError> {
@@ -311,7 +322,7 @@ impl Device {
         let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
         let staging = self.take_staging(padded);
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&buffer.buffer, offset, &staging, 0, Some(padded));
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, Some(padded));
         self.queue.submit([encoder.finish()]);
         let mapped = MapRead::new(&self.device, &staging, padded).await;
         let result = match mapped {
@@ -329,7 +340,7 @@ impl Device {
                 bytes
             }
             Err(source) => Err(RuntimeError::Map {
-                label: buffer.label.clone(),
+                label: label.to_string(),
                 source,
             }),
         };

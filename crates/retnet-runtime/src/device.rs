@@ -166,6 +166,8 @@ pub struct Device {
     pub(crate) dropped_buffers: Arc<Mutex<Vec<u64>>>,
     /// First wgpu error reported outside an error scope, taken by the next submit.
     pub(crate) uncaptured_error: Arc<Mutex<Option<String>>>,
+    /// Per-dispatch timestamps, while profiling ([`Device::start_profiling`]).
+    pub(crate) profiler: Mutex<Option<crate::profile::Profiler>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -251,6 +253,7 @@ impl Device {
             counters: Arc::new(Counters::default()),
             dropped_buffers: Arc::new(Mutex::new(Vec::new())),
             uncaptured_error,
+            profiler: Mutex::new(None),
         })
     }
 

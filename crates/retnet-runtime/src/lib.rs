@@ -27,11 +27,13 @@ mod buffer;
 mod cache;
 mod device;
 mod error;
+mod profile;
 mod sequence;
 
 pub use buffer::{GpuBuffer, WeightData, Weights};
 pub use cache::CacheStats;
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
 pub use error::RuntimeError;
+pub use profile::KernelTime;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
