@@ -313,14 +313,15 @@ impl Scratch {
     fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
-        let rows = if model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize {
+        let tensor_cores = model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize;
+        let rows = if tensor_cores {
             coop_padded_rows(tokens as u32) as usize
         } else {
             tokens
         };
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
-        let half_input = if rows > tokens {
+        let half_input = if tensor_cores {
             let bytes = (rows * model.max_projection_input() * 2) as u64;
             Some(dev.create_storage("f16 input", bytes)?)
         } else {
