@@ -35,3 +35,5 @@ pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
 pub use error::RuntimeError;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
+/// The wgpu this runtime is built on, for [`Device::wgpu_device`] and [`Device::create_buffer_checked`].
+pub use wgpu;
