@@ -4,15 +4,19 @@
 //! - `cargo xtask verify [--quick] [--json FILE]`: every GPU kernel (and, later, the whole model)
 //!   against an f64 CPU computation over a matrix of shapes;
 //! - `cargo xtask bench [--preset NAME] [--quick] [--json FILE]`: decode, prefill, time to first
-//!   token, memory and roofline fraction of the whole model with random f16 weights.
+//!   token, memory and roofline fraction of the whole model with random f16 weights;
+//! - `cargo xtask long-context [--tokens N] [--chunkwise-check N] …`: a long recurrent run on the
+//!   GPU against the CPU reference and a float64 reference, or chunkwise prefill against
+//!   token-by-token decode.
 
 mod bench;
+mod long_context;
 mod shaders;
 mod verify;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]\n       cargo xtask long-context [--tokens N] [--chunkwise-check N] [--model DIR] [--seed S] [--tolerance X] [--no-cpu] [--cpu-tokens N] [--json FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +31,13 @@ fn main() -> ExitCode {
         },
         Some("bench") => match bench::Options::parse(&args[1..]) {
             Ok(options) => bench::run(&options),
+            Err(message) => {
+                eprintln!("{message}\n{USAGE}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("long-context") => match long_context::Options::parse(&args[1..]) {
+            Ok(options) => long_context::run(&options),
             Err(message) => {
                 eprintln!("{message}\n{USAGE}");
                 ExitCode::FAILURE

@@ -165,9 +165,19 @@ pub struct Device {
     /// Ids of dropped [`crate::GpuBuffer`]s whose bind groups are still cached.
     pub(crate) dropped_buffers: Arc<Mutex<Vec<u64>>>,
     /// First wgpu error reported outside an error scope, taken by the next submit.
-    pub(crate) uncaptured_error: Arc<Mutex<Option<String>>>,
+    pub(crate) uncaptured_error: Arc<Mutex<Option<UncapturedError>>>,
+    /// Why the device was lost, once it is: every later call fails with
+    /// [`RuntimeError::DeviceLost`] instead of waiting on a device that will never answer.
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
     /// Per-dispatch timestamps, while profiling ([`Device::start_profiling`]).
     pub(crate) profiler: Mutex<Option<crate::profile::Profiler>>,
+}
+
+/// An error wgpu reported outside an error scope, kept until the next submit.
+#[derive(Debug)]
+pub(crate) enum UncapturedError {
+    OutOfMemory(String),
+    Other(String),
 }
 
 impl std::fmt::Debug for Device {
@@ -227,13 +237,26 @@ impl Device {
                 adapter: info.name.clone(),
                 source,
             })?;
+        // wgpu's default handler panics: record the error instead, for the next submit.
         let uncaptured_error = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&uncaptured_error);
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
             if let Ok(mut slot) = slot.lock() {
-                slot.get_or_insert_with(|| error.to_string());
+                slot.get_or_insert_with(|| match error {
+                    wgpu::Error::OutOfMemory { .. } => {
+                        UncapturedError::OutOfMemory(error.to_string())
+                    }
+                    _ => UncapturedError::Other(error.to_string()),
+                });
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_slot = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_slot.lock() {
+                slot.get_or_insert_with(|| format!("{reason:?}: {message}"));
+            }
+        });
         let downlevel = adapter.get_downlevel_capabilities().flags;
         let features = Features {
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
@@ -253,6 +276,7 @@ impl Device {
             counters: Arc::new(Counters::default()),
             dropped_buffers: Arc::new(Mutex::new(Vec::new())),
             uncaptured_error,
+            lost,
             profiler: Mutex::new(None),
         })
     }
@@ -304,7 +328,37 @@ impl Device {
     }
 
     pub(crate) fn take_uncaptured_error(&self) -> Result<(), RuntimeError> {
+        self.check_lost()?;
         let error = self.uncaptured_error.lock().ok().and_then(|mut e| e.take());
-        error.map_or(Ok(()), |e| Err(RuntimeError::Wgpu(e)))
+        match error {
+            None => Ok(()),
+            Some(UncapturedError::OutOfMemory(message)) => Err(RuntimeError::OutOfMemory {
+                what: format!("submitted work ({message})"),
+            }),
+            Some(UncapturedError::Other(message)) => Err(RuntimeError::Wgpu(message)),
+        }
+    }
+
+    /// Why the device was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|reason| reason.clone())
+    }
+
+    /// [`RuntimeError::DeviceLost`] once the device is lost.
+    pub(crate) fn check_lost(&self) -> Result<(), RuntimeError> {
+        match self.lost_reason() {
+            Some(reason) => Err(RuntimeError::DeviceLost { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Destroys the wgpu device as a driver reset would, to test recovery: every later call on
+    /// this device, its buffers, models and sessions returns [`RuntimeError::DeviceLost`]. A
+    /// new [`Device`] can be created afterwards.
+    pub fn simulate_loss(&self) {
+        if let Ok(mut slot) = self.lost.lock() {
+            slot.get_or_insert_with(|| "simulated loss (Device::simulate_loss)".to_string());
+        }
+        self.device.destroy();
     }
 }

@@ -37,3 +37,5 @@ pub use error::RuntimeError;
 pub use profile::KernelTime;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
+/// The wgpu this runtime is built on, for [`Device::wgpu_device`] and [`Device::create_buffer_checked`].
+pub use wgpu;

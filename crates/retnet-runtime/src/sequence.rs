@@ -123,6 +123,7 @@ impl Sequence<'_> {
     /// the parameters of this one before the queue has ordered them.
     pub fn submit(self) -> Result<wgpu::SubmissionIndex, RuntimeError> {
         let device = self.device;
+        device.check_lost()?;
         let dropped: Vec<u64> = device
             .dropped_buffers
             .lock()
