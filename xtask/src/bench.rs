@@ -566,6 +566,12 @@ async fn bench_preset(
         batch.step(&inputs).await.map_err(err)?;
     }
     let decode8 = start.elapsed();
+    let stepping = &mut batch;
+    let batch_inputs = &inputs;
+    let batch_profile = profile(device, move || async move {
+        stepping.step(batch_inputs).await.map(|_| ()).map_err(err)
+    })
+    .await?;
     let decode8_tps = (batch_size * effort.batch_steps) as f64 / decode8.as_secs_f64();
     let batch_bytes = batch.buffer_bytes();
     drop(batch);
@@ -691,6 +697,7 @@ async fn bench_preset(
         "prefill": prefill,
         "contexts": context_rows,
         "profile_decode_step": decode_profile,
+        "profile_batch8_step": batch_profile,
         "profile_prefill_span": prefill_profile,
         "profile_prefill_tokens": span,
         "tensor_cores": model.uses_tensor_cores(),
@@ -754,6 +761,7 @@ fn print_table(r: &Value) {
     );
     for (name, key) in [
         ("decode step", "profile_decode_step"),
+        ("batch-8 step", "profile_batch8_step"),
         ("prefill span", "profile_prefill_span"),
     ] {
         let p = &r[key];

@@ -256,8 +256,90 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+/// Chunk-parallel form, pass 1: the state before each chunk, in parallel over state entries.
+pub static CHUNK_STATES: Kernel = Kernel {
+    name: "retention/chunk-states",
+    source: shader!("retention_common.wgsl", "retention_chunk_states.wgsl"),
+    entry_point: "retention_chunk_states",
+    workgroup_size: [Dim::Constant("COLUMNS"), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[
+        OverrideConstant {
+            name: "CHUNK_SIZE",
+            default: 64,
+        },
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 64,
+        },
+    ],
+    bindings: &[
+        PARAMS,
+        K,
+        V,
+        LOG_DECAY,
+        STATE,
+        Binding {
+            index: 6,
+            name: "chunk_states",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+/// State rows per invocation in retention_chunk_states.wgsl (`ROWS`).
+pub const CHUNK_STATES_ROWS: u32 = 8;
+
+/// Chunk-parallel form, pass 2: every chunk's outputs from the state before it.
+pub static CHUNK_OUTPUTS: Kernel = Kernel {
+    name: "retention/chunk-outputs",
+    source: shader!("retention_common.wgsl", "retention_chunk_outputs.wgsl"),
+    entry_point: "retention_chunk_outputs",
+    workgroup_size: [
+        Dim::Constant("WORKGROUP_SIZE"),
+        Dim::Fixed(1),
+        Dim::Fixed(1),
+    ],
+    constants: &[
+        OverrideConstant {
+            name: "CHUNK_SIZE",
+            default: 32,
+        },
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 64,
+        },
+        OverrideConstant {
+            name: "WORKGROUP_SIZE",
+            default: 256,
+        },
+    ],
+    bindings: &[
+        PARAMS,
+        Q,
+        K,
+        V,
+        LOG_DECAY,
+        Binding {
+            index: 5,
+            name: "chunk_states",
+            access: Access::ReadOnly,
+        },
+        OUTPUT,
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&PARALLEL, &CHUNKWISE, &RECURRENT, &RECURRENT_BATCHED];
+pub static KERNELS: &[&Kernel] = &[
+    &PARALLEL,
+    &CHUNKWISE,
+    &CHUNK_STATES,
+    &CHUNK_OUTPUTS,
+    &RECURRENT,
+    &RECURRENT_BATCHED,
+];
 
 /// Parallel retention from a zero state (the state is neither read nor written).
 /// Buffers: q, k, v, `log_decay [H]`, output.
@@ -290,6 +372,54 @@ pub fn chunkwise(params: RetentionParams, chunk_size: u32) -> Dispatch {
         constants,
         params: params.words(),
         workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    }
+}
+
+/// f32 elements of the chunk-state buffer [`chunk_states`] fills: one `[H, K, V]` state per
+/// chunk.
+pub fn chunk_states_len(params: &RetentionParams, chunk_size: u32) -> u64 {
+    let chunks = u64::from(params.tokens.div_ceil(chunk_size.max(1)));
+    chunks * u64::from(params.query_heads) * u64::from(params.key_dim) * u64::from(params.value_dim)
+}
+
+/// Chunk-parallel retention, pass 1: writes the state before each chunk of `chunk_size` tokens
+/// into `chunk_states` ([`chunk_states_len`] f32) and leaves the final state in `state`.
+/// Buffers: k, v, `log_decay [H]`, `state [H, K, V]`, `chunk_states`.
+pub fn chunk_states(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNK_STATES;
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    let [columns, _, _] = kernel.workgroup_size(&constants);
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.value_dim, columns),
+            ceil_div(params.key_dim, CHUNK_STATES_ROWS),
+            params.query_heads,
+        ],
+    }
+}
+
+/// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1).
+/// Buffers: q, k, v, `log_decay [H]`, `chunk_states` (from [`chunk_states`]), output.
+pub fn chunk_outputs(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNK_OUTPUTS;
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    let columns = constants.0[1];
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.value_dim, columns),
+            params.tokens.div_ceil(chunk_size.max(1)),
+            params.query_heads,
+        ],
     }
 }
 

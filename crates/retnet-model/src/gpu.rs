@@ -289,6 +289,11 @@ struct Scratch {
     logits: GpuBuffer,
     /// f16 copy of a projection's input rows, for the tensor cores.
     half_input: Option<GpuBuffer>,
+    /// The state before each chunk, for chunk-parallel retention; `None` for one-token spans
+    /// or where it would not fit one binding.
+    chunk_states: Option<GpuBuffer>,
+    /// Chunks `chunk_states` holds.
+    chunk_capacity: usize,
 }
 
 impl Scratch {
@@ -308,6 +313,7 @@ impl Scratch {
         .map(|b| b.size())
         .sum::<u64>()
             + self.half_input.as_ref().map_or(0, GpuBuffer::size)
+            + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
     }
 
     fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
@@ -327,10 +333,27 @@ impl Scratch {
         } else {
             None
         };
+        // Chunk-parallel retention keeps a state per chunk: for a span of 2048 tokens in chunks of
+        // 64, 32 states (113 MB for retnet_xl). Where that exceeds a binding, the sequential
+        // chunkwise kernel (no extra memory) is used instead.
+        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let chunk_capacity = tokens.div_ceil(model.max_chunk);
+        let chunk_bytes = (chunk_capacity * state_len * 4) as u64;
+        let limits = dev.limits();
+        let chunk_states = if tokens > 1
+            && chunk_bytes <= limits.max_storage_buffer_binding_size
+            && chunk_bytes <= limits.max_buffer_size
+        {
+            Some(dev.create_storage("chunk states", chunk_bytes)?)
+        } else {
+            None
+        };
         Ok(Self {
             tokens,
             rows,
             logit_rows,
+            chunk_states,
+            chunk_capacity,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -918,10 +941,28 @@ fn record_retention(
                     retention::recurrent(params),
                     &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
                 )?,
-                RetentionForm::Chunkwise { chunk_size } => seq.dispatch(
-                    retention::chunkwise(params, (*chunk_size).min(model.max_chunk) as u32),
-                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-                )?,
+                RetentionForm::Chunkwise { chunk_size } => {
+                    let chunk = (*chunk_size).min(model.max_chunk);
+                    match &s.chunk_states {
+                        // Chunk-parallel: the state before each chunk, then all chunks at once.
+                        Some(states) if t.div_ceil(chunk) <= s.chunk_capacity => {
+                            let chunk = chunk as u32;
+                            seq.dispatch(
+                                retention::chunk_states(params, chunk),
+                                &[qkv, qkv, &model.log_decay, state, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_outputs(params, chunk),
+                                &[qkv, qkv, qkv, &model.log_decay, states, &s.retained],
+                            )?;
+                        }
+                        // One workgroup per head and column slice walks the chunks in order.
+                        _ => seq.dispatch(
+                            retention::chunkwise(params, chunk as u32),
+                            &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                        )?,
+                    }
+                }
             }
         }
         Rows::Batch {

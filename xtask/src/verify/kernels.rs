@@ -1073,6 +1073,52 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         });
     }
 
+    // Chunk-parallel: pass 1 walks the tokens with the recurrent update, pass 2 is the
+    // chunkwise output formula for every chunk at once.
+    for &chunk in case.chunk_sizes {
+        let name = format!("retention/chunk-parallel(B={chunk})");
+        let states_len = retention::chunk_states_len(&params, chunk);
+        if chunkwise_workgroup_bytes(chunk) > max_workgroup {
+            rows.skip(&name, &shape, "chunk over the workgroup memory limit");
+            continue;
+        }
+        if states_len * 4 > 128 << 20 {
+            rows.skip(&name, &shape, "a state per chunk would exceed 128 MiB");
+            continue;
+        }
+        let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
+        rows.add(&name, &shape, |device| {
+            buffers.reset(device);
+            let states = device.create_storage_f32("chunk states", states_len as usize)?;
+            let b = &buffers;
+            submit(
+                device,
+                &[
+                    (
+                        retention::chunk_states(params, chunk),
+                        &[&b.data, &b.data, &b.log_decay, &b.state, &states],
+                    ),
+                    (
+                        retention::chunk_outputs(params, chunk),
+                        &[&b.data, &b.data, &b.data, &b.log_decay, &states, &b.out],
+                    ),
+                ],
+            )?;
+            let gpu = read_outputs(device, &buffers.out, &case)?;
+            let state = read(device, &buffers.state, case.state_len())?;
+            Ok(vec![
+                Row::compare(&name, &shape, &gpu, &expected, tolerance),
+                Row::compare(
+                    format!("{name} state"),
+                    &shape,
+                    &state,
+                    &expected_state,
+                    tolerance,
+                ),
+            ])
+        });
+    }
+
     // Recurrent: γ is rounded to f32 once and the state multiplied by it at every token.
     let tolerance = retention_tolerance(&case, &log_decay, 1);
     rows.add("retention/recurrent", &shape, |device| {
