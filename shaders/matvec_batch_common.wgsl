@@ -13,28 +13,26 @@ const BATCH_ROWS: u32 = 8u;
 const SUMS: u32 = OUTPUTS_PER_WORKGROUP * BATCH_ROWS;
 override WORKGROUP_SIZE: u32 = 128u;
 
-// Partial sums indexed [row * OUTPUTS_PER_WORKGROUP + output].
-fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<f32, SUMS> {
+// Partial sums: element o of entry r is row first_row + r, output first_output + o. Written with
+// one vec4 accumulator per row and the four weight vectors in named registers, so nothing is a
+// private array indexed in a loop the compiler might keep in local memory.
+fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, BATCH_ROWS> {
     let in4 = params.in_dim / 4u;
-    var x_start: array<u32, BATCH_ROWS>;
-    for (var r = 0u; r < BATCH_ROWS; r++) {
-        x_start[r] = (params.x_row_start + min(first_row + r, params.rows - 1u)) * in4;
-    }
-    var w_start: array<u32, OUTPUTS_PER_WORKGROUP>;
-    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-        w_start[o] = min(first_output + o, params.out_dim - 1u) * in4;
-    }
-    var acc: array<f32, SUMS>;
+    let last_output = params.out_dim - 1u;
+    let last_row = params.rows - 1u;
+    let w0 = min(first_output, last_output) * in4;
+    let w1 = min(first_output + 1u, last_output) * in4;
+    let w2 = min(first_output + 2u, last_output) * in4;
+    let w3 = min(first_output + 3u, last_output) * in4;
+    var acc: array<vec4<f32>, BATCH_ROWS>;
     for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
-        var w: array<vec4<f32>, OUTPUTS_PER_WORKGROUP>;
-        for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-            w[o] = weight_vec4(w_start[o] + i);
-        }
+        let a = weight_vec4(w0 + i);
+        let b = weight_vec4(w1 + i);
+        let c = weight_vec4(w2 + i);
+        let d = weight_vec4(w3 + i);
         for (var r = 0u; r < BATCH_ROWS; r++) {
-            let x = input[x_start[r] + i];
-            for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-                acc[r * OUTPUTS_PER_WORKGROUP + o] += dot(w[o], x);
-            }
+            let x = input[(params.x_row_start + min(first_row + r, last_row)) * in4 + i];
+            acc[r] += vec4<f32>(dot(a, x), dot(b, x), dot(c, x), dot(d, x));
         }
     }
     return acc;

@@ -15,10 +15,12 @@ fn matvec_batch_subgroup(
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let first_row = wid.y * BATCH_ROWS;
     let acc = matvec_batch_partial_sums(lane, first_output, first_row);
-    for (var s = 0u; s < SUMS; s++) {
-        let total = subgroupAdd(acc[s]);
+    for (var r = 0u; r < BATCH_ROWS; r++) {
+        let total = subgroupAdd(acc[r]);
         if subgroup_lane == 0u {
-            subgroup_sums[s * WORKGROUP_SIZE + subgroup] = total;
+            for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+                subgroup_sums[(r * OUTPUTS_PER_WORKGROUP + o) * WORKGROUP_SIZE + subgroup] = total[o];
+            }
         }
     }
     workgroupBarrier();

@@ -9,8 +9,10 @@ fn matvec_batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let first_row = wid.y * BATCH_ROWS;
     let acc = matvec_batch_partial_sums(lane, first_output, first_row);
-    for (var s = 0u; s < SUMS; s++) {
-        partial_sums[s * WORKGROUP_SIZE + lane] = acc[s];
+    for (var r = 0u; r < BATCH_ROWS; r++) {
+        for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+            partial_sums[(r * OUTPUTS_PER_WORKGROUP + o) * WORKGROUP_SIZE + lane] = acc[r][o];
+        }
     }
     workgroupBarrier();
     for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
