@@ -295,25 +295,11 @@ pub static CHUNK_OUTPUTS: Kernel = Kernel {
     name: "retention/chunk-outputs",
     source: shader!("retention_common.wgsl", "retention_chunk_outputs.wgsl"),
     entry_point: "retention_chunk_outputs",
-    workgroup_size: [
-        Dim::Constant("WORKGROUP_SIZE"),
-        Dim::Fixed(1),
-        Dim::Fixed(1),
-    ],
-    constants: &[
-        OverrideConstant {
-            name: "CHUNK_SIZE",
-            default: 32,
-        },
-        OverrideConstant {
-            name: "COLUMNS",
-            default: 64,
-        },
-        OverrideConstant {
-            name: "WORKGROUP_SIZE",
-            default: 256,
-        },
-    ],
+    workgroup_size: [Dim::Fixed(256), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[OverrideConstant {
+        name: "CHUNK_SIZE",
+        default: 64,
+    }],
     bindings: &[
         PARAMS,
         Q,
@@ -403,20 +389,31 @@ pub fn chunk_states(params: RetentionParams, chunk_size: u32) -> Dispatch {
     }
 }
 
-/// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1).
-/// Buffers: q, k, v, `log_decay [H]`, `chunk_states` (from [`chunk_states`]), output.
+/// Largest chunk [`chunk_outputs`] takes.
+pub const CHUNK_OUTPUTS_MAX_CHUNK: u32 = 64;
+
+/// Workgroup memory [`chunk_outputs`] needs for a chunk size (q and k slices, a state slice,
+/// scores, v columns).
+pub fn chunk_outputs_workgroup_bytes(chunk_size: u32) -> u32 {
+    let c = chunk_size;
+    4 * (2 * c * 17 + 16 * 64 + c * c + c * 64)
+}
+
+/// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1,
+/// at most [`CHUNK_OUTPUTS_MAX_CHUNK`]). Buffers: q, k, v, `log_decay [H]`, `chunk_states`
+/// (from [`chunk_states`]), output.
 pub fn chunk_outputs(params: RetentionParams, chunk_size: u32) -> Dispatch {
     let kernel = &CHUNK_OUTPUTS;
+    let chunk_size = chunk_size.clamp(1, CHUNK_OUTPUTS_MAX_CHUNK);
     let constants = kernel
         .default_constants()
-        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
-    let columns = constants.0[1];
+        .with(kernel, "CHUNK_SIZE", chunk_size);
     Dispatch {
         kernel,
         constants,
         params: params.words(),
         workgroups: [
-            ceil_div(params.value_dim, columns),
+            ceil_div(params.value_dim, 64),
             params.tokens.div_ceil(chunk_size.max(1)),
             params.query_heads,
         ],

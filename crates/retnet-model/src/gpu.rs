@@ -84,6 +84,8 @@ pub struct GpuModel {
     rotary_theta: GpuBuffer,
     reduction: Reduction,
     max_chunk: usize,
+    /// Largest chunk of chunk-parallel retention on this adapter (its workgroup memory).
+    max_parallel_chunk: usize,
     /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
     loop_limited: bool,
     /// Projections of many rows run on the tensor cores ([`linear::matmul_coop`]): the adapter
@@ -155,6 +157,13 @@ impl GpuModel {
                 ((c * c + 65 * c + 1) * 4) as u32 <= limits.max_compute_workgroup_storage_size
             })
             .unwrap_or(1);
+        let max_parallel_chunk = (1..=retention::CHUNK_OUTPUTS_MAX_CHUNK)
+            .rev()
+            .find(|&c| {
+                retention::chunk_outputs_workgroup_bytes(c)
+                    <= limits.max_compute_workgroup_storage_size
+            })
+            .unwrap_or(1) as usize;
         Ok(Self {
             embed: upload("embed_tokens", &[&weights.embed])?,
             embed_norm: optional("embed_norm", &weights.embed_norm)?,
@@ -171,6 +180,7 @@ impl GpuModel {
                 && WeightFormat::half_for(device.features()) == WeightFormat::F16
                 && options.weights == WeightPrecision::F16,
             max_chunk,
+            max_parallel_chunk,
             loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
             config,
             device,
@@ -337,7 +347,7 @@ impl Scratch {
         // 64, 32 states (113 MB for retnet_xl). Where that exceeds a binding, the sequential
         // chunkwise kernel (no extra memory) is used instead.
         let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
-        let chunk_capacity = tokens.div_ceil(model.max_chunk);
+        let chunk_capacity = tokens.div_ceil(model.max_parallel_chunk);
         let chunk_bytes = (chunk_capacity * state_len * 4) as u64;
         let limits = dev.limits();
         let chunk_states = if tokens > 1
@@ -943,10 +953,11 @@ fn record_retention(
                 )?,
                 RetentionForm::Chunkwise { chunk_size } => {
                     let chunk = (*chunk_size).min(model.max_chunk);
+                    let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
                     match &s.chunk_states {
                         // Chunk-parallel: the state before each chunk, then all chunks at once.
-                        Some(states) if t.div_ceil(chunk) <= s.chunk_capacity => {
-                            let chunk = chunk as u32;
+                        Some(states) if t.div_ceil(parallel_chunk) <= s.chunk_capacity => {
+                            let chunk = parallel_chunk as u32;
                             seq.dispatch(
                                 retention::chunk_states(params, chunk),
                                 &[qkv, qkv, &model.log_decay, state, states],

@@ -1078,7 +1078,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
     for &chunk in case.chunk_sizes {
         let name = format!("retention/chunk-parallel(B={chunk})");
         let states_len = retention::chunk_states_len(&params, chunk);
-        if chunkwise_workgroup_bytes(chunk) > max_workgroup {
+        if u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup {
             rows.skip(&name, &shape, "chunk over the workgroup memory limit");
             continue;
         }
