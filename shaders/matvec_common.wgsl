@@ -20,7 +20,20 @@ fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> array<f32, OUT
         // Past the last output, reread the last row: cheaper than a branch in the loop; not stored.
         w_start[o] = min(first_output + o, params.out_dim - 1u) * in4;
     }
-    for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
+    // Two strides per iteration: twice the loads in flight per invocation (decode is bound by
+    // memory latency as much as by bandwidth).
+    let step = 2u * WORKGROUP_SIZE;
+    var i = lane;
+    for (; i + WORKGROUP_SIZE < in4; i += step) {
+        let x0 = input[x_start + i];
+        let x1 = input[x_start + i + WORKGROUP_SIZE];
+        for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
+            let w0 = weight_vec4(w_start[o] + i);
+            let w1 = weight_vec4(w_start[o] + i + WORKGROUP_SIZE);
+            acc[o] += dot(w0, x0) + dot(w1, x1);
+        }
+    }
+    if i < in4 {
         let x = input[x_start + i];
         for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
             acc[o] += dot(weight_vec4(w_start[o] + i), x);

@@ -4,7 +4,9 @@
 // (head, row, column) is independent of the others, so the pass is parallel over all H·K·V
 // entries and walks the tokens one by one with the recurrent update S ← γ S + k_r v_c (the same
 // arithmetic as decoding, so prefill and decode agree to the bit on the state). Each invocation
-// owns ROWS rows of one column: each v value it loads serves ROWS entries.
+// owns ROWS rows of one column: each v value it loads serves ROWS entries. Every loop over the
+// rows has the constant bound ROWS (with a guard inside), so the compiler can unroll it and keep
+// the rows in registers: a loop bounded at run time makes `s` a private array in local memory.
 
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;
 // [chunks, query_heads, K, V].
@@ -38,8 +40,10 @@ fn retention_chunk_states(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
     for (var t = 0u; t < params.tokens; t++) {
         if t % CHUNK_SIZE == 0u {
             let base = (t / CHUNK_SIZE) * state_len;
-            for (var i = 0u; i < rows; i++) {
-                chunk_states[base + state_index(head, first_row + i, column)] = s[i];
+            for (var i = 0u; i < ROWS; i++) {
+                if i < rows {
+                    chunk_states[base + state_index(head, first_row + i, column)] = s[i];
+                }
             }
         }
         let v_value = v_at(t, kv_head, column);
@@ -47,7 +51,9 @@ fn retention_chunk_states(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
             s[i] = decay_state(decay, s[i], k_at(t, kv_head, min(first_row + i, params.key_dim - 1u)) * v_value);
         }
     }
-    for (var i = 0u; i < rows; i++) {
-        state[state_index(head, first_row + i, column)] = s[i];
+    for (var i = 0u; i < ROWS; i++) {
+        if i < rows {
+            state[state_index(head, first_row + i, column)] = s[i];
+        }
     }
 }
