@@ -1,5 +1,5 @@
-// Chunk-parallel retention, pass 2 of 2: every chunk's outputs at once, from the state before it
-// (pass 1, retention_chunk_states.wgsl). Token i of a chunk, with S the state before the chunk,
+// Chunk-parallel retention, pass 2: every chunk's outputs at once, from the state before it
+// (passes 1a and 1b, retention_chunk_updates.wgsl and retention_chunk_scan.wgsl). Token i of a chunk, with S the state before the chunk,
 // gets
 //   P_i = γ^(i+1) q_i S + Σ_{j ≤ i} γ^(i−j) (q_i · k_j) v_j.
 // Each workgroup owns one chunk (at most 64 tokens), one head and 64 value columns. Both q·kᵀ and

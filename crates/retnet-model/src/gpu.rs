@@ -955,12 +955,17 @@ fn record_retention(
                     let chunk = (*chunk_size).min(model.max_chunk);
                     let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
                     match &s.chunk_states {
-                        // Chunk-parallel: the state before each chunk, then all chunks at once.
+                        // Chunk-parallel: each chunk's update of the state, the state before
+                        // each chunk, then every chunk's outputs at once.
                         Some(states) if t.div_ceil(parallel_chunk) <= s.chunk_capacity => {
                             let chunk = parallel_chunk as u32;
                             seq.dispatch(
-                                retention::chunk_states(params, chunk),
-                                &[qkv, qkv, &model.log_decay, state, states],
+                                retention::chunk_updates(params, chunk),
+                                &[qkv, qkv, &model.log_decay, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_scan(params, chunk),
+                                &[&model.log_decay, state, states],
                             )?;
                             seq.dispatch(
                                 retention::chunk_outputs(params, chunk),

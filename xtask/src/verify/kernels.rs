@@ -1085,12 +1085,14 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         });
     }
 
-    // Chunk-parallel: pass 1 walks the tokens with the recurrent update, pass 2 is the
-    // chunkwise output formula for every chunk at once.
+    // Chunk-parallel: each chunk's update of the state, a scan over the chunks for the state
+    // before each, then the chunkwise output formula for every chunk at once.
     for &chunk in case.chunk_sizes {
         let name = format!("retention/chunk-parallel(B={chunk})");
         let states_len = retention::chunk_states_len(&params, chunk);
-        if u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup {
+        if u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup
+            || chunk > retention::CHUNK_OUTPUTS_MAX_CHUNK
+        {
             rows.skip(&name, &shape, "chunk over the workgroup memory limit");
             continue;
         }
@@ -1098,6 +1100,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
             rows.skip(&name, &shape, "a state per chunk would exceed 128 MiB");
             continue;
         }
+        // The state is scaled by γ^B once per chunk.
         let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
         rows.add(&name, &shape, |device| {
             buffers.reset(device);
@@ -1107,8 +1110,12 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
                 device,
                 &[
                     (
-                        retention::chunk_states(params, chunk),
-                        &[&b.data, &b.data, &b.log_decay, &b.state, &states],
+                        retention::chunk_updates(params, chunk),
+                        &[&b.data, &b.data, &b.log_decay, &states],
+                    ),
+                    (
+                        retention::chunk_scan(params, chunk),
+                        &[&b.log_decay, &b.state, &states],
                     ),
                     (
                         retention::chunk_outputs(params, chunk),
