@@ -20,6 +20,8 @@ pub struct LinearParams {
     pub x_row_start: u32,
     /// `Some(α)`: `Y = α·Y + X·Wᵀ` (residual add fused); `None`: `Y = X·Wᵀ`.
     pub accumulate: Option<f32>,
+    /// RMSNorm epsilon of [`matvec_norm`] (ignored by the other kernels).
+    pub norm_eps: f32,
 }
 
 impl LinearParams {
@@ -31,6 +33,7 @@ impl LinearParams {
             out_dim,
             x_row_start: 0,
             accumulate: None,
+            norm_eps: 0.0,
         }
     }
 
@@ -46,6 +49,7 @@ impl LinearParams {
             self.x_row_start,
             accumulate,
             f(alpha),
+            f(self.norm_eps),
         ])
     }
 }
@@ -97,7 +101,7 @@ const PARAMS_STRUCT: (&str, &[&str]) = (
         "x_row_start",
         "accumulate",
         "alpha",
-        "_pad0",
+        "norm_eps",
         "_pad1",
     ],
 );
@@ -370,6 +374,73 @@ pub static MATVEC_BATCH_F16_PACKED_SUBGROUP: Kernel = matvec_batch_variant(
     Reduction::Subgroup,
     false,
 );
+const fn matvec_norm_variant(name: &'static str, source: &'static str, shader_f16: bool) -> Kernel {
+    Kernel {
+        entry_point: "matvec_norm_subgroup",
+        bindings: &[
+            PARAMS,
+            Binding {
+                index: 1,
+                name: "weight",
+                access: Access::ReadOnly,
+            },
+            Binding {
+                index: 2,
+                name: "input",
+                access: Access::ReadOnly,
+            },
+            Binding {
+                index: 3,
+                name: "output",
+                access: Access::ReadWrite,
+            },
+            Binding {
+                index: 4,
+                name: "norm_weight",
+                access: Access::ReadOnly,
+            },
+        ],
+        ..matvec_variant(name, source, Reduction::Subgroup, shader_f16)
+    }
+}
+
+/// RMSNorm + matvec, f32 weights (subgroups).
+pub static MATVEC_NORM_F32: Kernel = matvec_norm_variant(
+    "matvec-norm/f32/subgroup",
+    shader!(
+        "weights_f32.wgsl",
+        "linear_common.wgsl",
+        "matvec_common.wgsl",
+        "matvec_norm_subgroup.wgsl"
+    ),
+    false,
+);
+/// RMSNorm + matvec, native f16 weights (subgroups).
+pub static MATVEC_NORM_F16: Kernel = matvec_norm_variant(
+    "matvec-norm/f16/subgroup",
+    concat!(
+        "enable f16;\n",
+        shader!(
+            "weights_f16.wgsl",
+            "linear_common.wgsl",
+            "matvec_common.wgsl",
+            "matvec_norm_subgroup.wgsl"
+        )
+    ),
+    true,
+);
+/// RMSNorm + matvec, packed f16 weights (subgroups).
+pub static MATVEC_NORM_F16_PACKED: Kernel = matvec_norm_variant(
+    "matvec-norm/f16-packed/subgroup",
+    shader!(
+        "weights_f16_packed.wgsl",
+        "linear_common.wgsl",
+        "matvec_common.wgsl",
+        "matvec_norm_subgroup.wgsl"
+    ),
+    false,
+);
+
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
 pub const MATVEC_BATCH_ROWS: u32 = 8;
 
@@ -430,6 +501,9 @@ pub static KERNELS: &[&Kernel] = &[
     &MATVEC_BATCH_F16_PACKED_SUBGROUP,
     &MATMUL_COOP,
     &TO_F16,
+    &MATVEC_NORM_F32,
+    &MATVEC_NORM_F16,
+    &MATVEC_NORM_F16_PACKED,
     &MATMUL_F32,
     &MATMUL_F16,
     &MATMUL_F16_PACKED,
@@ -509,6 +583,27 @@ pub fn matvec_batch(format: WeightFormat, reduction: Reduction, params: LinearPa
         workgroups: [
             ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
             ceil_div(params.rows, MATVEC_BATCH_ROWS),
+            1,
+        ],
+    }
+}
+
+/// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weights `g`, epsilon `params.norm_eps`) fused
+/// into [`matvec`]: buffers `weight`, `input`, `output` as for [`matvec`], then `g [in_dim]` f32.
+/// Needs subgroups and [`matvec_supports`].
+pub fn matvec_norm(format: WeightFormat, params: LinearParams) -> Dispatch {
+    let kernel = match format {
+        WeightFormat::F32 => &MATVEC_NORM_F32,
+        WeightFormat::F16 => &MATVEC_NORM_F16,
+        WeightFormat::F16Packed => &MATVEC_NORM_F16_PACKED,
+    };
+    Dispatch {
+        kernel,
+        constants: kernel.default_constants(),
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            params.rows,
             1,
         ],
     }

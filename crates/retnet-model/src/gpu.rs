@@ -725,20 +725,41 @@ fn record_forward(
         params.accumulate = accumulate;
         project(model, s, seq, w, input, out, params)
     };
+    // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection after it.
+    let fuse_norms = t == 1 && model.reduction == Reduction::Subgroup && c.d_model % 4 == 0;
+    // `output = rms_norm(x; g) · Wᵀ` for one row of x: fused, or the norm into h, then `w`.
+    let normed_proj = |seq: &mut Sequence<'_>,
+                       g: &GpuBuffer,
+                       w: &Weights,
+                       out: &GpuBuffer,
+                       mut params: LinearParams|
+     -> Result<()> {
+        if fuse_norms {
+            params.norm_eps = c.norm_eps;
+            seq.dispatch(
+                linear::matvec_norm(w.format, params),
+                &[&w.buffer, &s.x, out, g],
+            )?;
+            Ok(())
+        } else {
+            seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
+            project(model, s, seq, w, &s.h, out, params)
+        }
+    };
     for (index, layer) in model.layers.iter().enumerate() {
         // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
-        let (ret_in, ret_out) = match c.norm_placement {
-            NormPlacement::PreNorm => {
-                seq.dispatch(
-                    rms_norm(true, norm(t32)),
-                    &[&s.x, &layer.retention_norm, &s.h],
-                )?;
-                (&s.h, &s.x)
-            }
-            NormPlacement::PostNorm => (&s.x, &s.x),
-        };
         let width = layout.width as usize;
-        proj(seq, &layer.qkvg, ret_in, &s.qkvg, c.d_model, width, None)?;
+        let ret_out = match c.norm_placement {
+            NormPlacement::PreNorm => {
+                let params = LinearParams::new(t32, d, width as u32);
+                normed_proj(seq, &layer.retention_norm, &layer.qkvg, &s.qkvg, params)?;
+                &s.x
+            }
+            NormPlacement::PostNorm => {
+                proj(seq, &layer.qkvg, &s.x, &s.qkvg, c.d_model, width, None)?;
+                &s.x
+            }
+        };
         record_retention(model, s, seq, layer, index, &rows, layout, t)?;
         let vw = c.value_width();
         proj(
@@ -752,10 +773,12 @@ fn record_forward(
         )?;
 
         // FFN sub-layer.
-        let (ffn_in, ffn_out) = match c.norm_placement {
+        let f = c.ffn_dim as u32;
+        let ffn_out = match c.norm_placement {
             NormPlacement::PreNorm => {
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, &layer.ffn_norm, &s.h])?;
-                (&s.h, &s.x)
+                let params = LinearParams::new(t32, d, 2 * f);
+                normed_proj(seq, &layer.ffn_norm, &layer.ffn_in, &s.ffn_in, params)?;
+                &s.x
             }
             NormPlacement::PostNorm => {
                 // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
@@ -763,19 +786,18 @@ fn record_forward(
                     rms_norm(true, norm(t32)),
                     &[&s.x, &layer.retention_norm, &s.h],
                 )?;
-                (&s.h, &s.h)
+                proj(
+                    seq,
+                    &layer.ffn_in,
+                    &s.h,
+                    &s.ffn_in,
+                    c.d_model,
+                    2 * c.ffn_dim,
+                    None,
+                )?;
+                &s.h
             }
         };
-        let f = c.ffn_dim as u32;
-        proj(
-            seq,
-            &layer.ffn_in,
-            ffn_in,
-            &s.ffn_in,
-            c.d_model,
-            2 * c.ffn_dim,
-            None,
-        )?;
         let act = match c.ffn_activation {
             Activation::Swish => gated_activation::Activation::Silu,
             Activation::Gelu => gated_activation::Activation::Gelu,
@@ -813,16 +835,16 @@ fn record_forward(
 
     if let Some(only_last) = logits {
         let (rows, start) = if only_last { (1, t32 - 1) } else { (t32, 0) };
-        let features = match &model.final_norm {
-            Some(w) => {
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, w, &s.h])?;
-                &s.h
-            }
-            None => &s.x,
-        };
         let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
         params.x_row_start = start;
-        project(model, s, seq, model.head(), features, &s.logits, params)?;
+        match &model.final_norm {
+            Some(g) if fuse_norms => normed_proj(seq, g, model.head(), &s.logits, params)?,
+            Some(g) => {
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
+                project(model, s, seq, model.head(), &s.h, &s.logits, params)?;
+            }
+            None => project(model, s, seq, model.head(), &s.x, &s.logits, params)?,
+        }
     }
     Ok(())
 }

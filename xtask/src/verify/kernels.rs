@@ -366,6 +366,68 @@ fn linear_case(
     }
 }
 
+fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
+    let (n_rows, i, o) = (
+        params.rows as usize,
+        params.in_dim as usize,
+        params.out_dim as usize,
+    );
+    let start = params.x_row_start as usize;
+    let mut rng = Rng::new(seed);
+    // Inputs of a realistic size (a residual stream), norm weights around 1.
+    let x: Vec<f32> = rng
+        .vec((start + n_rows) * i)
+        .iter()
+        .map(|v| 8.0 * v)
+        .collect();
+    let g: Vec<f32> = rng.vec(i).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let w = rng.vec(o * i);
+    let mut shape = format!("rows={n_rows} in={i} out={o}");
+    if start > 0 {
+        shape += &format!(" x_row_start={start}");
+    }
+    for format in WeightFormat::ALL {
+        let case = format!("matvec-norm/{}/subgroup", format.name());
+        let support = format_support(rows.device, format)
+            .and_then(|()| reduction_support(rows.device, Reduction::Subgroup));
+        if let Err(reason) = support {
+            rows.skip(&case, &shape, reason);
+            continue;
+        }
+        rows.add(&case, &shape, |device| {
+            let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
+            let input = device.upload_f32("x", &x)?;
+            let norm = device.upload_f32("g", &g)?;
+            let y = device.create_storage_f32("y", n_rows * o)?;
+            let dispatch = linear::matvec_norm(format, params);
+            submit(device, &[(dispatch, &[&weights.buffer, &input, &y, &norm])])?;
+            let rows_used = &x[start * i..];
+            let normalized: Vec<f32> = cpu::rms_norm(rows_used, i, Some(&g), params.norm_eps)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let reference = cpu::linear(&cpu::Linear {
+                x: &normalized,
+                weight: &as_stored(&w, format),
+                y0: &[],
+                rows: n_rows,
+                in_dim: i,
+                out_dim: o,
+                x_row_start: 0,
+                accumulate: None,
+            });
+            let gpu = read(device, &y, n_rows * o)?;
+            Ok(vec![Row::compare(
+                &case,
+                &shape,
+                &gpu,
+                &reference,
+                linear_tolerance(i),
+            )])
+        });
+    }
+}
+
 fn linears(rows: &mut Rows<'_>) {
     // Tiles are 64×64 outputs with 16-wide K slices: every shape but (3, 256, 64) has partial
     // tiles; (64, 4096, 64) is a long reduction.
@@ -415,6 +477,20 @@ fn linears(rows: &mut Rows<'_>) {
             };
             linear_case(rows, kernel, head, 460, "logits head");
         }
+    }
+
+    // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case.
+    let mut normed = vec![(1, 8, 5, 0), (1, 256, 70, 0)];
+    if !rows.quick {
+        normed.extend([(1, 2048, 515, 3), (2, 1024, 130, 0)]);
+    }
+    for (index, &(r, i, o, start)) in normed.iter().enumerate() {
+        let params = LinearParams {
+            x_row_start: start,
+            norm_eps: 1e-5,
+            ..LinearParams::new(r, i, o)
+        };
+        matvec_norm_case(rows, params, 480 + index as u64);
     }
 
     // Batched matvec: 8 rows per workgroup, so 2, 8, 9 and 21 rows cover a partial block, one
