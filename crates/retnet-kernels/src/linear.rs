@@ -458,18 +458,6 @@ pub static MATMUL_COOP: Kernel = Kernel {
     params: PARAMS_STRUCT,
     requires: Features::ALL,
 };
-/// Tensor-core matmul for at most a few blocks of 16 rows (batched decode): weights read once
-/// per 16 rows.
-pub static MATMUL_COOP_THIN: Kernel = Kernel {
-    name: "matmul-coop-thin/f16",
-    source: concat!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\n",
-        shader!("linear_common.wgsl", "matmul_coop_thin.wgsl")
-    ),
-    entry_point: "matmul_coop_thin",
-    ..MATMUL_COOP
-};
-
 /// Rows of Y per workgroup of [`matmul_coop`] (`BLOCK_ROWS`): the input and output buffers
 /// must hold [`coop_padded_rows`] rows.
 pub const MATMUL_COOP_BLOCK_ROWS: u32 = 256;
@@ -512,7 +500,6 @@ pub static KERNELS: &[&Kernel] = &[
     &MATVEC_BATCH_F16_SUBGROUP,
     &MATVEC_BATCH_F16_PACKED_SUBGROUP,
     &MATMUL_COOP,
-    &MATMUL_COOP_THIN,
     &TO_F16,
     &MATVEC_NORM_F32,
     &MATVEC_NORM_F16,
@@ -650,37 +637,6 @@ pub fn matmul_coop(params: LinearParams) -> Dispatch {
         workgroups: [
             ceil_div(params.out_dim, MATMUL_COOP_BLOCK_COLUMNS),
             coop_padded_rows(params.rows) / MATMUL_COOP_BLOCK_ROWS,
-            1,
-        ],
-    }
-}
-
-/// Rows the f16 input and the output of [`matmul_coop_thin`] must hold for `rows` rows.
-pub fn coop_thin_padded_rows(rows: u32) -> u32 {
-    rows.div_ceil(16) * 16
-}
-
-/// Whether [`matmul_coop_thin`] can compute this shape: `in_dim` a multiple of 16, `out_dim` of
-/// 256, rows read from the start of the input.
-pub fn coop_thin_supports(params: &LinearParams) -> bool {
-    params.in_dim > 0
-        && params.out_dim > 0
-        && params.in_dim % 16 == 0
-        && params.out_dim % 256 == 0
-        && params.x_row_start == 0
-}
-
-/// [`matmul_coop`] for few rows: each workgroup 16 rows × 256 columns. Same buffers, with
-/// padded = [`coop_thin_padded_rows`]`(rows)`; needs [`coop_thin_supports`].
-pub fn matmul_coop_thin(params: LinearParams) -> Dispatch {
-    let kernel = &MATMUL_COOP_THIN;
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, 256),
-            coop_thin_padded_rows(params.rows) / 16,
             1,
         ],
     }

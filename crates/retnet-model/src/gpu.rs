@@ -329,14 +329,11 @@ impl Scratch {
     fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
-        // Tensor cores: blocks of 256 rows for long spans, of 16 for a batch's few rows.
-        let tensor_cores = model.tensor_cores && tokens > 1;
-        let rows = if !tensor_cores {
-            tokens
-        } else if tokens > MATVEC_BATCH_MAX_ROWS as usize {
+        let tensor_cores = model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize;
+        let rows = if tensor_cores {
             coop_padded_rows(tokens as u32) as usize
         } else {
-            linear::coop_thin_padded_rows(tokens as u32) as usize
+            tokens
         };
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
@@ -865,7 +862,6 @@ fn project(
     params: LinearParams,
 ) -> Result<()> {
     let padded = coop_padded_rows(params.rows);
-    let thin_padded = linear::coop_thin_padded_rows(params.rows);
     match &s.half_input {
         Some(half)
             if w.format == WeightFormat::F16
@@ -878,20 +874,6 @@ fn project(
                 &[input, half],
             )?;
             seq.dispatch(linear::matmul_coop(params), &[&w.buffer, half, output])?;
-        }
-        // A few rows (batched decode): weights read once per 16 rows.
-        Some(half)
-            if w.format == WeightFormat::F16
-                && params.rows > 1
-                && params.rows <= MATVEC_BATCH_MAX_ROWS
-                && thin_padded as usize <= s.rows
-                && linear::coop_thin_supports(&params) =>
-        {
-            seq.dispatch(
-                linear::to_f16(params.rows, thin_padded, params.in_dim, 0),
-                &[input, half],
-            )?;
-            seq.dispatch(linear::matmul_coop_thin(params), &[&w.buffer, half, output])?;
         }
         _ => seq.dispatch(
             linear(w.format, model.reduction, params),

@@ -242,8 +242,6 @@ enum LinearKernel {
     MatvecBatch(Reduction),
     /// f16 conversion of the input, then the tensor-core matmul (f16 weights only).
     Coop,
-    /// The same for few rows (blocks of 16).
-    CoopThin,
 }
 
 fn linear_case(
@@ -273,7 +271,7 @@ fn linear_case(
         shape += &format!(" ({what})");
     }
     let formats: &[WeightFormat] = match kernel {
-        LinearKernel::Coop | LinearKernel::CoopThin => &[WeightFormat::F16],
+        LinearKernel::Coop => &[WeightFormat::F16],
         _ => &WeightFormat::ALL,
     };
     for &format in formats {
@@ -288,18 +286,15 @@ fn linear_case(
                 format!("matvec-batch/{}/{}", format.name(), reduction_name(r))
             }
             LinearKernel::Coop => "matmul-coop/f16".to_string(),
-            LinearKernel::CoopThin => "matmul-coop-thin/f16".to_string(),
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
             LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
                 reduction_support(rows.device, reduction)
             }
-            LinearKernel::Coop | LinearKernel::CoopThin
-                if !rows.device.features().cooperative_matrix =>
-            {
+            LinearKernel::Coop if !rows.device.features().cooperative_matrix => {
                 Err("adapter lacks 16×16 f16 cooperative matrices in 32-wide subgroups")
             }
-            LinearKernel::Matmul | LinearKernel::Coop | LinearKernel::CoopThin => Ok(()),
+            LinearKernel::Matmul | LinearKernel::Coop => Ok(()),
         });
         if let Err(reason) = support {
             rows.skip(&case, &shape, reason);
@@ -309,24 +304,15 @@ fn linear_case(
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
             let stored = as_stored(&w, format);
-            if let LinearKernel::Coop | LinearKernel::CoopThin = kernel {
+            if let LinearKernel::Coop = kernel {
                 // The output holds whole blocks of rows; the padding rows are not compared.
-                let thin = matches!(kernel, LinearKernel::CoopThin);
-                let padded = if thin {
-                    linear::coop_thin_padded_rows(params.rows)
-                } else {
-                    coop_padded_rows(params.rows)
-                } as usize;
+                let padded = coop_padded_rows(params.rows) as usize;
                 let mut y_padded = y0.clone();
                 y_padded.resize(padded * o, 0.0);
                 let y = device.upload_f32("y", &y_padded)?;
                 let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
                 let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
-                let multiply = if thin {
-                    linear::matmul_coop_thin(params)
-                } else {
-                    linear::matmul_coop(params)
-                };
+                let multiply = linear::matmul_coop(params);
                 submit(
                     device,
                     &[
@@ -353,9 +339,7 @@ fn linear_case(
             }
             let y = device.upload_f32("y", &y0)?;
             let dispatch = match kernel {
-                LinearKernel::Matmul | LinearKernel::Coop | LinearKernel::CoopThin => {
-                    matmul(format, params)
-                }
+                LinearKernel::Matmul | LinearKernel::Coop => matmul(format, params),
                 LinearKernel::Matvec(reduction) => matvec(format, reduction, params),
                 LinearKernel::MatvecBatch(reduction) => matvec_batch(format, reduction, params),
             };
@@ -543,20 +527,6 @@ fn linears(rows: &mut Rows<'_>) {
         ..LinearParams::new(70, 128, 64)
     };
     linear_case(rows, LinearKernel::Coop, fused, 520, "residual fused");
-    // Few rows: in a multiple of 16, out of 256, rows padded to blocks of 16.
-    let mut thin = vec![(2, 16, 256), (8, 2048, 512)];
-    if !rows.quick {
-        thin.extend([(17, 3456, 2048), (32, 2048, 6912)]);
-    }
-    for (index, &(r, i, o)) in thin.iter().enumerate() {
-        let params = LinearParams::new(r, i, o);
-        linear_case(rows, LinearKernel::CoopThin, params, 530 + index as u64, "");
-    }
-    let fused = LinearParams {
-        accumulate: Some(1.5),
-        ..LinearParams::new(8, 64, 256)
-    };
-    linear_case(rows, LinearKernel::CoopThin, fused, 540, "residual fused");
 }
 
 fn rotaries(rows: &mut Rows<'_>) {
