@@ -431,14 +431,6 @@ fn total_params(c: &ModelConfig) -> u64 {
     matrix_params_per_step(c) + head as u64
 }
 
-/// Dispatches one decode step records (sampling + the forward pass of one token): a layer is
-/// norm, q|k|v|g, rotary q, rotary k, retention, head norm × gate, out_proj, norm, act|lin,
-/// gated activation, down_proj (post-norm moves the norms, same count).
-fn dispatches_per_step(c: &ModelConfig) -> usize {
-    let per_layer = 11;
-    1 + 1 + usize::from(c.embedding_norm) + per_layer * c.num_layers + usize::from(c.final_norm) + 1
-}
-
 fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n)
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
@@ -664,7 +656,11 @@ async fn bench_preset(
     let roof1 = bandwidth / step1_bytes as f64;
     let roof8 = bandwidth * batch_size as f64 / step8_bytes as f64;
     let model_bytes = model.buffer_bytes();
-    let dispatches = dispatches_per_step(&c);
+    // Dispatches of one decode step's forward pass, as the profile counted them (null without
+    // timestamp queries); the sampler adds one.
+    let dispatches = decode_profile
+        .as_ref()
+        .map_or(Value::Null, |p| p["dispatches"].clone());
     let stats = device.cache_stats();
     Ok(json!({
         "preset": preset.name,
