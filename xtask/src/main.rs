@@ -4,15 +4,18 @@
 //! - `cargo xtask verify [--quick] [--json FILE]`: every GPU kernel (and, later, the whole model)
 //!   against an f64 CPU computation over a matrix of shapes;
 //! - `cargo xtask bench [--preset NAME] [--quick] [--json FILE]`: decode, prefill, time to first
-//!   token, memory and roofline fraction of the whole model with random f16 weights.
+//!   token, memory and roofline fraction of the whole model with random f16 weights;
+//! - `cargo xtask web [--dev]`: the WebAssembly build of `retnet-web` and its JavaScript glue in
+//!   `web/pkg/`, for the page in `web/`.
 
 mod bench;
 mod shaders;
 mod verify;
+mod web;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]\n       cargo xtask web [--dev]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +35,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("web") if args.len() == 1 => web::run(false),
+        Some("web") if args.get(1..) == Some(&["--dev".to_string()]) => web::run(true),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::FAILURE
