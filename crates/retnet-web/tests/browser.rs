@@ -23,8 +23,10 @@ use retnet_runtime::Device;
 use serde_json::Value;
 
 const PROMPT: &str = "ROMEO:\nWhat light";
-const TOKENS: usize = 120;
+/// SwiftShader decodes about 1 token/s on two CPU cores: enough to compare, quick to run.
+const TOKENS: usize = 64;
 const PAGE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEVTOOLS_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -167,16 +169,16 @@ fn serve(listener: TcpListener, pkg: PathBuf, results: mpsc::Sender<String>) {
     }
 }
 
-fn handle(stream: TcpStream, pkg: &Path, results: &mpsc::Sender<String>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
+/// Reads the head of an HTTP message: its first line and its Content-Length (0 if none).
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<(String, usize)> {
+    let mut first_line = String::new();
+    reader.read_line(&mut first_line)?;
     let mut length = 0;
     loop {
         let mut header = String::new();
         reader.read_line(&mut header)?;
         if header.trim().is_empty() {
-            break;
+            return Ok((first_line, length));
         }
         if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
@@ -184,6 +186,11 @@ fn handle(stream: TcpStream, pkg: &Path, results: &mpsc::Sender<String>) -> std:
             }
         }
     }
+}
+
+fn handle(stream: TcpStream, pkg: &Path, results: &mpsc::Sender<String>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let (request_line, length) = read_head(&mut reader)?;
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
@@ -282,16 +289,17 @@ impl Browser {
         let port_file = self.profile.join("DevToolsActivePort");
         let port = std::fs::read_to_string(port_file).unwrap();
         let port = port.lines().next().unwrap();
-        let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-        write!(
-            stream,
-            "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1;
-        let targets: Value = serde_json::from_str(body).unwrap();
+        let stream = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        stream.set_read_timeout(Some(DEVTOOLS_TIMEOUT)).unwrap();
+        // Chromium builds the WebSocket URL from the Host header.
+        let request = format!("GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        (&stream).write_all(request.as_bytes()).unwrap();
+        // Chromium keeps the connection open: read exactly Content-Length bytes.
+        let mut reader = BufReader::new(stream);
+        let (_, length) = read_head(&mut reader).unwrap();
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let targets: Value = serde_json::from_slice(&body).unwrap();
         let page = targets
             .as_array()
             .unwrap()
@@ -304,6 +312,9 @@ impl Browser {
     /// A PNG of the page as it is now.
     fn screenshot(&self) -> Vec<u8> {
         let (mut socket, _) = tungstenite::connect(self.page_socket()).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream.set_read_timeout(Some(DEVTOOLS_TIMEOUT)).unwrap();
+        }
         let command = r#"{"id":1,"method":"Page.captureScreenshot","params":{"format":"png","captureBeyondViewport":true}}"#;
         socket.send(tungstenite::Message::text(command)).unwrap();
         loop {
