@@ -396,6 +396,71 @@ mod tests {
         }
     }
 
+    /// Bytes of workgroup memory `kernel` declares under `values`, as naga lays it out.
+    fn workgroup_bytes(kernel: &'static Kernel, values: crate::ConstantValues) -> u32 {
+        let (module, info) = parse_and_validate(kernel, kernel.requires).expect("valid");
+        let mut constants = PipelineConstants::default();
+        for (name, value) in values.pairs(kernel) {
+            constants.insert(name.to_string(), value);
+        }
+        let entry = (ShaderStage::Compute, kernel.entry_point);
+        let (module, _) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            Some(entry),
+            &constants,
+        )
+        .expect("overrides");
+        let module = with_array_sizes_resolved(&module).expect("sizes");
+        module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+            .sum()
+    }
+
+    #[test]
+    fn every_variant_fits_webgpu_default_workgroup_limits() {
+        // A browser's WebGPU may offer no more than the spec's defaults: 16 KiB of workgroup
+        // memory and 256 invocations (256 × 256 × 64). The chunkwise kernel's memory depends on
+        // its chunk, which the runtime fits to the adapter (next test).
+        for kernel in crate::all_kernels() {
+            let values = kernel.default_constants();
+            let [x, y, z] = kernel.workgroup_size(&values);
+            assert!(
+                x * y * z <= 256 && x <= 256 && y <= 256 && z <= 64,
+                "{}",
+                kernel.name
+            );
+            if std::ptr::eq(kernel, &crate::retention::CHUNKWISE) {
+                continue;
+            }
+            let bytes = workgroup_bytes(kernel, values);
+            assert!(
+                bytes <= 16384,
+                "{}: {bytes} bytes of workgroup memory",
+                kernel.name
+            );
+        }
+    }
+
+    #[test]
+    fn chunkwise_workgroup_memory_is_what_the_runtime_budgets() {
+        let kernel = &crate::retention::CHUNKWISE;
+        for chunk in [1u32, 7, 32, 39, 40, 64] {
+            let values = kernel.default_constants().with(kernel, "CHUNK_SIZE", chunk);
+            assert_eq!(
+                workgroup_bytes(kernel, values),
+                crate::retention::chunkwise_workgroup_bytes(chunk),
+                "chunk {chunk}"
+            );
+        }
+        // The largest chunk within WebGPU's default 16 KiB.
+        assert!(crate::retention::chunkwise_workgroup_bytes(39) <= 16384);
+        assert!(crate::retention::chunkwise_workgroup_bytes(40) > 16384);
+    }
+
     #[test]
     fn override_constants_chosen_by_constructors_translate_too() {
         // The chunk size is the one constant the runtime changes (it sizes workgroup arrays).
