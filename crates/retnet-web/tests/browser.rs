@@ -10,6 +10,14 @@
 //! `RETNET_SCREENSHOT=path.png` also writes the screenshot there (`docs/web-page.png` is made
 //! so).
 
+// The helpers below are part of the test: any failure in them is the test's failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
