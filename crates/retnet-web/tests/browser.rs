@@ -8,7 +8,8 @@
 //! target and the `wasm-bindgen` CLI at the version of the crate in Cargo.lock. Without them the
 //! test prints why and passes, unless `RETNET_REQUIRE_BROWSER=1` (CI), where it fails.
 //! `RETNET_SCREENSHOT=path.png` also writes the screenshot there (`docs/web-page.png` is made
-//! so).
+//! so). `RETNET_WEB_WEIGHTS=f32` runs both sides with f32 weights instead of f16 (which the
+//! browser reads packed in u32 where the adapter lacks `shader-f16`, as SwiftShader does).
 
 // The helpers below are part of the test: any failure in them is the test's failure.
 #![allow(
@@ -49,7 +50,7 @@ fn missing(what: &str) {
 
 fn find_chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("RETNET_CHROMIUM") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     [
@@ -139,13 +140,22 @@ fn build_package(out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// What `retnet generate --prompt PROMPT --temperature 0 --weights f16` computes: greedy
-/// decoding with the sampler on the GPU (here lavapipe), f16 weights.
+/// `f16` or `f32`, from `RETNET_WEB_WEIGHTS`.
+fn weights() -> String {
+    std::env::var("RETNET_WEB_WEIGHTS").unwrap_or_else(|_| "f16".into())
+}
+
+/// What `retnet generate --prompt PROMPT --temperature 0 --weights f16|f32` computes: greedy
+/// decoding with the sampler on the GPU (here lavapipe).
 fn native_greedy() -> Vec<u32> {
     let model = CpuModel::load(&root().join("models/retnet-shakespeare")).unwrap();
     let device = Arc::new(pollster::block_on(Device::from_env()).unwrap());
     let options = GpuOptions {
-        weights: WeightPrecision::F16,
+        weights: match weights().as_str() {
+            "f32" => WeightPrecision::F32,
+            "f16" => WeightPrecision::F16,
+            other => panic!("RETNET_WEB_WEIGHTS={other}: expected f16 or f32"),
+        },
     };
     let gpu = GpuModel::new(device, &model, options).unwrap();
     let mut session = Generator::new(gpu.session().unwrap());
@@ -369,7 +379,7 @@ impl Drop for Browser {
 #[test]
 fn the_page_generates_the_native_greedy_text_in_headless_chromium() {
     let Some(chromium) = find_chromium() else {
-        return missing("no chromium on PATH (apt-get install chromium, or set RETNET_CHROMIUM)");
+        return missing("no chromium on PATH nor at RETNET_CHROMIUM (apt-get install chromium)");
     };
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-test");
     let pkg = scratch.join("pkg");
@@ -391,7 +401,8 @@ fn the_page_generates_the_native_greedy_text_in_headless_chromium() {
     let served_pkg = pkg.clone();
     std::thread::spawn(move || serve(listener, served_pkg, results));
     let url = format!(
-        "http://{address}/web/index.html?autorun=1&greedy=1&weights=f16&max={TOKENS}&prompt={}&report=/result",
+        "http://{address}/web/index.html?autorun=1&greedy=1&weights={}&max={TOKENS}&prompt={}&report=/result",
+        weights(),
         percent_encode(PROMPT)
     );
     let started = Instant::now();
