@@ -1,7 +1,7 @@
 // The page: loads the default model into the WebAssembly runtime and streams generated text.
 // URL parameters (used by the end-to-end test, handy by hand): prompt, max, temperature,
 // greedy=1, seed, weights=f16|f32, model=<directory URL>, autorun=1, report=<URL to POST the
-// result to as JSON>.
+// result to as JSON; the session is then also saved, resumed and stepped once more>.
 import init, { Model } from "./pkg/retnet_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -81,7 +81,16 @@ async function generate() {
   const tokensPerSecond = speed();
   $("speed").textContent = `${tokensPerSecond.toFixed(1)} tokens/s decode (${generated} tokens); ` +
     `prefill ${promptIds.length} tokens in ${prefillMs.toFixed(0)} ms`;
-  return { ok: true, ids, tokensPerSecond, prefillMs, adapter: m.adapter };
+  const result = { ok: true, ids, tokensPerSecond, prefillMs, adapter: m.adapter };
+  if (params.has("report")) {
+    // For the test: the state survives a save and resume, and the next token follows on.
+    const state = await session.save();
+    const resumed = m.resume(state);
+    result.stateBytes = state.length;
+    result.resumedPosition = resumed.position;
+    result.resumedNext = await resumed.nextToken(sampling);
+  }
+  return result;
 }
 
 async function run() {

@@ -145,8 +145,9 @@ fn weights() -> String {
     std::env::var("RETNET_WEB_WEIGHTS").unwrap_or_else(|_| "f16".into())
 }
 
-/// What `retnet generate --prompt PROMPT --temperature 0 --weights f16|f32` computes: greedy
-/// decoding with the sampler on the GPU (here lavapipe).
+/// What `retnet generate --prompt PROMPT --temperature 0 --weights f16|f32 --max-tokens N`
+/// computes: greedy decoding with the sampler on the GPU (here lavapipe); `TOKENS + 1` tokens,
+/// the last one for the page's resumed session.
 fn native_greedy() -> Vec<u32> {
     let model = CpuModel::load(&root().join("models/retnet-shakespeare")).unwrap();
     let device = Arc::new(pollster::block_on(Device::from_env()).unwrap());
@@ -168,7 +169,7 @@ fn native_greedy() -> Vec<u32> {
             true
         };
         session
-            .generate(&SamplingParams::greedy(), TOKENS, &mut keep)
+            .generate(&SamplingParams::greedy(), TOKENS + 1, &mut keep)
             .await
             .unwrap();
     });
@@ -392,8 +393,9 @@ fn the_page_generates_the_native_greedy_text_in_headless_chromium() {
         started.elapsed().as_secs_f64()
     );
 
-    let expected = native_greedy();
-    assert_eq!(expected.len(), TOKENS);
+    let mut expected = native_greedy();
+    assert_eq!(expected.len(), TOKENS + 1);
+    let expected_next = expected.pop().unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -439,6 +441,17 @@ fn the_page_generates_the_native_greedy_text_in_headless_chromium() {
         "the browser's greedy continuation differs from the native one"
     );
     assert_eq!(ids, expected);
+    // The page saved its session, resumed it from those bytes and sampled one more token.
+    assert!(report["stateBytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        report["resumedPosition"].as_u64(),
+        Some((PROMPT.len() + TOKENS - 1) as u64),
+        "the last token stays pending"
+    );
+    assert_eq!(
+        report["resumedNext"].as_u64(),
+        Some(u64::from(expected_next))
+    );
 
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
