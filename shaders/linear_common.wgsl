@@ -11,7 +11,8 @@ struct LinearParams {
     // 0: Y = X·Wᵀ. 1: Y = alpha·Y + X·Wᵀ (the residual add fused into the output projection).
     accumulate: u32,
     alpha: f32,
-    _pad0: u32,
+    // RMSNorm epsilon of matvec_norm_subgroup.wgsl (unused elsewhere).
+    norm_eps: f32,
     _pad1: u32,
 }
 

@@ -5,7 +5,7 @@
 @group(0) @binding(2) var<storage, read> input: array<f32>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 
-// Per-invocation micro-tile; a private array cannot be sized by an override.
+// Per-invocation micro-tile (4 × 4, one vec4 accumulator per row).
 const MICRO: u32 = 4u;
 override THREADS_N: u32 = 16u;
 override THREADS_M: u32 = 16u;
@@ -28,7 +28,16 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let threads = THREADS_M * THREADS_N;
     let in_dim = params.in_dim;
 
-    var acc: array<array<f32, MICRO>, MICRO>;
+    // One vec4 per micro-tile row (its 4 columns): named registers rather than a private array
+    // indexed in loops, which some drivers place in local memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let xr = lid.y * stride;
+    let wr = lid.x * stride;
+    let x_step = THREADS_M * stride;
+    let w_step = THREADS_N * stride;
     for (var k0 = 0u; k0 < in_dim; k0 += TILE_K) {
         for (var i = lane; i < tile_m * TILE_K; i += threads) {
             let r = i / TILE_K;
@@ -50,27 +59,34 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         }
         workgroupBarrier();
         for (var k = 0u; k < TILE_K; k++) {
-            var a: array<f32, MICRO>;
-            var b: array<f32, MICRO>;
-            for (var m = 0u; m < MICRO; m++) {
-                a[m] = x_tile[(lid.y + m * THREADS_M) * stride + k];
-                b[m] = w_tile[(lid.x + m * THREADS_N) * stride + k];
-            }
-            for (var m = 0u; m < MICRO; m++) {
-                for (var n = 0u; n < MICRO; n++) {
-                    acc[m][n] = fma(a[m], b[n], acc[m][n]);
-                }
-            }
+            let b = vec4<f32>(
+                w_tile[wr + k],
+                w_tile[wr + w_step + k],
+                w_tile[wr + 2u * w_step + k],
+                w_tile[wr + 3u * w_step + k],
+            );
+            acc0 = fma(vec4<f32>(x_tile[xr + k]), b, acc0);
+            acc1 = fma(vec4<f32>(x_tile[xr + x_step + k]), b, acc1);
+            acc2 = fma(vec4<f32>(x_tile[xr + 2u * x_step + k]), b, acc2);
+            acc3 = fma(vec4<f32>(x_tile[xr + 3u * x_step + k]), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var m = 0u; m < MICRO; m++) {
-        let row = row0 + lid.y + m * THREADS_M;
-        for (var n = 0u; n < MICRO; n++) {
-            let col = col0 + lid.x + n * THREADS_N;
-            if row < params.rows && col < params.out_dim {
-                store_output(row * params.out_dim + col, acc[m][n]);
-            }
+    store_micro_row(row0 + lid.y, col0 + lid.x, acc0);
+    store_micro_row(row0 + lid.y + THREADS_M, col0 + lid.x, acc1);
+    store_micro_row(row0 + lid.y + 2u * THREADS_M, col0 + lid.x, acc2);
+    store_micro_row(row0 + lid.y + 3u * THREADS_M, col0 + lid.x, acc3);
+}
+
+// Stores one micro-tile row: columns col, col + THREADS_N, col + 2·THREADS_N, col + 3·THREADS_N.
+fn store_micro_row(row: u32, col: u32, values: vec4<f32>) {
+    if row >= params.rows {
+        return;
+    }
+    for (var n = 0u; n < MICRO; n++) {
+        let c = col + n * THREADS_N;
+        if c < params.out_dim {
+            store_output(row * params.out_dim + c, values[n]);
         }
     }
 }

@@ -7,24 +7,51 @@
 @group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 
-// A private array cannot be sized by an override, so this is a const.
+// The four outputs of a workgroup are the components of one vec4 accumulator.
 const OUTPUTS_PER_WORKGROUP: u32 = 4u;
 override WORKGROUP_SIZE: u32 = 128u;
 
-fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> array<f32, OUTPUTS_PER_WORKGROUP> {
+// First elements of the workgroup's four weight rows (past the last output, the last row is read
+// again: cheaper than a branch in the loop; not stored).
+fn weight_rows(first_output: u32, in4: u32) -> vec4<u32> {
+    let last = params.out_dim - 1u;
+    return vec4<u32>(
+        min(first_output, last),
+        min(first_output + 1u, last),
+        min(first_output + 2u, last),
+        min(first_output + 3u, last),
+    ) * in4;
+}
+
+// W[rows w, i] · x for the four rows, as a vec4.
+fn dot4(w: vec4<u32>, i: u32, x: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        dot(weight_vec4(w.x + i), x),
+        dot(weight_vec4(w.y + i), x),
+        dot(weight_vec4(w.z + i), x),
+        dot(weight_vec4(w.w + i), x),
+    );
+}
+
+// This invocation's share of the workgroup's four outputs for one row of X. Named registers
+// throughout: a private array indexed in a loop can end up in local memory (measured on the H100
+// for the batched variant: 3× slower).
+fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> vec4<f32> {
     let in4 = params.in_dim / 4u;
     let x_start = (params.x_row_start + row) * in4;
-    var acc: array<f32, OUTPUTS_PER_WORKGROUP>;
-    var w_start: array<u32, OUTPUTS_PER_WORKGROUP>;
-    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-        // Past the last output, reread the last row: cheaper than a branch in the loop; not stored.
-        w_start[o] = min(first_output + o, params.out_dim - 1u) * in4;
+    let w = weight_rows(first_output, in4);
+    var acc = vec4<f32>(0.0);
+    // Two strides per iteration: twice the loads in flight per invocation (decode is bound by
+    // memory latency as much as by bandwidth).
+    let step = 2u * WORKGROUP_SIZE;
+    var i = lane;
+    for (; i + WORKGROUP_SIZE < in4; i += step) {
+        let x0 = input[x_start + i];
+        let x1 = input[x_start + i + WORKGROUP_SIZE];
+        acc += dot4(w, i, x0) + dot4(w, i + WORKGROUP_SIZE, x1);
     }
-    for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
-        let x = input[x_start + i];
-        for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-            acc[o] += dot(weight_vec4(w_start[o] + i), x);
-        }
+    if i < in4 {
+        acc += dot4(w, i, input[x_start + i]);
     }
     return acc;
 }

@@ -16,11 +16,12 @@ fn matvec_subgroup(
 ) {
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let acc = matvec_partial_sums(lane, first_output, wid.y);
-    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-        let total = subgroupAdd(acc[o]);
-        if subgroup_lane == 0u {
-            subgroup_sums[o * WORKGROUP_SIZE + subgroup] = total;
-        }
+    let total = subgroupAdd(acc);
+    if subgroup_lane == 0u {
+        subgroup_sums[subgroup] = total.x;
+        subgroup_sums[WORKGROUP_SIZE + subgroup] = total.y;
+        subgroup_sums[2u * WORKGROUP_SIZE + subgroup] = total.z;
+        subgroup_sums[3u * WORKGROUP_SIZE + subgroup] = total.w;
     }
     workgroupBarrier();
     if lane < OUTPUTS_PER_WORKGROUP && first_output + lane < params.out_dim {

@@ -8,9 +8,10 @@ var<workgroup> partial_sums: array<f32, OUTPUTS_PER_WORKGROUP * WORKGROUP_SIZE>;
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let acc = matvec_partial_sums(lane, first_output, wid.y);
-    for (var o = 0u; o < OUTPUTS_PER_WORKGROUP; o++) {
-        partial_sums[o * WORKGROUP_SIZE + lane] = acc[o];
-    }
+    partial_sums[lane] = acc.x;
+    partial_sums[WORKGROUP_SIZE + lane] = acc.y;
+    partial_sums[2u * WORKGROUP_SIZE + lane] = acc.z;
+    partial_sums[3u * WORKGROUP_SIZE + lane] = acc.w;
     workgroupBarrier();
     for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
         if lane < stride {

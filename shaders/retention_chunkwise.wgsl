@@ -86,8 +86,9 @@ fn retention_chunkwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
         // Every read of S above must finish before S is overwritten below.
         storageBarrier();
 
-        // State update; each invocation owns the entries it writes.
-        let chunk_decay = decay_powers[len];
+        // State update; each invocation owns the entries it writes. γ^L − 1 rather than γ^L:
+        // see decay_state.
+        let chunk_decay = decay_minus_one(f32(len) * log_gamma);
         for (var e = lane; e < key_dim * COLUMNS; e += WORKGROUP_SIZE) {
             let r = e / COLUMNS;
             let c = e % COLUMNS;
@@ -97,7 +98,7 @@ fn retention_chunkwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
                     update = fma(decay_powers[len - 1u - j] * k_at(start + j, kv_head, r), v_chunk[j * COLUMNS + c], update);
                 }
                 let index = state_index(head, r, first_column + c);
-                state[index] = fma(chunk_decay, state[index], update);
+                state[index] = decay_state(chunk_decay, state[index], update);
             }
         }
         // The next chunk reads S written by other invocations and overwrites scores and v_chunk.

@@ -74,6 +74,34 @@ fn expm1_accurate(x: f32) -> f32 {
     return exp(x) - 1.0;
 }
 
+// γ^n − 1 from x = n·log γ: what the state update needs to full precision (decay_state).
+fn decay_minus_one(x: f32) -> f32 {
+    return expm1_accurate(x);
+}
+
+// The decayed state plus an update, S·γ^n + u, written S + ((γ^n − 1)·S + u). With γ^n itself
+// as an f32 factor, a γ within a few 2^-24 of 1 (log γ = −3e-5 for head 10 of the peers'
+// formula) is rounded to the nearest multiple of 2^-24, which misstates 1 − γ by up to 2^-24
+// relative to 3e-5, i.e. 0.2%, and that error compounds over the ~1/(1 − γ) tokens a term
+// survives. γ − 1 = expm1(log γ) keeps 24 significant bits of 1 − γ. For γ = 1 (log γ = 0)
+// this is S + u, the same bits as before.
+//
+// Shader compilers treat float arithmetic as reassociable unless told otherwise: Mesa's NIR turns
+// s + fma(d, s, u) into fma(d, s, s + u), which rounds s + u to S's grid first and then adds d·s
+// (under one ulp of S for heads 16–19) by rounding again: the decay comes out a whole ulp per
+// token, not its value. Measured on llvmpipe: head 19's state drifted linearly, 3e-5 relative
+// after 2,000 tokens. `opaque` keeps the sum in the written order.
+fn decay_state(factor_minus_one: f32, s: f32, update: f32) -> f32 {
+    let change = fma(factor_minus_one, s, update);
+    return s + opaque(change);
+}
+
+// x, through a condition the compiler cannot decide (no call has 2^32 − 1 tokens), so that no
+// algebraic rewrite reaches across it.
+fn opaque(x: f32) -> f32 {
+    return select(x, 0.0, params.tokens == 0xffffffffu);
+}
+
 // Factor applied to P at absolute position n: 1, or 1/sqrt(c_n) with
 // c_n = Σ_{i=0..n} γ^i = (1 − γ^(n+1)) / (1 − γ) = n + 1 when γ = 1.
 fn output_scale(log_gamma: f32, position: u32) -> f32 {

@@ -22,7 +22,7 @@ fn retention_recurrent(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
     let column = wid.x * COLUMNS + lid.x;
     let slice = lid.y;
     let log_gamma = log_decay[head];
-    let gamma = exp(log_gamma);
+    let decay = decay_minus_one(log_gamma);
     let in_range = column < params.value_dim;
 
     for (var t = 0u; t < params.tokens; t++) {
@@ -31,7 +31,7 @@ fn retention_recurrent(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
             let v_value = v_at(t, kv_head, column);
             for (var r = slice; r < params.key_dim; r += SLICES) {
                 let index = state_index(head, r, column);
-                let s = fma(gamma, state[index], k_at(t, kv_head, r) * v_value);
+                let s = decay_state(decay, state[index], k_at(t, kv_head, r) * v_value);
                 state[index] = s;
                 acc = fma(q_at(t, head, r), s, acc);
             }

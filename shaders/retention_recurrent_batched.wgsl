@@ -28,7 +28,7 @@ fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @bu
     let column = wid.x * COLUMNS + lid.x;
     let slice = lid.y;
     let log_gamma = log_decay[head];
-    let gamma = exp(log_gamma);
+    let decay = decay_minus_one(log_gamma);
     let in_range = column < params.value_dim && row < params.tokens;
     // Start of this row's state for this head: the pool slot, then [H, K, V] as in state_index.
     let slot_base = slots[row] * params.query_heads * params.key_dim * params.value_dim;
@@ -38,7 +38,7 @@ fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @bu
         let v_value = v_at(row, kv_head, column);
         for (var r = slice; r < params.key_dim; r += SLICES) {
             let index = slot_base + state_index(head, r, column);
-            let s = fma(gamma, state[index], k_at(row, kv_head, r) * v_value);
+            let s = decay_state(decay, state[index], k_at(row, kv_head, r) * v_value);
             state[index] = s;
             acc = fma(q_at(row, head, r), s, acc);
         }

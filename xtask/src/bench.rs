@@ -8,13 +8,15 @@
 //! matrix read once, each state read and written) over the copy bandwidth the harness measures
 //! itself (large buffer-to-buffer copies, timed with a submit and a wait).
 //!
-//! Caveat (measured on the H100, driver 580): wgpu's buffer-to-buffer copy (`vkCmdCopyBuffer`)
-//! moves 0.84 TB/s there, while a shader copy (PyTorch's, or a WGSL kernel) moves 2.8 TB/s; so
-//! on that card the fraction reported here is against the copy engine's bandwidth, about 3.4×
-//! too generous. BENCHMARKS.md gives the fraction against both.
+//! The copy bandwidth is a WGSL copy kernel's (16-byte loads and stores over 2 × 512 MiB, read
+//! and write both counted, as PyTorch's `copy_` is): wgpu's buffer-to-buffer copy goes through
+//! the copy engine, which moves only 0.84 TB/s on the H100 against 2.8 TB/s for a shader.
 //!
-//! Per-kernel GPU times are not measured: the runtime records each call as one compute pass
-//! without timestamp writes. What the decode step costs in dispatches is reported instead.
+//! Per-kernel GPU times come from timestamp queries ([`Device::start_profiling`]) around one
+//! decode step and one prefill span, each dispatch in a pass of its own, summed per kernel.
+//!
+//! `--contexts 1024,65536,1048576`: decode latency and session memory after a real chunkwise
+//! prefill of each context length (retention's state is fixed-size, so both should be flat).
 //!
 //! Timings are wall-clock around calls that end with a read-back (so each includes the GPU's
 //! work); each measurement is preceded by a warm-up that compiles every pipeline it uses.
@@ -30,9 +32,10 @@ use retnet_model::{
 use retnet_runtime::Device;
 use serde_json::{json, Value};
 
-const USAGE: &str = "cargo xtask bench [--preset NAME] [--quick] [--json FILE]\n  presets: \
-                     retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b, test (tiny, for \
-                     lavapipe); default: all but test; --quick: retnet_xl with fewer steps";
+const USAGE: &str = "cargo xtask bench [--preset NAME] [--quick] [--json FILE] [--contexts \
+                     N,N,..]\n  presets: retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b, \
+                     test (tiny, for lavapipe); default: all but test; --quick: retnet_xl with \
+                     fewer steps; --contexts: decode latency after prefills of these lengths";
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Default)]
@@ -43,6 +46,8 @@ pub struct Options {
     pub quick: bool,
     /// Also write the results as JSON here.
     pub json: Option<String>,
+    /// Context lengths at which to measure decode latency (after a real prefill).
+    pub contexts: Vec<usize>,
 }
 
 impl Options {
@@ -53,6 +58,13 @@ impl Options {
             match arg.as_str() {
                 "--quick" => options.quick = true,
                 "--json" => options.json = Some(args.next().ok_or("--json needs a file")?.clone()),
+                "--contexts" => {
+                    let list = args.next().ok_or("--contexts needs lengths")?;
+                    options.contexts = list
+                        .split(',')
+                        .map(|n| n.trim().parse::<usize>().map_err(|e| format!("{n:?}: {e}")))
+                        .collect::<Result<_, _>>()?;
+                }
                 "--preset" => {
                     let name = args.next().ok_or("--preset needs a name")?;
                     if preset(name).is_none() {
@@ -188,7 +200,7 @@ async fn run_async(options: &Options) -> Result<(), String> {
                 reps: 3,
             },
         };
-        let result = bench_preset(&device, preset, effort, bandwidth).await?;
+        let result = bench_preset(&device, preset, effort, bandwidth, &options.contexts).await?;
         print_table(&result);
         results.push(result);
     }
@@ -199,8 +211,7 @@ async fn run_async(options: &Options) -> Result<(), String> {
             "driver": info.driver,
             "driver_info": info.driver_info,
             "timestamp_query": device.has_timestamp_query(),
-            "per_kernel_times": "not measured: the runtime records each call as one compute \
-                                 pass without timestamp writes",
+            "copy_bandwidth_probe": "WGSL vec4<u32> copy kernel, read + write counted",
             "copy_bandwidth_gb_per_s": bandwidth / 1e9,
             "presets": results,
         });
@@ -211,11 +222,24 @@ async fn run_async(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Bytes per second of large buffer-to-buffer copies (read + write counted, as PyTorch's
-/// `copy_` bandwidth is), over several copies submitted back to back and one wait.
+const COPY_SHADER: &str = "
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * 256u;
+    for (var i = gid.x; i < arrayLength(&dst); i += stride) {
+        dst[i] = src[i];
+    }
+}
+";
+
+/// Bytes per second a WGSL copy kernel moves (read + write counted, as PyTorch's `copy_`
+/// bandwidth is), over several copies submitted back to back and one wait.
 async fn copy_bandwidth(device: &Device, tiny: bool) -> Result<f64, String> {
     let limits = device.limits();
-    let cap = if tiny { 16 << 20 } else { 1 << 30 };
+    let cap: u64 = if tiny { 16 << 20 } else { 1 << 30 };
     let size = cap
         .min(limits.max_storage_buffer_binding_size)
         .min(limits.max_buffer_size)
@@ -223,20 +247,91 @@ async fn copy_bandwidth(device: &Device, tiny: bool) -> Result<f64, String> {
     let err = |e: retnet_runtime::RuntimeError| e.to_string();
     let src = device.create_storage("bandwidth src", size).map_err(err)?;
     let dst = device.create_storage("bandwidth dst", size).map_err(err)?;
-    let wait = || async { device.read_u32(&dst, 0, 1).await.map_err(err) };
+    let wgpu_device = device.wgpu_device();
+    let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("copy probe"),
+        source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
+    });
+    let pipeline = wgpu_device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("copy probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("copy"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let group = wgpu_device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("copy probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: src.wgpu_buffer().as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: dst.wgpu_buffer().as_entire_binding(),
+            },
+        ],
+    });
     let copies = if tiny { 2 } else { 20 };
-    device.copy(&src, &dst);
+    let run = |count: usize| {
+        let mut encoder = wgpu_device.create_command_encoder(&Default::default());
+        for _ in 0..count {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(8192, 1, 1);
+        }
+        device.wgpu_queue().submit([encoder.finish()]);
+    };
+    let wait = || async { device.read_u32(&dst, 0, 1).await.map_err(err) };
+    run(1);
     wait().await?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let start = Instant::now();
-        for _ in 0..copies {
-            device.copy(&src, &dst);
-        }
+        run(copies);
         wait().await?;
         best = best.min(start.elapsed().as_secs_f64());
     }
     Ok(2.0 * size as f64 * copies as f64 / best)
+}
+
+/// GPU time per kernel over everything submitted while `work` runs: (kernel, dispatches, µs),
+/// most expensive first; `None` without timestamp queries.
+async fn profile<F, Fut>(device: &Device, work: F) -> Result<Option<Value>, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    if !device.has_timestamp_query() {
+        return Ok(None);
+    }
+    device.start_profiling().map_err(|e| e.to_string())?;
+    work().await?;
+    let (times, missed) = device.finish_profiling().await.map_err(|e| e.to_string())?;
+    let mut per_kernel: Vec<(&str, usize, f64)> = Vec::new();
+    for t in &times {
+        match per_kernel.iter_mut().find(|(k, _, _)| *k == t.kernel) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += t.nanos / 1e3;
+            }
+            None => per_kernel.push((t.kernel, 1, t.nanos / 1e3)),
+        }
+    }
+    per_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = per_kernel.iter().map(|k| k.2).sum();
+    Ok(Some(json!({
+        "total_us": total,
+        "dispatches": times.len(),
+        "untimed_dispatches": missed,
+        "kernels": per_kernel
+            .iter()
+            .map(|(k, n, us)| json!({"kernel": k, "dispatches": n, "us": us}))
+            .collect::<Vec<_>>(),
+    })))
 }
 
 /// A cheap, seedable uniform generator (xorshift64*).
@@ -336,14 +431,6 @@ fn total_params(c: &ModelConfig) -> u64 {
     matrix_params_per_step(c) + head as u64
 }
 
-/// Dispatches one decode step records (sampling + the forward pass of one token): a layer is
-/// norm, q|k|v|g, rotary q, rotary k, retention, head norm × gate, out_proj, norm, act|lin,
-/// gated activation, down_proj (post-norm moves the norms, same count).
-fn dispatches_per_step(c: &ModelConfig) -> usize {
-    let per_layer = 11;
-    1 + 1 + usize::from(c.embedding_norm) + per_layer * c.num_layers + usize::from(c.final_norm) + 1
-}
-
 fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n)
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
@@ -360,6 +447,7 @@ async fn bench_preset(
     preset: &Preset,
     effort: Effort,
     bandwidth: f64,
+    contexts: &[usize],
 ) -> Result<Value, String> {
     let err = |e: retnet_model::ModelError| e.to_string();
     let config = ModelConfig::from_json_str(preset.json).map_err(err)?;
@@ -445,6 +533,11 @@ async fn bench_preset(
     }
     let decode1_tps = effort.decode_steps as f64 / decode1.as_secs_f64();
     let session_bytes = session.buffer_bytes();
+    let decoding = &mut session;
+    let decode_profile = profile(device, move || async move {
+        decoding.step(1).await.map(|_| ()).map_err(err)
+    })
+    .await?;
 
     // Decode, batch 8: eight copies of the session's state, logits read back each step.
     let batch_size = 8;
@@ -465,6 +558,12 @@ async fn bench_preset(
         batch.step(&inputs).await.map_err(err)?;
     }
     let decode8 = start.elapsed();
+    let stepping = &mut batch;
+    let batch_inputs = &inputs;
+    let batch_profile = profile(device, move || async move {
+        stepping.step(batch_inputs).await.map(|_| ()).map_err(err)
+    })
+    .await?;
     let decode8_tps = (batch_size * effort.batch_steps) as f64 / decode8.as_secs_f64();
     let batch_bytes = batch.buffer_bytes();
     drop(batch);
@@ -491,6 +590,59 @@ async fn bench_preset(
         }));
     }
 
+    // Per-kernel times of one prefill span (the largest prefill size, up to one span).
+    let span = preset
+        .prefill
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(512)
+        .min(2048);
+    let span_tokens = random_tokens(&mut rng, span, vocab);
+    let prefill_profile = profile(device, || async {
+        let mut s = model.session().map_err(err)?;
+        s.prefill(&span_tokens).await.map(|_| ()).map_err(err)
+    })
+    .await?;
+
+    // Decode latency and session memory after long contexts (real chunkwise prefills).
+    let mut context_rows = Vec::new();
+    for &n in contexts {
+        let mut s = model.session().map_err(err)?;
+        let start = Instant::now();
+        let mut fed = 0;
+        while fed < n {
+            let piece = (n - fed).min(65536);
+            let tokens = random_tokens(&mut rng, piece, vocab);
+            s.prefill(&tokens).await.map_err(err)?;
+            fed += piece;
+        }
+        let prefill_time = start.elapsed();
+        let history = random_tokens(&mut rng, 64, vocab);
+        s.sample_loop(&greedy, 0, &history, 16, 16, &mut |_| true)
+            .await
+            .map_err(err)?;
+        let steps = 128;
+        let start = Instant::now();
+        s.sample_loop(&greedy, 16, &history, steps, 16, &mut |_| true)
+            .await
+            .map_err(err)?;
+        let decode = start.elapsed();
+        context_rows.push(json!({
+            "context": n,
+            "prefill_s": prefill_time.as_secs_f64(),
+            "prefill_tok_per_s": n as f64 / prefill_time.as_secs_f64(),
+            "decode_ms_per_step": decode.as_secs_f64() * 1e3 / steps as f64,
+            "session_bytes": s.buffer_bytes(),
+        }));
+        println!(
+            "  context {n}: prefill {:.1} s, decode {:.3} ms/step, session {:.3} GiB",
+            prefill_time.as_secs_f64(),
+            decode.as_secs_f64() * 1e3 / steps as f64,
+            s.buffer_bytes() as f64 / (1u64 << 30) as f64
+        );
+    }
+
     // Roofline: each matrix read once per step (f16 or f32), each state read and written.
     let weight_size = if precision == WeightPrecision::F16 {
         2
@@ -504,7 +656,11 @@ async fn bench_preset(
     let roof1 = bandwidth / step1_bytes as f64;
     let roof8 = bandwidth * batch_size as f64 / step8_bytes as f64;
     let model_bytes = model.buffer_bytes();
-    let dispatches = dispatches_per_step(&c);
+    // Dispatches of one decode step's forward pass, as the profile counted them (null without
+    // timestamp queries); the sampler adds one.
+    let dispatches = decode_profile
+        .as_ref()
+        .map_or(Value::Null, |p| p["dispatches"].clone());
     let stats = device.cache_stats();
     Ok(json!({
         "preset": preset.name,
@@ -535,6 +691,12 @@ async fn bench_preset(
             "logits_read_back_each_step": true,
         },
         "prefill": prefill,
+        "contexts": context_rows,
+        "profile_decode_step": decode_profile,
+        "profile_batch8_step": batch_profile,
+        "profile_prefill_span": prefill_profile,
+        "profile_prefill_tokens": span,
+        "tensor_cores": model.uses_tensor_cores(),
         "ttft_ms": ttft.as_secs_f64() * 1e3,
         "ttft_prompt": preset.ttft_prompt,
         "gpu_memory_bytes": {
@@ -593,6 +755,30 @@ fn print_table(r: &Value) {
         format!("ttft ms (prompt {})", r["ttft_prompt"]),
         f(&r["ttft_ms"])
     );
+    for (name, key) in [
+        ("decode step", "profile_decode_step"),
+        ("batch-8 step", "profile_batch8_step"),
+        ("prefill span", "profile_prefill_span"),
+    ] {
+        let p = &r[key];
+        if p.is_null() {
+            continue;
+        }
+        println!(
+            "  GPU time per kernel, one {name}: {:.1} µs in {} dispatches",
+            f(&p["total_us"]),
+            p["dispatches"]
+        );
+        for k in p["kernels"].as_array().into_iter().flatten().take(8) {
+            println!(
+                "    {:<40} {:>5} × {:>10.1} µs  {:>5.1}%",
+                k["kernel"].as_str().unwrap_or("?"),
+                k["dispatches"],
+                f(&k["us"]),
+                100.0 * f(&k["us"]) / f(&p["total_us"])
+            );
+        }
+    }
     let m = &r["gpu_memory_bytes"];
     println!(
         "  {:<34} {:>12.3}   (session {:.3}, batch8 {:.3}, prefill session {:.3})",

@@ -15,7 +15,7 @@ pub fn run() -> ExitCode {
         .max()
         .unwrap_or(0);
     print!(
-        "{:name_width$}  {:entry_width$}  {:13}  {:9}",
+        "{:name_width$}  {:entry_width$}  {:18}  {:9}",
         "kernel", "entry point", "features", "naga"
     );
     for backend in Backend::ALL {
@@ -40,7 +40,7 @@ pub fn run() -> ExitCode {
                 }
             };
             print!(
-                "{:name_width$}  {:entry_width$}  {:13}  {valid:9}",
+                "{:name_width$}  {:entry_width$}  {:18}  {valid:9}",
                 kernel.name,
                 kernel.entry_point,
                 features.to_string()
@@ -79,9 +79,10 @@ pub fn run() -> ExitCode {
     println!(
         "Each cell names the target written: the oldest that wgpu uses on an adapter with that \
          feature set\n(SPIR-V 1.3 and MSL 2.1 for subgroups; HLSL SM 5.1 core, SM 6.0 subgroups, \
-         SM 6.2 f16). wgsl: written back\nwith overrides resolved, re-parsed and validated. \
-         Override constants at their defaults. No kernel uses\ncooperative matrices, so the \
-         runtime never selects them."
+         SM 6.2 f16; SPIR-V 1.6 for cooperative matrices). wgsl: written back\nwith overrides \
+         resolved, re-parsed and validated. Override constants at their defaults. The tensor-core \
+         matmul\n(cooperative matrices, 16×16 f16) is Vulkan-only: the runtime selects it only where \
+         the adapter offers it."
     );
     for exclusion in &exclusions {
         println!("excluded: {exclusion}");

@@ -70,10 +70,7 @@ pub static GATHER_F16: Kernel = variant(
         "enable f16;\n",
         shader!("weights_f16.wgsl", "embedding.wgsl")
     ),
-    Features {
-        shader_f16: true,
-        subgroups: false,
-    },
+    Features::new(true, false, false),
 );
 /// Table in f16, packed in u32.
 pub static GATHER_F16_PACKED: Kernel = variant(

@@ -43,6 +43,10 @@ pub struct Features {
     pub shader_f16: bool,
     /// Subgroup builtins and operations (wgpu `SUBGROUP`).
     pub subgroups: bool,
+    /// `enable wgpu_cooperative_matrix;` with 16×16×16 f16 tiles accumulating in f32, on an
+    /// adapter whose subgroups are 32 wide (wgpu `EXPERIMENTAL_COOPERATIVE_MATRIX`; tensor
+    /// cores). Always comes with `shader_f16` and `subgroups`.
+    pub cooperative_matrix: bool,
 }
 
 impl Features {
@@ -50,42 +54,59 @@ impl Features {
     pub const NONE: Features = Features {
         shader_f16: false,
         subgroups: false,
+        cooperative_matrix: false,
     };
     /// Every optional feature.
     pub const ALL: Features = Features {
         shader_f16: true,
         subgroups: true,
+        cooperative_matrix: true,
     };
 
-    /// The four combinations, for exhaustive validation.
-    pub fn combinations() -> [Features; 4] {
+    /// Features from their flags.
+    pub const fn new(shader_f16: bool, subgroups: bool, cooperative_matrix: bool) -> Features {
+        Features {
+            shader_f16,
+            subgroups,
+            cooperative_matrix,
+        }
+    }
+
+    /// Every combination a device can offer, for exhaustive validation (cooperative matrices
+    /// only come with f16 and subgroups, see [`Features::cooperative_matrix`]).
+    pub fn combinations() -> [Features; 5] {
         [
             Features::NONE,
-            Features {
-                shader_f16: true,
-                subgroups: false,
-            },
-            Features {
-                shader_f16: false,
-                subgroups: true,
-            },
+            Features::new(true, false, false),
+            Features::new(false, true, false),
+            Features::new(true, true, false),
             Features::ALL,
         ]
     }
 
     /// Whether every feature in `required` is in `self`.
     pub fn contains(self, required: Features) -> bool {
-        (self.shader_f16 || !required.shader_f16) && (self.subgroups || !required.subgroups)
+        (self.shader_f16 || !required.shader_f16)
+            && (self.subgroups || !required.subgroups)
+            && (self.cooperative_matrix || !required.cooperative_matrix)
     }
 }
 
 impl std::fmt::Display for Features {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.shader_f16, self.subgroups) {
-            (false, false) => write!(f, "core"),
-            (true, false) => write!(f, "f16"),
-            (false, true) => write!(f, "subgroups"),
-            (true, true) => write!(f, "f16+subgroups"),
+        let names: Vec<&str> = [
+            (self.shader_f16, "f16"),
+            (self.subgroups, "subgroups"),
+            (self.cooperative_matrix, "coop"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        if names.is_empty() {
+            write!(f, "core")
+        } else {
+            write!(f, "{}", names.join("+"))
         }
     }
 }

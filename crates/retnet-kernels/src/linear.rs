@@ -20,6 +20,8 @@ pub struct LinearParams {
     pub x_row_start: u32,
     /// `Some(α)`: `Y = α·Y + X·Wᵀ` (residual add fused); `None`: `Y = X·Wᵀ`.
     pub accumulate: Option<f32>,
+    /// RMSNorm epsilon of [`matvec_norm`] (ignored by the other kernels).
+    pub norm_eps: f32,
 }
 
 impl LinearParams {
@@ -31,6 +33,7 @@ impl LinearParams {
             out_dim,
             x_row_start: 0,
             accumulate: None,
+            norm_eps: 0.0,
         }
     }
 
@@ -46,6 +49,7 @@ impl LinearParams {
             self.x_row_start,
             accumulate,
             f(alpha),
+            f(self.norm_eps),
         ])
     }
 }
@@ -97,7 +101,7 @@ const PARAMS_STRUCT: (&str, &[&str]) = (
         "x_row_start",
         "accumulate",
         "alpha",
-        "_pad0",
+        "norm_eps",
         "_pad1",
     ],
 );
@@ -149,10 +153,7 @@ pub static MATMUL_F16: Kernel = matmul_variant(
         "enable f16;\n",
         shader!("weights_f16.wgsl", "linear_common.wgsl", "matmul.wgsl")
     ),
-    Features {
-        shader_f16: true,
-        subgroups: false,
-    },
+    Features::new(true, false, false),
 );
 /// Tiled matmul, packed f16 weights.
 pub static MATMUL_F16_PACKED: Kernel = matmul_variant(
@@ -195,10 +196,7 @@ const fn matvec_variant(
         constants: MATVEC_CONSTANTS,
         bindings: BINDINGS,
         params: PARAMS_STRUCT,
-        requires: Features {
-            shader_f16,
-            subgroups,
-        },
+        requires: Features::new(shader_f16, subgroups, false),
     }
 }
 
@@ -281,8 +279,231 @@ pub static MATVEC_F16_PACKED_SUBGROUP: Kernel = matvec_variant(
     false,
 );
 
+const fn matvec_batch_variant(
+    name: &'static str,
+    source: &'static str,
+    reduction: Reduction,
+    shader_f16: bool,
+) -> Kernel {
+    let subgroups = matches!(reduction, Reduction::Subgroup);
+    Kernel {
+        entry_point: if subgroups {
+            "matvec_batch_subgroup"
+        } else {
+            "matvec_batch"
+        },
+        ..matvec_variant(name, source, reduction, shader_f16)
+    }
+}
+
+/// Batched matvec, f32 weights, workgroup reduction.
+pub static MATVEC_BATCH_F32: Kernel = matvec_batch_variant(
+    "matvec-batch/f32/workgroup",
+    shader!(
+        "weights_f32.wgsl",
+        "linear_common.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_workgroup.wgsl"
+    ),
+    Reduction::Workgroup,
+    false,
+);
+/// Batched matvec, native f16 weights, workgroup reduction.
+pub static MATVEC_BATCH_F16: Kernel = matvec_batch_variant(
+    "matvec-batch/f16/workgroup",
+    concat!(
+        "enable f16;\n",
+        shader!(
+            "weights_f16.wgsl",
+            "linear_common.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_workgroup.wgsl"
+        )
+    ),
+    Reduction::Workgroup,
+    true,
+);
+/// Batched matvec, packed f16 weights, workgroup reduction.
+pub static MATVEC_BATCH_F16_PACKED: Kernel = matvec_batch_variant(
+    "matvec-batch/f16-packed/workgroup",
+    shader!(
+        "weights_f16_packed.wgsl",
+        "linear_common.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_workgroup.wgsl"
+    ),
+    Reduction::Workgroup,
+    false,
+);
+/// Batched matvec, f32 weights, subgroup reduction.
+pub static MATVEC_BATCH_F32_SUBGROUP: Kernel = matvec_batch_variant(
+    "matvec-batch/f32/subgroup",
+    shader!(
+        "weights_f32.wgsl",
+        "linear_common.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_subgroup.wgsl"
+    ),
+    Reduction::Subgroup,
+    false,
+);
+/// Batched matvec, native f16 weights, subgroup reduction.
+pub static MATVEC_BATCH_F16_SUBGROUP: Kernel = matvec_batch_variant(
+    "matvec-batch/f16/subgroup",
+    concat!(
+        "enable f16;\n",
+        shader!(
+            "weights_f16.wgsl",
+            "linear_common.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_subgroup.wgsl"
+        )
+    ),
+    Reduction::Subgroup,
+    true,
+);
+/// Batched matvec, packed f16 weights, subgroup reduction.
+pub static MATVEC_BATCH_F16_PACKED_SUBGROUP: Kernel = matvec_batch_variant(
+    "matvec-batch/f16-packed/subgroup",
+    shader!(
+        "weights_f16_packed.wgsl",
+        "linear_common.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_subgroup.wgsl"
+    ),
+    Reduction::Subgroup,
+    false,
+);
+const fn matvec_norm_variant(name: &'static str, source: &'static str, shader_f16: bool) -> Kernel {
+    Kernel {
+        entry_point: "matvec_norm_subgroup",
+        bindings: &[
+            PARAMS,
+            Binding {
+                index: 1,
+                name: "weight",
+                access: Access::ReadOnly,
+            },
+            Binding {
+                index: 2,
+                name: "input",
+                access: Access::ReadOnly,
+            },
+            Binding {
+                index: 3,
+                name: "output",
+                access: Access::ReadWrite,
+            },
+            Binding {
+                index: 4,
+                name: "norm_weight",
+                access: Access::ReadOnly,
+            },
+        ],
+        ..matvec_variant(name, source, Reduction::Subgroup, shader_f16)
+    }
+}
+
+/// RMSNorm + matvec, f32 weights (subgroups).
+pub static MATVEC_NORM_F32: Kernel = matvec_norm_variant(
+    "matvec-norm/f32/subgroup",
+    shader!(
+        "weights_f32.wgsl",
+        "linear_common.wgsl",
+        "matvec_common.wgsl",
+        "matvec_norm_subgroup.wgsl"
+    ),
+    false,
+);
+/// RMSNorm + matvec, native f16 weights (subgroups).
+pub static MATVEC_NORM_F16: Kernel = matvec_norm_variant(
+    "matvec-norm/f16/subgroup",
+    concat!(
+        "enable f16;\n",
+        shader!(
+            "weights_f16.wgsl",
+            "linear_common.wgsl",
+            "matvec_common.wgsl",
+            "matvec_norm_subgroup.wgsl"
+        )
+    ),
+    true,
+);
+/// RMSNorm + matvec, packed f16 weights (subgroups).
+pub static MATVEC_NORM_F16_PACKED: Kernel = matvec_norm_variant(
+    "matvec-norm/f16-packed/subgroup",
+    shader!(
+        "weights_f16_packed.wgsl",
+        "linear_common.wgsl",
+        "matvec_common.wgsl",
+        "matvec_norm_subgroup.wgsl"
+    ),
+    false,
+);
+
+/// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
+pub const MATVEC_BATCH_ROWS: u32 = 8;
+
+/// Tensor-core matmul (cooperative matrices), native f16 weights, f16 input rows.
+pub static MATMUL_COOP: Kernel = Kernel {
+    name: "matmul-coop/f16",
+    source: concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!("linear_common.wgsl", "matmul_coop.wgsl")
+    ),
+    entry_point: "matmul_coop",
+    workgroup_size: [Dim::Fixed(128), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[],
+    bindings: BINDINGS,
+    params: PARAMS_STRUCT,
+    requires: Features::ALL,
+};
+/// Rows of Y per workgroup of [`matmul_coop`] (`BLOCK_ROWS`): the input and output buffers
+/// must hold [`coop_padded_rows`] rows.
+pub const MATMUL_COOP_BLOCK_ROWS: u32 = 256;
+/// Columns of Y per workgroup of [`matmul_coop`]; also the granule of `in_dim`.
+pub const MATMUL_COOP_BLOCK_COLUMNS: u32 = 64;
+
+/// f32 rows to f16 (zero-padded), the input of [`matmul_coop`].
+pub static TO_F16: Kernel = Kernel {
+    name: "to-f16",
+    source: concat!("enable f16;\n", shader!("to_f16.wgsl")),
+    entry_point: "convert_to_half",
+    workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[],
+    bindings: &[
+        PARAMS,
+        Binding {
+            index: 1,
+            name: "input",
+            access: Access::ReadOnly,
+        },
+        Binding {
+            index: 2,
+            name: "output",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: (
+        "ToF16Params",
+        &["rows", "padded_rows", "dim", "x_row_start"],
+    ),
+    requires: Features::new(true, false, false),
+};
+
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[
+    &MATVEC_BATCH_F32,
+    &MATVEC_BATCH_F16,
+    &MATVEC_BATCH_F16_PACKED,
+    &MATVEC_BATCH_F32_SUBGROUP,
+    &MATVEC_BATCH_F16_SUBGROUP,
+    &MATVEC_BATCH_F16_PACKED_SUBGROUP,
+    &MATMUL_COOP,
+    &TO_F16,
+    &MATVEC_NORM_F32,
+    &MATVEC_NORM_F16,
+    &MATVEC_NORM_F16_PACKED,
     &MATMUL_F32,
     &MATMUL_F16,
     &MATMUL_F16_PACKED,
@@ -344,13 +565,108 @@ pub fn matvec(format: WeightFormat, reduction: Reduction, params: LinearParams) 
     }
 }
 
-/// `Y = X · Wᵀ` with whichever of [`matvec`] and [`matmul`] suits the shape: matvec for up to 4
-/// rows when `in_dim % 4 == 0` (weights are read once per row), else the tiled matmul.
+/// Batched matrix-vector product: [`MATVEC_BATCH_ROWS`] rows per workgroup, each weight read once
+/// for all of them. Same buffers and requirements as [`matvec`].
+pub fn matvec_batch(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
+    let kernel = match (format, reduction) {
+        (WeightFormat::F32, Reduction::Workgroup) => &MATVEC_BATCH_F32,
+        (WeightFormat::F16, Reduction::Workgroup) => &MATVEC_BATCH_F16,
+        (WeightFormat::F16Packed, Reduction::Workgroup) => &MATVEC_BATCH_F16_PACKED,
+        (WeightFormat::F32, Reduction::Subgroup) => &MATVEC_BATCH_F32_SUBGROUP,
+        (WeightFormat::F16, Reduction::Subgroup) => &MATVEC_BATCH_F16_SUBGROUP,
+        (WeightFormat::F16Packed, Reduction::Subgroup) => &MATVEC_BATCH_F16_PACKED_SUBGROUP,
+    };
+    Dispatch {
+        kernel,
+        constants: kernel.default_constants(),
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            ceil_div(params.rows, MATVEC_BATCH_ROWS),
+            1,
+        ],
+    }
+}
+
+/// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weights `g`, epsilon `params.norm_eps`) fused
+/// into [`matvec`]: buffers `weight`, `input`, `output` as for [`matvec`], then `g [in_dim]` f32.
+/// Needs subgroups and [`matvec_supports`].
+pub fn matvec_norm(format: WeightFormat, params: LinearParams) -> Dispatch {
+    let kernel = match format {
+        WeightFormat::F32 => &MATVEC_NORM_F32,
+        WeightFormat::F16 => &MATVEC_NORM_F16,
+        WeightFormat::F16Packed => &MATVEC_NORM_F16_PACKED,
+    };
+    Dispatch {
+        kernel,
+        constants: kernel.default_constants(),
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            params.rows,
+            1,
+        ],
+    }
+}
+
+/// Rows the f16 input and the output of [`matmul_coop`] must hold for `rows` rows.
+pub fn coop_padded_rows(rows: u32) -> u32 {
+    rows.div_ceil(MATMUL_COOP_BLOCK_ROWS) * MATMUL_COOP_BLOCK_ROWS
+}
+
+/// Whether [`matmul_coop`] can compute this shape: `in_dim` and `out_dim` multiples of 64, rows
+/// read from the start of the input.
+pub fn coop_supports(params: &LinearParams) -> bool {
+    params.in_dim > 0
+        && params.out_dim > 0
+        && params.in_dim % MATMUL_COOP_BLOCK_COLUMNS == 0
+        && params.out_dim % MATMUL_COOP_BLOCK_COLUMNS == 0
+        && params.x_row_start == 0
+}
+
+/// Tensor-core matmul on cooperative matrices (needs [`Features::cooperative_matrix`] and
+/// [`coop_supports`]). Buffers: `weight [out_dim, in_dim]` f16, `input [padded, in_dim]` f16
+/// from [`to_f16`], `output [padded, out_dim]` f32, where padded = [`coop_padded_rows`]`(rows)`:
+/// rows past `rows` are computed (from the zero padding) and written too.
+pub fn matmul_coop(params: LinearParams) -> Dispatch {
+    let kernel = &MATMUL_COOP;
+    Dispatch {
+        kernel,
+        constants: kernel.default_constants(),
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.out_dim, MATMUL_COOP_BLOCK_COLUMNS),
+            coop_padded_rows(params.rows) / MATMUL_COOP_BLOCK_ROWS,
+            1,
+        ],
+    }
+}
+
+/// Converts rows `x_row_start ..+ rows` of an f32 `[.., dim]` buffer to f16 `[padded_rows, dim]`,
+/// zero past `rows` (`dim % 4 == 0`).
+pub fn to_f16(rows: u32, padded_rows: u32, dim: u32, x_row_start: u32) -> Dispatch {
+    let kernel = &TO_F16;
+    Dispatch {
+        kernel,
+        constants: kernel.default_constants(),
+        params: ParamWords::new(&[rows, padded_rows, dim, x_row_start]),
+        workgroups: [ceil_div(dim / 4, 64), padded_rows, 1],
+    }
+}
+
+/// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.
+pub const MATVEC_BATCH_MAX_ROWS: u32 = 32;
+
+/// `Y = X · Wᵀ` with whichever portable kernel suits the shape: [`matvec`] for one row,
+/// [`matvec_batch`] for up to [`MATVEC_BATCH_MAX_ROWS`] (both need `in_dim % 4 == 0`), else the
+/// tiled [`matmul`]. (The tensor-core [`matmul_coop`] needs an f16 copy of the input, so the
+/// caller chooses it.)
 pub fn linear(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
-    const MATVEC_MAX_ROWS: u32 = 4;
-    if params.rows <= MATVEC_MAX_ROWS && matvec_supports(&params) {
+    if !matvec_supports(&params) || params.rows > MATVEC_BATCH_MAX_ROWS {
+        matmul(format, params)
+    } else if params.rows <= 1 {
         matvec(format, reduction, params)
     } else {
-        matmul(format, params)
+        matvec_batch(format, reduction, params)
     }
 }

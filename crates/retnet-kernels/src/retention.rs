@@ -256,8 +256,92 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+/// Chunk-parallel form, pass 1a: each chunk's own update of the state, all chunks at once.
+pub static CHUNK_UPDATES: Kernel = Kernel {
+    name: "retention/chunk-updates",
+    source: shader!("retention_common.wgsl", "retention_chunk_updates.wgsl"),
+    entry_point: "retention_chunk_updates",
+    workgroup_size: [Dim::Fixed(256), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[OverrideConstant {
+        name: "CHUNK_SIZE",
+        default: 64,
+    }],
+    bindings: &[
+        PARAMS,
+        K,
+        V,
+        LOG_DECAY,
+        Binding {
+            index: 6,
+            name: "chunk_states",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
+/// Chunk-parallel form, pass 1b: the chunk updates turned into the state before each chunk.
+pub static CHUNK_SCAN: Kernel = Kernel {
+    name: "retention/chunk-scan",
+    source: shader!("retention_common.wgsl", "retention_chunk_scan.wgsl"),
+    entry_point: "retention_chunk_scan",
+    workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[OverrideConstant {
+        name: "CHUNK_SIZE",
+        default: 64,
+    }],
+    bindings: &[
+        PARAMS,
+        LOG_DECAY,
+        STATE,
+        Binding {
+            index: 6,
+            name: "chunk_states",
+            access: Access::ReadWrite,
+        },
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
+/// Chunk-parallel form, pass 2: every chunk's outputs from the state before it.
+pub static CHUNK_OUTPUTS: Kernel = Kernel {
+    name: "retention/chunk-outputs",
+    source: shader!("retention_common.wgsl", "retention_chunk_outputs.wgsl"),
+    entry_point: "retention_chunk_outputs",
+    workgroup_size: [Dim::Fixed(256), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[OverrideConstant {
+        name: "CHUNK_SIZE",
+        default: 64,
+    }],
+    bindings: &[
+        PARAMS,
+        Q,
+        K,
+        V,
+        LOG_DECAY,
+        Binding {
+            index: 5,
+            name: "chunk_states",
+            access: Access::ReadOnly,
+        },
+        OUTPUT,
+    ],
+    params: PARAMS_STRUCT,
+    requires: Features::NONE,
+};
+
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&PARALLEL, &CHUNKWISE, &RECURRENT, &RECURRENT_BATCHED];
+pub static KERNELS: &[&Kernel] = &[
+    &PARALLEL,
+    &CHUNKWISE,
+    &CHUNK_UPDATES,
+    &CHUNK_SCAN,
+    &CHUNK_OUTPUTS,
+    &RECURRENT,
+    &RECURRENT_BATCHED,
+];
 
 /// Parallel retention from a zero state (the state is neither read nor written).
 /// Buffers: q, k, v, `log_decay [H]`, output.
@@ -305,6 +389,84 @@ pub fn chunkwise_workgroup_bytes(chunk_size: u32) -> u32 {
         .map_or(0, |c| c.default);
     let c = chunk_size.max(1);
     (c * c + c * columns + c + 1) * 4
+}
+
+/// f32 elements of the chunk-state buffer of [`chunk_updates`], [`chunk_scan`] and
+/// [`chunk_outputs`]: one `[H, K, V]` state per chunk.
+pub fn chunk_states_len(params: &RetentionParams, chunk_size: u32) -> u64 {
+    let chunks = u64::from(params.tokens.div_ceil(chunk_size.max(1)));
+    chunks * u64::from(params.query_heads) * u64::from(params.key_dim) * u64::from(params.value_dim)
+}
+
+/// Chunk-parallel retention, pass 1a: writes each chunk's own update of the state into
+/// `chunk_states` ([`chunk_states_len`] f32). Buffers: k, v, `log_decay [H]`, `chunk_states`.
+/// Follow with [`chunk_scan`].
+pub fn chunk_updates(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNK_UPDATES;
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.key_dim, 64) * ceil_div(params.value_dim, 64),
+            params.tokens.div_ceil(chunk_size.max(1)),
+            params.query_heads,
+        ],
+    }
+}
+
+/// Chunk-parallel retention, pass 1b: turns the updates from [`chunk_updates`] into the state
+/// before each chunk, in place, and leaves the final state in `state`. Buffers: `log_decay [H]`,
+/// `state [H, K, V]`, `chunk_states`.
+pub fn chunk_scan(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNK_SCAN;
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.value_dim, 64),
+            params.key_dim,
+            params.query_heads,
+        ],
+    }
+}
+
+/// Largest chunk [`chunk_outputs`] takes.
+pub const CHUNK_OUTPUTS_MAX_CHUNK: u32 = 64;
+
+/// Workgroup memory [`chunk_outputs`] needs for a chunk size (q and k slices, a state slice,
+/// scores, v columns).
+pub fn chunk_outputs_workgroup_bytes(chunk_size: u32) -> u32 {
+    let c = chunk_size;
+    4 * (2 * c * 17 + 16 * 64 + c * c + c * 64)
+}
+
+/// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1,
+/// at most [`CHUNK_OUTPUTS_MAX_CHUNK`]). Buffers: q, k, v, `log_decay [H]`, `chunk_states`
+/// (from [`chunk_scan`]), output.
+pub fn chunk_outputs(params: RetentionParams, chunk_size: u32) -> Dispatch {
+    let kernel = &CHUNK_OUTPUTS;
+    let chunk_size = chunk_size.clamp(1, CHUNK_OUTPUTS_MAX_CHUNK);
+    let constants = kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size);
+    Dispatch {
+        kernel,
+        constants,
+        params: params.words(),
+        workgroups: [
+            ceil_div(params.value_dim, 64),
+            params.tokens.div_ceil(chunk_size.max(1)),
+            params.query_heads,
+        ],
+    }
 }
 
 /// Recurrent retention, one token after another, continuing from and updating the state.

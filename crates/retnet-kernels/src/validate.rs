@@ -39,6 +39,9 @@ pub fn capabilities(features: Features) -> Capabilities {
     if features.subgroups {
         caps |= Capabilities::SUBGROUP;
     }
+    if features.cooperative_matrix {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
     caps
 }
 

@@ -16,13 +16,16 @@ use half::f16;
 use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_runtime::kernels::linear::{linear, LinearParams, Reduction};
+use retnet_runtime::kernels::linear::{
+    self, coop_padded_rows, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+};
 use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
 use retnet_runtime::kernels::rotary::{
     self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
 };
 use retnet_runtime::kernels::sampling;
+use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
@@ -51,10 +54,12 @@ pub struct GpuOptions {
 /// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats
 /// (`retention::chunkwise_workgroup_bytes`).
 const MAX_GPU_CHUNK: usize = 64;
-/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes,
-/// and keeps each chunkwise dispatch short enough for llvmpipe, which silently stops any loop
-/// after 65535 iterations of one invocation (found by `cargo xtask verify`).
-const MAX_SPAN: usize = 512;
+/// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
+const MAX_SPAN: usize = 2048;
+/// The span on a software adapter (llvmpipe), which silently stops any loop after 65535
+/// iterations of one invocation (found by `cargo xtask verify`): keeps each chunkwise dispatch
+/// short enough.
+const MAX_SPAN_LOOP_LIMITED: usize = 512;
 
 struct GpuLayer {
     retention_norm: GpuBuffer,
@@ -80,8 +85,13 @@ pub struct GpuModel {
     rotary_theta: GpuBuffer,
     reduction: Reduction,
     max_chunk: usize,
+    /// Largest chunk of chunk-parallel retention on this adapter (its workgroup memory).
+    max_parallel_chunk: usize,
     /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
     loop_limited: bool,
+    /// Projections of many rows run on the tensor cores ([`linear::matmul_coop`]): the adapter
+    /// has cooperative matrices and the weights are native f16.
+    tensor_cores: bool,
 }
 
 /// Column layout of the fused q|k|v|g projection output.
@@ -150,6 +160,13 @@ impl GpuModel {
                     <= limits.max_compute_workgroup_storage_size
             })
             .unwrap_or(1);
+        let max_parallel_chunk = (1..=retention::CHUNK_OUTPUTS_MAX_CHUNK)
+            .rev()
+            .find(|&c| {
+                retention::chunk_outputs_workgroup_bytes(c)
+                    <= limits.max_compute_workgroup_storage_size
+            })
+            .unwrap_or(1) as usize;
         Ok(Self {
             embed: upload("embed_tokens", &[&weights.embed])?,
             embed_norm: optional("embed_norm", &weights.embed_norm)?,
@@ -162,7 +179,11 @@ impl GpuModel {
             log_decay: vector("log_decay", &weights.log_decay)?,
             rotary_theta: vector("rotary_theta", &weights.rotary_theta)?,
             reduction: Reduction::for_features(device.features()),
+            tensor_cores: device.features().cooperative_matrix
+                && WeightFormat::half_for(device.features()) == WeightFormat::F16
+                && options.weights == WeightPrecision::F16,
             max_chunk,
+            max_parallel_chunk,
             loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
             config,
             device,
@@ -220,6 +241,26 @@ impl GpuModel {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Whether projections of many rows run on the tensor cores.
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.tensor_cores
+    }
+
+    /// Tokens per recorded prefill span on this adapter.
+    fn max_span(&self) -> usize {
+        if self.loop_limited {
+            MAX_SPAN_LOOP_LIMITED
+        } else {
+            MAX_SPAN
+        }
+    }
+
+    /// Widest input of any projection (the f16 copy for the tensor cores is this wide).
+    fn max_projection_input(&self) -> usize {
+        let c = &self.config;
+        c.d_model.max(c.value_width()).max(c.ffn_dim)
+    }
+
     fn qkvg_layout(&self) -> QkvgLayout {
         let c = &self.config;
         let k = c.query_width() as u32;
@@ -246,6 +287,10 @@ pub enum LogitRows {
 /// Activation buffers sized for up to `tokens` tokens per span.
 struct Scratch {
     tokens: usize,
+    /// Rows allocated: `tokens`, padded to whole tensor-core blocks where those are used.
+    rows: usize,
+    /// Rows of logits allocated: 1, or `rows` once every row was asked for.
+    logit_rows: usize,
     token_ids: GpuBuffer,
     x: GpuBuffer,
     h: GpuBuffer,
@@ -255,6 +300,13 @@ struct Scratch {
     ffn_in: GpuBuffer,
     ffn_mid: GpuBuffer,
     logits: GpuBuffer,
+    /// f16 copy of a projection's input rows, for the tensor cores.
+    half_input: Option<GpuBuffer>,
+    /// The state before each chunk, for chunk-parallel retention; `None` for one-token spans
+    /// or where it would not fit one binding.
+    chunk_states: Option<GpuBuffer>,
+    /// Chunks `chunk_states` holds.
+    chunk_capacity: usize,
 }
 
 impl Scratch {
@@ -272,15 +324,49 @@ impl Scratch {
         ]
         .iter()
         .map(|b| b.size())
-        .sum()
+        .sum::<u64>()
+            + self.half_input.as_ref().map_or(0, GpuBuffer::size)
+            + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
     }
 
-    fn new(model: &GpuModel, tokens: usize) -> Result<Self> {
+    fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
-        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, tokens * width);
+        let tensor_cores = model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize;
+        let rows = if tensor_cores {
+            coop_padded_rows(tokens as u32) as usize
+        } else {
+            tokens
+        };
+        let logit_rows = if all_logits { rows } else { 1 };
+        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
+        let half_input = if tensor_cores {
+            let bytes = (rows * model.max_projection_input() * 2) as u64;
+            Some(dev.create_storage("f16 input", bytes)?)
+        } else {
+            None
+        };
+        // Chunk-parallel retention keeps a state per chunk: for a span of 2048 tokens in chunks of
+        // 64, 32 states (113 MB for retnet_xl). Where that exceeds a binding, the sequential
+        // chunkwise kernel (no extra memory) is used instead.
+        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let chunk_capacity = tokens.div_ceil(model.max_parallel_chunk);
+        let chunk_bytes = (chunk_capacity * state_len * 4) as u64;
+        let limits = dev.limits();
+        let chunk_states = if tokens > 1
+            && chunk_bytes <= limits.max_storage_buffer_binding_size
+            && chunk_bytes <= limits.max_buffer_size
+        {
+            Some(dev.create_storage("chunk states", chunk_bytes)?)
+        } else {
+            None
+        };
         Ok(Self {
             tokens,
+            rows,
+            logit_rows,
+            chunk_states,
+            chunk_capacity,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -289,7 +375,8 @@ impl Scratch {
             gated: f32s("gated", c.value_width())?,
             ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
             ffn_mid: f32s("ffn mid", c.ffn_dim)?,
-            logits: f32s("logits", c.vocab_size)?,
+            logits: dev.create_storage_f32("logits", logit_rows * c.vocab_size)?,
+            half_input,
         })
     }
 }
@@ -318,7 +405,7 @@ impl<'m> GpuSession<'m> {
             model,
             states,
             position: 0,
-            scratch: Scratch::new(model, 1)?,
+            scratch: Scratch::new(model, 1, false)?,
             sampler: None,
         })
     }
@@ -380,10 +467,12 @@ impl<'m> GpuSession<'m> {
             // One span: the parallel kernel neither reads nor writes the state. Except on a
             // CPU adapter (llvmpipe), whose loop limit would silently cut a long parallel
             // dispatch short: there, beyond one span, the sequence continues chunkwise.
-            RetentionForm::Parallel if !self.model.loop_limited || tokens.len() <= MAX_SPAN => {
+            RetentionForm::Parallel
+                if !self.model.loop_limited || tokens.len() <= MAX_SPAN_LOOP_LIMITED =>
+            {
                 tokens.len()
             }
-            _ => MAX_SPAN,
+            _ => self.model.max_span(),
         };
         let form = match form {
             RetentionForm::Parallel if span < tokens.len() => RetentionForm::Chunkwise {
@@ -432,8 +521,12 @@ impl<'m> GpuSession<'m> {
         logits: Option<bool>,
     ) -> Result<()> {
         let model = self.model;
-        if tokens.len() > self.scratch.tokens {
-            self.scratch = Scratch::new(model, tokens.len().next_power_of_two())?;
+        let all_logits = logits == Some(false);
+        if tokens.len() > self.scratch.tokens
+            || (all_logits && self.scratch.logit_rows < self.scratch.rows)
+        {
+            let tokens = tokens.len().next_power_of_two().max(self.scratch.tokens);
+            self.scratch = Scratch::new(model, tokens, all_logits)?;
         }
         let rows = Rows::Sequence {
             position: self.position as u32,
@@ -633,25 +726,43 @@ fn record_forward(
                 accumulate: Option<f32>| {
         let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
         params.accumulate = accumulate;
-        seq.dispatch(
-            linear(w.format, model.reduction, params),
-            &[&w.buffer, input, out],
-        )
+        project(model, s, seq, w, input, out, params)
+    };
+    // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection after it.
+    let fuse_norms = t == 1 && model.reduction == Reduction::Subgroup && c.d_model % 4 == 0;
+    // `output = rms_norm(x; g) · Wᵀ` for one row of x: fused, or the norm into h, then `w`.
+    let normed_proj = |seq: &mut Sequence<'_>,
+                       g: &GpuBuffer,
+                       w: &Weights,
+                       out: &GpuBuffer,
+                       mut params: LinearParams|
+     -> Result<()> {
+        if fuse_norms {
+            params.norm_eps = c.norm_eps;
+            seq.dispatch(
+                linear::matvec_norm(w.format, params),
+                &[&w.buffer, &s.x, out, g],
+            )?;
+            Ok(())
+        } else {
+            seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
+            project(model, s, seq, w, &s.h, out, params)
+        }
     };
     for (index, layer) in model.layers.iter().enumerate() {
         // Retention sub-layer: its input is norm(x) (pre-norm) or x (post-norm).
-        let (ret_in, ret_out) = match c.norm_placement {
-            NormPlacement::PreNorm => {
-                seq.dispatch(
-                    rms_norm(true, norm(t32)),
-                    &[&s.x, &layer.retention_norm, &s.h],
-                )?;
-                (&s.h, &s.x)
-            }
-            NormPlacement::PostNorm => (&s.x, &s.x),
-        };
         let width = layout.width as usize;
-        proj(seq, &layer.qkvg, ret_in, &s.qkvg, c.d_model, width, None)?;
+        let ret_out = match c.norm_placement {
+            NormPlacement::PreNorm => {
+                let params = LinearParams::new(t32, d, width as u32);
+                normed_proj(seq, &layer.retention_norm, &layer.qkvg, &s.qkvg, params)?;
+                &s.x
+            }
+            NormPlacement::PostNorm => {
+                proj(seq, &layer.qkvg, &s.x, &s.qkvg, c.d_model, width, None)?;
+                &s.x
+            }
+        };
         record_retention(model, s, seq, layer, index, &rows, layout, t)?;
         let vw = c.value_width();
         proj(
@@ -665,10 +776,12 @@ fn record_forward(
         )?;
 
         // FFN sub-layer.
-        let (ffn_in, ffn_out) = match c.norm_placement {
+        let f = c.ffn_dim as u32;
+        let ffn_out = match c.norm_placement {
             NormPlacement::PreNorm => {
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, &layer.ffn_norm, &s.h])?;
-                (&s.h, &s.x)
+                let params = LinearParams::new(t32, d, 2 * f);
+                normed_proj(seq, &layer.ffn_norm, &layer.ffn_in, &s.ffn_in, params)?;
+                &s.x
             }
             NormPlacement::PostNorm => {
                 // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
@@ -676,19 +789,18 @@ fn record_forward(
                     rms_norm(true, norm(t32)),
                     &[&s.x, &layer.retention_norm, &s.h],
                 )?;
-                (&s.h, &s.h)
+                proj(
+                    seq,
+                    &layer.ffn_in,
+                    &s.h,
+                    &s.ffn_in,
+                    c.d_model,
+                    2 * c.ffn_dim,
+                    None,
+                )?;
+                &s.h
             }
         };
-        let f = c.ffn_dim as u32;
-        proj(
-            seq,
-            &layer.ffn_in,
-            ffn_in,
-            &s.ffn_in,
-            c.d_model,
-            2 * c.ffn_dim,
-            None,
-        )?;
         let act = match c.ffn_activation {
             Activation::Swish => gated_activation::Activation::Silu,
             Activation::Gelu => gated_activation::Activation::Gelu,
@@ -726,20 +838,50 @@ fn record_forward(
 
     if let Some(only_last) = logits {
         let (rows, start) = if only_last { (1, t32 - 1) } else { (t32, 0) };
-        let features = match &model.final_norm {
-            Some(w) => {
-                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, w, &s.h])?;
-                &s.h
-            }
-            None => &s.x,
-        };
-        let head = model.head();
         let mut params = LinearParams::new(rows, d, c.vocab_size as u32);
         params.x_row_start = start;
-        seq.dispatch(
-            linear(head.format, model.reduction, params),
-            &[&head.buffer, features, &s.logits],
-        )?;
+        match &model.final_norm {
+            Some(g) if fuse_norms => normed_proj(seq, g, model.head(), &s.logits, params)?,
+            Some(g) => {
+                seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
+                project(model, s, seq, model.head(), &s.h, &s.logits, params)?;
+            }
+            None => project(model, s, seq, model.head(), &s.x, &s.logits, params)?,
+        }
+    }
+    Ok(())
+}
+
+/// Records `output = input · Wᵀ` (`params` says the shape and whether it accumulates): on the
+/// tensor cores where the model uses them and the shape allows (an f16 copy of the input rows
+/// first), else with the portable kernel [`linear`] picks.
+fn project(
+    model: &GpuModel,
+    s: &Scratch,
+    seq: &mut Sequence<'_>,
+    w: &Weights,
+    input: &GpuBuffer,
+    output: &GpuBuffer,
+    params: LinearParams,
+) -> Result<()> {
+    let padded = coop_padded_rows(params.rows);
+    match &s.half_input {
+        Some(half)
+            if w.format == WeightFormat::F16
+                && params.rows > MATVEC_BATCH_MAX_ROWS
+                && padded as usize <= s.rows
+                && linear::coop_supports(&params) =>
+        {
+            seq.dispatch(
+                linear::to_f16(params.rows, padded, params.in_dim, params.x_row_start),
+                &[input, half],
+            )?;
+            seq.dispatch(linear::matmul_coop(params), &[&w.buffer, half, output])?;
+        }
+        _ => seq.dispatch(
+            linear(w.format, model.reduction, params),
+            &[&w.buffer, input, output],
+        )?,
     }
     Ok(())
 }
@@ -834,10 +976,34 @@ fn record_retention(
                     retention::recurrent(params),
                     &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
                 )?,
-                RetentionForm::Chunkwise { chunk_size } => seq.dispatch(
-                    retention::chunkwise(params, (*chunk_size).min(model.max_chunk) as u32),
-                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-                )?,
+                RetentionForm::Chunkwise { chunk_size } => {
+                    let chunk = (*chunk_size).min(model.max_chunk);
+                    let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
+                    match &s.chunk_states {
+                        // Chunk-parallel: each chunk's update of the state, the state before
+                        // each chunk, then every chunk's outputs at once.
+                        Some(states) if t.div_ceil(parallel_chunk) <= s.chunk_capacity => {
+                            let chunk = parallel_chunk as u32;
+                            seq.dispatch(
+                                retention::chunk_updates(params, chunk),
+                                &[qkv, qkv, &model.log_decay, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_scan(params, chunk),
+                                &[&model.log_decay, state, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_outputs(params, chunk),
+                                &[qkv, qkv, qkv, &model.log_decay, states, &s.retained],
+                            )?;
+                        }
+                        // One workgroup per head and column slice walks the chunks in order.
+                        _ => seq.dispatch(
+                            retention::chunkwise(params, chunk as u32),
+                            &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                        )?,
+                    }
+                }
             }
         }
         Rows::Batch {
@@ -929,7 +1095,7 @@ impl<'m> GpuBatch<'m> {
             slots: vec![None; capacity],
             positions_buffer: dev.create_storage("batch positions", (capacity * 4) as u64)?,
             slots_buffer: dev.create_storage("batch slots", (capacity * 4) as u64)?,
-            scratch: Scratch::new(model, capacity)?,
+            scratch: Scratch::new(model, capacity, true)?,
             row_positions: Vec::with_capacity(capacity),
             row_slots: Vec::with_capacity(capacity),
             row_tokens: Vec::with_capacity(capacity),

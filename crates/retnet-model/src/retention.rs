@@ -45,13 +45,16 @@ pub fn recurrent(
         k: kd,
         v: vd,
     } = shape;
-    let gamma = log_gamma.exp();
+    // γ − 1 rather than γ, as the GPU kernels do: S + (γ − 1)·S keeps every digit of 1 − γ
+    // for γ near 1 (in f64 this matters only beyond ~1e-16, but the two paths stay alike).
+    let decay_minus_one = log_gamma.exp_m1();
     let mut out = vec![0.0f32; tokens * vd];
     for n in 0..tokens {
         let (qn, kn, vn) = (&q[n * kd..][..kd], &k[n * kd..][..kd], &v[n * vd..][..vd]);
         for a in 0..kd {
             for (b, s) in state[a * vd..][..vd].iter_mut().enumerate() {
-                *s = (gamma * *s as f64 + kn[a] as f64 * vn[b] as f64) as f32;
+                let old = *s as f64;
+                *s = (old + decay_minus_one * old + kn[a] as f64 * vn[b] as f64) as f32;
             }
         }
         for (b, o) in out[n * vd..][..vd].iter_mut().enumerate() {

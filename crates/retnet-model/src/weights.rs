@@ -172,13 +172,16 @@ impl ModelWeights {
     }
 }
 
-/// log γ_h = log(1 − 2^(−5−h)), in f32 as both peers compute it: for h ≥ 20 the subtraction
-/// rounds to 1, so those heads do not decay at all.
+/// log γ_h = log(1 − 2^(−5−h)). γ is rounded to f32 as both peers compute it: for h ≥ 20 the
+/// subtraction rounds to 1, so those heads do not decay at all (below that it is exact). The
+/// logarithm of that γ is taken in f64 and rounded once to f32, so log γ, from which every
+/// kernel derives γ^n and γ^n − 1, carries no error beyond its own rounding.
 pub fn decay_formula(heads: usize) -> Vec<f32> {
     (0..heads)
         .map(|h| {
             let exponent = -5.0f32 - h as f32;
-            (1.0f32 - exponent.exp2()).ln()
+            let gamma = 1.0f32 - exponent.exp2();
+            f64::from(gamma).ln() as f32
         })
         .collect()
 }

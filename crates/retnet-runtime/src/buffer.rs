@@ -104,6 +104,59 @@ impl Device {
         Ok(())
     }
 
+    /// Runs `create` (an allocation) inside out-of-memory and validation error scopes and
+    /// returns what they caught as a typed error, so that a failed allocation is reported where
+    /// it happens. On native backends wgpu reports errors synchronously: the popped scopes are
+    /// ready at once. In the browser they resolve later, so there the scopes are not used and
+    /// the uncaptured-error handler hands the error to the next submit.
+    pub(crate) fn allocation<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        create: impl FnOnce() -> T,
+    ) -> Result<T, RuntimeError> {
+        self.check_lost()?;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let value = create();
+            // A stack: the inner scope is popped first.
+            let invalid = now_or_never(validation.pop()).flatten();
+            let no_memory = now_or_never(out_of_memory.pop()).flatten();
+            if let Some(error) = no_memory {
+                return Err(RuntimeError::OutOfMemory {
+                    what: format!("{} ({error})", what()),
+                });
+            }
+            if let Some(error) = invalid {
+                self.check_lost()?;
+                return Err(RuntimeError::Wgpu(format!("{}: {error}", what())));
+            }
+            Ok(value)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = what;
+            Ok(create())
+        }
+    }
+
+    /// Creates a raw wgpu buffer (for what this crate does not wrap) inside the same error
+    /// scopes as the runtime's own buffers: a descriptor wgpu refuses, or memory the device
+    /// cannot give, comes back as an error here rather than at a later submit.
+    pub fn create_buffer_checked(
+        &self,
+        descriptor: &wgpu::BufferDescriptor<'_>,
+    ) -> Result<wgpu::Buffer, RuntimeError> {
+        let label = descriptor.label.unwrap_or("unlabelled");
+        let size = descriptor.size;
+        self.counters.count_buffer();
+        self.allocation(
+            || format!("buffer {label:?} of {size} bytes"),
+            || self.device.create_buffer(descriptor),
+        )
+    }
+
     fn wrap(&self, buffer: wgpu::Buffer, label: &str) -> GpuBuffer {
         self.counters.count_buffer();
         GpuBuffer {
@@ -122,12 +175,17 @@ impl Device {
     pub fn create_storage(&self, label: &str, size: u64) -> Result<GpuBuffer, RuntimeError> {
         let size = size.max(1).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
         self.check_size(label, size)?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: Self::storage_usage(),
-            mapped_at_creation: false,
-        });
+        let buffer = self.allocation(
+            || format!("buffer {label:?} of {size} bytes"),
+            || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: Self::storage_usage(),
+                    mapped_at_creation: false,
+                })
+            },
+        )?;
         Ok(self.wrap(buffer, label))
     }
 
@@ -140,12 +198,17 @@ impl Device {
     pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> Result<GpuBuffer, RuntimeError> {
         let size = (bytes.len() as u64).max(1).div_ceil(SIZE_GRANULE) * SIZE_GRANULE;
         self.check_size(label, size)?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: Self::storage_usage(),
-            mapped_at_creation: true,
-        });
+        let buffer = self.allocation(
+            || format!("buffer {label:?} of {size} bytes"),
+            || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: Self::storage_usage(),
+                    mapped_at_creation: true,
+                })
+            },
+        )?;
         {
             let mut view = buffer
                 .slice(..)
@@ -281,7 +344,12 @@ impl Device {
         len: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
         let bytes = self
-            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .read_bytes(
+                &buffer.buffer,
+                &buffer.label,
+                offset as u64 * 4,
+                len as u64 * 4,
+            )
             .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
@@ -294,26 +362,33 @@ impl Device {
         len: usize,
     ) -> Result<Vec<u32>, RuntimeError> {
         let bytes = self
-            .read_bytes(buffer, offset as u64 * 4, len as u64 * 4)
+            .read_bytes(
+                &buffer.buffer,
+                &buffer.label,
+                offset as u64 * 4,
+                len as u64 * 4,
+            )
             .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    async fn read_bytes(
+    pub(crate) async fn read_bytes(
         &self,
-        buffer: &GpuBuffer,
+        buffer: &wgpu::Buffer,
+        label: &str,
         offset: u64,
         size: u64,
     ) -> Result<Vec<u8>, RuntimeError> {
         if size == 0 {
             return Ok(Vec::new());
         }
+        self.check_lost()?;
         let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
-        let staging = self.take_staging(padded);
+        let staging = self.take_staging(padded)?;
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&buffer.buffer, offset, &staging, 0, Some(padded));
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, Some(padded));
         self.queue.submit([encoder.finish()]);
-        let mapped = MapRead::new(&self.device, &staging, padded).await;
+        let mapped = MapRead::new(&self.device, &self.lost, &staging, padded).await;
         let result = match mapped {
             Ok(()) => {
                 let bytes = staging
@@ -328,16 +403,23 @@ impl Device {
                 staging.unmap();
                 bytes
             }
-            Err(source) => Err(RuntimeError::Map {
-                label: buffer.label.clone(),
-                source,
-            }),
+            Err(MapFailure::Lost(reason)) => Err(RuntimeError::DeviceLost { reason }),
+            Err(MapFailure::Map(source)) => {
+                // A mapping refused because the device is gone: let wgpu run the device-lost
+                // callback, so the error says so.
+                let _ = self.device.poll(wgpu::PollType::Poll);
+                self.check_lost()?;
+                Err(RuntimeError::Map {
+                    label: label.to_string(),
+                    source,
+                })
+            }
         };
         self.return_staging(staging);
         result
     }
 
-    fn take_staging(&self, size: u64) -> wgpu::Buffer {
+    fn take_staging(&self, size: u64) -> Result<wgpu::Buffer, RuntimeError> {
         if let Ok(mut caches) = self.caches.lock() {
             let best = caches
                 .staging
@@ -347,16 +429,21 @@ impl Device {
                 .min_by_key(|(_, (s, _))| *s)
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                return caches.staging.swap_remove(i).1;
+                return Ok(caches.staging.swap_remove(i).1);
             }
         }
         self.counters.count_buffer();
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back staging"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+        self.allocation(
+            || format!("read-back staging buffer of {size} bytes"),
+            || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("read-back staging"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            },
+        )
     }
 
     fn return_staging(&self, buffer: wgpu::Buffer) {
@@ -372,16 +459,45 @@ struct MapState {
     waker: Option<Waker>,
 }
 
+/// Why a read-back could not map its staging buffer.
+enum MapFailure {
+    /// The device was lost while waiting (its reason).
+    Lost(String),
+    /// wgpu's mapping error.
+    Map(wgpu::BufferAsyncError),
+}
+
+/// Polls a future once without waiting: its output if it is ready.
+#[cfg(not(target_arch = "wasm32"))]
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
 /// Resolves when `map_async` on a buffer completes. On native backends wgpu only runs the
 /// callback when the device is polled, so each poll of this future polls the device without
-/// blocking and asks to be polled again; in the browser the callback wakes it.
+/// blocking and asks to be polled again; in the browser the callback wakes it. A lost device
+/// may never run the callback: the loss (recorded by the device-lost callback or
+/// [`Device::simulate_loss`]) ends the wait with an error instead.
 struct MapRead<'a> {
     device: &'a wgpu::Device,
+    lost: &'a Mutex<Option<String>>,
     state: Arc<Mutex<MapState>>,
 }
 
 impl<'a> MapRead<'a> {
-    fn new(device: &'a wgpu::Device, buffer: &wgpu::Buffer, size: u64) -> Self {
+    fn new(
+        device: &'a wgpu::Device,
+        lost: &'a Mutex<Option<String>>,
+        buffer: &wgpu::Buffer,
+        size: u64,
+    ) -> Self {
         let state = Arc::new(Mutex::new(MapState::default()));
         let callback_state = Arc::clone(&state);
         buffer
@@ -394,7 +510,15 @@ impl<'a> MapRead<'a> {
                     }
                 }
             });
-        MapRead { device, state }
+        MapRead {
+            device,
+            lost,
+            state,
+        }
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|reason| reason.clone())
     }
 
     fn take_result(&self, cx: &Context<'_>) -> Option<Result<(), wgpu::BufferAsyncError>> {
@@ -408,16 +532,20 @@ impl<'a> MapRead<'a> {
 }
 
 impl Future for MapRead<'_> {
-    type Output = Result<(), wgpu::BufferAsyncError>;
+    type Output = Result<(), MapFailure>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(result) = self.take_result(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(result.map_err(MapFailure::Map));
         }
-        // Non-blocking: runs the callbacks of finished work, if any.
+        // Non-blocking: runs the callbacks of finished work, if any (and the device-lost
+        // callback of a device that is gone).
         let _ = self.device.poll(wgpu::PollType::Poll);
         if let Some(result) = self.take_result(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(result.map_err(MapFailure::Map));
+        }
+        if let Some(reason) = self.lost_reason() {
+            return Poll::Ready(Err(MapFailure::Lost(reason)));
         }
         #[cfg(not(target_arch = "wasm32"))]
         {

@@ -22,12 +22,14 @@ pub struct DeviceOptions {
     pub disable_f16: bool,
     /// Do not use subgroup operations even if the adapter has them (driver workaround).
     pub disable_subgroups: bool,
+    /// Do not use cooperative matrices (tensor cores) even if the adapter has them.
+    pub disable_cooperative_matrix: bool,
 }
 
 impl DeviceOptions {
     /// Options from the environment: `RETNET_BACKEND` = vulkan|metal|dx12|gl,
     /// `RETNET_ADAPTER` = substring of the adapter name, `RETNET_DISABLE_F16=1`,
-    /// `RETNET_DISABLE_SUBGROUPS=1`. Unset variables leave the defaults.
+    /// `RETNET_DISABLE_SUBGROUPS=1`, `RETNET_DISABLE_COOP=1`. Unset variables leave the defaults.
     pub fn from_env() -> Result<Self, RuntimeError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let backends = var("RETNET_BACKEND")
@@ -39,6 +41,7 @@ impl DeviceOptions {
             adapter_name: var("RETNET_ADAPTER"),
             disable_f16: flag("RETNET_DISABLE_F16"),
             disable_subgroups: flag("RETNET_DISABLE_SUBGROUPS"),
+            disable_cooperative_matrix: flag("RETNET_DISABLE_COOP"),
         })
     }
 }
@@ -121,6 +124,32 @@ async fn select_adapter(
     adapters.into_iter().next().ok_or_else(no_adapter)
 }
 
+/// Whether the adapter multiplies 16×16×16 f16 tiles into f32 accumulators with cooperative
+/// matrices, in subgroups of exactly 32 (the tensor-core matmul's workgroup is 4 such subgroups).
+fn has_f16_tensor_tiles(adapter: &wgpu::Adapter) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use wgpu::CooperativeScalarType as Scalar;
+        let info = adapter.get_info();
+        adapter
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == Scalar::F16
+                    && p.cr_type == Scalar::F32
+            })
+    }
+    // Browsers offer no cooperative matrices.
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = adapter;
+        false
+    }
+}
+
 /// The GPU: wgpu device and queue, what the adapter offers, and every cache (shader modules,
 /// pipelines, bind groups, the parameter arena, read-back staging buffers).
 pub struct Device {
@@ -136,7 +165,19 @@ pub struct Device {
     /// Ids of dropped [`crate::GpuBuffer`]s whose bind groups are still cached.
     pub(crate) dropped_buffers: Arc<Mutex<Vec<u64>>>,
     /// First wgpu error reported outside an error scope, taken by the next submit.
-    pub(crate) uncaptured_error: Arc<Mutex<Option<String>>>,
+    pub(crate) uncaptured_error: Arc<Mutex<Option<UncapturedError>>>,
+    /// Why the device was lost, once it is: every later call fails with
+    /// [`RuntimeError::DeviceLost`] instead of waiting on a device that will never answer.
+    pub(crate) lost: Arc<Mutex<Option<String>>>,
+    /// Per-dispatch timestamps, while profiling ([`Device::start_profiling`]).
+    pub(crate) profiler: Mutex<Option<crate::profile::Profiler>>,
+}
+
+/// An error wgpu reported outside an error scope, kept until the next submit.
+#[derive(Debug)]
+pub(crate) enum UncapturedError {
+    OutOfMemory(String),
+    Other(String),
 }
 
 impl std::fmt::Debug for Device {
@@ -169,12 +210,26 @@ impl Device {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let cooperative_matrix = !options.disable_cooperative_matrix
+            && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+            && has_f16_tensor_tiles(&adapter);
+        if cooperative_matrix {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("retnet"),
                 required_features: wanted,
                 required_limits: limits.clone(),
+                experimental_features: if cooperative_matrix {
+                    // SAFETY: the one experimental feature requested is cooperative matrices,
+                    // used only by the tensor-core matmul, which `cargo xtask verify` checks
+                    // against the CPU on every adapter that offers it.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 ..Default::default()
             })
             .await
@@ -182,17 +237,31 @@ impl Device {
                 adapter: info.name.clone(),
                 source,
             })?;
+        // wgpu's default handler panics: record the error instead, for the next submit.
         let uncaptured_error = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&uncaptured_error);
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
             if let Ok(mut slot) = slot.lock() {
-                slot.get_or_insert_with(|| error.to_string());
+                slot.get_or_insert_with(|| match error {
+                    wgpu::Error::OutOfMemory { .. } => {
+                        UncapturedError::OutOfMemory(error.to_string())
+                    }
+                    _ => UncapturedError::Other(error.to_string()),
+                });
             }
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_slot = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_slot.lock() {
+                slot.get_or_insert_with(|| format!("{reason:?}: {message}"));
+            }
+        });
         let downlevel = adapter.get_downlevel_capabilities().flags;
         let features = Features {
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix,
         };
         Ok(Device {
             device,
@@ -207,6 +276,8 @@ impl Device {
             counters: Arc::new(Counters::default()),
             dropped_buffers: Arc::new(Mutex::new(Vec::new())),
             uncaptured_error,
+            lost,
+            profiler: Mutex::new(None),
         })
     }
 
@@ -257,7 +328,37 @@ impl Device {
     }
 
     pub(crate) fn take_uncaptured_error(&self) -> Result<(), RuntimeError> {
+        self.check_lost()?;
         let error = self.uncaptured_error.lock().ok().and_then(|mut e| e.take());
-        error.map_or(Ok(()), |e| Err(RuntimeError::Wgpu(e)))
+        match error {
+            None => Ok(()),
+            Some(UncapturedError::OutOfMemory(message)) => Err(RuntimeError::OutOfMemory {
+                what: format!("submitted work ({message})"),
+            }),
+            Some(UncapturedError::Other(message)) => Err(RuntimeError::Wgpu(message)),
+        }
+    }
+
+    /// Why the device was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|reason| reason.clone())
+    }
+
+    /// [`RuntimeError::DeviceLost`] once the device is lost.
+    pub(crate) fn check_lost(&self) -> Result<(), RuntimeError> {
+        match self.lost_reason() {
+            Some(reason) => Err(RuntimeError::DeviceLost { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Destroys the wgpu device as a driver reset would, to test recovery: every later call on
+    /// this device, its buffers, models and sessions returns [`RuntimeError::DeviceLost`]. A
+    /// new [`Device`] can be created afterwards.
+    pub fn simulate_loss(&self) {
+        if let Ok(mut slot) = self.lost.lock() {
+            slot.get_or_insert_with(|| "simulated loss (Device::simulate_loss)".to_string());
+        }
+        self.device.destroy();
     }
 }

@@ -86,7 +86,21 @@ pub enum RuntimeError {
         /// wgpu's reason.
         source: wgpu::BufferAsyncError,
     },
-    /// wgpu reported a validation or out-of-memory error.
+    /// The GPU could not allocate memory (reported by wgpu's out-of-memory error scope around
+    /// buffer creation, or by the device at the next submit).
+    #[error("out of GPU memory: {what}")]
+    OutOfMemory {
+        /// What was being allocated or submitted.
+        what: String,
+    },
+    /// The device is gone (driver reset, GPU removed, or [`crate::Device::simulate_loss`]):
+    /// nothing on it can be used again. Drop its models and sessions and create a new device.
+    #[error("the GPU device was lost ({reason}); create a new device")]
+    DeviceLost {
+        /// The driver's or wgpu's reason.
+        reason: String,
+    },
+    /// wgpu reported a validation error.
     #[error("wgpu error: {0}")]
     Wgpu(String),
 }

@@ -27,11 +27,15 @@ mod buffer;
 mod cache;
 mod device;
 mod error;
+mod profile;
 mod sequence;
 
 pub use buffer::{GpuBuffer, WeightData, Weights};
 pub use cache::CacheStats;
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
 pub use error::RuntimeError;
+pub use profile::KernelTime;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
+/// The wgpu this runtime is built on, for [`Device::wgpu_device`] and [`Device::create_buffer_checked`].
+pub use wgpu;

@@ -1,7 +1,7 @@
 //! Recording a sequence of kernel dispatches and submitting it as one compute pass.
 
 use crate::buffer::{next_id, GpuBuffer};
-use crate::cache::ParamArena;
+use crate::cache::{Caches, ParamArena};
 use crate::device::Device;
 use crate::error::RuntimeError;
 use retnet_kernels::{Access, ConstantValues, Dispatch, Kernel, MAX_PARAM_WORDS};
@@ -135,6 +135,7 @@ impl Sequence<'_> {
     /// the parameters of this one before the queue has ordered them.
     pub fn submit(self) -> Result<wgpu::SubmissionIndex, RuntimeError> {
         let device = self.device;
+        device.check_lost()?;
         let dropped: Vec<u64> = device
             .dropped_buffers
             .lock()
@@ -171,27 +172,39 @@ impl Sequence<'_> {
             if let Some(arena) = &caches.arena {
                 device.queue.write_buffer(&arena.buffer, 0, &self.params);
             }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(self.label),
-                timestamp_writes: None,
+            let mut profiler = device.profiler.lock().ok();
+            let profiled = profiler.as_mut().and_then(|p| p.as_mut()).and_then(|p| {
+                let kernels: Vec<&'static str> =
+                    self.dispatches.iter().map(|d| d.kernel.name).collect();
+                p.reserve(&kernels).map(|first| (p, first))
             });
-            for dispatch in &self.dispatches {
-                let pipeline = caches.pipeline(
-                    &device.device,
-                    &device.counters,
-                    dispatch.kernel,
-                    dispatch.constants,
-                );
-                let group = caches.bind_group(
-                    &device.device,
-                    &device.counters,
-                    dispatch.kernel,
-                    &dispatch.buffers,
-                );
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &group, &[dispatch.params_offset]);
-                let [x, y, z] = dispatch.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+            match profiled {
+                // Profiling: a pass per dispatch, timestamps at its beginning and end.
+                Some((profiler, first)) => {
+                    for (i, dispatch) in self.dispatches.iter().enumerate() {
+                        let index = first + 2 * i as u32;
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some(dispatch.kernel.name),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: profiler.query_set(),
+                                beginning_of_pass_write_index: Some(index),
+                                end_of_pass_write_index: Some(index + 1),
+                            }),
+                        });
+                        encode(&mut pass, &mut caches, device, dispatch);
+                    }
+                    let count = 2 * self.dispatches.len() as u32;
+                    profiler.resolve(&mut encoder, first, count);
+                }
+                None => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(self.label),
+                        timestamp_writes: None,
+                    });
+                    for dispatch in &self.dispatches {
+                        encode(&mut pass, &mut caches, device, dispatch);
+                    }
+                }
             }
         }
         let index = device.queue.submit([encoder.finish()]);
@@ -199,6 +212,31 @@ impl Sequence<'_> {
         device.take_uncaptured_error()?;
         Ok(index)
     }
+}
+
+/// Sets one dispatch's pipeline, bind group (its parameters at their dynamic offset) and grid.
+fn encode(
+    pass: &mut wgpu::ComputePass<'_>,
+    caches: &mut Caches,
+    device: &Device,
+    dispatch: &RecordedDispatch,
+) {
+    let pipeline = caches.pipeline(
+        &device.device,
+        &device.counters,
+        dispatch.kernel,
+        dispatch.constants,
+    );
+    let group = caches.bind_group(
+        &device.device,
+        &device.counters,
+        dispatch.kernel,
+        &dispatch.buffers,
+    );
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &group, &[dispatch.params_offset]);
+    let [x, y, z] = dispatch.workgroups;
+    pass.dispatch_workgroups(x, y, z);
 }
 
 impl Device {

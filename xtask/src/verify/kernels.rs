@@ -12,7 +12,9 @@ use super::Row;
 use retnet_kernels::embedding::{gather, EmbeddingParams};
 use retnet_kernels::gated_activation::{gated_activation, Activation, GatedActivationParams};
 use retnet_kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_kernels::linear::{matmul, matvec, LinearParams, Reduction};
+use retnet_kernels::linear::{
+    self, coop_padded_rows, matmul, matvec, matvec_batch, LinearParams, Reduction,
+};
 use retnet_kernels::residual::residual_add;
 use retnet_kernels::retention::{self, RetentionParams, Strided};
 use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
@@ -34,6 +36,12 @@ const ACTIVATION_TOLERANCE: f64 = 1e-6;
 /// ulp(k·2π_mid)/2 ≈ 1e-6 rad at angles near 1e5 rad (position 100 000, θ = 1), and GPU sin/cos
 /// add a few ulp within [-π, π].
 const ROTARY_TOLERANCE: f64 = 4e-6;
+
+/// Beyond position 10^5 the reduction's k·(2π middle part) rounds to half an ulp of a value
+/// growing with k: ~6e-6 at position 10^6 (measured), so the bound grows with the position.
+fn rotary_tolerance(start_pos: usize) -> f64 {
+    ROTARY_TOLERANCE * (start_pos as f64 / 1e5).max(1.0)
+}
 
 /// Linear layers: a dot product of n = in_dim f32 products accumulated in f32. Its rounding error
 /// is ~√n·2^-24 times the terms' scale typically and n·2^-24 in the worst case; relative to
@@ -231,6 +239,9 @@ fn rms_norms(rows: &mut Rows<'_>) {
 enum LinearKernel {
     Matmul,
     Matvec(Reduction),
+    MatvecBatch(Reduction),
+    /// f16 conversion of the input, then the tensor-core matmul (f16 weights only).
+    Coop,
 }
 
 fn linear_case(
@@ -259,19 +270,31 @@ fn linear_case(
     if !what.is_empty() {
         shape += &format!(" ({what})");
     }
-    for format in WeightFormat::ALL {
+    let formats: &[WeightFormat] = match kernel {
+        LinearKernel::Coop => &[WeightFormat::F16],
+        _ => &WeightFormat::ALL,
+    };
+    for &format in formats {
+        let reduction_name = |r: Reduction| match r {
+            Reduction::Workgroup => "workgroup",
+            Reduction::Subgroup => "subgroup",
+        };
         let case = match kernel {
             LinearKernel::Matmul => format!("matmul/{}", format.name()),
-            LinearKernel::Matvec(Reduction::Workgroup) => {
-                format!("matvec/{}/workgroup", format.name())
+            LinearKernel::Matvec(r) => format!("matvec/{}/{}", format.name(), reduction_name(r)),
+            LinearKernel::MatvecBatch(r) => {
+                format!("matvec-batch/{}/{}", format.name(), reduction_name(r))
             }
-            LinearKernel::Matvec(Reduction::Subgroup) => {
-                format!("matvec/{}/subgroup", format.name())
-            }
+            LinearKernel::Coop => "matmul-coop/f16".to_string(),
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
-            LinearKernel::Matvec(reduction) => reduction_support(rows.device, reduction),
-            LinearKernel::Matmul => Ok(()),
+            LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
+                reduction_support(rows.device, reduction)
+            }
+            LinearKernel::Coop if !rows.device.features().cooperative_matrix => {
+                Err("adapter lacks 16×16 f16 cooperative matrices in 32-wide subgroups")
+            }
+            LinearKernel::Matmul | LinearKernel::Coop => Ok(()),
         });
         if let Err(reason) = support {
             rows.skip(&case, &shape, reason);
@@ -280,13 +303,47 @@ fn linear_case(
         rows.add(&case, &shape, |device| {
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
+            let stored = as_stored(&w, format);
+            if let LinearKernel::Coop = kernel {
+                // The output holds whole blocks of rows; the padding rows are not compared.
+                let padded = coop_padded_rows(params.rows) as usize;
+                let mut y_padded = y0.clone();
+                y_padded.resize(padded * o, 0.0);
+                let y = device.upload_f32("y", &y_padded)?;
+                let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
+                let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
+                let multiply = linear::matmul_coop(params);
+                submit(
+                    device,
+                    &[
+                        (convert, &[&input, &half]),
+                        (multiply, &[&weights.buffer, &half, &y]),
+                    ],
+                )?;
+                // The tensor cores multiply f16 inputs: the reference rounds X as they do.
+                let reference = cpu::linear(&cpu::Linear {
+                    x: &cpu::round_f16(&x),
+                    weight: &stored,
+                    y0: &y0,
+                    rows: n_rows,
+                    in_dim: i,
+                    out_dim: o,
+                    x_row_start: 0,
+                    accumulate: params.accumulate,
+                });
+                let gpu = read(device, &y, n_rows * o)?;
+                let tolerance = linear_tolerance(i);
+                return Ok(vec![Row::compare(
+                    &case, &shape, &gpu, &reference, tolerance,
+                )]);
+            }
             let y = device.upload_f32("y", &y0)?;
             let dispatch = match kernel {
-                LinearKernel::Matmul => matmul(format, params),
+                LinearKernel::Matmul | LinearKernel::Coop => matmul(format, params),
                 LinearKernel::Matvec(reduction) => matvec(format, reduction, params),
+                LinearKernel::MatvecBatch(reduction) => matvec_batch(format, reduction, params),
             };
             submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
-            let stored = as_stored(&w, format);
             let reference = cpu::linear(&cpu::Linear {
                 x: &x,
                 weight: &stored,
@@ -296,6 +353,68 @@ fn linear_case(
                 out_dim: o,
                 x_row_start: params.x_row_start as usize,
                 accumulate: params.accumulate,
+            });
+            let gpu = read(device, &y, n_rows * o)?;
+            Ok(vec![Row::compare(
+                &case,
+                &shape,
+                &gpu,
+                &reference,
+                linear_tolerance(i),
+            )])
+        });
+    }
+}
+
+fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
+    let (n_rows, i, o) = (
+        params.rows as usize,
+        params.in_dim as usize,
+        params.out_dim as usize,
+    );
+    let start = params.x_row_start as usize;
+    let mut rng = Rng::new(seed);
+    // Inputs of a realistic size (a residual stream), norm weights around 1.
+    let x: Vec<f32> = rng
+        .vec((start + n_rows) * i)
+        .iter()
+        .map(|v| 8.0 * v)
+        .collect();
+    let g: Vec<f32> = rng.vec(i).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let w = rng.vec(o * i);
+    let mut shape = format!("rows={n_rows} in={i} out={o}");
+    if start > 0 {
+        shape += &format!(" x_row_start={start}");
+    }
+    for format in WeightFormat::ALL {
+        let case = format!("matvec-norm/{}/subgroup", format.name());
+        let support = format_support(rows.device, format)
+            .and_then(|()| reduction_support(rows.device, Reduction::Subgroup));
+        if let Err(reason) = support {
+            rows.skip(&case, &shape, reason);
+            continue;
+        }
+        rows.add(&case, &shape, |device| {
+            let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
+            let input = device.upload_f32("x", &x)?;
+            let norm = device.upload_f32("g", &g)?;
+            let y = device.create_storage_f32("y", n_rows * o)?;
+            let dispatch = linear::matvec_norm(format, params);
+            submit(device, &[(dispatch, &[&weights.buffer, &input, &y, &norm])])?;
+            let rows_used = &x[start * i..];
+            let normalized: Vec<f32> = cpu::rms_norm(rows_used, i, Some(&g), params.norm_eps)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let reference = cpu::linear(&cpu::Linear {
+                x: &normalized,
+                weight: &as_stored(&w, format),
+                y0: &[],
+                rows: n_rows,
+                in_dim: i,
+                out_dim: o,
+                x_row_start: 0,
+                accumulate: None,
             });
             let gpu = read(device, &y, n_rows * o)?;
             Ok(vec![Row::compare(
@@ -359,12 +478,67 @@ fn linears(rows: &mut Rows<'_>) {
             linear_case(rows, kernel, head, 460, "logits head");
         }
     }
+
+    // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case.
+    let mut normed = vec![(1, 8, 5, 0), (1, 256, 70, 0)];
+    if !rows.quick {
+        normed.extend([(1, 2048, 515, 3), (2, 1024, 130, 0)]);
+    }
+    for (index, &(r, i, o, start)) in normed.iter().enumerate() {
+        let params = LinearParams {
+            x_row_start: start,
+            norm_eps: 1e-5,
+            ..LinearParams::new(r, i, o)
+        };
+        matvec_norm_case(rows, params, 480 + index as u64);
+    }
+
+    // Batched matvec: 8 rows per workgroup, so 2, 8, 9 and 21 rows cover a partial block, one
+    // whole block, and blocks after the first.
+    let mut batched = vec![(2, 12, 5), (8, 256, 70), (9, 64, 33)];
+    if !rows.quick {
+        batched.extend([(21, 1024, 130), (32, 2048, 515)]);
+    }
+    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+        let kernel = LinearKernel::MatvecBatch(reduction);
+        for (index, &(r, i, o)) in batched.iter().enumerate() {
+            let params = LinearParams::new(r, i, o);
+            linear_case(rows, kernel, params, 470 + index as u64, "");
+        }
+        let fused = LinearParams {
+            x_row_start: 3,
+            accumulate: Some(0.5),
+            ..LinearParams::new(10, 16, 9)
+        };
+        linear_case(rows, kernel, fused, 490, "residual fused");
+    }
+
+    // Tensor cores: in and out multiples of 64, rows padded to blocks of 256.
+    let mut coops = vec![(33, 64, 64), (256, 128, 192)];
+    if !rows.quick {
+        coops.extend([(300, 2048, 512), (1000, 512, 2048), (2048, 4096, 256)]);
+    }
+    for (index, &(r, i, o)) in coops.iter().enumerate() {
+        let params = LinearParams::new(r, i, o);
+        linear_case(rows, LinearKernel::Coop, params, 500 + index as u64, "");
+    }
+    let fused = LinearParams {
+        accumulate: Some(1.5),
+        ..LinearParams::new(70, 128, 64)
+    };
+    linear_case(rows, LinearKernel::Coop, fused, 520, "residual fused");
 }
 
 fn rotaries(rows: &mut Rows<'_>) {
     // (tokens, heads, K, start_pos): K = 2 (one pair), K not a multiple of 4, large positions
-    // where unreduced GPU sin/cos would lose every digit.
-    let mut shapes = vec![(5, 3, 10, 0), (5, 3, 10, 5000), (3, 8, 64, 100_000)];
+    // where unreduced GPU sin/cos would lose every digit, and positions past 411,774 where the
+    // reduction's k·(2π high part) is no longer exact without splitting k.
+    let mut shapes = vec![
+        (5, 3, 10, 0),
+        (5, 3, 10, 5000),
+        (3, 8, 64, 100_000),
+        (3, 2, 4, 1_000_000),
+    ];
     if !rows.quick {
         shapes.extend([(4, 1, 2, 1), (33, 12, 128, 4000), (2, 2, 256, 65_000)]);
     }
@@ -432,7 +606,7 @@ fn rotaries(rows: &mut Rows<'_>) {
                     &shape,
                     &gpu,
                     &reference,
-                    ROTARY_TOLERANCE,
+                    rotary_tolerance(start_pos),
                 )])
             });
         }
@@ -972,6 +1146,59 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         rows.add(&name, &shape, |device| {
             buffers.reset(device);
             buffers.run(device, &[retention::chunkwise(params, chunk)])?;
+            let gpu = read_outputs(device, &buffers.out, &case)?;
+            let state = read(device, &buffers.state, case.state_len())?;
+            Ok(vec![
+                Row::compare(&name, &shape, &gpu, &expected, tolerance),
+                Row::compare(
+                    format!("{name} state"),
+                    &shape,
+                    &state,
+                    &expected_state,
+                    tolerance,
+                ),
+            ])
+        });
+    }
+
+    // Chunk-parallel: each chunk's update of the state, a scan over the chunks for the state
+    // before each, then the chunkwise output formula for every chunk at once.
+    for &chunk in case.chunk_sizes {
+        let name = format!("retention/chunk-parallel(B={chunk})");
+        let states_len = retention::chunk_states_len(&params, chunk);
+        if u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup
+            || chunk > retention::CHUNK_OUTPUTS_MAX_CHUNK
+        {
+            rows.skip(&name, &shape, "chunk over the workgroup memory limit");
+            continue;
+        }
+        if states_len * 4 > 128 << 20 {
+            rows.skip(&name, &shape, "a state per chunk would exceed 128 MiB");
+            continue;
+        }
+        // The state is scaled by γ^B once per chunk.
+        let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
+        rows.add(&name, &shape, |device| {
+            buffers.reset(device);
+            let states = device.create_storage_f32("chunk states", states_len as usize)?;
+            let b = &buffers;
+            submit(
+                device,
+                &[
+                    (
+                        retention::chunk_updates(params, chunk),
+                        &[&b.data, &b.data, &b.log_decay, &states],
+                    ),
+                    (
+                        retention::chunk_scan(params, chunk),
+                        &[&b.log_decay, &b.state, &states],
+                    ),
+                    (
+                        retention::chunk_outputs(params, chunk),
+                        &[&b.data, &b.data, &b.data, &b.log_decay, &states, &b.out],
+                    ),
+                ],
+            )?;
             let gpu = read_outputs(device, &buffers.out, &case)?;
             let state = read(device, &buffers.state, case.state_len())?;
             Ok(vec![

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Row;
-use retnet_model::{CpuModel, GpuModel, GpuOptions, RetentionForm, WeightPrecision};
+use retnet_model::{CpuModel, GpuBatch, GpuModel, GpuOptions, RetentionForm, WeightPrecision};
 use retnet_runtime::Device;
 
 /// f32 weights: the GPU accumulates in f32 where the reference uses f64 — measured ~1e-6;
@@ -174,6 +174,30 @@ fn fixture_rows(
         }
     }
 
+    // Batched decode (f16 weights where the adapter reads them: the tensor-core path for few rows
+    // where it applies): three sequences prefilled to different lengths, then stepped together;
+    // each step's logits equal the reference's at that position.
+    let precision = if device.supports_half_weights() {
+        WeightPrecision::F16
+    } else {
+        WeightPrecision::F32
+    };
+    let batch_rows = batch_row(device, &cpu, &tokens, precision, &reference)
+        .map_err(|e| format!("batched decode: {e}"))?;
+    let tolerance = if precision == WeightPrecision::F16 {
+        F16_TOLERANCE
+    } else {
+        F32_TOLERANCE
+    };
+    let (got, want) = batch_rows;
+    rows.push(Row::compare(
+        format!("model/{name}/{precision:?}/batch").to_lowercase(),
+        format!("{shape} 3 sequences × 4 steps"),
+        &got,
+        &want,
+        tolerance,
+    ));
+
     // Prefill (chunkwise) the first half, then step token by token: equal to one parallel pass.
     let gpu =
         GpuModel::new(device.clone(), &cpu, GpuOptions::default()).map_err(|e| e.to_string())?;
@@ -196,4 +220,45 @@ fn fixture_rows(
         CONTINUATION_TOLERANCE,
     ));
     Ok(rows)
+}
+
+/// Logits of three sequences stepped together in a [`GpuBatch`] after prefills of different
+/// lengths, and the reference logits at the same positions.
+fn batch_row(
+    device: &Arc<Device>,
+    cpu: &CpuModel,
+    tokens: &[u32],
+    precision: WeightPrecision,
+    reference: &[f64],
+) -> Result<(Vec<f32>, Vec<f64>), retnet_model::ModelError> {
+    let vocab = cpu.config().vocab_size;
+    let gpu = GpuModel::new(device.clone(), cpu, GpuOptions { weights: precision })?;
+    let steps = 4;
+    let starts: Vec<usize> = [3, 2, 1]
+        .iter()
+        .map(|d| tokens.len().saturating_sub(steps + 4 * d).max(1))
+        .collect();
+    let mut batch = GpuBatch::new(&gpu, starts.len())?;
+    let mut slots = Vec::new();
+    for &start in &starts {
+        let mut session = gpu.session()?;
+        pollster::block_on(session.prefill(&tokens[..start]))?;
+        slots.push(batch.insert(&session)?);
+    }
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        let inputs: Vec<(usize, u32)> = slots
+            .iter()
+            .zip(&starts)
+            .filter_map(|(&slot, &start)| tokens.get(start + step).map(|&t| (slot, t)))
+            .collect();
+        got.extend(pollster::block_on(batch.step(&inputs))?);
+        for &start in &starts {
+            let at = (start + step) * vocab;
+            if let Some(row) = reference.get(at..at + vocab) {
+                want.extend_from_slice(row);
+            }
+        }
+    }
+    Ok((got, want))
 }

@@ -1,0 +1,71 @@
+// Matrix-vector products for a batch of rows (batched decode, short prompts): like
+// matvec_common.wgsl, but each workgroup computes OUTPUTS_PER_WORKGROUP outputs for BATCH_ROWS rows
+// at once, so every weight is read from memory once per BATCH_ROWS rows instead of once per row.
+// Rows past `rows` reread the last row (not stored). The partial sums are reduced by
+// matvec_batch_workgroup.wgsl or matvec_batch_subgroup.wgsl. Requires in_dim % 4 == 0.
+
+@group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> output: array<f32>;
+
+// Private arrays cannot be sized by overrides, so these are consts.
+const OUTPUTS_PER_WORKGROUP: u32 = 4u;
+const BATCH_ROWS: u32 = 8u;
+const SUMS: u32 = OUTPUTS_PER_WORKGROUP * BATCH_ROWS;
+override WORKGROUP_SIZE: u32 = 128u;
+
+// Partial sums: element o of entry r is row first_row + r, output first_output + o. The eight rows
+// are written out by hand: with a private array indexed in a loop, the H100's compiler kept the
+// accumulators in local memory (10 ms for a batch-8 step of retnet_xl).
+fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, BATCH_ROWS> {
+    let in4 = params.in_dim / 4u;
+    let last_output = params.out_dim - 1u;
+    let last_row = params.rows - 1u;
+    let w0 = min(first_output, last_output) * in4;
+    let w1 = min(first_output + 1u, last_output) * in4;
+    let w2 = min(first_output + 2u, last_output) * in4;
+    let w3 = min(first_output + 3u, last_output) * in4;
+    let x0 = (params.x_row_start + min(first_row + 0u, last_row)) * in4;
+    let x1 = (params.x_row_start + min(first_row + 1u, last_row)) * in4;
+    let x2 = (params.x_row_start + min(first_row + 2u, last_row)) * in4;
+    let x3 = (params.x_row_start + min(first_row + 3u, last_row)) * in4;
+    let x4 = (params.x_row_start + min(first_row + 4u, last_row)) * in4;
+    let x5 = (params.x_row_start + min(first_row + 5u, last_row)) * in4;
+    let x6 = (params.x_row_start + min(first_row + 6u, last_row)) * in4;
+    let x7 = (params.x_row_start + min(first_row + 7u, last_row)) * in4;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
+    for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
+        let a = weight_vec4(w0 + i);
+        let b = weight_vec4(w1 + i);
+        let c = weight_vec4(w2 + i);
+        let d = weight_vec4(w3 + i);
+        acc0 += dots(a, b, c, d, input[x0 + i]);
+        acc1 += dots(a, b, c, d, input[x1 + i]);
+        acc2 += dots(a, b, c, d, input[x2 + i]);
+        acc3 += dots(a, b, c, d, input[x3 + i]);
+        acc4 += dots(a, b, c, d, input[x4 + i]);
+        acc5 += dots(a, b, c, d, input[x5 + i]);
+        acc6 += dots(a, b, c, d, input[x6 + i]);
+        acc7 += dots(a, b, c, d, input[x7 + i]);
+    }
+    return array<vec4<f32>, BATCH_ROWS>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
+}
+
+fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, x: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(a, x), dot(b, x), dot(c, x), dot(d, x));
+}
+
+// Stores sum `s` (row s / OUTPUTS_PER_WORKGROUP, output s % OUTPUTS_PER_WORKGROUP) if in range.
+fn store_batch_sum(s: u32, first_output: u32, first_row: u32, value: f32) {
+    let row = first_row + s / OUTPUTS_PER_WORKGROUP;
+    let column = first_output + s % OUTPUTS_PER_WORKGROUP;
+    if row < params.rows && column < params.out_dim {
+        store_output(row * params.out_dim + column, value);
+    }
+}
