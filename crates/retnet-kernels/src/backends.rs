@@ -475,8 +475,11 @@ mod tests {
     #[test]
     fn chunked_retention_workgroup_memory_is_what_the_runtime_budgets() {
         use crate::retention::{chunk_outputs_workgroup_bytes, chunkwise_workgroup_bytes};
-        let budgets: [(&'static Kernel, fn(u32) -> u32); 2] = [
-            (&crate::retention::CHUNKWISE, chunkwise_workgroup_bytes),
+        let budgets = [
+            (
+                &crate::retention::CHUNKWISE,
+                chunkwise_workgroup_bytes as fn(u32) -> u32,
+            ),
             (
                 &crate::retention::CHUNK_OUTPUTS,
                 chunk_outputs_workgroup_bytes,
