@@ -82,3 +82,43 @@ fn saved_state_resumes_exactly_and_only_into_its_model() {
     .unwrap();
     assert!(e.to_string().contains("not a retnet state file"), "{e}");
 }
+
+#[test]
+fn a_state_in_memory_is_the_state_file_and_resumes_the_same() {
+    // The browser has no file system: `save_bytes` / `load_bytes` must be the file's format.
+    use retnet::model::state_file;
+    use std::path::Path;
+    let model = CpuModel::load(&fixture("torchscale_swish_tied")).unwrap();
+    let params = SamplingParams {
+        seed: 5,
+        ..SamplingParams::default()
+    };
+    let mut session = CpuSession::new(CpuEngine::new(&model));
+    block_on(session.prefill(&[4, 2])).unwrap();
+    block_on(session.next_token(&params)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("state.safetensors");
+    block_on(session.save(&path)).unwrap();
+    let bytes = block_on(session.save_bytes()).unwrap();
+    // The same file format (metadata order aside: safetensors writes a hash map).
+    let from_disk = state_file::load_state(&path, model.config()).unwrap();
+    let in_memory =
+        state_file::state_from_bytes(Path::new("state"), &bytes, model.config()).unwrap();
+    assert!(
+        from_disk == in_memory,
+        "the state in memory differs from the file"
+    );
+
+    let mut from_file = CpuSession::load(CpuEngine::new(&model), &path).unwrap();
+    let mut from_bytes = CpuSession::load_bytes(CpuEngine::new(&model), "state", &bytes).unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            block_on(from_bytes.next_token(&params)).unwrap(),
+            block_on(from_file.next_token(&params)).unwrap()
+        );
+    }
+    let e = CpuSession::load_bytes(CpuEngine::new(&model), "state", &bytes[..40])
+        .err()
+        .expect("refused");
+    assert!(e.to_string().starts_with("state: "), "{e}");
+}

@@ -418,6 +418,88 @@ mod tests {
         }
     }
 
+    /// Bytes of workgroup memory `kernel` declares under `values`, as naga lays it out.
+    fn workgroup_bytes(kernel: &'static Kernel, values: crate::ConstantValues) -> u32 {
+        let (module, info) = parse_and_validate(kernel, kernel.requires).expect("valid");
+        let mut constants = PipelineConstants::default();
+        for (name, value) in values.pairs(kernel) {
+            constants.insert(name.to_string(), value);
+        }
+        let entry = (ShaderStage::Compute, kernel.entry_point);
+        let (module, _) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            Some(entry),
+            &constants,
+        )
+        .expect("overrides");
+        let module = with_array_sizes_resolved(&module).expect("sizes");
+        module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+            .sum()
+    }
+
+    #[test]
+    fn every_variant_fits_webgpu_default_workgroup_limits() {
+        // A browser's WebGPU may offer no more than the spec's defaults: 16 KiB of workgroup
+        // memory and 256 invocations (256 × 256 × 64). The chunked retention kernels' memory
+        // depends on their chunk, which the runtime fits to the adapter (next test).
+        let fitted = [
+            &crate::retention::CHUNKWISE,
+            &crate::retention::CHUNK_OUTPUTS,
+        ];
+        let mut over = Vec::new();
+        for kernel in crate::all_kernels() {
+            let values = kernel.default_constants();
+            let [x, y, z] = kernel.workgroup_size(&values);
+            if !(x * y * z <= 256 && x <= 256 && y <= 256 && z <= 64) {
+                over.push(format!("{}: workgroup {x}×{y}×{z}", kernel.name));
+            }
+            if fitted.iter().any(|f| std::ptr::eq(kernel, *f)) {
+                continue;
+            }
+            let bytes = workgroup_bytes(kernel, values);
+            if bytes > 16384 {
+                over.push(format!(
+                    "{}: {bytes} bytes of workgroup memory",
+                    kernel.name
+                ));
+            }
+        }
+        assert!(over.is_empty(), "{}", over.join("\n"));
+    }
+
+    #[test]
+    fn chunked_retention_workgroup_memory_is_what_the_runtime_budgets() {
+        use crate::retention::{chunk_outputs_workgroup_bytes, chunkwise_workgroup_bytes};
+        let budgets = [
+            (
+                &crate::retention::CHUNKWISE,
+                chunkwise_workgroup_bytes as fn(u32) -> u32,
+            ),
+            (
+                &crate::retention::CHUNK_OUTPUTS,
+                chunk_outputs_workgroup_bytes,
+            ),
+        ];
+        for (kernel, budget) in budgets {
+            for chunk in [1u32, 7, 16, 32, 39, 40, 64] {
+                let values = kernel.default_constants().with(kernel, "CHUNK_SIZE", chunk);
+                assert_eq!(
+                    workgroup_bytes(kernel, values),
+                    budget(chunk),
+                    "{} chunk {chunk}",
+                    kernel.name
+                );
+            }
+            // Some chunk fits WebGPU's default 16 KiB.
+            assert!(budget(16) <= 16384, "{}", kernel.name);
+        }
+    }
+
     #[test]
     fn override_constants_chosen_by_constructors_translate_too() {
         // The chunk size is the one constant the runtime changes (it sizes workgroup arrays).

@@ -377,6 +377,20 @@ pub fn chunkwise(params: RetentionParams, chunk_size: u32) -> Dispatch {
     }
 }
 
+/// Bytes of workgroup memory [`chunkwise`] declares for chunks of `chunk_size` tokens: the
+/// scores (C²), the value tile (C × COLUMNS) and the decay powers (C + 1), all f32. The runtime
+/// picks the largest chunk whose memory fits the adapter (WebGPU guarantees only 16 KiB); the
+/// `backends` tests check this against naga's layout of the shader.
+pub fn chunkwise_workgroup_bytes(chunk_size: u32) -> u32 {
+    let columns = CHUNKWISE
+        .constants
+        .iter()
+        .find(|c| c.name == "COLUMNS")
+        .map_or(0, |c| c.default);
+    let c = chunk_size.max(1);
+    (c * c + c * columns + c + 1) * 4
+}
+
 /// f32 elements of the chunk-state buffer of [`chunk_updates`], [`chunk_scan`] and
 /// [`chunk_outputs`]: one `[H, K, V]` state per chunk.
 pub fn chunk_states_len(params: &RetentionParams, chunk_size: u32) -> u64 {

@@ -51,7 +51,8 @@ pub struct GpuOptions {
     pub weights: WeightPrecision,
 }
 
-/// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats.
+/// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats
+/// (`retention::chunkwise_workgroup_bytes`).
 const MAX_GPU_CHUNK: usize = 64;
 /// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
 const MAX_SPAN: usize = 2048;
@@ -151,10 +152,12 @@ impl GpuModel {
             })
         };
         let limits = device.limits();
+        // WebGPU guarantees only 16 KiB of workgroup memory (39-token chunks).
         let max_chunk = (1..=MAX_GPU_CHUNK)
             .rev()
             .find(|&c| {
-                ((c * c + 65 * c + 1) * 4) as u32 <= limits.max_compute_workgroup_storage_size
+                retention::chunkwise_workgroup_bytes(c as u32)
+                    <= limits.max_compute_workgroup_storage_size
             })
             .unwrap_or(1);
         let max_parallel_chunk = (1..=retention::CHUNK_OUTPUTS_MAX_CHUNK)

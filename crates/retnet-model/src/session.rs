@@ -17,7 +17,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::reference::{CpuModel, CpuState, RetentionForm};
 use crate::sampling::{apply_repeat_penalty, sample, SamplingParams};
-use crate::state_file::{load_state, save_state, SavedState};
+use crate::state_file::{load_state, save_state, state_from_bytes, state_to_bytes, SavedState};
 
 /// How many recent tokens the repetition penalty looks at.
 pub const REPEAT_WINDOW: usize = 64;
@@ -345,20 +345,41 @@ impl<E: Engine> Generator<E> {
 
     /// Saves the state and bookkeeping to a safetensors file.
     pub async fn save(&self, path: &Path) -> Result<()> {
-        let saved = SavedState {
+        save_state(path, self.engine.config(), &self.saved().await?)
+    }
+
+    /// The bytes of the file [`Generator::save`] writes (for embedders without a file system,
+    /// e.g. the browser).
+    pub async fn save_bytes(&self) -> Result<Vec<u8>> {
+        let name = Path::new("<state>");
+        state_to_bytes(name, self.engine.config(), &self.saved().await?)
+    }
+
+    async fn saved(&self) -> Result<SavedState> {
+        Ok(SavedState {
             position: self.engine.position(),
             layers: self.engine.export_state().await?,
             extra: self.book.to_strings(),
-        };
-        save_state(path, self.engine.config(), &saved)
+        })
     }
 
     /// Resumes a session saved by [`Generator::save`] (from either backend) into `engine`.
-    pub fn load(mut engine: E, path: &Path) -> Result<Self> {
+    pub fn load(engine: E, path: &Path) -> Result<Self> {
         let saved = load_state(path, engine.config())?;
+        Self::resume(engine, path, saved)
+    }
+
+    /// [`Generator::load`] from the bytes of a state file; `name` is used in error messages.
+    pub fn load_bytes(engine: E, name: &str, bytes: &[u8]) -> Result<Self> {
+        let name = Path::new(name);
+        let saved = state_from_bytes(name, bytes, engine.config())?;
+        Self::resume(engine, name, saved)
+    }
+
+    fn resume(mut engine: E, name: &Path, saved: SavedState) -> Result<Self> {
         let book =
             SessionBook::from_strings(&saved.extra).ok_or_else(|| ModelError::StateFile {
-                path: path.to_path_buf(),
+                path: name.to_path_buf(),
                 message: "missing or bad session bookkeeping (pending, history, draws)".into(),
             })?;
         engine.import_state(saved.position, &saved.layers)?;

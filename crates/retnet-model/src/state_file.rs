@@ -33,9 +33,16 @@ pub struct SavedState {
 
 /// Writes a state to `path`, tagged with the config's fingerprint.
 pub fn save_state(path: &Path, config: &ModelConfig, saved: &SavedState) -> Result<()> {
+    let bytes = state_to_bytes(path, config, saved)?;
+    std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))
+}
+
+/// A state as the bytes of a state file (what [`save_state`] writes); `name` is used in error
+/// messages.
+pub fn state_to_bytes(name: &Path, config: &ModelConfig, saved: &SavedState) -> Result<Vec<u8>> {
     let (position, layers) = (saved.position, &saved.layers);
     let err = |message: String| ModelError::StateFile {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         message,
     };
     let shape = vec![config.num_heads, config.head_k_dim, config.head_v_dim];
@@ -55,19 +62,25 @@ pub fn save_state(path: &Path, config: &ModelConfig, saved: &SavedState) -> Resu
         ("config_fingerprint".to_string(), config_fingerprint(config)),
         ("position".to_string(), position.to_string()),
     ]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| err(e.to_string()))
+    safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))
 }
 
 /// Reads a state saved by [`save_state`] for a model with this config.
 pub fn load_state(path: &Path, config: &ModelConfig) -> Result<SavedState> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    state_from_bytes(path, &bytes, config)
+}
+
+/// Reads the bytes of a state file for a model with this config; `name` is used in error
+/// messages.
+pub fn state_from_bytes(name: &Path, bytes: &[u8], config: &ModelConfig) -> Result<SavedState> {
     let err = |message: String| ModelError::StateFile {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| err(format!("not a state file: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| err(format!("not a state file: {e}")))?;
     let info = meta.metadata().clone().unwrap_or_default();
     if info.get("format").map(String::as_str) != Some(FORMAT) {

@@ -1,5 +1,8 @@
 //! Text ↔ token ids: the checkpoint's own `tokenizer.json` (Hugging Face format, e.g. the Llama
 //! tokenizer of fla-hub models), or raw bytes for byte-vocabulary models.
+//!
+//! The WebAssembly build has no Hugging Face tokenizer (the `tokenizers` crate needs a random
+//! source configured for the browser); it reads byte-level models only.
 
 use std::path::Path;
 
@@ -11,6 +14,7 @@ pub enum Tokenizer {
     /// One token per byte (vocabulary of 256).
     Bytes,
     /// A Hugging Face `tokenizer.json`.
+    #[cfg(not(target_arch = "wasm32"))]
     HuggingFace(Box<tokenizers::Tokenizer>),
 }
 
@@ -20,9 +24,7 @@ impl Tokenizer {
     pub fn for_model(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if path.is_file() {
-            let tok = tokenizers::Tokenizer::from_file(&path)
-                .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-            return Ok(Self::HuggingFace(Box::new(tok)));
+            return Self::from_file(&path);
         }
         Self::bytes_for(config).ok_or_else(|| {
             ModelError::Tokenizer(format!(
@@ -31,6 +33,23 @@ impl Tokenizer {
                 config.vocab_size
             ))
         })
+    }
+
+    /// A Hugging Face `tokenizer.json`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self::HuggingFace(Box::new(tok)))
+    }
+
+    /// A Hugging Face `tokenizer.json`: not available in the WebAssembly build.
+    #[cfg(target_arch = "wasm32")]
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Err(ModelError::Tokenizer(format!(
+            "{}: Hugging Face tokenizers are not available in the WebAssembly build",
+            path.display()
+        )))
     }
 
     /// The byte tokenizer, if the vocabulary is exactly the 256 bytes.
@@ -42,6 +61,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Self::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            #[cfg(not(target_arch = "wasm32"))]
             Self::HuggingFace(t) => t
                 .encode(text, false)
                 .map(|e| e.get_ids().to_vec())
@@ -53,6 +73,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<Vec<u8>> {
         match self {
             Self::Bytes => Ok(ids.iter().map(|&i| i.min(255) as u8).collect()),
+            #[cfg(not(target_arch = "wasm32"))]
             Self::HuggingFace(t) => t
                 .decode(ids, false)
                 .map(String::into_bytes)
@@ -82,7 +103,7 @@ impl TextStream {
 
     /// Adds one id; returns the bytes that became final.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Vec<u8>> {
-        if let Tokenizer::Bytes = tokenizer {
+        if matches!(tokenizer, Tokenizer::Bytes) {
             return tokenizer.decode(&[id]);
         }
         self.ids.push(id);

@@ -82,7 +82,19 @@ impl Sequence<'_> {
                 });
             }
         }
-        let max_groups = self.device.limits().max_compute_workgroups_per_dimension;
+        let limits = self.device.limits();
+        let [x, y, z] = kernel.workgroup_size(&dispatch.constants);
+        if x.saturating_mul(y).saturating_mul(z) > limits.max_compute_invocations_per_workgroup
+            || x > limits.max_compute_workgroup_size_x
+            || y > limits.max_compute_workgroup_size_y
+            || z > limits.max_compute_workgroup_size_z
+        {
+            return Err(RuntimeError::Wgpu(format!(
+                "{}: a workgroup of {x}×{y}×{z} invocations is over the adapter's limits",
+                kernel.name
+            )));
+        }
+        let max_groups = limits.max_compute_workgroups_per_dimension;
         if let Some(&too_many) = dispatch.workgroups.iter().find(|&&n| n > max_groups) {
             return Err(RuntimeError::Wgpu(format!(
                 "{}: {too_many} workgroups in one dimension, over the limit of {max_groups}",
