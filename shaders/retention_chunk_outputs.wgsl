@@ -1,6 +1,6 @@
 // Chunk-parallel retention, pass 2: every chunk's outputs at once, from the state before it
-// (passes 1a and 1b, retention_chunk_updates.wgsl and retention_chunk_scan.wgsl). Token i of a chunk, with S the state before the chunk,
-// gets
+// (passes 1a and 1b, retention_chunk_updates.wgsl and retention_chunk_scan.wgsl). Token i of a
+// chunk, with S the state before the chunk, gets
 //   P_i = γ^(i+1) q_i S + Σ_{j ≤ i} γ^(i−j) (q_i · k_j) v_j.
 // Each workgroup owns one chunk (at most 64 tokens), one head and 64 value columns. Both q·kᵀ and
 // q·S are small matrix products, computed as in matmul.wgsl: K is walked in slices of 16 staged

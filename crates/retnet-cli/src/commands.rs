@@ -458,9 +458,11 @@ pub fn devices() -> Result<(), CliError> {
     let limits = device.limits();
     println!("selected: {} ({:?})", info.name, info.backend);
     println!(
-        "features: shader-f16 {}, subgroups {}, timestamp queries {}, f16 weights {}",
+        "features: shader-f16 {}, subgroups {}, cooperative matrices (tensor cores) {}, \
+         timestamp queries {}, f16 weights {}",
         device.features().shader_f16,
         device.features().subgroups,
+        device.features().cooperative_matrix,
         device.has_timestamp_query(),
         if device.supports_half_weights() {
             "yes"
