@@ -74,24 +74,22 @@ impl Reduction {
     }
 }
 
-const BINDINGS: &[Binding] = &[
-    PARAMS,
-    Binding {
-        index: 1,
-        name: "weight",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 2,
-        name: "input",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 3,
-        name: "output",
-        access: Access::ReadWrite,
-    },
-];
+const WEIGHT: Binding = Binding {
+    index: 1,
+    name: "weight",
+    access: Access::ReadOnly,
+};
+const INPUT: Binding = Binding {
+    index: 2,
+    name: "input",
+    access: Access::ReadOnly,
+};
+const OUTPUT: Binding = Binding {
+    index: 3,
+    name: "output",
+    access: Access::ReadWrite,
+};
+const BINDINGS: &[Binding] = &[PARAMS, WEIGHT, INPUT, OUTPUT];
 const PARAMS_STRUCT: (&str, &[&str]) = (
     "LinearParams",
     &[
@@ -379,21 +377,9 @@ const fn matvec_norm_variant(name: &'static str, source: &'static str, shader_f1
         entry_point: "matvec_norm_subgroup",
         bindings: &[
             PARAMS,
-            Binding {
-                index: 1,
-                name: "weight",
-                access: Access::ReadOnly,
-            },
-            Binding {
-                index: 2,
-                name: "input",
-                access: Access::ReadOnly,
-            },
-            Binding {
-                index: 3,
-                name: "output",
-                access: Access::ReadWrite,
-            },
+            WEIGHT,
+            INPUT,
+            OUTPUT,
             Binding {
                 index: 4,
                 name: "norm_weight",

@@ -3,8 +3,8 @@
 //! `shaders/retention_common.wgsl` for the formulas and buffer layout.
 
 use crate::{
-    ceil_div, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
-    PARAMS,
+    ceil_div, Access, Binding, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant,
+    ParamWords, PARAMS,
 };
 
 /// Where one of q, k, v or the output lives: element `c` of head `h` of token `t` is at
@@ -365,9 +365,7 @@ pub fn parallel(params: RetentionParams) -> Dispatch {
 /// Buffers: q, k, v, `log_decay [H]`, `state [H, K, V]`, output.
 pub fn chunkwise(params: RetentionParams, chunk_size: u32) -> Dispatch {
     let kernel = &CHUNKWISE;
-    let constants = kernel
-        .default_constants()
-        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    let constants = with_chunk(kernel, chunk_size.max(1));
     let columns = constants.0[1];
     Dispatch {
         kernel,
@@ -391,28 +389,40 @@ pub fn chunkwise_workgroup_bytes(chunk_size: u32) -> u32 {
     (c * c + c * columns + c + 1) * 4
 }
 
+/// The kernel's default constants with `CHUNK_SIZE` set.
+fn with_chunk(kernel: &'static Kernel, chunk_size: u32) -> ConstantValues {
+    kernel
+        .default_constants()
+        .with(kernel, "CHUNK_SIZE", chunk_size)
+}
+
+/// The chunk the three chunk-parallel passes use for a requested `chunk_size`: 1 to
+/// [`CHUNK_OUTPUTS_MAX_CHUNK`]. All three (and the buffer between them) must agree on it.
+fn parallel_chunk(chunk_size: u32) -> u32 {
+    chunk_size.clamp(1, CHUNK_OUTPUTS_MAX_CHUNK)
+}
+
 /// f32 elements of the chunk-state buffer of [`chunk_updates`], [`chunk_scan`] and
 /// [`chunk_outputs`]: one `[H, K, V]` state per chunk.
 pub fn chunk_states_len(params: &RetentionParams, chunk_size: u32) -> u64 {
-    let chunks = u64::from(params.tokens.div_ceil(chunk_size.max(1)));
+    let chunks = u64::from(params.tokens.div_ceil(parallel_chunk(chunk_size)));
     chunks * u64::from(params.query_heads) * u64::from(params.key_dim) * u64::from(params.value_dim)
 }
 
-/// Chunk-parallel retention, pass 1a: writes each chunk's own update of the state into
+/// Chunk-parallel retention, pass 1a (chunks of at most [`CHUNK_OUTPUTS_MAX_CHUNK`] tokens, like
+/// the other two passes): writes each chunk's own update of the state into
 /// `chunk_states` ([`chunk_states_len`] f32). Buffers: k, v, `log_decay [H]`, `chunk_states`.
 /// Follow with [`chunk_scan`].
 pub fn chunk_updates(params: RetentionParams, chunk_size: u32) -> Dispatch {
     let kernel = &CHUNK_UPDATES;
-    let constants = kernel
-        .default_constants()
-        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
+    let chunk_size = parallel_chunk(chunk_size);
     Dispatch {
         kernel,
-        constants,
+        constants: with_chunk(kernel, chunk_size),
         params: params.words(),
         workgroups: [
             ceil_div(params.key_dim, 64) * ceil_div(params.value_dim, 64),
-            params.tokens.div_ceil(chunk_size.max(1)),
+            params.tokens.div_ceil(chunk_size),
             params.query_heads,
         ],
     }
@@ -423,12 +433,9 @@ pub fn chunk_updates(params: RetentionParams, chunk_size: u32) -> Dispatch {
 /// `state [H, K, V]`, `chunk_states`.
 pub fn chunk_scan(params: RetentionParams, chunk_size: u32) -> Dispatch {
     let kernel = &CHUNK_SCAN;
-    let constants = kernel
-        .default_constants()
-        .with(kernel, "CHUNK_SIZE", chunk_size.max(1));
     Dispatch {
         kernel,
-        constants,
+        constants: with_chunk(kernel, parallel_chunk(chunk_size)),
         params: params.words(),
         workgroups: [
             ceil_div(params.value_dim, 64),
@@ -453,17 +460,14 @@ pub fn chunk_outputs_workgroup_bytes(chunk_size: u32) -> u32 {
 /// (from [`chunk_scan`]), output.
 pub fn chunk_outputs(params: RetentionParams, chunk_size: u32) -> Dispatch {
     let kernel = &CHUNK_OUTPUTS;
-    let chunk_size = chunk_size.clamp(1, CHUNK_OUTPUTS_MAX_CHUNK);
-    let constants = kernel
-        .default_constants()
-        .with(kernel, "CHUNK_SIZE", chunk_size);
+    let chunk_size = parallel_chunk(chunk_size);
     Dispatch {
         kernel,
-        constants,
+        constants: with_chunk(kernel, chunk_size),
         params: params.words(),
         workgroups: [
             ceil_div(params.value_dim, 64),
-            params.tokens.div_ceil(chunk_size.max(1)),
+            params.tokens.div_ceil(chunk_size),
             params.query_heads,
         ],
     }

@@ -53,7 +53,7 @@ pub struct GpuOptions {
 
 /// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats
 /// (`retention::chunkwise_workgroup_bytes`).
-const MAX_GPU_CHUNK: usize = 64;
+const MAX_GPU_CHUNK: u32 = 64;
 /// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
 const MAX_SPAN: usize = 2048;
 /// The span on a software adapter (llvmpipe), which silently stops any loop after 65535
@@ -151,22 +151,20 @@ impl GpuModel {
                 None => None,
             })
         };
-        let limits = device.limits();
-        // WebGPU guarantees only 16 KiB of workgroup memory (39-token chunks).
-        let max_chunk = (1..=MAX_GPU_CHUNK)
-            .rev()
-            .find(|&c| {
-                retention::chunkwise_workgroup_bytes(c as u32)
-                    <= limits.max_compute_workgroup_storage_size
-            })
-            .unwrap_or(1);
-        let max_parallel_chunk = (1..=retention::CHUNK_OUTPUTS_MAX_CHUNK)
-            .rev()
-            .find(|&c| {
-                retention::chunk_outputs_workgroup_bytes(c)
-                    <= limits.max_compute_workgroup_storage_size
-            })
-            .unwrap_or(1) as usize;
+        // The largest chunk up to `max` whose workgroup memory fits the adapter (WebGPU
+        // guarantees only 16 KiB: 39-token chunks for the chunkwise kernel).
+        let workgroup_memory = device.limits().max_compute_workgroup_storage_size;
+        let largest_chunk = |max: u32, bytes: fn(u32) -> u32| {
+            (1..=max)
+                .rev()
+                .find(|&c| bytes(c) <= workgroup_memory)
+                .unwrap_or(1) as usize
+        };
+        let max_chunk = largest_chunk(MAX_GPU_CHUNK, retention::chunkwise_workgroup_bytes);
+        let max_parallel_chunk = largest_chunk(
+            retention::CHUNK_OUTPUTS_MAX_CHUNK,
+            retention::chunk_outputs_workgroup_bytes,
+        );
         Ok(Self {
             embed: upload("embed_tokens", &[&weights.embed])?,
             embed_norm: optional("embed_norm", &weights.embed_norm)?,
@@ -302,14 +300,35 @@ struct Scratch {
     logits: GpuBuffer,
     /// f16 copy of a projection's input rows, for the tensor cores.
     half_input: Option<GpuBuffer>,
-    /// The state before each chunk, for chunk-parallel retention; `None` for one-token spans
-    /// or where it would not fit one binding.
+    /// The state before each chunk, for chunk-parallel retention: made by the first chunkwise
+    /// span ([`Scratch::prepare_chunk_states`]); `None` until then, for decode-only scratch, or
+    /// where it would not fit one binding.
     chunk_states: Option<GpuBuffer>,
     /// Chunks `chunk_states` holds.
     chunk_capacity: usize,
 }
 
 impl Scratch {
+    /// Makes the chunk-state buffer of chunk-parallel retention for spans of up to `tokens`
+    /// tokens, once: for a span of 2048 tokens in chunks of 64, 32 states (113 MB for
+    /// retnet_xl). Where that exceeds a binding, the sequential chunkwise kernel (no extra
+    /// memory) is used instead.
+    fn prepare_chunk_states(&mut self, model: &GpuModel) -> Result<()> {
+        if self.chunk_states.is_some() || self.tokens <= 1 {
+            return Ok(());
+        }
+        let c = &model.config;
+        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let chunks = self.tokens.div_ceil(model.max_parallel_chunk);
+        let bytes = (chunks * state_len * 4) as u64;
+        let limits = model.device.limits();
+        if bytes <= limits.max_storage_buffer_binding_size && bytes <= limits.max_buffer_size {
+            self.chunk_states = Some(model.device.create_storage("chunk states", bytes)?);
+            self.chunk_capacity = chunks;
+        }
+        Ok(())
+    }
+
     fn bytes(&self) -> u64 {
         [
             &self.token_ids,
@@ -346,27 +365,12 @@ impl Scratch {
         } else {
             None
         };
-        // Chunk-parallel retention keeps a state per chunk: for a span of 2048 tokens in chunks of
-        // 64, 32 states (113 MB for retnet_xl). Where that exceeds a binding, the sequential
-        // chunkwise kernel (no extra memory) is used instead.
-        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
-        let chunk_capacity = tokens.div_ceil(model.max_parallel_chunk);
-        let chunk_bytes = (chunk_capacity * state_len * 4) as u64;
-        let limits = dev.limits();
-        let chunk_states = if tokens > 1
-            && chunk_bytes <= limits.max_storage_buffer_binding_size
-            && chunk_bytes <= limits.max_buffer_size
-        {
-            Some(dev.create_storage("chunk states", chunk_bytes)?)
-        } else {
-            None
-        };
         Ok(Self {
             tokens,
             rows,
             logit_rows,
-            chunk_states,
-            chunk_capacity,
+            chunk_states: None,
+            chunk_capacity: 0,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -527,6 +531,9 @@ impl<'m> GpuSession<'m> {
         {
             let tokens = tokens.len().next_power_of_two().max(self.scratch.tokens);
             self.scratch = Scratch::new(model, tokens, all_logits)?;
+        }
+        if matches!(form, RetentionForm::Chunkwise { .. }) {
+            self.scratch.prepare_chunk_states(model)?;
         }
         let rows = Rows::Sequence {
             position: self.position as u32,

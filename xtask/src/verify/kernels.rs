@@ -303,50 +303,43 @@ fn linear_case(
         rows.add(&case, &shape, |device| {
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
-            let stored = as_stored(&w, format);
-            if let LinearKernel::Coop = kernel {
-                // The output holds whole blocks of rows; the padding rows are not compared.
-                let padded = coop_padded_rows(params.rows) as usize;
-                let mut y_padded = y0.clone();
-                y_padded.resize(padded * o, 0.0);
-                let y = device.upload_f32("y", &y_padded)?;
-                let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
-                let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
-                let multiply = linear::matmul_coop(params);
-                submit(
-                    device,
-                    &[
-                        (convert, &[&input, &half]),
-                        (multiply, &[&weights.buffer, &half, &y]),
-                    ],
-                )?;
-                // The tensor cores multiply f16 inputs: the reference rounds X as they do.
-                let reference = cpu::linear(&cpu::Linear {
-                    x: &cpu::round_f16(&x),
-                    weight: &stored,
-                    y0: &y0,
-                    rows: n_rows,
-                    in_dim: i,
-                    out_dim: o,
-                    x_row_start: 0,
-                    accumulate: params.accumulate,
-                });
-                let gpu = read(device, &y, n_rows * o)?;
-                let tolerance = linear_tolerance(i);
-                return Ok(vec![Row::compare(
-                    &case, &shape, &gpu, &reference, tolerance,
-                )]);
-            }
-            let y = device.upload_f32("y", &y0)?;
-            let dispatch = match kernel {
-                LinearKernel::Matmul | LinearKernel::Coop => matmul(format, params),
-                LinearKernel::Matvec(reduction) => matvec(format, reduction, params),
-                LinearKernel::MatvecBatch(reduction) => matvec_batch(format, reduction, params),
+            let portable = match kernel {
+                LinearKernel::Matmul => Some(matmul(format, params)),
+                LinearKernel::Matvec(reduction) => Some(matvec(format, reduction, params)),
+                LinearKernel::MatvecBatch(reduction) => {
+                    Some(matvec_batch(format, reduction, params))
+                }
+                LinearKernel::Coop => None,
             };
-            submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+            let (gpu, x_seen) = match portable {
+                Some(dispatch) => {
+                    let y = device.upload_f32("y", &y0)?;
+                    submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+                    (read(device, &y, n_rows * o)?, x.clone())
+                }
+                None => {
+                    // The output holds whole blocks of rows; the padding rows are not compared.
+                    let padded = coop_padded_rows(params.rows) as usize;
+                    let mut y_padded = y0.clone();
+                    y_padded.resize(padded * o, 0.0);
+                    let y = device.upload_f32("y", &y_padded)?;
+                    let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
+                    let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
+                    let multiply = linear::matmul_coop(params);
+                    submit(
+                        device,
+                        &[
+                            (convert, &[&input, &half]),
+                            (multiply, &[&weights.buffer, &half, &y]),
+                        ],
+                    )?;
+                    // The tensor cores multiply f16 inputs: the reference rounds X as they do.
+                    (read(device, &y, n_rows * o)?, cpu::round_f16(&x))
+                }
+            };
             let reference = cpu::linear(&cpu::Linear {
-                x: &x,
-                weight: &stored,
+                x: &x_seen,
+                weight: &as_stored(&w, format),
                 y0: &y0,
                 rows: n_rows,
                 in_dim: i,
@@ -354,7 +347,6 @@ fn linear_case(
                 x_row_start: params.x_row_start as usize,
                 accumulate: params.accumulate,
             });
-            let gpu = read(device, &y, n_rows * o)?;
             Ok(vec![Row::compare(
                 &case,
                 &shape,
@@ -995,6 +987,30 @@ fn chunkwise_limit(device: &Device, tokens: usize, key_dim: usize, chunk: u32) -
 }
 
 /// Reads the output rows of `case` (dropping the layout's padding).
+/// Rows comparing a retention run's outputs and final state with the reference's.
+fn outputs_and_state(
+    device: &Device,
+    buffers: &RetentionBuffers,
+    case: &RetentionCase,
+    name: &str,
+    shape: &str,
+    (expected, expected_state): (&[f64], &[f64]),
+    tolerance: f64,
+) -> Result<Vec<Row>, RuntimeError> {
+    let gpu = read_outputs(device, &buffers.out, case)?;
+    let state = read(device, &buffers.state, case.state_len())?;
+    Ok(vec![
+        Row::compare(name, shape, &gpu, expected, tolerance),
+        Row::compare(
+            format!("{name} state"),
+            shape,
+            &state,
+            expected_state,
+            tolerance,
+        ),
+    ])
+}
+
 fn read_outputs(
     device: &Device,
     buffer: &GpuBuffer,
@@ -1146,18 +1162,8 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         rows.add(&name, &shape, |device| {
             buffers.reset(device);
             buffers.run(device, &[retention::chunkwise(params, chunk)])?;
-            let gpu = read_outputs(device, &buffers.out, &case)?;
-            let state = read(device, &buffers.state, case.state_len())?;
-            Ok(vec![
-                Row::compare(&name, &shape, &gpu, &expected, tolerance),
-                Row::compare(
-                    format!("{name} state"),
-                    &shape,
-                    &state,
-                    &expected_state,
-                    tolerance,
-                ),
-            ])
+            let expected = (&expected[..], &expected_state[..]);
+            outputs_and_state(device, &buffers, &case, &name, &shape, expected, tolerance)
         });
     }
 
@@ -1199,18 +1205,8 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
                     ),
                 ],
             )?;
-            let gpu = read_outputs(device, &buffers.out, &case)?;
-            let state = read(device, &buffers.state, case.state_len())?;
-            Ok(vec![
-                Row::compare(&name, &shape, &gpu, &expected, tolerance),
-                Row::compare(
-                    format!("{name} state"),
-                    &shape,
-                    &state,
-                    &expected_state,
-                    tolerance,
-                ),
-            ])
+            let expected = (&expected[..], &expected_state[..]);
+            outputs_and_state(device, &buffers, &case, &name, &shape, expected, tolerance)
         });
     }
 
@@ -1219,18 +1215,16 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
     rows.add("retention/recurrent", &shape, |device| {
         buffers.reset(device);
         buffers.run(device, &[retention::recurrent(params)])?;
-        let gpu = read_outputs(device, &buffers.out, &case)?;
-        let state = read(device, &buffers.state, case.state_len())?;
-        Ok(vec![
-            Row::compare("retention/recurrent", &shape, &gpu, &expected, tolerance),
-            Row::compare(
-                "retention/recurrent state",
-                &shape,
-                &state,
-                &expected_state,
-                tolerance,
-            ),
-        ])
+        let expected = (&expected[..], &expected_state[..]);
+        outputs_and_state(
+            device,
+            &buffers,
+            &case,
+            "retention/recurrent",
+            &shape,
+            expected,
+            tolerance,
+        )
     });
 
     // Carried state across calls, as a session does: a chunkwise prefill of 37% of the tokens,
@@ -1268,18 +1262,8 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
                         b2,
                     )],
                 )?;
-                let gpu = read_outputs(device, &buffers.out, &case)?;
-                let state = read(device, &buffers.state, case.state_len())?;
-                Ok(vec![
-                    Row::compare(&name, &shape, &gpu, &expected, tolerance),
-                    Row::compare(
-                        format!("{name} state"),
-                        &shape,
-                        &state,
-                        &expected_state,
-                        tolerance,
-                    ),
-                ])
+                let expected = (&expected[..], &expected_state[..]);
+                outputs_and_state(device, &buffers, &case, &name, &shape, expected, tolerance)
             });
         }
     }
