@@ -117,10 +117,10 @@ fn catalogue() -> Vec<(&'static str, String)> {
         with_config(FLA, set("feature_map", "elu".into())),
     );
     row(
-        "config: fla hybrid `attn` layers",
+        "config: fla hybrid `attn` naming a layer the model lacks",
         with_config(
             FLA,
-            set("attn", serde_json::json!({"layers": [0], "num_heads": 2})),
+            set("attn", serde_json::json!({"layers": [5], "num_heads": 2})),
         ),
     );
     row(
@@ -305,7 +305,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("config: zero key/value heads", "invalid config: key/value head count is zero"),
     ("config: fla `use_short_conv: true`", "unsupported checkpoint: use_short_conv = true (short convolutions are not plain RetNet)"),
     ("config: fla `feature_map`", r#"unsupported checkpoint: feature_map = "elu" (feature maps on q and k are not plain RetNet)"#),
-    ("config: fla hybrid `attn` layers", "unsupported checkpoint: attn (hybrid attention layers are not plain RetNet)"),
+    ("config: fla hybrid `attn` naming a layer the model lacks", "invalid config: attn.layers names layer 5, but the model has 2 layers"),
     ("config: torchscale `multiway: true`", "unsupported checkpoint: multiway = true (multiway (vision-language) layers are not plain RetNet)"),
     ("config: torchscale mixture of experts", "unsupported checkpoint: moe_freq / moe_expert_count / use_xmoe (mixture-of-experts layers are not plain RetNet)"),
     ("config: unknown activation", r#"unsupported checkpoint: activation_fn = "relu" (supported activations are swish (silu) and gelu)"#),

@@ -188,6 +188,7 @@ fn random_model(vocab: usize, d: usize) -> CpuModel {
         ffn_act: linear(c.ffn_dim, d),
         ffn_lin: linear(c.ffn_dim, d),
         ffn_down: linear(d, c.ffn_dim),
+        attention: None,
     };
     let weights = ModelWeights {
         embed: linear(vocab, d),

@@ -384,6 +384,7 @@ fn random_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
             ffn_act: linear(&mut rng, c.ffn_dim, d),
             ffn_lin: linear(&mut rng, c.ffn_dim, d),
             ffn_down: linear(&mut rng, d, c.ffn_dim),
+            attention: None,
         }
     };
     // One thread per layer: retnet_xl is 1.35 billion values.

@@ -429,6 +429,38 @@ pub fn info(args: &InfoArgs) -> Result<(), CliError> {
         "heads: {} (key/value heads {}), key dim {}, value dim {}",
         c.num_heads, c.num_kv_heads, c.head_k_dim, c.head_v_dim
     );
+    let kinds: Vec<String> = (0..c.num_layers)
+        .map(|layer| match c.layer_kind(layer) {
+            retnet_model::LayerKind::Retention => "retention".to_string(),
+            retnet_model::LayerKind::Attention(a) => {
+                let mut kind = format!(
+                    "attention ({} heads over {} kv heads, head dim {}, {}",
+                    a.num_heads,
+                    a.num_kv_heads,
+                    a.head_dim,
+                    match a.window {
+                        Some(w) => format!("window {w}"),
+                        None => "full".to_string(),
+                    }
+                );
+                if a.qkv_bias {
+                    kind.push_str(", qkv bias");
+                }
+                if a.qk_norm {
+                    kind.push_str(", qk_norm in config");
+                }
+                kind.push_str(&format!(", rope theta {})", a.rope_theta));
+                kind
+            }
+        })
+        .collect();
+    if c.is_hybrid() {
+        for (layer, kind) in kinds.iter().enumerate() {
+            println!("layer {layer}: {kind}");
+        }
+    } else {
+        println!("layer kinds: all retention");
+    }
     println!("ffn: {} ({:?})", c.ffn_dim, c.ffn_activation);
     println!(
         "norms: {:?}, residual alpha {}",

@@ -21,6 +21,7 @@ macro_rules! shader {
     };
 }
 
+pub mod attention;
 #[cfg(any(test, feature = "backends"))]
 pub mod backends;
 pub mod embedding;
@@ -326,6 +327,7 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
     all.extend(gated_activation::KERNELS);
     all.extend(residual::KERNELS);
     all.extend(sampling::KERNELS);
+    all.extend(attention::KERNELS);
     all
 }
 

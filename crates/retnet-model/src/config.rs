@@ -66,6 +66,66 @@ pub enum NormPlacement {
     PostNorm,
 }
 
+/// Softmax attention in place of retention at chosen layers (fla's `attn` config block, one
+/// spec per distinct attention shape). fla 0.6.0 builds each such layer as
+/// `fla.layers.attn.Attention`: q/k/v/o projections (q/k/v biased when `qkv_bias`), NeoX-style
+/// rotary on q and k with `rope_theta`, causal softmax attention with scale `head_dim^-½`,
+/// grouped key/value heads, optionally a sliding window. The block around it (pre-norms,
+/// residuals, MLP) is the retention block's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionConfig {
+    /// The layers (0-based, ascending) that are attention layers.
+    pub layers: Vec<usize>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads; query head j reads key/value head j / (heads / kv heads).
+    pub num_kv_heads: usize,
+    /// Dimension per head: `hidden_size / num_heads` (query, key and value alike).
+    pub head_dim: usize,
+    /// q, k and v projections carry biases.
+    pub qkv_bias: bool,
+    /// The config's `qk_norm`. fla 0.6.0's RetNet does not pass it on to its attention layers,
+    /// so its checkpoints never hold q/k norm weights; the norms are applied exactly when the
+    /// checkpoint holds them (`attn.q_norm.weight`, `attn.k_norm.weight`).
+    pub qk_norm: bool,
+    /// `None`: full causal attention. `Some(w)`: each query sees its `w` most recent positions,
+    /// itself included (flash-attn's `window_size = (w − 1, 0)`).
+    pub window: Option<usize>,
+    /// Rotary base θ: pair i turns by n / θ^(2i/head_dim) at position n.
+    pub rope_theta: f64,
+}
+
+impl AttentionConfig {
+    /// Query width, heads × head dim (= d_model).
+    pub fn query_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Key (and value) width, kv heads × head dim.
+    pub fn kv_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// The key/value head that query head `head` reads.
+    pub fn kv_head_of(&self, head: usize) -> usize {
+        head / (self.num_heads / self.num_kv_heads)
+    }
+
+    /// Cached positions after `position` tokens: all of them, or the last `w`.
+    pub fn cached_positions(&self, position: usize) -> usize {
+        self.window.map_or(position, |w| position.min(w))
+    }
+}
+
+/// The token mixer of one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LayerKind<'a> {
+    /// Multi-scale retention (the RetNet layer).
+    Retention,
+    /// Softmax attention (hybrid checkpoints).
+    Attention(&'a AttentionConfig),
+}
+
 /// The architecture of a RetNet checkpoint, whichever family it comes from.
 ///
 /// The FFN is always gated: `out = W_down (act(W_act x) ⊙ (W_lin x))`; torchscale names
@@ -120,6 +180,10 @@ pub struct ModelConfig {
     pub head_norm_eps: f32,
     /// The chunk size the checkpoint's authors used for chunkwise retention.
     pub default_chunk_size: usize,
+    /// Attention layers of a hybrid checkpoint (fla's `attn`); empty for pure RetNet. Keep
+    /// this field last: the state-file fingerprint of a pure model omits it (see
+    /// `state_file::config_fingerprint`).
+    pub attention: Vec<AttentionConfig>,
 }
 
 impl ModelConfig {
@@ -180,6 +244,19 @@ impl ModelConfig {
         head / (self.num_heads / self.num_kv_heads)
     }
 
+    /// The token mixer of layer `layer`.
+    pub fn layer_kind(&self, layer: usize) -> LayerKind<'_> {
+        self.attention
+            .iter()
+            .find(|a| a.layers.contains(&layer))
+            .map_or(LayerKind::Retention, LayerKind::Attention)
+    }
+
+    /// Whether any layer is an attention layer.
+    pub fn is_hybrid(&self) -> bool {
+        !self.attention.is_empty()
+    }
+
     /// Checks the relations between sizes that every later stage relies on.
     fn validate(self) -> Result<Self> {
         let nonzero = [
@@ -224,6 +301,14 @@ impl ModelConfig {
         }
         if self.default_chunk_size == 0 {
             return Err(ModelError::invalid("recurrent chunk size is zero"));
+        }
+        for a in &self.attention {
+            if let Some(&layer) = a.layers.iter().find(|&&l| l >= self.num_layers) {
+                return Err(ModelError::invalid(format!(
+                    "attn names layer {layer}, but the model has {} layers",
+                    self.num_layers
+                )));
+            }
         }
         Ok(self)
     }
@@ -384,6 +469,7 @@ impl TorchscaleJson {
             norm_eps: eps,
             head_norm_eps: eps,
             default_chunk_size: self.recurrent_chunk_size,
+            attention: Vec::new(),
         }
         .validate()
     }
@@ -408,6 +494,7 @@ struct FlaJson {
     elementwise_affine: Option<bool>,
     norm_eps: f64,
     attn: Option<Value>,
+    attnres_block_size: Option<Value>,
     tie_word_embeddings: bool,
     vocab_size: usize,
 }
@@ -430,6 +517,7 @@ impl Default for FlaJson {
             elementwise_affine: Some(true),
             norm_eps: 1e-6,
             attn: None,
+            attnres_block_size: None,
             tie_word_embeddings: false,
             vocab_size: 32000,
         }
@@ -461,12 +549,16 @@ impl FlaJson {
                 "feature maps on q and k are not plain RetNet",
             ));
         }
-        if self.attn.as_ref().is_some_and(|v| !v.is_null()) {
+        if let Some(size) = self.attnres_block_size.filter(|v| !v.is_null()) {
             return Err(ModelError::unsupported(
-                "attn",
-                "hybrid attention layers are not plain RetNet",
+                format!("attnres_block_size = {size}"),
+                "attention residuals (attnres) are not implemented",
             ));
         }
+        let attention = match &self.attn {
+            None | Some(Value::Null) => Vec::new(),
+            Some(spec) => parse_attention(spec, self.hidden_size, self.num_hidden_layers)?,
+        };
         if !self.use_output_gate {
             return Err(ModelError::unsupported(
                 "use_output_gate = false",
@@ -520,9 +612,131 @@ impl FlaJson {
             norm_eps: eps,
             head_norm_eps: eps,
             default_chunk_size: 64,
+            attention,
         }
         .validate()
     }
+}
+
+/// One entry of fla's `attn` block (`fla.models.configuration_utils.AttentionSpec`); defaults
+/// are fla's. Unknown keys are ignored, as fla ignores them.
+#[derive(Deserialize)]
+struct AttentionSpecJson {
+    layers: Vec<i64>,
+    num_heads: usize,
+    #[serde(default)]
+    num_kv_heads: Option<usize>,
+    #[serde(default)]
+    qkv_bias: bool,
+    #[serde(default)]
+    qk_norm: bool,
+    #[serde(default)]
+    window_size: Option<u64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+}
+
+/// Parses `attn`: one spec or a list of specs. Refuses what fla refuses (layers out of range,
+/// a layer named twice, non-positive head counts or window) and what this runtime cannot
+/// compute (head dims that do not divide the width, odd head dims, ungroupable heads).
+fn parse_attention(
+    attn: &Value,
+    hidden_size: usize,
+    num_layers: usize,
+) -> Result<Vec<AttentionConfig>> {
+    let specs: Vec<(String, &Value)> = match attn {
+        Value::Object(_) => vec![("attn".to_string(), attn)],
+        Value::Array(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("attn[{i}]"), v))
+            .collect(),
+        other => {
+            return Err(ModelError::invalid(format!(
+                "attn must be null, an object or a non-empty list of objects, not {other}"
+            )))
+        }
+    };
+    let mut owner: Vec<Option<String>> = vec![None; num_layers];
+    let mut out = Vec::with_capacity(specs.len());
+    for (name, value) in specs {
+        if !value.is_object() {
+            return Err(ModelError::invalid(format!("{name} must be an object, not {value}")));
+        }
+        let spec: AttentionSpecJson = serde_json::from_value(value.clone())
+            .map_err(|e| ModelError::invalid(format!("{name}: {e}")))?;
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for &layer in &spec.layers {
+            let index = usize::try_from(layer)
+                .ok()
+                .filter(|&l| l < num_layers)
+                .ok_or_else(|| {
+                    ModelError::invalid(format!(
+                        "{name}.layers names layer {layer}, but the model has {num_layers} layers"
+                    ))
+                })?;
+            if let Some(Some(first)) = owner.get(index) {
+                return Err(ModelError::invalid(format!(
+                    "{name}.layers names layer {index}, which {first} already makes attention"
+                )));
+            }
+            if let Some(slot) = owner.get_mut(index) {
+                *slot = Some(name.clone());
+            }
+            layers.push(index);
+        }
+        if layers.is_empty() {
+            return Err(ModelError::invalid(format!("{name}.layers is empty")));
+        }
+        layers.sort_unstable();
+        let heads = spec.num_heads;
+        let kv_heads = spec.num_kv_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 {
+            return Err(ModelError::invalid(format!(
+                "{name}: head counts must be positive (num_heads {heads}, num_kv_heads {kv_heads})"
+            )));
+        }
+        if heads % kv_heads != 0 {
+            return Err(ModelError::invalid(format!(
+                "{name}: {heads} heads cannot be grouped over {kv_heads} key/value heads"
+            )));
+        }
+        let head_dim = divide(&format!("{name}: hidden_size"), hidden_size, heads)?;
+        if head_dim % 2 != 0 {
+            return Err(ModelError::invalid(format!(
+                "{name}: head dim {head_dim} (hidden_size / num_heads) is odd; rotary embeddings \
+                 need an even head dim"
+            )));
+        }
+        let window = match spec.window_size {
+            None => None,
+            Some(0) => {
+                return Err(ModelError::invalid(format!(
+                    "{name}.window_size is 0; it must be positive or null"
+                )))
+            }
+            Some(w) => Some(usize::try_from(w).map_err(|_| {
+                ModelError::invalid(format!("{name}.window_size {w} is too large"))
+            })?),
+        };
+        let rope_theta = spec.rope_theta.unwrap_or(10000.0);
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(ModelError::invalid(format!(
+                "{name}.rope_theta is {rope_theta}; it must be positive and finite"
+            )));
+        }
+        out.push(AttentionConfig {
+            layers,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            qkv_bias: spec.qkv_bias,
+            qk_norm: spec.qk_norm,
+            window,
+            rope_theta,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -571,6 +785,67 @@ mod tests {
         assert_eq!(cfg.key_width(), 40);
     }
 
+    fn fla_with_attn(attn: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json_str(&format!(
+            r#"{{"model_type": "retnet", "hidden_size": 32, "num_heads": 2, "num_hidden_layers": 4,
+                "vocab_size": 5, "attn": {attn}}}"#
+        ))
+    }
+
+    #[test]
+    fn attn_one_spec_or_a_list_with_fla_defaults() {
+        let cfg = fla_with_attn(r#"{"layers": [2, 0], "num_heads": 4, "unknown": 1}"#).unwrap();
+        assert!(cfg.is_hybrid());
+        let a = &cfg.attention[0];
+        assert_eq!(a.layers, [0, 2]);
+        assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (4, 4, 8));
+        assert!(!a.qkv_bias && !a.qk_norm && a.window.is_none());
+        assert_eq!(a.rope_theta, 10000.0);
+        assert_eq!(cfg.layer_kind(1), LayerKind::Retention);
+        assert_eq!(cfg.layer_kind(2), LayerKind::Attention(a));
+        assert_eq!(a.cached_positions(100), 100);
+
+        let cfg = fla_with_attn(
+            r#"[{"layers": [1], "num_heads": 8, "num_kv_heads": 2, "qkv_bias": true,
+                 "window_size": 16, "rope_theta": 5e5, "qk_norm": true},
+                {"layers": [3], "num_heads": 2, "window_size": null}]"#,
+        )
+        .unwrap();
+        let LayerKind::Attention(a) = cfg.layer_kind(1) else {
+            panic!("layer 1 is attention")
+        };
+        assert_eq!((a.head_dim, a.kv_width(), a.kv_head_of(7)), (4, 8, 1));
+        assert_eq!(a.window, Some(16));
+        assert_eq!(a.cached_positions(5), 5);
+        assert_eq!(a.cached_positions(100), 16);
+        assert!(a.qkv_bias && a.qk_norm && a.rope_theta == 5e5);
+        assert!(matches!(cfg.layer_kind(3), LayerKind::Attention(b) if b.window.is_none()));
+        assert!(!fla_with_attn("null").unwrap().is_hybrid());
+    }
+
+    #[test]
+    fn attn_refusals_are_clear() {
+        let err = |attn: &str| fla_with_attn(attn).unwrap_err().to_string();
+        assert!(err(r#"{"layers": [4], "num_heads": 2}"#).contains("layer 4"));
+        assert!(err(r#"{"layers": [-1], "num_heads": 2}"#).contains("layer -1"));
+        assert!(err(r#"{"layers": [1, 1], "num_heads": 2}"#).contains("already"));
+        let two = err(r#"[{"layers": [1], "num_heads": 2}, {"layers": [1], "num_heads": 4}]"#);
+        assert!(two.contains("attn[1]") && two.contains("attn[0]"), "{two}");
+        assert!(err(r#"{"layers": [], "num_heads": 2}"#).contains("empty"));
+        assert!(err(r#"{"layers": [0]}"#).contains("num_heads"));
+        assert!(err(r#"{"layers": [0], "num_heads": 0}"#).contains("positive"));
+        assert!(err(r#"{"layers": [0], "num_heads": 4, "num_kv_heads": 3}"#).contains("grouped"));
+        assert!(err(r#"{"layers": [0], "num_heads": 3}"#).contains("not divisible"));
+        assert!(err(r#"{"layers": [0], "num_heads": 32}"#).contains("odd"));
+        assert!(err(r#"{"layers": [0], "num_heads": 2, "window_size": 0}"#).contains("window"));
+        assert!(err(r#"{"layers": [0], "num_heads": 2, "window_size": -3}"#).contains("attn"));
+        assert!(err(r#"{"layers": [0], "num_heads": 2, "rope_theta": 0}"#).contains("rope_theta"));
+        assert!(err(r#"{"layers": [0], "num_heads": 2, "qkv_bias": 1}"#).contains("attn"));
+        assert!(err("[]").contains("attn"));
+        assert!(err("[3]").contains("attn[0]"));
+        assert!(err("true").contains("attn"));
+    }
+
     #[test]
     fn refusals_name_the_option() {
         let fla = |extra: &str| {
@@ -582,7 +857,8 @@ mod tests {
         };
         assert!(fla(r#", "use_short_conv": true"#).contains("use_short_conv"));
         assert!(fla(r#", "feature_map": "elu""#).contains("feature_map"));
-        assert!(fla(r#", "attn": {"layers": [0], "num_heads": 2}"#).contains("attn"));
+        assert!(fla(r#", "attn": {"layers": [30], "num_heads": 2}"#).contains("layer 30"));
+        assert!(fla(r#", "attnres_block_size": 2"#).contains("attnres_block_size"));
         assert!(fla(r#", "num_heads": 3"#).contains("not divisible by 3 heads"));
         assert!(fla(r#", "num_kv_heads": 0"#).contains("zero"));
         assert!(fla(r#", "hidden_size": "big""#).contains("invalid type"));

@@ -116,6 +116,13 @@ impl GpuModel {
         weights: &ModelWeights,
         options: GpuOptions,
     ) -> Result<Self> {
+        if config.is_hybrid() {
+            return Err(ModelError::unsupported(
+                "attn",
+                "attention layers (hybrid checkpoints) run on the CPU backend only so far \
+                 (`--backend cpu`)",
+            ));
+        }
         let upload = |label: &str, rows: &[&Linear]| -> Result<Weights> {
             let data: Vec<f32> = rows.iter().flat_map(|l| l.data.iter().copied()).collect();
             Ok(match options.weights {

@@ -23,7 +23,8 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{
-    Activation, DecaySource, Family, ModelConfig, NormPlacement, OutputScale, RotaryStyle,
+    Activation, AttentionConfig, DecaySource, Family, LayerKind, ModelConfig, NormPlacement,
+    OutputScale, RotaryStyle,
 };
 pub use error::{ModelError, Result};
 pub use gpu::{GpuBatch, GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
@@ -32,4 +33,4 @@ pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;
 pub use session::{mean_nll, CpuEngine, CpuSession, Engine, Generator, SessionBook};
 pub use tokenizer::{TextStream, Tokenizer};
-pub use weights::{LayerWeights, Linear, ModelWeights};
+pub use weights::{AttentionWeights, LayerWeights, Linear, ModelWeights};

@@ -5,10 +5,12 @@
 
 use std::path::Path;
 
-use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
+use crate::config::{
+    Activation, AttentionConfig, LayerKind, ModelConfig, NormPlacement, OutputScale, RotaryStyle,
+};
 use crate::error::{ModelError, Result};
 use crate::retention::{self, HeadShape};
-use crate::weights::{LayerWeights, Linear, ModelWeights};
+use crate::weights::{AttentionWeights, LayerWeights, Linear, ModelWeights, QK_NORM_EPS};
 
 /// Which of retention's three equivalent forms to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,14 +26,24 @@ pub enum RetentionForm {
     },
 }
 
-/// The recurrent state of a sequence: one K×V f32 matrix per layer and head, and the position
-/// of the next token.
+/// The recurrent state of a sequence: one K×V f32 matrix per retention layer and head (or the
+/// key/value cache of an attention layer), and the position of the next token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuState {
     /// Tokens consumed so far (the 0-based position of the next token).
     pub position: usize,
-    /// Per layer, `H × K × V` values.
+    /// Per retention layer, `H × K × V` values. Per attention layer, its key/value cache (see
+    /// [`kv_cache_len`]): one slot of `[k (H_kv·D), v (H_kv·D)]` per cached position p, at
+    /// slot p (full attention) or p mod w (a ring of w slots for a window w).
     pub layers: Vec<Vec<f32>>,
+}
+
+/// The length (f32 values) of an attention layer's key/value cache after `position` tokens:
+/// `cached positions × 2 × H_kv × D`; `None` if it does not fit in memory's address space.
+pub fn kv_cache_len(attn: &AttentionConfig, position: usize) -> Option<usize> {
+    attn.cached_positions(position)
+        .checked_mul(2)?
+        .checked_mul(attn.kv_width())
 }
 
 /// A model on the CPU.
@@ -83,8 +95,40 @@ impl CpuModel {
         let c = &self.config;
         CpuState {
             position: 0,
-            layers: vec![vec![0.0; c.num_heads * c.head_k_dim * c.head_v_dim]; c.num_layers],
+            layers: (0..c.num_layers)
+                .map(|layer| match c.layer_kind(layer) {
+                    LayerKind::Retention => vec![0.0; c.num_heads * c.head_k_dim * c.head_v_dim],
+                    LayerKind::Attention(_) => Vec::new(),
+                })
+                .collect(),
         }
+    }
+
+    /// Checks that a state (per-layer values after `position` tokens) fits this model: the
+    /// layer count, `H × K × V` values per retention layer, the cache length per attention
+    /// layer (see [`kv_cache_len`]).
+    pub fn check_state(&self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
+        let c = &self.config;
+        if layers.len() != c.num_layers {
+            return Err(ModelError::invalid(format!(
+                "the state has {} layers, the model {}",
+                layers.len(),
+                c.num_layers
+            )));
+        }
+        for (i, layer) in layers.iter().enumerate() {
+            let want = match c.layer_kind(i) {
+                LayerKind::Retention => Some(c.num_heads * c.head_k_dim * c.head_v_dim),
+                LayerKind::Attention(a) => kv_cache_len(a, position),
+            };
+            if want != Some(layer.len()) {
+                return Err(ModelError::invalid(format!(
+                    "layer {i} of the state holds {} values, not what position {position} needs",
+                    layer.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that a token list is non-empty and inside the vocabulary.
@@ -107,6 +151,7 @@ impl CpuModel {
         form: RetentionForm,
     ) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
+        self.check_state(state.position, &state.layers)?;
         if form == (RetentionForm::Chunkwise { chunk_size: 0 }) {
             return Err(ModelError::ZeroChunkSize);
         }
@@ -130,7 +175,7 @@ impl CpuModel {
                 NormPlacement::PreNorm => {
                     let mut h = x.clone();
                     rms_norm_rows(&mut h, d, Some(&layer.retention_norm), c.norm_eps);
-                    let r = self.retention(layer, layer_state, &h, t, state.position, form);
+                    let r = self.mixer(layer, layer_state, &h, t, state.position, form)?;
                     residual_add(&mut x, alpha, &r);
                     let mut h = x.clone();
                     rms_norm_rows(&mut h, d, Some(&layer.ffn_norm), c.norm_eps);
@@ -138,7 +183,7 @@ impl CpuModel {
                     residual_add(&mut x, alpha, &f);
                 }
                 NormPlacement::PostNorm => {
-                    let r = self.retention(layer, layer_state, &x, t, state.position, form);
+                    let r = self.mixer(layer, layer_state, &x, t, state.position, form)?;
                     residual_add(&mut x, alpha, &r);
                     rms_norm_rows(&mut x, d, Some(&layer.retention_norm), c.norm_eps);
                     let f = self.ffn(layer, &x, t);
@@ -152,6 +197,22 @@ impl CpuModel {
         }
         state.position += t;
         Ok(matmul_t(&x, t, w.head()))
+    }
+
+    /// The layer's token mixer: retention, or softmax attention in a hybrid checkpoint.
+    fn mixer(
+        &self,
+        layer: &LayerWeights,
+        state: &mut Vec<f32>,
+        h: &[f32],
+        t: usize,
+        position: usize,
+        form: RetentionForm,
+    ) -> Result<Vec<f32>> {
+        match &layer.attention {
+            Some(attn) => attention(layer, attn, state, h, t, position),
+            None => Ok(self.retention(layer, state, h, t, position, form)),
+        }
     }
 
     /// Multi-scale retention of `h` (`T × d`, already normed) for tokens at positions
@@ -242,6 +303,121 @@ impl CpuModel {
         }
         matmul_t(&a, t, &layer.ffn_down)
     }
+}
+
+/// Causal softmax attention of `h` (`T × d`, already normed) for tokens at positions
+/// `position..position+T`, as `fla.layers.attn.Attention` computes it: q, k, v projections
+/// (plus biases), per-head RMSNorm of q and k when present, NeoX rotary, scores q·k / sqrt(D),
+/// each query over the keys of its window (all earlier positions and itself, or its `w` most
+/// recent), softmax, o_proj. Earlier positions come from `cache`, which is then updated with
+/// this span's keys and values. Returns `T × d`.
+#[allow(clippy::indexing_slicing)] // the cache length is checked; widths come from the config
+fn attention(
+    layer: &LayerWeights,
+    attn: &AttentionWeights,
+    cache: &mut Vec<f32>,
+    h: &[f32],
+    t: usize,
+    position: usize,
+) -> Result<Vec<f32>> {
+    let a = &attn.config;
+    let (dh, qw, kvw) = (a.head_dim, a.query_width(), a.kv_width());
+    let slot_len = 2 * kvw;
+    let cached = a.cached_positions(position);
+    if Some(cache.len()) != kv_cache_len(a, position) {
+        return Err(ModelError::invalid(format!(
+            "an attention layer's key/value cache holds {} values, but {cached} positions need {}",
+            cache.len(),
+            cached * slot_len
+        )));
+    }
+    let mut q = matmul_t(h, t, &layer.q_proj);
+    let mut k = matmul_t(h, t, &layer.k_proj);
+    let mut v = matmul_t(h, t, &layer.v_proj);
+    if let Some([qb, kb, vb]) = &attn.qkv_bias {
+        for (x, b) in [(&mut q, qb), (&mut k, kb), (&mut v, vb)] {
+            for row in x.chunks_exact_mut(b.len()) {
+                for (e, &be) in row.iter_mut().zip(b.iter()) {
+                    *e = (*e as f64 + be as f64) as f32;
+                }
+            }
+        }
+    }
+    if let Some([qn, kn]) = &attn.qk_norm {
+        rms_norm_rows(&mut q, dh, Some(qn), QK_NORM_EPS);
+        rms_norm_rows(&mut k, dh, Some(kn), QK_NORM_EPS);
+    }
+    for n in 0..t {
+        let p = position + n;
+        for head in q[n * qw..][..qw].chunks_exact_mut(dh) {
+            rotate(head, p, &attn.rotary_theta, RotaryStyle::SplitHalves);
+        }
+        for head in k[n * kvw..][..kvw].chunks_exact_mut(dh) {
+            rotate(head, p, &attn.rotary_theta, RotaryStyle::SplitHalves);
+        }
+    }
+    let slot_of = |m: usize| a.window.map_or(m, |w| m % w);
+    // The keys and values this span reads, by absolute position from `base`: cached ones, then
+    // this span's.
+    let base = a.window.map_or(0, |w| (position + 1).saturating_sub(w));
+    let mut keys = Vec::with_capacity((position + t - base) * kvw);
+    let mut values = Vec::with_capacity(keys.capacity());
+    for m in base..position {
+        let slot = slot_of(m) * slot_len;
+        keys.extend_from_slice(&cache[slot..][..kvw]);
+        values.extend_from_slice(&cache[slot + kvw..][..kvw]);
+    }
+    keys.extend_from_slice(&k);
+    values.extend_from_slice(&v);
+    let scale = (dh as f64).powf(-0.5);
+    let mut o = vec![0.0f32; t * qw];
+    let mut scores = Vec::new();
+    for n in 0..t {
+        let p = position + n;
+        let first = a.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        for head in 0..a.num_heads {
+            let kvh = a.kv_head_of(head);
+            let qh = &q[n * qw + head * dh..][..dh];
+            scores.clear();
+            let at = |m: usize| (m - base) * kvw + kvh * dh;
+            scores.extend((first..=p).map(|m| {
+                qh.iter()
+                    .zip(&keys[at(m)..][..dh])
+                    .map(|(&x, &y)| x as f64 * y as f64)
+                    .sum::<f64>()
+                    * scale
+            }));
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mut acc = vec![0.0f64; dh];
+            let mut total = 0.0f64;
+            for (m, &s) in (first..=p).zip(&scores) {
+                let e = (s - max).exp();
+                total += e;
+                for (ae, &ve) in acc.iter_mut().zip(&values[at(m)..][..dh]) {
+                    *ae += e * ve as f64;
+                }
+            }
+            for (oe, ae) in o[n * qw + head * dh..][..dh].iter_mut().zip(&acc) {
+                *oe = (ae / total) as f32;
+            }
+        }
+    }
+    // This span's keys and values into the cache: appended, or into their ring slots (the
+    // positions already outside the next query's window are left out).
+    let end = position + t;
+    let new_len = kv_cache_len(a, end)
+        .ok_or_else(|| ModelError::invalid("the key/value cache outgrows the address space"))?;
+    cache.resize(new_len.max(cache.len()), 0.0);
+    for n in 0..t {
+        let m = position + n;
+        if a.window.is_some_and(|w| m + w < end) {
+            continue;
+        }
+        let slot = slot_of(m) * slot_len;
+        cache[slot..][..kvw].copy_from_slice(&k[n * kvw..][..kvw]);
+        cache[slot + kvw..][..kvw].copy_from_slice(&v[n * kvw..][..kvw]);
+    }
+    Ok(matmul_t(&o, t, &layer.out_proj))
 }
 
 /// Checks that a token list is non-empty and every id is below `vocab_size`.

@@ -31,7 +31,8 @@ pub trait Engine {
     /// Feeds `tokens` (chunkwise, or recurrent for one token) and returns the logits of the
     /// last one (`[vocab]`), or of every one (`[T, vocab]`) when `all_rows`.
     fn feed(&mut self, tokens: &[u32], all_rows: bool) -> impl Future<Output = Result<Vec<f32>>>;
-    /// A copy of the state: per layer `H × K × V` f32.
+    /// A copy of the state: per layer `H × K × V` f32 (retention) or the key/value cache
+    /// (attention layers, see [`crate::CpuState`]).
     fn export_state(&self) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
     /// Replaces the state and position.
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()>;
@@ -103,6 +104,7 @@ impl Engine for CpuEngine<'_> {
     }
 
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
+        self.model.check_state(position, layers)?;
         self.state = CpuState {
             position,
             layers: layers.to_vec(),

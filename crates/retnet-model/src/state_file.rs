@@ -4,14 +4,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::config::ModelConfig;
+use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 
 const FORMAT: &str = "retnet-state-v1";
 
-/// A stable fingerprint of every architectural knob of a config (FNV-1a over its description).
+/// A stable fingerprint of every architectural knob of a config (FNV-1a over its description),
+/// attention layers included. A pure RetNet config is described without its (empty)
+/// `attention` field, so its fingerprint, and the state files saved before hybrid models
+/// existed, stay valid.
 pub fn config_fingerprint(config: &ModelConfig) -> String {
-    let text = format!("{config:?}");
+    let full = format!("{config:?}");
+    let text = match full.strip_suffix(", attention: [] }") {
+        Some(head) if !config.is_hybrid() => format!("{head} }}"),
+        _ => full,
+    };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= b as u64;
@@ -20,12 +27,26 @@ pub fn config_fingerprint(config: &ModelConfig) -> String {
     format!("{h:016x}")
 }
 
+/// The tensor shape of layer `layer`'s state after `position` tokens: `[H, K, V]` for
+/// retention, `[cached positions, 2 (k, v), H_kv, D]` for an attention layer's key/value cache
+/// (slot order as in [`crate::CpuState`]). `None` if the cache's size overflows.
+pub fn layer_state_shape(config: &ModelConfig, layer: usize, position: usize) -> Option<Vec<usize>> {
+    match config.layer_kind(layer) {
+        LayerKind::Retention => Some(vec![config.num_heads, config.head_k_dim, config.head_v_dim]),
+        LayerKind::Attention(a) => {
+            crate::reference::kv_cache_len(a, position)?;
+            Some(vec![a.cached_positions(position), 2, a.num_kv_heads, a.head_dim])
+        }
+    }
+}
+
 /// A recurrent state as stored in a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SavedState {
     /// Tokens consumed.
     pub position: usize,
-    /// Per layer, `H × K × V` f32.
+    /// Per layer, `H × K × V` f32 (retention) or the key/value cache (attention, see
+    /// [`layer_state_shape`]).
     pub layers: Vec<Vec<f32>>,
     /// Session bookkeeping (pending token, history, draw counter), as strings.
     pub extra: HashMap<String, String>,
@@ -45,14 +66,15 @@ pub fn state_to_bytes(name: &Path, config: &ModelConfig, saved: &SavedState) -> 
         path: name.to_path_buf(),
         message,
     };
-    let shape = vec![config.num_heads, config.head_k_dim, config.head_v_dim];
     let bytes: Vec<Vec<u8>> = layers
         .iter()
         .map(|l| l.iter().flat_map(|v| v.to_le_bytes()).collect())
         .collect();
     let mut views = Vec::with_capacity(layers.len());
     for (i, b) in bytes.iter().enumerate() {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+        let shape = layer_state_shape(config, i, position)
+            .ok_or_else(|| err(format!("layer {i}'s cache is too large")))?;
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, b)
             .map_err(|e| err(e.to_string()))?;
         views.push((format!("layers.{i}"), view));
     }
@@ -98,13 +120,14 @@ pub fn state_from_bytes(name: &Path, bytes: &[u8], config: &ModelConfig) -> Resu
         .get("position")
         .and_then(|p| p.parse::<usize>().ok())
         .ok_or_else(|| err("missing or bad position".into()))?;
-    let shape = [config.num_heads, config.head_k_dim, config.head_v_dim];
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let name = format!("layers.{i}");
         let view = st
             .tensor(&name)
             .map_err(|_| err(format!("missing tensor `{name}`")))?;
+        let shape = layer_state_shape(config, i, position)
+            .ok_or_else(|| err(format!("position {position} is too large for layer {i}'s cache")))?;
         if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
             return Err(err(format!("tensor `{name}` is not f32 {shape:?}")));
         }

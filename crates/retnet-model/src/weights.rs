@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::{DecaySource, Family, ModelConfig, RotaryStyle};
+use crate::config::{AttentionConfig, DecaySource, Family, LayerKind, ModelConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::safetensors_store::TensorStore;
 
@@ -17,7 +17,28 @@ pub struct Linear {
     pub data: Vec<f32>,
 }
 
-/// The weights of one retention block.
+/// The parts of a softmax-attention layer (hybrid checkpoints) beyond its four projections.
+///
+/// In such a layer `q_proj`, `k_proj`, `v_proj` and `out_proj` of [`LayerWeights`] are the
+/// attention's projections (`[H·D, d]`, `[H_kv·D, d]`, `[H_kv·D, d]`, `[d, H·D]`), `g_proj`
+/// is empty (`0 × d`) and `head_norm` is `None`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionWeights {
+    /// The layer's shape (heads, window, rotary base).
+    pub config: AttentionConfig,
+    /// Biases of q, k, v (`qkv_bias`): `[H·D]`, `[H_kv·D]`, `[H_kv·D]`.
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// RMSNorm weights `[D]` of each query and key head (before rotary, ε = 1e-5), when the
+    /// checkpoint holds them.
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// Rotary angle per dimension pair, `[D/2]`: 1/θ^(2i/D).
+    pub rotary_theta: Vec<f32>,
+}
+
+/// ε of the q/k RMSNorms: fla's `RMSNorm` default, which `fla.layers.attn.Attention` keeps.
+pub const QK_NORM_EPS: f32 = 1e-5;
+
+/// The weights of one block: retention (or attention, in hybrid checkpoints) and the FFN.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerWeights {
     /// RMSNorm weight before (pre-norm) or after (post-norm) retention, `[d]`.
@@ -42,6 +63,8 @@ pub struct LayerWeights {
     pub ffn_lin: Linear,
     /// FFN output (torchscale `fc2`, fla `down_proj`), `[d, f]`.
     pub ffn_down: Linear,
+    /// `Some` for a softmax-attention layer of a hybrid checkpoint (see [`AttentionWeights`]).
+    pub attention: Option<AttentionWeights>,
 }
 
 /// All weights of a model, converted to f32.
@@ -98,6 +121,28 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let n = |suffix: &str| names.layer(i, suffix);
+            if let LayerKind::Attention(attn) = config.layer_kind(i) {
+                layers.push(LayerWeights {
+                    retention_norm: vector(n(names.retention_norm), d)?,
+                    q_proj: linear(n(names.q_proj), attn.query_width(), d)?,
+                    k_proj: linear(n(names.k_proj), attn.kv_width(), d)?,
+                    v_proj: linear(n(names.v_proj), attn.kv_width(), d)?,
+                    g_proj: Linear {
+                        out_features: 0,
+                        in_features: d,
+                        data: Vec::new(),
+                    },
+                    out_proj: linear(n(names.out_proj), d, attn.query_width())?,
+                    head_norm: None,
+                    ffn_norm: vector(n(names.ffn_norm), d)?,
+                    ffn_act: linear(n(names.ffn_act), f, d)?,
+                    ffn_lin: linear(n(names.ffn_lin), f, d)?,
+                    ffn_down: linear(n(names.ffn_down), d, f)?,
+                    attention: Some(attention_parts(attn, store, &|s| n(s))?),
+                });
+                progress(i + 1, config.num_layers);
+                continue;
+            }
             let head_norm = if config.head_norm_weight {
                 let fused = n(names.head_norm_fused);
                 let plain = n(names.head_norm_plain);
@@ -118,6 +163,7 @@ impl ModelWeights {
                 ffn_act: linear(n(names.ffn_act), f, d)?,
                 ffn_lin: linear(n(names.ffn_lin), f, d)?,
                 ffn_down: linear(n(names.ffn_down), d, f)?,
+                attention: None,
             });
             progress(i + 1, config.num_layers);
         }
@@ -170,6 +216,49 @@ impl ModelWeights {
             rotary_theta,
         })
     }
+}
+
+/// The biases, q/k norms and rotary angles of an attention layer (fla names, `attn.` prefix).
+fn attention_parts(
+    attn: &AttentionConfig,
+    store: &TensorStore,
+    name: &dyn Fn(&str) -> String,
+) -> Result<AttentionWeights> {
+    let qkv_bias = if attn.qkv_bias {
+        Some([
+            store.read_f32(&name("attn.q_proj.bias"), &[attn.query_width()])?,
+            store.read_f32(&name("attn.k_proj.bias"), &[attn.kv_width()])?,
+            store.read_f32(&name("attn.v_proj.bias"), &[attn.kv_width()])?,
+        ])
+    } else {
+        None
+    };
+    let (q_norm, k_norm) = (name("attn.q_norm.weight"), name("attn.k_norm.weight"));
+    let qk_norm = match (store.contains(&q_norm), store.contains(&k_norm)) {
+        (true, true) => Some([
+            store.read_f32(&q_norm, &[attn.head_dim])?,
+            store.read_f32(&k_norm, &[attn.head_dim])?,
+        ]),
+        (false, false) => None,
+        (true, false) | (false, true) => {
+            return Err(ModelError::invalid(format!(
+                "the weights hold only one of `{q_norm}` and `{k_norm}`"
+            )))
+        }
+    };
+    Ok(AttentionWeights {
+        config: attn.clone(),
+        qkv_bias,
+        qk_norm,
+        rotary_theta: attention_rotary(attn.rope_theta, attn.head_dim),
+    })
+}
+
+/// fla's `RotaryEmbedding(dim, base)`: inv_freq_i = 1/θ^(2i/D), i < D/2, as f32.
+pub fn attention_rotary(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .collect()
 }
 
 /// log γ_h = log(1 − 2^(−5−h)). γ is rounded to f32 as both peers compute it: for h ≥ 20 the

@@ -1,0 +1,353 @@
+//! Causal softmax attention against a key/value cache, for the attention layers of hybrid
+//! checkpoints (fla's `attn`): a tiled prefill with online softmax (no T×T buffer), a split
+//! decode for long caches (partial softmax per span of keys, then a merge), and the cache
+//! append. Full attention and sliding windows, grouped key/value heads. See
+//! `shaders/attention_common.wgsl` for the cache layout and the visible keys of each query.
+//!
+//! Portable path only (no subgroups, no cooperative matrices).
+
+use crate::{ceil_div, f, Access, Binding, Dim, Dispatch, Features, Kernel, ParamWords, PARAMS};
+
+/// The largest head dim of [`prefill`] (its per-query accumulators live in registers).
+pub const PREFILL_MAX_HEAD_DIM: u32 = 256;
+/// The largest head dim of [`decode`] (the query is staged in 8 KiB of workgroup memory).
+pub const DECODE_MAX_HEAD_DIM: u32 = 2048;
+
+/// Why a shape cannot be dispatched.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttentionShapeError {
+    /// A size is zero, heads do not group over kv heads, or the ring is too small.
+    #[error("attention shape: {0}")]
+    Invalid(String),
+    /// The head dim is above what the kernel's accumulators hold.
+    #[error("attention head dim {head_dim} is above this kernel's {max}")]
+    HeadDimTooLarge {
+        /// The requested head dim.
+        head_dim: u32,
+        /// The kernel's limit.
+        max: u32,
+    },
+}
+
+/// Parameters of [`prefill`] and [`decode`]. Query n (at absolute position `start_pos + n`),
+/// head h, dim d is at `q_offset + n·q_stride + h·head_dim + d`; the output likewise.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    /// Queries in this call (1 for [`decode`]).
+    pub queries: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: u32,
+    /// Dim per head.
+    pub head_dim: u32,
+    /// Absolute position of query 0.
+    pub start_pos: u32,
+    /// `None`: full causal attention; `Some(w)`: each query sees its w most recent positions.
+    pub window: Option<u32>,
+    /// Slots of the cache: position m is at slot m % ring. At least `start_pos + queries`
+    /// (full) or `w − 1 + queries` (window).
+    pub ring: u32,
+    /// Score scale (head_dim^-½).
+    pub scale: f32,
+    /// Elements between consecutive queries.
+    pub q_stride: u32,
+    /// Element index of head 0 of query 0.
+    pub q_offset: u32,
+    /// Elements between consecutive output rows.
+    pub out_stride: u32,
+    /// Element index of head 0 of output row 0.
+    pub out_offset: u32,
+}
+
+impl AttentionParams {
+    fn check(&self, max_head_dim: u32) -> Result<(), AttentionShapeError> {
+        let invalid = |m: String| Err(AttentionShapeError::Invalid(m));
+        if self.queries == 0 || self.heads == 0 || self.kv_heads == 0 || self.head_dim == 0 {
+            return invalid(format!("zero size in {self:?}"));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return invalid(format!(
+                "{} heads do not group over {} kv heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim > max_head_dim {
+            return Err(AttentionShapeError::HeadDimTooLarge {
+                head_dim: self.head_dim,
+                max: max_head_dim,
+            });
+        }
+        let end = u64::from(self.start_pos) + u64::from(self.queries);
+        let needed = match self.window {
+            Some(0) => return invalid("window 0".into()),
+            Some(w) => (u64::from(w) - 1 + u64::from(self.queries)).min(end),
+            None => end,
+        };
+        if u64::from(self.ring) < needed {
+            return invalid(format!(
+                "a ring of {} slots cannot hold the {needed} positions this call reads",
+                self.ring
+            ));
+        }
+        Ok(())
+    }
+
+    fn words(&self, keys_per_split: u32, splits: u32) -> ParamWords {
+        ParamWords::new(&[
+            self.queries,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.start_pos,
+            self.window.unwrap_or(0),
+            self.ring,
+            f(self.scale),
+            self.q_stride,
+            self.q_offset,
+            self.out_stride,
+            self.out_offset,
+            keys_per_split,
+            splits,
+        ])
+    }
+
+    /// Keys the last query sees (saturating at u32::MAX).
+    fn visible_keys(&self) -> u32 {
+        let end = u64::from(self.start_pos) + u64::from(self.queries);
+        let keys = match self.window {
+            Some(w) => end.min(u64::from(w)),
+            None => end,
+        };
+        u32::try_from(keys).unwrap_or(u32::MAX)
+    }
+}
+
+const ATTENTION_FIELDS: (&str, &[&str]) = (
+    "AttentionParams",
+    &[
+        "queries",
+        "heads",
+        "kv_heads",
+        "head_dim",
+        "start_pos",
+        "window",
+        "ring",
+        "scale",
+        "q_stride",
+        "q_offset",
+        "out_stride",
+        "out_offset",
+        "keys_per_split",
+        "splits",
+        "_pad0",
+        "_pad1",
+    ],
+);
+
+const fn binding(index: u32, name: &'static str, access: Access) -> Binding {
+    Binding {
+        index,
+        name,
+        access,
+    }
+}
+
+const PREFILL_BINDINGS: &[Binding] = &[
+    PARAMS,
+    binding(1, "q", Access::ReadOnly),
+    binding(2, "cache", Access::ReadOnly),
+    binding(3, "out", Access::ReadWrite),
+];
+const SPLIT_BINDINGS: &[Binding] = &[
+    PARAMS,
+    binding(1, "q", Access::ReadOnly),
+    binding(2, "cache", Access::ReadOnly),
+    binding(4, "partial", Access::ReadWrite),
+];
+const COMBINE_BINDINGS: &[Binding] = &[
+    PARAMS,
+    binding(3, "out", Access::ReadWrite),
+    binding(4, "partial", Access::ReadWrite),
+];
+
+const PREFILL_SOURCE: &str = shader!("attention_common.wgsl", "attention_prefill.wgsl");
+const DECODE_SOURCE: &str = shader!("attention_common.wgsl", "attention_decode.wgsl");
+
+const fn variant(
+    name: &'static str,
+    source: &'static str,
+    entry_point: &'static str,
+    bindings: &'static [Binding],
+) -> Kernel {
+    Kernel {
+        name,
+        source,
+        entry_point,
+        workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+        constants: &[],
+        bindings,
+        params: ATTENTION_FIELDS,
+        requires: Features::NONE,
+    }
+}
+
+/// Tiled prefill: a workgroup per 64 queries and head.
+pub static PREFILL: Kernel = variant(
+    "attention/prefill",
+    PREFILL_SOURCE,
+    "attention_prefill",
+    PREFILL_BINDINGS,
+);
+/// Split decode, pass 1: partial softmax over one span of keys per workgroup.
+pub static DECODE_SPLIT: Kernel =
+    variant(
+        "attention/decode-split",
+        DECODE_SOURCE,
+        "attention_decode_split",
+        SPLIT_BINDINGS,
+    );
+/// Split decode, pass 2: the merge of the spans.
+pub static DECODE_COMBINE: Kernel = variant(
+    "attention/decode-combine",
+    DECODE_SOURCE,
+    "attention_decode_combine",
+    COMBINE_BINDINGS,
+);
+/// The cache append.
+pub static KV_APPEND: Kernel = Kernel {
+    name: "attention/kv-append",
+    source: shader!("attention_kv_append.wgsl"),
+    entry_point: "attention_kv_append",
+    workgroup_size: [
+        Dim::Constant("WORKGROUP_SIZE"),
+        Dim::Fixed(1),
+        Dim::Fixed(1),
+    ],
+    constants: &[crate::OverrideConstant {
+        name: "WORKGROUP_SIZE",
+        default: 64,
+    }],
+    bindings: &[
+        PARAMS,
+        binding(1, "src", Access::ReadOnly),
+        binding(2, "cache", Access::ReadWrite),
+    ],
+    params: (
+        "KvAppendParams",
+        &[
+            "tokens",
+            "kv_width",
+            "start_pos",
+            "ring",
+            "k_stride",
+            "k_offset",
+            "v_stride",
+            "v_offset",
+        ],
+    ),
+    requires: Features::NONE,
+};
+
+/// All variants.
+pub static KERNELS: &[&Kernel] = &[&PREFILL, &DECODE_SPLIT, &DECODE_COMBINE, &KV_APPEND];
+
+/// Attention of `queries` queries against the cache (whose slots for this call's positions are
+/// already written). Buffers: `q` f32, `cache` f32, `out` f32.
+pub fn prefill(params: AttentionParams) -> Result<Dispatch, AttentionShapeError> {
+    params.check(PREFILL_MAX_HEAD_DIM)?;
+    Ok(Dispatch {
+        kernel: &PREFILL,
+        constants: PREFILL.default_constants(),
+        params: params.words(0, 0),
+        workgroups: [ceil_div(params.queries, 64), params.heads, 1],
+    })
+}
+
+/// How many splits [`decode`] makes of the visible keys with `keys_per_split` keys each.
+pub fn decode_split_count(params: &AttentionParams, keys_per_split: u32) -> u32 {
+    ceil_div(params.visible_keys(), keys_per_split.max(1))
+}
+
+/// f32 values of the `partial` scratch buffer that [`decode`] needs.
+pub fn decode_scratch_len(params: &AttentionParams, keys_per_split: u32) -> u64 {
+    u64::from(params.heads)
+        * u64::from(decode_split_count(params, keys_per_split))
+        * (u64::from(params.head_dim) + 2)
+}
+
+/// One query (`queries` = 1) against the cache, split over the visible keys in spans of
+/// `keys_per_split` (see [`decode_split_count`]): the split pass (buffers `q`, `cache`,
+/// `partial`) and the merge (buffers `out`, `partial`).
+pub fn decode(
+    params: AttentionParams,
+    keys_per_split: u32,
+) -> Result<[Dispatch; 2], AttentionShapeError> {
+    params.check(DECODE_MAX_HEAD_DIM)?;
+    if params.queries != 1 {
+        return Err(AttentionShapeError::Invalid(format!(
+            "decode takes one query, not {}",
+            params.queries
+        )));
+    }
+    let keys_per_split = keys_per_split.max(1);
+    let splits = decode_split_count(&params, keys_per_split);
+    let words = params.words(keys_per_split, splits);
+    Ok([
+        Dispatch {
+            kernel: &DECODE_SPLIT,
+            constants: DECODE_SPLIT.default_constants(),
+            params: words,
+            workgroups: [splits, params.heads, 1],
+        },
+        Dispatch {
+            kernel: &DECODE_COMBINE,
+            constants: DECODE_COMBINE.default_constants(),
+            params: words,
+            workgroups: [params.heads, 1, 1],
+        },
+    ])
+}
+
+/// Parameters of [`kv_append`]: token n's keys (all kv heads) at `k_offset + n·k_stride`, its
+/// values at `v_offset + n·v_stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct KvAppendParams {
+    /// Tokens to append.
+    pub tokens: u32,
+    /// kv heads × head dim.
+    pub kv_width: u32,
+    /// Absolute position of token 0.
+    pub start_pos: u32,
+    /// Slots of the cache (position m goes to slot m % ring; ≥ 1).
+    pub ring: u32,
+    /// Elements between consecutive tokens' keys.
+    pub k_stride: u32,
+    /// Element index of token 0's keys.
+    pub k_offset: u32,
+    /// Elements between consecutive tokens' values.
+    pub v_stride: u32,
+    /// Element index of token 0's values.
+    pub v_offset: u32,
+}
+
+/// Writes keys and values into their cache slots. Buffers: `src` f32, `cache` f32.
+pub fn kv_append(params: KvAppendParams) -> Dispatch {
+    let constants = KV_APPEND.default_constants();
+    let [x, _, _] = KV_APPEND.workgroup_size(&constants);
+    Dispatch {
+        kernel: &KV_APPEND,
+        constants,
+        params: ParamWords::new(&[
+            params.tokens,
+            params.kv_width,
+            params.start_pos,
+            params.ring.max(1),
+            params.k_stride,
+            params.k_offset,
+            params.v_stride,
+            params.v_offset,
+        ]),
+        workgroups: [ceil_div(params.kv_width, x), params.tokens, 1],
+    }
+}
