@@ -33,4 +33,7 @@ pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;
 pub use session::{mean_nll, CpuEngine, CpuSession, Engine, Generator, SessionBook};
 pub use tokenizer::{TextStream, Tokenizer};
-pub use weights::{AttentionWeights, LayerWeights, Linear, ModelWeights};
+pub use weights::{
+    AttentionWeights, CheckpointWeights, LayerTensor, LayerWeights, Linear, ModelWeights,
+    TensorRole, WeightSource, WeightsFingerprint,
+};
