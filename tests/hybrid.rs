@@ -53,15 +53,17 @@ fn the_fixtures_cover_what_the_issue_asks_for() {
             .iter()
             .any(|l| l.attention.as_ref().is_some_and(|a| a.qk_norm.is_some()));
         let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
         dtypes.insert(meta["weights_dtype"].as_str().unwrap().to_string());
         // The independent float64 forward agreed with the peer when the fixture was made.
         let f64_err = meta["reference_f64_vs_peer_rel_max_err"].as_f64().unwrap();
         assert!(f64_err < 2e-6, "{}: {f64_err}", dir.display());
     }
     assert!(full && window_short && gqa && bias && qk_norm && two_specs);
-    assert!(dtypes.contains("float32") && dtypes.contains("bfloat16"), "{dtypes:?}");
+    assert!(
+        dtypes.contains("float32") && dtypes.contains("bfloat16"),
+        "{dtypes:?}"
+    );
 }
 
 #[test]
@@ -94,7 +96,12 @@ fn any_split_into_spans_matches_fla() {
         let model = CpuModel::load(&dir).unwrap();
         let tokens = fixture_tokens(&dir);
         let (_, want) = read_logits(&dir.join("logits.safetensors"));
-        for spans in [vec![1], vec![3], vec![7, 1, 13, 2], vec![tokens.len() - 1, 1]] {
+        for spans in [
+            vec![1],
+            vec![3],
+            vec![7, 1, 13, 2],
+            vec![tokens.len() - 1, 1],
+        ] {
             let mut state = model.new_state();
             let mut got = Vec::new();
             let mut at = 0;
@@ -238,7 +245,10 @@ fn state_files_carry_the_key_value_caches_and_refuse_other_models() {
     let e = engine.import_state(20, &layers).unwrap_err();
     assert!(e.to_string().contains("layer 0"), "{e}");
     let layers = block_on(session.engine().export_state()).unwrap();
-    assert!(engine.import_state(3, &layers).is_err(), "3 positions need 3 slots, not 7");
+    assert!(
+        engine.import_state(3, &layers).is_err(),
+        "3 positions need 3 slots, not 7"
+    );
     engine.import_state(20, &layers).unwrap();
     assert_eq!(engine.position(), 20);
 }

@@ -200,13 +200,12 @@ pub static PREFILL: Kernel = variant(
     PREFILL_BINDINGS,
 );
 /// Split decode, pass 1: partial softmax over one span of keys per workgroup.
-pub static DECODE_SPLIT: Kernel =
-    variant(
-        "attention/decode-split",
-        DECODE_SOURCE,
-        "attention_decode_split",
-        SPLIT_BINDINGS,
-    );
+pub static DECODE_SPLIT: Kernel = variant(
+    "attention/decode-split",
+    DECODE_SOURCE,
+    "attention_decode_split",
+    SPLIT_BINDINGS,
+);
 /// Split decode, pass 2: the merge of the spans.
 pub static DECODE_COMBINE: Kernel = variant(
     "attention/decode-combine",

@@ -661,7 +661,9 @@ fn parse_attention(
     let mut out = Vec::with_capacity(specs.len());
     for (name, value) in specs {
         if !value.is_object() {
-            return Err(ModelError::invalid(format!("{name} must be an object, not {value}")));
+            return Err(ModelError::invalid(format!(
+                "{name} must be an object, not {value}"
+            )));
         }
         let spec: AttentionSpecJson = serde_json::from_value(value.clone())
             .map_err(|e| ModelError::invalid(format!("{name}: {e}")))?;

@@ -35,12 +35,21 @@ pub fn config_fingerprint(config: &ModelConfig) -> String {
 /// The tensor shape of layer `layer`'s state after `position` tokens: `[H, K, V]` for
 /// retention, `[cached positions, 2 (k, v), H_kv, D]` for an attention layer's key/value cache
 /// (slot order as in [`crate::CpuState`]). `None` if the cache's size overflows.
-pub fn layer_state_shape(config: &ModelConfig, layer: usize, position: usize) -> Option<Vec<usize>> {
+pub fn layer_state_shape(
+    config: &ModelConfig,
+    layer: usize,
+    position: usize,
+) -> Option<Vec<usize>> {
     match config.layer_kind(layer) {
         LayerKind::Retention => Some(vec![config.num_heads, config.head_k_dim, config.head_v_dim]),
         LayerKind::Attention(a) => {
             crate::reference::kv_cache_len(a, position)?;
-            Some(vec![a.cached_positions(position), 2, a.num_kv_heads, a.head_dim])
+            Some(vec![
+                a.cached_positions(position),
+                2,
+                a.num_kv_heads,
+                a.head_dim,
+            ])
         }
     }
 }
@@ -167,8 +176,11 @@ pub fn state_from_bytes(
         let view = st
             .tensor(&name)
             .map_err(|_| err(format!("missing tensor `{name}`")))?;
-        let shape = layer_state_shape(config, i, position)
-            .ok_or_else(|| err(format!("position {position} is too large for layer {i}'s cache")))?;
+        let shape = layer_state_shape(config, i, position).ok_or_else(|| {
+            err(format!(
+                "position {position} is too large for layer {i}'s cache"
+            ))
+        })?;
         if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
             return Err(err(format!("tensor `{name}` is not f32 {shape:?}")));
         }

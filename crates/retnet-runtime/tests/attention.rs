@@ -112,7 +112,13 @@ fn reference(
     out
 }
 
-fn params(shape: &Shape, start: usize, queries: usize, ring: usize, q_stride: usize) -> AttentionParams {
+fn params(
+    shape: &Shape,
+    start: usize,
+    queries: usize,
+    ring: usize,
+    q_stride: usize,
+) -> AttentionParams {
     AttentionParams {
         queries: queries as u32,
         heads: shape.heads as u32,
@@ -130,9 +136,20 @@ fn params(shape: &Shape, start: usize, queries: usize, ring: usize, q_stride: us
 }
 
 /// Appends positions `start..start + count` of the history into the cache ring.
-fn append(device: &Device, shape: &Shape, history: &History, cache: &GpuBuffer, start: usize, count: usize, ring: usize) {
+fn append(
+    device: &Device,
+    shape: &Shape,
+    history: &History,
+    cache: &GpuBuffer,
+    start: usize,
+    count: usize,
+    ring: usize,
+) {
     let src = device
-        .upload_f32("kv rows", &history.rows[start * history.stride..][..count * history.stride])
+        .upload_f32(
+            "kv rows",
+            &history.rows[start * history.stride..][..count * history.stride],
+        )
         .unwrap();
     let mut sequence = device.sequence("kv append");
     sequence
@@ -199,11 +216,36 @@ fn check_prefill(device: &Device, shape: Shape, before: usize, count: usize, see
 fn prefill_full_and_windowed_with_grouped_heads() {
     let Some(device) = device() else { return };
     let shapes = [
-        Shape { heads: 4, kv_heads: 2, head_dim: 8, window: None },
-        Shape { heads: 3, kv_heads: 1, head_dim: 40, window: None },
-        Shape { heads: 4, kv_heads: 4, head_dim: 16, window: Some(7) },
-        Shape { heads: 6, kv_heads: 2, head_dim: 12, window: Some(70) },
-        Shape { heads: 2, kv_heads: 1, head_dim: 128, window: Some(33) },
+        Shape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            window: None,
+        },
+        Shape {
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 40,
+            window: None,
+        },
+        Shape {
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 16,
+            window: Some(7),
+        },
+        Shape {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 12,
+            window: Some(70),
+        },
+        Shape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 128,
+            window: Some(33),
+        },
     ];
     for (i, shape) in shapes.into_iter().enumerate() {
         // Spans of more than 64 queries (two query tiles), keys over several key tiles.
@@ -216,10 +258,46 @@ fn prefill_full_and_windowed_with_grouped_heads() {
 fn split_decode_over_a_long_cache() {
     let Some(device) = device() else { return };
     for (i, (shape, position, keys_per_split)) in [
-        (Shape { heads: 4, kv_heads: 2, head_dim: 16, window: None }, 3000, 256),
-        (Shape { heads: 2, kv_heads: 2, head_dim: 72, window: None }, 700, 100),
-        (Shape { heads: 4, kv_heads: 1, head_dim: 8, window: Some(300) }, 2500, 64),
-        (Shape { heads: 2, kv_heads: 2, head_dim: 8, window: None }, 0, 256),
+        (
+            Shape {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 16,
+                window: None,
+            },
+            3000,
+            256,
+        ),
+        (
+            Shape {
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 72,
+                window: None,
+            },
+            700,
+            100,
+        ),
+        (
+            Shape {
+                heads: 4,
+                kv_heads: 1,
+                head_dim: 8,
+                window: Some(300),
+            },
+            2500,
+            64,
+        ),
+        (
+            Shape {
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 8,
+                window: None,
+            },
+            0,
+            256,
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -247,7 +325,9 @@ fn split_decode_over_a_long_cache() {
         let out = device.create_storage_f32("out", shape.q_width()).unwrap();
         let [split, combine] = decode(p, keys_per_split).unwrap();
         let mut sequence = device.sequence("decode");
-        sequence.dispatch(split, &[&q_buffer, &cache, &scratch]).unwrap();
+        sequence
+            .dispatch(split, &[&q_buffer, &cache, &scratch])
+            .unwrap();
         sequence.dispatch(combine, &[&out, &scratch]).unwrap();
         sequence.submit().unwrap();
         let got = read(device, &out, shape.q_width());
@@ -263,15 +343,38 @@ fn split_decode_over_a_long_cache() {
 
 #[test]
 fn shapes_the_kernels_cannot_run_are_refused() {
-    let shape = Shape { heads: 4, kv_heads: 2, head_dim: 8, window: Some(8) };
+    let shape = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        window: Some(8),
+    };
     assert!(prefill(params(&shape, 10, 4, 11, 40)).is_ok());
-    assert!(prefill(params(&shape, 10, 4, 10, 40)).is_err(), "ring below w - 1 + queries");
-    let full = Shape { window: None, ..shape };
-    assert!(prefill(params(&full, 10, 4, 13, 40)).is_err(), "ring below the positions");
-    let odd = Shape { kv_heads: 3, ..shape };
+    assert!(
+        prefill(params(&shape, 10, 4, 10, 40)).is_err(),
+        "ring below w - 1 + queries"
+    );
+    let full = Shape {
+        window: None,
+        ..shape
+    };
+    assert!(
+        prefill(params(&full, 10, 4, 13, 40)).is_err(),
+        "ring below the positions"
+    );
+    let odd = Shape {
+        kv_heads: 3,
+        ..shape
+    };
     assert!(prefill(params(&odd, 0, 1, 8, 40)).is_err());
-    let wide = Shape { head_dim: 512, ..shape };
+    let wide = Shape {
+        head_dim: 512,
+        ..shape
+    };
     assert!(prefill(params(&wide, 0, 1, 8, 4096)).is_err());
     assert!(decode(params(&wide, 0, 1, 8, 4096), 64).is_ok());
-    assert!(decode(params(&shape, 0, 2, 9, 40), 64).is_err(), "decode takes one query");
+    assert!(
+        decode(params(&shape, 0, 2, 9, 40), 64).is_err(),
+        "decode takes one query"
+    );
 }

@@ -48,7 +48,8 @@ impl Case {
             self.heads,
             self.kv_heads,
             self.head_dim,
-            self.window.map_or("full".to_string(), |w| format!("window {w}")),
+            self.window
+                .map_or("full".to_string(), |w| format!("window {w}")),
             self.before,
             self.queries
         )
@@ -155,15 +156,18 @@ fn run(device: &Device, case: &Case, seed: u64) -> Result<Row, Box<dyn std::erro
         sequence.dispatch(split, &[&q_buffer, &cache, &scratch])?;
         sequence.dispatch(combine, &[&out, &scratch])?;
     } else {
-        sequence.dispatch(
-            prefill(params)?,
-            &[&q_buffer, &cache, &out],
-        )?;
+        sequence.dispatch(prefill(params)?, &[&q_buffer, &cache, &out])?;
     }
     sequence.submit()?;
     let gpu = pollster::block_on(device.read_f32(&out, 0, case.queries * case.q_width()))?;
     let want = reference(case, &kv, &q, f64::from(scale));
-    Ok(Row::compare(name, case.shape(), &gpu, &want, ATTENTION_TOLERANCE))
+    Ok(Row::compare(
+        name,
+        case.shape(),
+        &gpu,
+        &want,
+        ATTENTION_TOLERANCE,
+    ))
 }
 
 /// The attention rows (`quick`: a representative subset).

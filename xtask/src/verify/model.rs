@@ -114,7 +114,12 @@ fn fixture_rows(
         // The CPU reference of attention layers is checked against fla by tests/hybrid.rs.
         rows.push(Row::skip(
             format!("model/{name}"),
-            format!("T={} d={} L={} hybrid", tokens.len(), c.d_model, c.num_layers),
+            format!(
+                "T={} d={} L={} hybrid",
+                tokens.len(),
+                c.d_model,
+                c.num_layers
+            ),
             "attention layers (hybrid checkpoint): the GPU path is not implemented yet",
         ));
         return Ok(rows);
