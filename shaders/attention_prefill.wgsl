@@ -15,7 +15,7 @@ fn attention_prefill(
     let kv_head = head / (params.heads / params.kv_heads);
     let kv_width = params.kv_heads * dim;
     let n = wid.x * WG + lid;
-    let active = n < params.queries;
+    let in_range = n < params.queries;
     let p = params.start_pos + n;
     let first_query = params.start_pos + wid.x * WG;
     let last_query = params.start_pos + min(params.queries, wid.x * WG + WG) - 1u;
@@ -23,7 +23,7 @@ fn attention_prefill(
 
     var qv: array<f32, MAX_HEAD_DIM>;
     var acc: array<f32, MAX_HEAD_DIM>;
-    if (active) {
+    if (in_range) {
         let base = params.q_offset + n * params.q_stride + head * dim;
         for (var d = 0u; d < dim; d++) {
             qv[d] = q[base + d] * params.scale;
@@ -42,7 +42,7 @@ fn attention_prefill(
             tile_v[i] = cache[at + kv_width];
         }
         workgroupBarrier();
-        if (active) {
+        if (in_range) {
             for (var j = 0u; j < count; j++) {
                 let m = start + j;
                 if (m < lo || m > p) {
@@ -64,7 +64,7 @@ fn attention_prefill(
         }
         workgroupBarrier();
     }
-    if (active) {
+    if (in_range) {
         let base = params.out_offset + n * params.out_stride + head * dim;
         for (var d = 0u; d < dim; d++) {
             out[base + d] = acc[d] / total;
