@@ -105,6 +105,7 @@ impl ModelWeights {
         for i in 0..config.num_layers {
             let r = &mut reader;
             let role = |t| TensorRole::Layer(i, t);
+            let head_norm = r.optional(role(LayerTensor::HeadNorm))?;
             layers.push(LayerWeights {
                 retention_norm: r.read(role(LayerTensor::RetentionNorm))?,
                 q_proj: r.linear(role(LayerTensor::Q), config.query_width(), d)?,
@@ -112,7 +113,7 @@ impl ModelWeights {
                 v_proj: r.linear(role(LayerTensor::V), kvw, d)?,
                 g_proj: r.linear(role(LayerTensor::G), vw, d)?,
                 out_proj: r.linear(role(LayerTensor::Out), d, vw)?,
-                head_norm: r.optional(role(LayerTensor::HeadNorm))?,
+                head_norm,
                 ffn_norm: r.read(role(LayerTensor::FfnNorm))?,
                 ffn_act: r.linear(role(LayerTensor::FfnAct), f, d)?,
                 ffn_lin: r.linear(role(LayerTensor::FfnLin), f, d)?,
