@@ -177,6 +177,7 @@ impl ModelWeights {
                 progress(i + 1, config.num_layers);
                 continue;
             }
+            let head_norm = r.optional(role(LayerTensor::HeadNorm))?;
             layers.push(LayerWeights {
                 retention_norm: r.read(role(LayerTensor::RetentionNorm))?,
                 q_proj: r.linear(role(LayerTensor::Q), config.query_width(), d)?,
@@ -184,7 +185,7 @@ impl ModelWeights {
                 v_proj: r.linear(role(LayerTensor::V), kvw, d)?,
                 g_proj: r.linear(role(LayerTensor::G), vw, d)?,
                 out_proj: r.linear(role(LayerTensor::Out), d, vw)?,
-                head_norm: r.optional(role(LayerTensor::HeadNorm))?,
+                head_norm,
                 ffn_norm: r.read(role(LayerTensor::FfnNorm))?,
                 ffn_act: r.linear(role(LayerTensor::FfnAct), f, d)?,
                 ffn_lin: r.linear(role(LayerTensor::FfnLin), f, d)?,
