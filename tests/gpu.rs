@@ -86,6 +86,35 @@ fn gpu_logits_match_the_peers_in_every_form() {
 }
 
 #[test]
+fn f16_weights_use_the_tensor_cores_where_the_device_has_them() {
+    let Some(device) = device() else { return };
+    // CI's run on lavapipe 26 (8×8 cooperative matrices) sets RETNET_REQUIRE_COOP=1: there the
+    // peer-fixture tests above must have gone through the tensor cores.
+    if std::env::var("RETNET_REQUIRE_COOP").is_ok_and(|v| v == "1") {
+        assert!(
+            device.coop_shape().is_some(),
+            "RETNET_REQUIRE_COOP=1 but the adapter offers no usable cooperative matrices"
+        );
+    }
+    let cpu = CpuModel::load(&fixture("fla_basic")).unwrap();
+    let f16 = GpuOptions {
+        weights: WeightPrecision::F16,
+    };
+    let gpu = GpuModel::new(device.clone(), &cpu, f16).unwrap();
+    let native_f16 = device.features().shader_f16;
+    assert_eq!(
+        gpu.uses_tensor_cores(),
+        device.coop_shape().is_some() && native_f16
+    );
+    let f32 = GpuOptions {
+        weights: WeightPrecision::F32,
+    };
+    assert!(!GpuModel::new(device, &cpu, f32)
+        .unwrap()
+        .uses_tensor_cores());
+}
+
+#[test]
 fn prefill_then_steps_equals_one_parallel_pass() {
     let Some(device) = device() else { return };
     for name in [

@@ -15,6 +15,9 @@
 //! Per-kernel GPU times come from timestamp queries ([`Device::start_profiling`]) around one
 //! decode step and one prefill span, each dispatch in a pass of its own, summed per kernel.
 //!
+//! `--micro`: the kernels alone instead of the model (peak probes, GEMM and matvec sweeps,
+//! retention kernels), see [`crate::micro`]; with `--preset test` it runs on lavapipe.
+//!
 //! `--contexts 1024,65536,1048576`: decode latency and session memory after a real chunkwise
 //! prefill of each context length (retention's state is fixed-size, so both should be flat).
 //!
@@ -32,10 +35,11 @@ use retnet_model::{
 use retnet_runtime::Device;
 use serde_json::{json, Value};
 
-const USAGE: &str = "cargo xtask bench [--preset NAME] [--quick] [--json FILE] [--contexts \
-                     N,N,..]\n  presets: retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b, \
-                     test (tiny, for lavapipe); default: all but test; --quick: retnet_xl with \
-                     fewer steps; --contexts: decode latency after prefills of these lengths";
+const USAGE: &str = "cargo xtask bench [--preset NAME] [--quick] [--micro] [--json FILE] \
+                     [--contexts N,N,..]\n  presets: retnet_base, retnet_medium, retnet_xl, \
+                     fla_retnet_1.3b, test (tiny, for lavapipe); default: all but test; --quick: \
+                     retnet_xl with fewer steps; --micro: the kernels alone (retnet_xl's shapes \
+                     unless --preset); --contexts: decode latency after prefills of these lengths";
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, Default)]
@@ -48,6 +52,8 @@ pub struct Options {
     pub json: Option<String>,
     /// Context lengths at which to measure decode latency (after a real prefill).
     pub contexts: Vec<usize>,
+    /// The kernels alone ([`crate::micro`]) instead of the model.
+    pub micro: bool,
 }
 
 impl Options {
@@ -57,6 +63,7 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
+                "--micro" => options.micro = true,
                 "--json" => options.json = Some(args.next().ok_or("--json needs a file")?.clone()),
                 "--contexts" => {
                     let list = args.next().ok_or("--contexts needs lengths")?;
@@ -157,7 +164,7 @@ pub fn run(options: &Options) -> ExitCode {
 }
 
 async fn run_async(options: &Options) -> Result<(), String> {
-    let names: Vec<&str> = match (&options.preset, options.quick) {
+    let names: Vec<&str> = match (&options.preset, options.quick || options.micro) {
         (Some(name), _) => vec![name.as_str()],
         (None, true) => vec!["retnet_xl"],
         (None, false) => PRESETS
@@ -177,6 +184,27 @@ async fn run_async(options: &Options) -> Result<(), String> {
         device.has_timestamp_query()
     );
     let tiny = names == ["test"];
+    if options.micro {
+        let mut results = Vec::new();
+        for name in names {
+            let preset = preset(name).ok_or_else(|| format!("unknown preset {name}"))?;
+            let config = ModelConfig::from_json_str(preset.json).map_err(|e| e.to_string())?;
+            results.push(crate::micro::run(&device, name, &config, tiny).await?);
+        }
+        if let Some(path) = &options.json {
+            let doc = json!({
+                "adapter": info.name,
+                "backend": format!("{:?}", info.backend),
+                "driver": info.driver,
+                "driver_info": info.driver_info,
+                "micro": results,
+            });
+            let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+            std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+            println!("wrote {path}");
+        }
+        return Ok(());
+    }
     let bandwidth = copy_bandwidth(&device, tiny).await?;
     println!("copy bandwidth: {:.1} GB/s", bandwidth / 1e9);
 

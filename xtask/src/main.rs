@@ -4,7 +4,8 @@
 //! - `cargo xtask verify [--quick] [--json FILE]`: every GPU kernel (and, later, the whole model)
 //!   against an f64 CPU computation over a matrix of shapes;
 //! - `cargo xtask bench [--preset NAME] [--quick] [--json FILE]`: decode, prefill, time to first
-//!   token, memory and roofline fraction of the whole model with random f16 weights;
+//!   token, memory and roofline fraction of the whole model with random f16 weights; `--micro`:
+//!   the kernels alone (peak probes, GEMM and matvec sweeps, retention kernels);
 //! - `cargo xtask web [--dev]`: the WebAssembly build of `retnet-web` and its JavaScript glue in
 //!   `web/pkg/`, for the page in `web/`;
 //! - `cargo xtask long-context [--tokens N] [--chunkwise-check N] …`: a long recurrent run on the
@@ -13,13 +14,14 @@
 
 mod bench;
 mod long_context;
+mod micro;
 mod shaders;
 mod verify;
 mod web;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--json FILE]\n       cargo xtask long-context [--tokens N] [--chunkwise-check N] [--model DIR] [--seed S] [--tolerance X] [--no-cpu] [--cpu-tokens N] [--json FILE]\n       cargo xtask web [--dev]";
+const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--micro] [--json FILE]\n       cargo xtask long-context [--tokens N] [--chunkwise-check N] [--model DIR] [--seed S] [--tolerance X] [--no-cpu] [--cpu-tokens N] [--json FILE]\n       cargo xtask web [--dev]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

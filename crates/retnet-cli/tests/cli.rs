@@ -2,14 +2,17 @@
 //! non-zero exit, one `error:` line on stderr, no panic and no output file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::retnet_command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn retnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retnet"))
+    retnet_command()
         .args(args)
         .output()
         .expect("the retnet binary runs")
@@ -250,7 +253,7 @@ fn an_adapter_that_does_not_exist_is_a_clean_error() {
     let model = fixtures().join("fla_basic");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");
-    let o = Command::new(env!("CARGO_BIN_EXE_retnet"))
+    let o = retnet_command()
         .env("RETNET_ADAPTER", "no-such-adapter-anywhere")
         .args([
             "logits",

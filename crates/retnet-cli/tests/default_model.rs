@@ -2,7 +2,9 @@
 //! torchscale itself: greedy continuations, byte for byte.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
+use common::retnet_command;
 
 fn training_record() -> serde_json::Value {
     let path =
@@ -11,7 +13,7 @@ fn training_record() -> serde_json::Value {
 }
 
 fn greedy(backend: &str, prompt: &str, tokens: usize) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_retnet"))
+    let o = retnet_command()
         .args([
             "generate",
             "--backend",
@@ -56,7 +58,7 @@ fn greedy_text_equals_torchscale_on_cpu_and_gpu() {
 
 #[test]
 fn generate_works_with_no_arguments() {
-    let o = Command::new(env!("CARGO_BIN_EXE_retnet"))
+    let o = retnet_command()
         .args(["generate", "--max-tokens", "40"])
         .output()
         .unwrap();

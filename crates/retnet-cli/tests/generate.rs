@@ -1,7 +1,10 @@
 //! `retnet generate`, `perplexity` and `info` as processes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::retnet_command;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,7 +18,7 @@ fn byte_model() -> PathBuf {
 }
 
 fn retnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_retnet"))
+    retnet_command()
         .args(args)
         .output()
         .expect("the retnet binary runs")

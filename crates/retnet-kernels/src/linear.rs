@@ -430,53 +430,6 @@ pub static MATVEC_NORM_F16_PACKED: Kernel = matvec_norm_variant(
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
 pub const MATVEC_BATCH_ROWS: u32 = 8;
 
-/// Tensor-core matmul (cooperative matrices), native f16 weights, f16 input rows.
-pub static MATMUL_COOP: Kernel = Kernel {
-    name: "matmul-coop/f16",
-    source: concat!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\n",
-        shader!("linear_common.wgsl", "matmul_coop.wgsl")
-    ),
-    entry_point: "matmul_coop",
-    workgroup_size: [Dim::Fixed(128), Dim::Fixed(1), Dim::Fixed(1)],
-    constants: &[],
-    bindings: BINDINGS,
-    params: PARAMS_STRUCT,
-    requires: Features::ALL,
-};
-/// Rows of Y per workgroup of [`matmul_coop`] (`BLOCK_ROWS`): the input and output buffers
-/// must hold [`coop_padded_rows`] rows.
-pub const MATMUL_COOP_BLOCK_ROWS: u32 = 256;
-/// Columns of Y per workgroup of [`matmul_coop`]; also the granule of `in_dim`.
-pub const MATMUL_COOP_BLOCK_COLUMNS: u32 = 64;
-
-/// f32 rows to f16 (zero-padded), the input of [`matmul_coop`].
-pub static TO_F16: Kernel = Kernel {
-    name: "to-f16",
-    source: concat!("enable f16;\n", shader!("to_f16.wgsl")),
-    entry_point: "convert_to_half",
-    workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
-    constants: &[],
-    bindings: &[
-        PARAMS,
-        Binding {
-            index: 1,
-            name: "input",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 2,
-            name: "output",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: (
-        "ToF16Params",
-        &["rows", "padded_rows", "dim", "x_row_start"],
-    ),
-    requires: Features::new(true, false, false),
-};
-
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[
     &MATVEC_BATCH_F32,
@@ -485,8 +438,6 @@ pub static KERNELS: &[&Kernel] = &[
     &MATVEC_BATCH_F32_SUBGROUP,
     &MATVEC_BATCH_F16_SUBGROUP,
     &MATVEC_BATCH_F16_PACKED_SUBGROUP,
-    &MATMUL_COOP,
-    &TO_F16,
     &MATVEC_NORM_F32,
     &MATVEC_NORM_F16,
     &MATVEC_NORM_F16_PACKED,
@@ -595,58 +546,13 @@ pub fn matvec_norm(format: WeightFormat, params: LinearParams) -> Dispatch {
     }
 }
 
-/// Rows the f16 input and the output of [`matmul_coop`] must hold for `rows` rows.
-pub fn coop_padded_rows(rows: u32) -> u32 {
-    rows.div_ceil(MATMUL_COOP_BLOCK_ROWS) * MATMUL_COOP_BLOCK_ROWS
-}
-
-/// Whether [`matmul_coop`] can compute this shape: `in_dim` and `out_dim` multiples of 64, rows
-/// read from the start of the input.
-pub fn coop_supports(params: &LinearParams) -> bool {
-    params.in_dim > 0
-        && params.out_dim > 0
-        && params.in_dim % MATMUL_COOP_BLOCK_COLUMNS == 0
-        && params.out_dim % MATMUL_COOP_BLOCK_COLUMNS == 0
-        && params.x_row_start == 0
-}
-
-/// Tensor-core matmul on cooperative matrices (needs [`Features::cooperative_matrix`] and
-/// [`coop_supports`]). Buffers: `weight [out_dim, in_dim]` f16, `input [padded, in_dim]` f16
-/// from [`to_f16`], `output [padded, out_dim]` f32, where padded = [`coop_padded_rows`]`(rows)`:
-/// rows past `rows` are computed (from the zero padding) and written too.
-pub fn matmul_coop(params: LinearParams) -> Dispatch {
-    let kernel = &MATMUL_COOP;
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, MATMUL_COOP_BLOCK_COLUMNS),
-            coop_padded_rows(params.rows) / MATMUL_COOP_BLOCK_ROWS,
-            1,
-        ],
-    }
-}
-
-/// Converts rows `x_row_start ..+ rows` of an f32 `[.., dim]` buffer to f16 `[padded_rows, dim]`,
-/// zero past `rows` (`dim % 4 == 0`).
-pub fn to_f16(rows: u32, padded_rows: u32, dim: u32, x_row_start: u32) -> Dispatch {
-    let kernel = &TO_F16;
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: ParamWords::new(&[rows, padded_rows, dim, x_row_start]),
-        workgroups: [ceil_div(dim / 4, 64), padded_rows, 1],
-    }
-}
-
 /// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.
 pub const MATVEC_BATCH_MAX_ROWS: u32 = 32;
 
 /// `Y = X · Wᵀ` with whichever portable kernel suits the shape: [`matvec`] for one row,
 /// [`matvec_batch`] for up to [`MATVEC_BATCH_MAX_ROWS`] (both need `in_dim % 4 == 0`), else the
-/// tiled [`matmul`]. (The tensor-core [`matmul_coop`] needs an f16 copy of the input, so the
-/// caller chooses it.)
+/// tiled [`matmul`]. (The tensor-core [`crate::gemm_coop::gemm_coop`] depends on the device's
+/// tile, so the caller chooses it.)
 pub fn linear(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
     if !matvec_supports(&params) || params.rows > MATVEC_BATCH_MAX_ROWS {
         matmul(format, params)

@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
+use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports, CoopShape};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
 use retnet_runtime::kernels::linear::{
-    self, coop_padded_rows, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+    self, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
 };
 use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
@@ -93,9 +94,9 @@ pub struct GpuModel {
     max_parallel_chunk: usize,
     /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
     loop_limited: bool,
-    /// Projections of many rows run on the tensor cores ([`linear::matmul_coop`]): the adapter
-    /// has cooperative matrices and the weights are native f16.
-    tensor_cores: bool,
+    /// Projections of many rows run on the tensor cores ([`gemm_coop`]) in this shape: the
+    /// adapter has cooperative matrices and the weights are native f16.
+    tensor_cores: Option<CoopShape>,
     fingerprint: WeightsFingerprint,
 }
 
@@ -241,7 +242,7 @@ impl GpuModel {
 
     /// Whether projections of many rows run on the tensor cores.
     pub fn uses_tensor_cores(&self) -> bool {
-        self.tensor_cores
+        self.tensor_cores.is_some()
     }
 
     /// Tokens per recorded prefill span on this adapter.
@@ -251,12 +252,6 @@ impl GpuModel {
         } else {
             MAX_SPAN
         }
-    }
-
-    /// Widest input of any projection (the f16 copy for the tensor cores is this wide).
-    fn max_projection_input(&self) -> usize {
-        let c = &self.config;
-        c.d_model.max(c.value_width()).max(c.ffn_dim)
     }
 
     fn qkvg_layout(&self) -> QkvgLayout {
@@ -285,7 +280,7 @@ pub enum LogitRows {
 /// Activation buffers sized for up to `tokens` tokens per span.
 struct Scratch {
     tokens: usize,
-    /// Rows allocated: `tokens`, padded to whole tensor-core blocks where those are used.
+    /// Rows allocated (`tokens`).
     rows: usize,
     /// Rows of logits allocated: 1, or `rows` once every row was asked for.
     logit_rows: usize,
@@ -298,8 +293,6 @@ struct Scratch {
     ffn_in: GpuBuffer,
     ffn_mid: GpuBuffer,
     logits: GpuBuffer,
-    /// f16 copy of a projection's input rows, for the tensor cores.
-    half_input: Option<GpuBuffer>,
     /// The state before each chunk, for chunk-parallel retention: made by the first chunkwise
     /// span ([`Scratch::prepare_chunk_states`]); `None` until then, for decode-only scratch, or
     /// where it would not fit one binding.
@@ -344,27 +337,15 @@ impl Scratch {
         .iter()
         .map(|b| b.size())
         .sum::<u64>()
-            + self.half_input.as_ref().map_or(0, GpuBuffer::size)
             + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
     }
 
     fn new(model: &GpuModel, tokens: usize, all_logits: bool) -> Result<Self> {
         let c = &model.config;
         let dev = &model.device;
-        let tensor_cores = model.tensor_cores && tokens > MATVEC_BATCH_MAX_ROWS as usize;
-        let rows = if tensor_cores {
-            coop_padded_rows(tokens as u32) as usize
-        } else {
-            tokens
-        };
+        let rows = tokens;
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
-        let half_input = if tensor_cores {
-            let bytes = (rows * model.max_projection_input() * 2) as u64;
-            Some(dev.create_storage("f16 input", bytes)?)
-        } else {
-            None
-        };
         Ok(Self {
             tokens,
             rows,
@@ -380,7 +361,6 @@ impl Scratch {
             ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
             ffn_mid: f32s("ffn mid", c.ffn_dim)?,
             logits: dev.create_storage_f32("logits", logit_rows * c.vocab_size)?,
-            half_input,
         })
     }
 }
@@ -733,7 +713,7 @@ fn record_forward(
                 accumulate: Option<f32>| {
         let mut params = LinearParams::new(t32, in_dim as u32, out_dim as u32);
         params.accumulate = accumulate;
-        project(model, s, seq, w, input, out, params)
+        project(model, seq, w, input, out, params)
     };
     // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection after it.
     let fuse_norms = t == 1 && model.reduction == Reduction::Subgroup && c.d_model % 4 == 0;
@@ -753,7 +733,7 @@ fn record_forward(
             Ok(())
         } else {
             seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
-            project(model, s, seq, w, &s.h, out, params)
+            project(model, seq, w, &s.h, out, params)
         }
     };
     for (index, layer) in model.layers.iter().enumerate() {
@@ -851,45 +831,36 @@ fn record_forward(
             Some(g) if fuse_norms => normed_proj(seq, g, model.head(), &s.logits, params)?,
             Some(g) => {
                 seq.dispatch(rms_norm(true, norm(t32)), &[&s.x, g, &s.h])?;
-                project(model, s, seq, model.head(), &s.h, &s.logits, params)?;
+                project(model, seq, model.head(), &s.h, &s.logits, params)?;
             }
-            None => project(model, s, seq, model.head(), &s.x, &s.logits, params)?,
+            None => project(model, seq, model.head(), &s.x, &s.logits, params)?,
         }
     }
     Ok(())
 }
 
 /// Records `output = input · Wᵀ` (`params` says the shape and whether it accumulates): on the
-/// tensor cores where the model uses them and the shape allows (an f16 copy of the input rows
-/// first), else with the portable kernel [`linear`] picks.
+/// tensor cores where the model uses them and there are more rows than the batched matvec takes,
+/// else with the portable kernel [`linear`] picks.
 fn project(
     model: &GpuModel,
-    s: &Scratch,
     seq: &mut Sequence<'_>,
     w: &Weights,
     input: &GpuBuffer,
     output: &GpuBuffer,
     params: LinearParams,
 ) -> Result<()> {
-    let padded = coop_padded_rows(params.rows);
-    match &s.half_input {
-        Some(half)
+    let dispatch = match model.tensor_cores {
+        Some(shape)
             if w.format == WeightFormat::F16
                 && params.rows > MATVEC_BATCH_MAX_ROWS
-                && padded as usize <= s.rows
-                && linear::coop_supports(&params) =>
+                && gemm_coop_supports(shape.tile, &params) =>
         {
-            seq.dispatch(
-                linear::to_f16(params.rows, padded, params.in_dim, params.x_row_start),
-                &[input, half],
-            )?;
-            seq.dispatch(linear::matmul_coop(params), &[&w.buffer, half, output])?;
+            gemm_coop(shape, params)
         }
-        _ => seq.dispatch(
-            linear(w.format, model.reduction, params),
-            &[&w.buffer, input, output],
-        )?,
-    }
+        _ => linear(w.format, model.reduction, params),
+    };
+    seq.dispatch(dispatch, &[&w.buffer, input, output])?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use crate::cache::{CacheStats, Caches, Counters};
 use crate::error::RuntimeError;
+use retnet_kernels::gemm_coop::CoopShape;
 use retnet_kernels::Features;
 use std::sync::{Arc, Mutex};
 
@@ -129,29 +130,62 @@ async fn select_adapter(
     adapters.into_iter().next().ok_or_else(no_adapter)
 }
 
-/// Whether the adapter multiplies 16×16×16 f16 tiles into f32 accumulators with cooperative
-/// matrices, in subgroups of exactly 32 (the tensor-core matmul's workgroup is 4 such subgroups).
-fn has_f16_tensor_tiles(adapter: &wgpu::Adapter) -> bool {
+/// How the tensor-core GEMM runs on this adapter, if it can: the largest square tile among the
+/// adapter's cooperative-matrix configurations with f16 inputs and f32 accumulators that the
+/// backend's shading language expresses ([`CoopTile::expressible_in`]) and whose workgroup fits
+/// the adapter's limits.
+///
+/// The workgroup is sized for the adapter's smallest subgroup, so that it never holds more
+/// subgroups than the kernel has sub-blocks (wider subgroups are computed in passes); Metal
+/// reports 4..64 for every GPU, while Apple GPUs, the only ones with simdgroup matrices, run
+/// SIMD-groups of 32.
+fn coop_shape(adapter: &wgpu::Adapter) -> Option<CoopShape> {
     #[cfg(not(target_arch = "wasm32"))]
     {
+        use retnet_kernels::gemm_coop::{CoopTile, Language, SUB_BLOCKS};
         use wgpu::CooperativeScalarType as Scalar;
         let info = adapter.get_info();
-        adapter
+        // The shading language wgpu writes for this backend.
+        let language = match info.backend {
+            wgpu::Backend::Vulkan => Language::SpirV,
+            wgpu::Backend::Metal => Language::Msl,
+            wgpu::Backend::Dx12 => Language::Hlsl,
+            _ => return None,
+        };
+        if !adapter
             .features()
             .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-            && info.subgroup_min_size == 32
-            && info.subgroup_max_size == 32
-            && adapter.cooperative_matrix_properties().iter().any(|p| {
-                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+        {
+            return None;
+        }
+        let subgroup_size = match info.backend {
+            wgpu::Backend::Metal => 32,
+            _ => info.subgroup_min_size,
+        };
+        let limits = adapter.limits();
+        let properties = adapter.cooperative_matrix_properties();
+        CoopTile::ALL.into_iter().find_map(|tile| {
+            let offered = properties.iter().any(|p| {
+                CoopTile::from_sizes(p.m_size, p.n_size, p.k_size) == Some(tile)
                     && p.ab_type == Scalar::F16
                     && p.cr_type == Scalar::F32
+            });
+            let invocations = SUB_BLOCKS * subgroup_size;
+            let fits = subgroup_size > 0
+                && invocations <= limits.max_compute_invocations_per_workgroup
+                && invocations <= limits.max_compute_workgroup_size_x
+                && tile.workgroup_bytes() <= limits.max_compute_workgroup_storage_size;
+            (offered && fits && tile.expressible_in(language)).then_some(CoopShape {
+                tile,
+                subgroup_size,
             })
+        })
     }
     // Browsers offer no cooperative matrices.
     #[cfg(target_arch = "wasm32")]
     {
         let _ = adapter;
-        false
+        None
     }
 }
 
@@ -162,6 +196,7 @@ pub struct Device {
     pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     features: Features,
+    coop: Option<CoopShape>,
     timestamp_query: bool,
     half_unpack: bool,
     limits: wgpu::Limits,
@@ -215,9 +250,14 @@ impl Device {
         if offered.contains(wgpu::Features::TIMESTAMP_QUERY) {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
         }
-        let cooperative_matrix = !options.disable_cooperative_matrix
+        let coop = if !options.disable_cooperative_matrix
             && wanted.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
-            && has_f16_tensor_tiles(&adapter);
+        {
+            coop_shape(&adapter)
+        } else {
+            None
+        };
+        let cooperative_matrix = coop.is_some();
         if cooperative_matrix {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
@@ -279,6 +319,7 @@ impl Device {
             queue,
             info,
             features,
+            coop,
             timestamp_query: wanted.contains(wgpu::Features::TIMESTAMP_QUERY),
             half_unpack: features.shader_f16
                 || downlevel.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32),
@@ -305,6 +346,12 @@ impl Device {
     /// Optional features in use (kernel variants are chosen from these).
     pub fn features(&self) -> Features {
         self.features
+    }
+
+    /// How the tensor-core GEMM runs here ([`retnet_kernels::gemm_coop`]); `Some` exactly when
+    /// [`Features::cooperative_matrix`] is in [`Device::features`].
+    pub fn coop_shape(&self) -> Option<CoopShape> {
+        self.coop
     }
 
     /// Whether TIMESTAMP_QUERY is enabled.

@@ -11,10 +11,9 @@ use super::reference::{self as cpu, Layout, Rng};
 use super::Row;
 use retnet_kernels::embedding::{gather, EmbeddingParams};
 use retnet_kernels::gated_activation::{gated_activation, Activation, GatedActivationParams};
+use retnet_kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
 use retnet_kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_kernels::linear::{
-    self, coop_padded_rows, matmul, matvec, matvec_batch, LinearParams, Reduction,
-};
+use retnet_kernels::linear::{self, matmul, matvec, matvec_batch, LinearParams, Reduction};
 use retnet_kernels::residual::residual_add;
 use retnet_kernels::retention::{self, RetentionParams, Strided};
 use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
@@ -240,7 +239,8 @@ enum LinearKernel {
     Matmul,
     Matvec(Reduction),
     MatvecBatch(Reduction),
-    /// f16 conversion of the input, then the tensor-core matmul (f16 weights only).
+    /// The tensor-core GEMM with the device's tile (f16 weights only; X rounded to f16 as it
+    /// is staged).
     Coop,
 }
 
@@ -285,58 +285,51 @@ fn linear_case(
             LinearKernel::MatvecBatch(r) => {
                 format!("matvec-batch/{}/{}", format.name(), reduction_name(r))
             }
-            LinearKernel::Coop => "matmul-coop/f16".to_string(),
+            LinearKernel::Coop => match rows.device.coop_shape() {
+                Some(shape) => shape.tile.kernel().name.to_string(),
+                None => "gemm-coop".to_string(),
+            },
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
             LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
                 reduction_support(rows.device, reduction)
             }
-            LinearKernel::Coop if !rows.device.features().cooperative_matrix => {
-                Err("adapter lacks 16×16 f16 cooperative matrices in 32-wide subgroups")
-            }
-            LinearKernel::Matmul | LinearKernel::Coop => Ok(()),
+            LinearKernel::Coop => match rows.device.coop_shape() {
+                None => {
+                    Err("adapter lacks f16 cooperative matrices (8×8 or 16×16, f32 accumulators)")
+                }
+                Some(shape) if !gemm_coop_supports(shape.tile, &params) => {
+                    Err("shape outside the tensor-core GEMM's grid")
+                }
+                Some(_) => Ok(()),
+            },
+            LinearKernel::Matmul => Ok(()),
         });
         if let Err(reason) = support {
             rows.skip(&case, &shape, reason);
             continue;
         }
+        let coop = rows.device.coop_shape();
         rows.add(&case, &shape, |device| {
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
-            let portable = match kernel {
-                LinearKernel::Matmul => Some(matmul(format, params)),
-                LinearKernel::Matvec(reduction) => Some(matvec(format, reduction, params)),
-                LinearKernel::MatvecBatch(reduction) => {
-                    Some(matvec_batch(format, reduction, params))
+            let (dispatch, x_seen) = match (kernel, coop) {
+                (LinearKernel::Matmul, _) => (matmul(format, params), x.clone()),
+                (LinearKernel::Matvec(reduction), _) => {
+                    (matvec(format, reduction, params), x.clone())
                 }
-                LinearKernel::Coop => None,
-            };
-            let (gpu, x_seen) = match portable {
-                Some(dispatch) => {
-                    let y = device.upload_f32("y", &y0)?;
-                    submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
-                    (read(device, &y, n_rows * o)?, x.clone())
+                (LinearKernel::MatvecBatch(reduction), _) => {
+                    (matvec_batch(format, reduction, params), x.clone())
                 }
-                None => {
-                    // The output holds whole blocks of rows; the padding rows are not compared.
-                    let padded = coop_padded_rows(params.rows) as usize;
-                    let mut y_padded = y0.clone();
-                    y_padded.resize(padded * o, 0.0);
-                    let y = device.upload_f32("y", &y_padded)?;
-                    let half = device.create_storage("x f16", (padded * i * 2) as u64)?;
-                    let convert = linear::to_f16(params.rows, padded as u32, params.in_dim, 0);
-                    let multiply = linear::matmul_coop(params);
-                    submit(
-                        device,
-                        &[
-                            (convert, &[&input, &half]),
-                            (multiply, &[&weights.buffer, &half, &y]),
-                        ],
-                    )?;
-                    // The tensor cores multiply f16 inputs: the reference rounds X as they do.
-                    (read(device, &y, n_rows * o)?, cpu::round_f16(&x))
+                // The tensor cores multiply f16 inputs: the reference rounds X as they do.
+                (LinearKernel::Coop, Some(shape)) => (gemm_coop(shape, params), cpu::round_f16(&x)),
+                (LinearKernel::Coop, None) => {
+                    return Ok(vec![Row::skip(&case, &shape, "no cooperative matrices")]);
                 }
             };
+            let y = device.upload_f32("y", &y0)?;
+            submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+            let gpu = read(device, &y, n_rows * o)?;
             let reference = cpu::linear(&cpu::Linear {
                 x: &x_seen,
                 weight: &as_stored(&w, format),
@@ -505,20 +498,37 @@ fn linears(rows: &mut Rows<'_>) {
         linear_case(rows, kernel, fused, 490, "residual fused");
     }
 
-    // Tensor cores: in and out multiples of 64, rows padded to blocks of 256.
-    let mut coops = vec![(33, 64, 64), (256, 128, 192)];
+    // Tensor cores: blocks of 8 × 8 tiles (64 × 64 outputs with 8×8 tiles, 128 × 128 with
+    // 16×16 ones), K in steps of two tiles. Every shape but the whole-block ones has partial
+    // blocks in rows, columns and K (stored with bounds checks, staged with zeros); whole blocks
+    // are stored straight from the accumulators.
+    let mut coops = vec![(33, 64, 64), (70, 65, 130), (128, 128, 256), (5, 33, 17)];
     if !rows.quick {
-        coops.extend([(300, 2048, 512), (1000, 512, 2048), (2048, 4096, 256)]);
+        coops.extend([
+            (257, 129, 65),
+            (300, 2048, 512),
+            (1000, 512, 2048),
+            (256, 4096, 256),
+        ]);
     }
     for (index, &(r, i, o)) in coops.iter().enumerate() {
         let params = LinearParams::new(r, i, o);
         linear_case(rows, LinearKernel::Coop, params, 500 + index as u64, "");
     }
-    let fused = LinearParams {
-        accumulate: Some(1.5),
-        ..LinearParams::new(70, 128, 64)
-    };
-    linear_case(rows, LinearKernel::Coop, fused, 520, "residual fused");
+    for (index, (r, i, o)) in [(70, 128, 64), (128, 100, 128)].into_iter().enumerate() {
+        let fused = LinearParams {
+            x_row_start: 3,
+            accumulate: Some(1.5),
+            ..LinearParams::new(r, i, o)
+        };
+        linear_case(
+            rows,
+            LinearKernel::Coop,
+            fused,
+            520 + index as u64,
+            "residual fused",
+        );
+    }
 }
 
 fn rotaries(rows: &mut Rows<'_>) {

@@ -219,10 +219,16 @@ pub fn run(options: &Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // CI's run on a device with cooperative matrices: their rows must run, not skip.
+    if std::env::var("RETNET_REQUIRE_COOP").is_ok_and(|v| v == "1") && device.coop_shape().is_none()
+    {
+        eprintln!("RETNET_REQUIRE_COOP=1, but the adapter offers no usable cooperative matrices");
+        return ExitCode::FAILURE;
+    }
     let info = device.adapter_info();
     let limits = device.limits();
     println!(
-        "device: {} ({:?}, {:?}, driver {} {}); features {}; f16 weights {}; \
+        "device: {} ({:?}, {:?}, driver {} {}); features {}; tensor cores {}; f16 weights {}; \
          workgroup memory {} bytes; storage binding {} MiB",
         info.name,
         info.backend,
@@ -230,6 +236,11 @@ pub fn run(options: &Options) -> ExitCode {
         info.driver,
         info.driver_info,
         device.features(),
+        device.coop_shape().map_or("none".to_string(), |s| format!(
+            "{} in subgroups of {}",
+            s.tile.kernel().name,
+            s.subgroup_size
+        )),
         if device.supports_half_weights() {
             "yes"
         } else {

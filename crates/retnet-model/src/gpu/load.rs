@@ -233,7 +233,7 @@ pub(crate) async fn upload(
         log_decay,
         rotary_theta,
         reduction: Reduction::for_features(device.features()),
-        tensor_cores: device.features().cooperative_matrix && format == WeightFormat::F16,
+        tensor_cores: device.coop_shape().filter(|_| format == WeightFormat::F16),
         max_chunk,
         max_parallel_chunk,
         loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
