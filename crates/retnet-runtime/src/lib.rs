@@ -2,6 +2,8 @@
 //!
 //! - [`Device`]: adapter selection (discrete GPU first; `RETNET_BACKEND`, `RETNET_ADAPTER`),
 //!   feature detection (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) and the adapter's own limits.
+//! - [`choose_backend`]: what `--backend auto` runs on — a hardware adapter, else the CPU engine
+//!   (software rasterizers such as lavapipe count as no GPU).
 //! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back.
 //! - [`Sequence`]: records [`retnet_kernels::Dispatch`]es and submits them as one compute pass.
 //!   Pipelines, bind groups and the parameter arena are cached in the device, so recording the
@@ -23,6 +25,7 @@
 //!
 //! No call blocks: read-back is a future (drive it with any executor; tests use `pollster`).
 
+mod auto;
 mod buffer;
 mod cache;
 mod device;
@@ -30,6 +33,9 @@ mod error;
 mod profile;
 mod sequence;
 
+pub use auto::{
+    choose_backend, is_software_adapter, AutoBackend, AutoChoice, SOFTWARE_ADAPTER_NAMES,
+};
 pub use buffer::{GpuBuffer, WeightData, Weights};
 pub use cache::CacheStats;
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
