@@ -4,12 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use retnet_model::{
-    mean_nll, CpuEngine, CpuModel, Engine, Generator, GpuModel, GpuOptions, LogitRows, ModelConfig,
-    ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer, WeightPrecision,
+    mean_nll, CpuModel, Engine, FastCpuModel, Generator, GpuModel, GpuOptions, LogitRows,
+    ModelConfig, ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
+    WeightPrecision,
 };
 
-use crate::load::{gpu_device, load};
+use crate::engine::{resolve, Engine as Chosen};
+use crate::load::load;
 use crate::{Backend, CliError};
 
 /// Precision of the weight matrices on the GPU.
@@ -21,12 +25,16 @@ pub enum Weights {
     F16,
 }
 
-fn gpu_model(model: &CpuModel, weights: Weights) -> Result<GpuModel, CliError> {
+fn gpu_model(
+    device: Arc<retnet_runtime::Device>,
+    model: &CpuModel,
+    weights: Weights,
+) -> Result<GpuModel, CliError> {
     let weights = match weights {
         Weights::F32 => WeightPrecision::F32,
         Weights::F16 => WeightPrecision::F16,
     };
-    Ok(GpuModel::new(gpu_device()?, model, GpuOptions { weights })?)
+    Ok(GpuModel::new(device, model, GpuOptions { weights })?)
 }
 
 #[derive(clap::Args)]
@@ -40,7 +48,8 @@ pub struct LogitsArgs {
     /// Token ids separated by commas, e.g. 1,2,3.
     #[arg(long, allow_hyphen_values = true)]
     tokens: Option<String>,
-    /// Where to compute.
+    /// Where to compute: `cpu` is the exact reference; `auto` is a hardware GPU if there is
+    /// one, else the reference.
     #[arg(long, value_enum)]
     backend: Backend,
     /// Which retention form to compute.
@@ -79,10 +88,14 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         },
     };
     let tokens = to_token_ids(&tokens, model.config().vocab_size)?;
-    let logits = match args.backend {
-        Backend::Cpu => model.logits(&tokens, form)?,
-        Backend::Gpu => {
-            let gpu = gpu_model(&model, args.weights)?;
+    let engine = match args.backend {
+        Backend::Cpu => Chosen::Cpu,
+        backend => resolve(backend, false)?,
+    };
+    let logits = match engine {
+        Chosen::Cpu => model.logits(&tokens, form)?,
+        Chosen::Gpu(device) => {
+            let gpu = gpu_model(device, &model, args.weights)?;
             let mut session = gpu.session()?;
             pollster::block_on(session.forward(&tokens, form, LogitRows::All))?
         }
@@ -224,8 +237,9 @@ pub struct GenerateArgs {
     /// Continue a session saved with --save-state.
     #[arg(long)]
     load_state: Option<PathBuf>,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "gpu")]
+    /// Where to compute: `auto` (a hardware GPU if there is one, else the CPU engine), `gpu`
+    /// (any adapter, software included) or `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Precision of the weight matrices with --backend gpu.
     #[arg(long, value_enum, default_value = "f32")]
@@ -261,11 +275,14 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         prompt: &prompt,
         tokenizer: &loaded.tokenizer,
     };
-    match args.backend {
-        Backend::Cpu => pollster::block_on(run.go(CpuEngine::new(&loaded.model))),
-        Backend::Gpu => {
-            let gpu = gpu_model(&loaded.model, args.weights)?;
-            pollster::block_on(run.go(gpu.session()?))
+    match resolve(args.backend, true)? {
+        Chosen::Cpu => {
+            let fast = FastCpuModel::new(&loaded.model);
+            pollster::block_on(run.go(fast.session(), "cpu"))
+        }
+        Chosen::Gpu(device) => {
+            let gpu = gpu_model(device, &loaded.model, args.weights)?;
+            pollster::block_on(run.go(gpu.session()?, "gpu"))
         }
     }
 }
@@ -279,7 +296,7 @@ struct GenerationRun<'a> {
 }
 
 impl GenerationRun<'_> {
-    async fn go<E: Engine>(&self, engine: E) -> Result<(), CliError> {
+    async fn go<E: Engine>(&self, engine: E, engine_name: &str) -> Result<(), CliError> {
         let args = self.args;
         let mut session = match &args.load_state {
             Some(path) => Generator::load(engine, path)?,
@@ -323,12 +340,12 @@ impl GenerationRun<'_> {
         }
         let decode_time = decode_start.elapsed().as_secs_f64();
         eprintln!(
-            "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({:?} backend)",
+            "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({} engine)",
             self.prompt.len(),
             self.prompt.len() as f64 / prefill_time.max(1e-9),
             generated,
             generated as f64 / decode_time.max(1e-9),
-            args.backend,
+            engine_name,
         );
         if let Some(path) = &args.save_state {
             let saved = session.save(&tmp_path(path)).await;
@@ -346,8 +363,9 @@ pub struct PerplexityArgs {
     /// The text to score, as one sequence from position 0.
     #[arg(long)]
     text_file: PathBuf,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "gpu")]
+    /// Where to compute: `auto` (a hardware GPU if there is one, else the CPU engine), `gpu`
+    /// (any adapter, software included) or `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Precision of the weight matrices with --backend gpu.
     #[arg(long, value_enum, default_value = "f32")]
@@ -375,13 +393,14 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     }
     let started = Instant::now();
     let mut progress = |done: usize, _| bar.set_position(done as u64);
-    let nll = match args.backend {
-        Backend::Cpu => {
-            let mut engine = CpuEngine::new(&loaded.model);
+    let nll = match resolve(args.backend, true)? {
+        Chosen::Cpu => {
+            let fast = FastCpuModel::new(&loaded.model);
+            let mut engine = fast.session();
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
-        Backend::Gpu => {
-            let gpu = gpu_model(&loaded.model, args.weights)?;
+        Chosen::Gpu(device) => {
+            let gpu = gpu_model(device, &loaded.model, args.weights)?;
             let mut engine = gpu.session()?;
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
@@ -448,10 +467,25 @@ pub fn devices() -> Result<(), CliError> {
     let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
     let adapters = pollster::block_on(retnet_runtime::list_adapters(&options));
     for a in &adapters {
+        let kind = if retnet_runtime::is_software_adapter(a) {
+            "software"
+        } else {
+            "hardware"
+        };
         println!(
-            "adapter: {} ({:?}, {:?}, driver {} {})",
+            "adapter: {} ({:?}, {:?}, {kind}, driver {} {})",
             a.name, a.backend, a.device_type, a.driver, a.driver_info
         );
+    }
+    if adapters.is_empty() {
+        println!("adapter: none");
+    }
+    let choice =
+        pollster::block_on(retnet_runtime::choose_backend(&options)).map_err(ModelError::from)?;
+    println!("auto: {} ({})", choice.engine_name(), choice.reason);
+    if adapters.is_empty() {
+        // Nothing for `--backend gpu` to describe; `auto` runs on the CPU.
+        return Ok(());
     }
     let device = crate::load::gpu_device()?;
     let info = device.adapter_info();
