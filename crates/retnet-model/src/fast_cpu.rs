@@ -20,6 +20,7 @@ use crate::reference::{check_tokens, rms_norm_rows, CpuModel, CpuState};
 use crate::retention::decay_sum;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::{Engine, REPEAT_WINDOW};
+use crate::weights::WeightsFingerprint;
 
 /// Tokens per internal span of a prefill: bounds the activations a long prompt needs.
 pub const SPAN: usize = 256;
@@ -41,6 +42,7 @@ struct FastLayer {
 #[derive(Clone, Debug)]
 pub struct FastCpuModel {
     config: ModelConfig,
+    fingerprint: WeightsFingerprint,
     embed: Vec<f32>,
     embed_norm: Option<Vec<f32>>,
     layers: Vec<FastLayer>,
@@ -79,6 +81,7 @@ impl FastCpuModel {
             .collect();
         Self {
             config: c.clone(),
+            fingerprint: model.fingerprint().clone(),
             embed: w.embed.data.clone(),
             embed_norm: w.embed_norm.clone(),
             layers,
@@ -362,16 +365,20 @@ fn retention(
     let (kd, vd) = (c.head_k_dim, c.head_v_dim);
     let (qw, kw, vw) = (c.query_width(), c.key_width(), c.kv_value_width());
     let width = qw + kw + vw + c.value_width();
-    let qkvg = &mut bufs.qkvg[..t * width];
+    let RetentionBuffers {
+        qkvg,
+        heads,
+        o,
+        cos,
+        sin,
+    } = bufs;
+    let qkvg = &mut qkvg[..t * width];
     layer.qkvg.matmul(input, t, qkvg);
 
     let pairs = kd / 2;
     let scale = (kd as f64).powf(-0.5);
     for (n, row) in qkvg.chunks_exact_mut(width).enumerate() {
-        let (cos, sin) = (
-            &bufs.cos[n * pairs..][..pairs],
-            &bufs.sin[n * pairs..][..pairs],
-        );
+        let (cos, sin) = (&cos[n * pairs..][..pairs], &sin[n * pairs..][..pairs]);
         let (q, rest) = row.split_at_mut(qw);
         for head in q.chunks_exact_mut(kd) {
             rotate(head, cos, sin, c.rotary);
@@ -385,7 +392,7 @@ fn retention(
     }
 
     let qkvg = &*qkvg;
-    let heads = &mut bufs.heads[..c.num_heads * t * vd];
+    let heads = &mut heads[..c.num_heads * t * vd];
     heads
         .par_chunks_mut(t * vd)
         .zip(state.par_chunks_mut(kd * vd))
@@ -418,7 +425,7 @@ fn retention(
     let o: &[f32] = if t == 1 {
         heads // [H, 1, V] is [1, H·V]
     } else {
-        let o = &mut bufs.o[..t * value_width];
+        let o = &mut o[..t * value_width];
         for (head, rows) in heads.chunks_exact(t * vd).enumerate() {
             for (n, src) in rows.chunks_exact(vd).enumerate() {
                 o[n * value_width + head * vd..][..vd].copy_from_slice(src);
@@ -491,6 +498,10 @@ fn ffn(
 impl Engine for FastCpuEngine<'_> {
     fn config(&self) -> &ModelConfig {
         &self.model.config
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        &self.model.fingerprint
     }
 
     fn position(&self) -> usize {

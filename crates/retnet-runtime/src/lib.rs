@@ -4,7 +4,8 @@
 //!   feature detection (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) and the adapter's own limits.
 //! - [`choose_backend`]: what `--backend auto` runs on — a hardware adapter, else the CPU engine
 //!   (software rasterizers such as lavapipe count as no GPU).
-//! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back.
+//! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back;
+//!   [`WeightWriter`] fills weights piece by piece in bounded host memory.
 //! - [`Sequence`]: records [`retnet_kernels::Dispatch`]es and submits them as one compute pass.
 //!   Pipelines, bind groups and the parameter arena are cached in the device, so recording the
 //!   same sequence again creates no GPU object ([`Device::cache_stats`]).
@@ -32,6 +33,7 @@ mod device;
 mod error;
 mod profile;
 mod sequence;
+mod upload;
 
 pub use auto::{
     choose_backend, is_software_adapter, AutoBackend, AutoChoice, SOFTWARE_ADAPTER_NAMES,
@@ -43,5 +45,6 @@ pub use error::RuntimeError;
 pub use profile::KernelTime;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
+pub use upload::WeightWriter;
 /// The wgpu this runtime is built on, for [`Device::wgpu_device`] and [`Device::create_buffer_checked`].
 pub use wgpu;
