@@ -3,8 +3,8 @@
 
 One JSON line per repetition on stdout: decode tok/s (recurrent form, token by token with a
 shared incremental_state, the whole prefix passed each call, as torchscale's own generation
-does) and prefill tok/s (parallel form, one call over the prompt; and the recurrent form fed
-token by token). float32 compute: the checkpoint's f16 weights upcast exactly, the same values
+does) and prefill tok/s (parallel form, one call over the prompt; its recurrent form feeds a
+prompt at the decode rate). float32 compute: the checkpoint's f16 weights upcast exactly, the same values
 our CPU engine multiplies. Loading code as in tools/train/train.py.
 """
 import argparse
@@ -74,15 +74,6 @@ def prefill_parallel(model, toks):
         return toks.numel() / (time.perf_counter() - start)
 
 
-def prefill_recurrent(model, toks):
-    state = {}
-    with torch.inference_mode():
-        start = time.perf_counter()
-        for i in range(toks.numel()):
-            model(toks[None, : i + 1], incremental_state=state)
-        return toks.numel() / (time.perf_counter() - start)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -107,7 +98,6 @@ def main():
             "torch": torch.__version__, "threads": torch.get_num_threads(), "rep": rep,
             "decode_tok_s": tok_s,
             "prefill_parallel_tok_s": prefill_parallel(model, toks),
-            "prefill_recurrent_tok_s": prefill_recurrent(model, toks),
             "prefill_tokens": toks.numel(), "decode_tokens": a.decode,
             "text_head": text[:60].decode("utf-8", "replace"),
         }), flush=True)
