@@ -10,7 +10,7 @@ use retnet::{CpuModel, RetentionForm};
 
 /// The fast engine accumulates in f32 (the oracle in f64) and keeps activations in f32: sums of
 /// at most a few thousand terms, each rounding ~6e-8 relative, through a handful of layers.
-/// Measured on the fixtures: ≤ 1e-6 relative (printed below). 1e-5 leaves room for longer
+/// Measured on the 7 fixtures: 1.9e-7 – 1.04e-6 of the oracle, 2.6e-7 – 1.29e-6 of the peers. 1e-5 leaves room for longer
 /// rows on unseen checkpoints while still catching any modelling error (the ablations of
 /// tools/fixtures/reference_f64.py are all above 1e-4).
 const ORACLE_TOLERANCE: f64 = 1e-5;
