@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use retnet_model::{
-    mean_nll, CheckpointWeights, CpuEngine, Engine, Generator, LogitRows, ModelConfig, ModelError,
-    RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
+    mean_nll, CheckpointWeights, Engine, FastCpuModel, Generator, LogitRows, ModelConfig,
+    ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
 };
 
+use crate::engine::{resolve, Engine as Chosen};
 use crate::load::ModelSource;
 use crate::{Backend, CliError};
 
@@ -32,7 +33,8 @@ pub struct LogitsArgs {
     /// Token ids separated by commas, e.g. 1,2,3.
     #[arg(long, allow_hyphen_values = true)]
     tokens: Option<String>,
-    /// Where to compute.
+    /// Where to compute: `cpu` is the exact reference; `auto` is a hardware GPU if there is
+    /// one, else the reference.
     #[arg(long, value_enum)]
     backend: Backend,
     /// Which retention form to compute.
@@ -72,10 +74,14 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         },
     };
     let tokens = to_token_ids(&tokens, config.vocab_size)?;
-    let logits = match args.backend {
-        Backend::Cpu => source.cpu_model()?.logits(&tokens, form)?,
-        Backend::Gpu => {
-            let gpu = source.gpu_model(args.weights)?;
+    let engine = match args.backend {
+        Backend::Cpu => Chosen::Cpu,
+        backend => resolve(backend, false)?,
+    };
+    let logits = match engine {
+        Chosen::Cpu => source.cpu_model()?.logits(&tokens, form)?,
+        Chosen::Gpu(device) => {
+            let gpu = source.gpu_model_on(device, args.weights)?;
             let mut session = gpu.session()?;
             pollster::block_on(session.forward(&tokens, form, LogitRows::All))?
         }
@@ -217,8 +223,9 @@ pub struct GenerateArgs {
     /// Continue a session saved with --save-state.
     #[arg(long)]
     load_state: Option<PathBuf>,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "gpu")]
+    /// Where to compute: `auto` (a hardware GPU if there is one, else the CPU engine), `gpu`
+    /// (any adapter, software included) or `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Precision of the weight matrices with --backend gpu.
     #[arg(long, value_enum, default_value = "f32")]
@@ -255,14 +262,14 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         prompt: &prompt,
         tokenizer: &tokenizer,
     };
-    match args.backend {
-        Backend::Cpu => {
-            let model = source.cpu_model()?;
-            pollster::block_on(run.go(CpuEngine::new(&model)))
+    match resolve(args.backend, true)? {
+        Chosen::Cpu => {
+            let fast = FastCpuModel::new(&source.cpu_model()?);
+            pollster::block_on(run.go(fast.session(), "cpu"))
         }
-        Backend::Gpu => {
-            let gpu = source.gpu_model(args.weights)?;
-            pollster::block_on(run.go(gpu.session()?))
+        Chosen::Gpu(device) => {
+            let gpu = source.gpu_model_on(device, args.weights)?;
+            pollster::block_on(run.go(gpu.session()?, "gpu"))
         }
     }
 }
@@ -276,7 +283,7 @@ struct GenerationRun<'a> {
 }
 
 impl GenerationRun<'_> {
-    async fn go<E: Engine>(&self, engine: E) -> Result<(), CliError> {
+    async fn go<E: Engine>(&self, engine: E, engine_name: &str) -> Result<(), CliError> {
         let args = self.args;
         let mut session = match &args.load_state {
             Some(path) => Generator::load(engine, path)?,
@@ -320,12 +327,12 @@ impl GenerationRun<'_> {
         }
         let decode_time = decode_start.elapsed().as_secs_f64();
         eprintln!(
-            "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({:?} backend)",
+            "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({} engine)",
             self.prompt.len(),
             self.prompt.len() as f64 / prefill_time.max(1e-9),
             generated,
             generated as f64 / decode_time.max(1e-9),
-            args.backend,
+            engine_name,
         );
         if let Some(path) = &args.save_state {
             let saved = session.save(&tmp_path(path)).await;
@@ -343,8 +350,9 @@ pub struct PerplexityArgs {
     /// The text to score, as one sequence from position 0.
     #[arg(long)]
     text_file: PathBuf,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "gpu")]
+    /// Where to compute: `auto` (a hardware GPU if there is one, else the CPU engine), `gpu`
+    /// (any adapter, software included) or `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Precision of the weight matrices with --backend gpu.
     #[arg(long, value_enum, default_value = "f32")]
@@ -372,14 +380,14 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     }
     let started = Instant::now();
     let mut progress = |done: usize, _| bar.set_position(done as u64);
-    let nll = match args.backend {
-        Backend::Cpu => {
-            let model = source.cpu_model()?;
-            let mut engine = CpuEngine::new(&model);
+    let nll = match resolve(args.backend, true)? {
+        Chosen::Cpu => {
+            let fast = FastCpuModel::new(&source.cpu_model()?);
+            let mut engine = fast.session();
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
-        Backend::Gpu => {
-            let gpu = source.gpu_model(args.weights)?;
+        Chosen::Gpu(device) => {
+            let gpu = source.gpu_model_on(device, args.weights)?;
             let mut engine = gpu.session()?;
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
@@ -478,10 +486,25 @@ pub fn devices() -> Result<(), CliError> {
     let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
     let adapters = pollster::block_on(retnet_runtime::list_adapters(&options));
     for a in &adapters {
+        let kind = if retnet_runtime::is_software_adapter(a) {
+            "software"
+        } else {
+            "hardware"
+        };
         println!(
-            "adapter: {} ({:?}, {:?}, driver {} {})",
+            "adapter: {} ({:?}, {:?}, {kind}, driver {} {})",
             a.name, a.backend, a.device_type, a.driver, a.driver_info
         );
+    }
+    if adapters.is_empty() {
+        println!("adapter: none");
+    }
+    let choice =
+        pollster::block_on(retnet_runtime::choose_backend(&options)).map_err(ModelError::from)?;
+    println!("auto: {} ({})", choice.engine_name(), choice.reason);
+    if adapters.is_empty() {
+        // Nothing for `--backend gpu` to describe; `auto` runs on the CPU.
+        return Ok(());
     }
     let device = crate::load::gpu_device()?;
     let info = device.adapter_info();

@@ -72,13 +72,17 @@ impl ModelSource {
         Ok(model)
     }
 
-    /// The model on the GPU, its weights streamed from the file.
-    pub fn gpu_model(&self, weights: Weights) -> Result<GpuModel, CliError> {
+    /// The model on `device` (opened by `--backend`, see `engine::resolve`), its weights
+    /// streamed from the file.
+    pub fn gpu_model_on(
+        &self,
+        device: Arc<retnet_runtime::Device>,
+        weights: Weights,
+    ) -> Result<GpuModel, CliError> {
         let precision = match weights {
             Weights::F32 => WeightPrecision::F32,
             Weights::F16 => WeightPrecision::F16,
         };
-        let device = gpu_device()?;
         let store = self.store()?;
         let bar = LoadBar::new(&self.name(), "{bytes}/{total_bytes}");
         let options = GpuOptions { weights: precision };

@@ -4,6 +4,7 @@
 //! user input, and no partial output file is left behind.
 
 mod commands;
+mod engine;
 mod load;
 
 use std::path::PathBuf;
@@ -34,16 +35,21 @@ enum Command {
     Perplexity(commands::PerplexityArgs),
     /// Describes a checkpoint: family, sizes, parameters, dtypes.
     Info(commands::InfoArgs),
-    /// Lists the GPU adapters, and the features and limits of the one `--backend gpu` picks.
+    /// Lists the GPU adapters, says what `--backend auto` picks, and the features and limits of
+    /// the adapter `--backend gpu` picks.
     Devices,
 }
 
 /// Where a command computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// The GPU path (wgpu).
+    /// A hardware GPU adapter if there is one, else the CPU engine (software rasterizers such
+    /// as lavapipe, SwiftShader or WARP count as no GPU).
+    Auto,
+    /// The GPU path (wgpu), on any adapter, software ones included.
     Gpu,
-    /// The exact CPU reference.
+    /// The CPU: the fast engine for `generate` and `perplexity`, the exact reference for
+    /// `logits`.
     Cpu,
 }
 

@@ -1,5 +1,6 @@
 //! RetNet models: one config for the torchscale and fla checkpoint families, safetensors
-//! weights, and an exact CPU reference implementation of the three retention forms.
+//! weights, an exact CPU reference implementation of the three retention forms (the oracle),
+//! and a fast CPU engine ([`FastCpuModel`]) checked against it.
 //!
 //! ```no_run
 //! use retnet_model::{CpuModel, RetentionForm};
@@ -11,7 +12,9 @@
 //! ```
 
 pub mod config;
+pub mod cpu_kernels;
 pub mod error;
+pub mod fast_cpu;
 pub mod gpu;
 pub mod reference;
 pub mod retention;
@@ -27,10 +30,11 @@ pub use config::{
     OutputScale, RotaryStyle,
 };
 pub use error::{ModelError, Result};
+pub use fast_cpu::{FastCpuEngine, FastCpuModel};
 pub use gpu::{GpuBatch, GpuModel, GpuOptions, GpuSession, LogitRows, WeightPrecision};
 pub use reference::{CpuModel, CpuState, RetentionForm};
 pub use safetensors_store::{Bytes, TensorStore};
-pub use sampling::SamplingParams;
+pub use sampling::{Sampler, SamplingParams};
 pub use session::{mean_nll, CpuEngine, CpuSession, Engine, Generator, SessionBook};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{

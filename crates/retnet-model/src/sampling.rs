@@ -78,18 +78,90 @@ pub fn uniform(seed: u64, step: u64) -> f32 {
 
 /// Applies the repetition penalty in place to the logits of every token in `seen`.
 pub fn apply_repeat_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
-    if penalty == 1.0 {
-        return;
-    }
-    let mut done = vec![false; logits.len()];
-    for &t in seen {
-        let t = t as usize;
-        if let (Some(l), Some(d)) = (logits.get_mut(t), done.get_mut(t)) {
-            if !*d {
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-                *d = true;
+    Sampler::default().apply_repeat_penalty(logits, seen, penalty);
+}
+
+/// The sampler's working buffers, kept between calls so that sampling a token allocates
+/// nothing once they have grown to the vocabulary ([`sample`] and [`apply_repeat_penalty`] are
+/// this with fresh buffers: one procedure, the same results).
+#[derive(Clone, Debug, Default)]
+pub struct Sampler {
+    done: Vec<bool>,
+    weights: Vec<f64>,
+    sorted: Vec<f64>,
+}
+
+impl Sampler {
+    /// [`apply_repeat_penalty`] with this sampler's buffer.
+    pub fn apply_repeat_penalty(&mut self, logits: &mut [f32], seen: &[u32], penalty: f32) {
+        if penalty == 1.0 {
+            return;
+        }
+        self.done.clear();
+        self.done.resize(logits.len(), false);
+        for &t in seen {
+            let t = t as usize;
+            if let (Some(l), Some(d)) = (logits.get_mut(t), self.done.get_mut(t)) {
+                if !*d {
+                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                    *d = true;
+                }
             }
         }
+    }
+
+    /// [`sample`] with this sampler's buffers.
+    pub fn sample(&mut self, logits: &[f32], params: &SamplingParams, step: u64) -> u32 {
+        if params.temperature == 0.0 || logits.len() <= 1 {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv_t = 1.0 / params.temperature as f64;
+        // Unnormalised probabilities, in f64 so that the threshold comparisons below are exact
+        // functions of the logits.
+        let weights = &mut self.weights;
+        weights.clear();
+        weights.extend(logits.iter().map(|&l| ((l - max) as f64 * inv_t).exp()));
+
+        let sorted = &mut self.sorted;
+        sorted.clear();
+        sorted.extend_from_slice(weights);
+        // Values equal under total_cmp are bit-identical: an unstable sort orders them the same.
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let mut threshold = 0.0f64;
+        if params.top_k < sorted.len() {
+            if let Some(&kth) = params.top_k.checked_sub(1).and_then(|k| sorted.get(k)) {
+                threshold = kth;
+            }
+        }
+        if params.top_p < 1.0 {
+            let kept = || sorted.iter().copied().filter(|&w| w >= threshold);
+            let total: f64 = kept().sum();
+            let mut cumulative = 0.0;
+            let mut raised = threshold;
+            for w in kept() {
+                cumulative += w;
+                if cumulative >= params.top_p as f64 * total {
+                    raised = threshold.max(w);
+                    break;
+                }
+            }
+            threshold = raised;
+        }
+        let total: f64 = weights.iter().filter(|&&w| w >= threshold).sum();
+        let target = uniform(params.seed, step) as f64 * total;
+        let mut cumulative = 0.0;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w >= threshold {
+                cumulative += w;
+                last = i;
+                if cumulative > target {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
     }
 }
 
@@ -107,52 +179,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Picks the token for draw number `step` from one row of logits (the penalty, if any, must
 /// already be applied).
 pub fn sample(logits: &[f32], params: &SamplingParams, step: u64) -> u32 {
-    if params.temperature == 0.0 || logits.len() <= 1 {
-        return argmax(logits);
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let inv_t = 1.0 / params.temperature as f64;
-    // Unnormalised probabilities, in f64 so that the threshold comparisons below are exact
-    // functions of the logits.
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((l - max) as f64 * inv_t).exp())
-        .collect();
-
-    let mut sorted = weights.clone();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let mut threshold = 0.0f64;
-    if params.top_k < sorted.len() {
-        if let Some(&kth) = params.top_k.checked_sub(1).and_then(|k| sorted.get(k)) {
-            threshold = kth;
-        }
-    }
-    if params.top_p < 1.0 {
-        let kept: Vec<f64> = sorted.iter().copied().filter(|&w| w >= threshold).collect();
-        let total: f64 = kept.iter().sum();
-        let mut cumulative = 0.0;
-        for &w in &kept {
-            cumulative += w;
-            if cumulative >= params.top_p as f64 * total {
-                threshold = threshold.max(w);
-                break;
-            }
-        }
-    }
-    let total: f64 = weights.iter().filter(|&&w| w >= threshold).sum();
-    let target = uniform(params.seed, step) as f64 * total;
-    let mut cumulative = 0.0;
-    let mut last = 0;
-    for (i, &w) in weights.iter().enumerate() {
-        if w >= threshold {
-            cumulative += w;
-            last = i;
-            if cumulative > target {
-                return i as u32;
-            }
-        }
-    }
-    last as u32
+    Sampler::default().sample(logits, params, step)
 }
 
 #[cfg(test)]
