@@ -21,7 +21,7 @@ pub enum Weights {
     F16,
 }
 
-fn gpu_model(model: &CpuModel, weights: Weights) -> Result<GpuModel, CliError> {
+pub(crate) fn gpu_model(model: &CpuModel, weights: Weights) -> Result<GpuModel, CliError> {
     let weights = match weights {
         Weights::F32 => WeightPrecision::F32,
         Weights::F16 => WeightPrecision::F16,
