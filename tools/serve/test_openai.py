@@ -102,7 +102,7 @@ def main():
         print("ok: a dropped stream freed its slot; the server is healthy")
 
         # A prompt extending an earlier one resumes from its cached prefix: sooner first token.
-        pieces = 2 if small else 4
+        pieces = 2
         base = ("HAMLET:\n" + SPEECH * 100)[: pieces * 256 + 20]
         _, cold, _ = stream_text(client, base, 2)
         extended = base + "\nHORATIO:"

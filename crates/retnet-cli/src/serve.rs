@@ -78,7 +78,12 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     let backend = if gpu.is_some() { "gpu" } else { "cpu" };
     let router = match gpu {
         Some(gpu) => retnet_server::router(GpuSource(gpu), loaded.tokenizer, &model_id, options),
-        None => retnet_server::router(CpuSource(loaded.model), loaded.tokenizer, &model_id, options),
+        None => retnet_server::router(
+            CpuSource(loaded.model),
+            loaded.tokenizer,
+            &model_id,
+            options,
+        ),
     }
     .map_err(|e| CliError::BadArgument(format!("cannot start the engine: {e}")))?;
     let runtime = retnet_server::tokio::runtime::Builder::new_multi_thread()

@@ -47,14 +47,18 @@ fn generate(backend: &str, prompt: &str, n: usize) -> String {
         .args(["--prompt", prompt, "--max-tokens", &n.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// POSTs a completion; returns its text (streamed responses reassembled).
 fn complete(addr: &str, prompt: &str, n: usize, stream: bool) -> String {
-    let body = json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream})
-        .to_string();
+    let body =
+        json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream}).to_string();
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -101,7 +105,11 @@ fn concurrent_equals_generate(backend: &str, prompts: &[(&str, usize)]) {
         })
         .collect();
     for (&(prompt, n), handle) in prompts.iter().zip(handles) {
-        assert_eq!(handle.join().unwrap(), generate(backend, prompt, n), "{prompt:?}");
+        assert_eq!(
+            handle.join().unwrap(),
+            generate(backend, prompt, n),
+            "{prompt:?}"
+        );
     }
 }
 

@@ -247,7 +247,11 @@ impl<E: Engine> Generator<E> {
     /// the state `layers` (e.g. a prefix cache's snapshot). It continues exactly as a
     /// generator that fed `prefix` itself, because `prefix` ends on a piece boundary
     /// ([`PREFILL_PIECE`]); any other length is refused.
-    pub fn with_consumed_prefix(mut engine: E, prefix: &[u32], layers: &[Vec<f32>]) -> Result<Self> {
+    pub fn with_consumed_prefix(
+        mut engine: E,
+        prefix: &[u32],
+        layers: &[Vec<f32>],
+    ) -> Result<Self> {
         if prefix.is_empty() || prefix.len() % PREFILL_PIECE != 0 {
             return Err(ModelError::invalid(format!(
                 "a consumed prefix must be a positive multiple of {PREFILL_PIECE} tokens, got {}",

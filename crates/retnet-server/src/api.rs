@@ -144,11 +144,17 @@ impl Common {
         }
         let top_p = number(&self.top_p, "top_p")?.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(invalid("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
+            return Err(invalid(
+                "top_p",
+                format!("`top_p` must be in (0, 1], got {top_p}"),
+            ));
         }
         let top_k = integer(&self.top_k, "top_k")?.unwrap_or(0);
         if top_k < 0 {
-            return Err(invalid("top_k", format!("`top_k` must be ≥ 0, got {top_k}")));
+            return Err(invalid(
+                "top_k",
+                format!("`top_k` must be ≥ 0, got {top_k}"),
+            ));
         }
         let repeat_penalty = number(&self.repeat_penalty, "repeat_penalty")?.unwrap_or(1.0);
         if repeat_penalty <= 0.0 {
@@ -179,11 +185,17 @@ impl Common {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    _ => Err(invalid("stop", "`stop` must be a string or a list of strings")),
+                    _ => Err(invalid(
+                        "stop",
+                        "`stop` must be a string or a list of strings",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => {
-                return Err(invalid("stop", "`stop` must be a string or a list of strings"));
+                return Err(invalid(
+                    "stop",
+                    "`stop` must be a string or a list of strings",
+                ));
             }
         };
         if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
@@ -365,7 +377,8 @@ mod tests {
             r.prompt().unwrap(),
             "System: Speak as Hamlet.\nUser: To be?\nAssistant:"
         );
-        let bad: ChatRequest = serde_json::from_value(json!({"messages": [{"role": "x"}]})).unwrap();
+        let bad: ChatRequest =
+            serde_json::from_value(json!({"messages": [{"role": "x"}]})).unwrap();
         assert!(bad.prompt().is_err());
     }
 }

@@ -64,7 +64,11 @@ impl PrefixCache {
         let len = (1..=longest / PREFILL_PIECE)
             .rev()
             .map(|k| k * PREFILL_PIECE)
-            .find(|&len| prompt.get(..len).is_some_and(|p| self.entries.contains_key(p)))?;
+            .find(|&len| {
+                prompt
+                    .get(..len)
+                    .is_some_and(|p| self.entries.contains_key(p))
+            })?;
         self.clock += 1;
         let clock = self.clock;
         let entry = self.entries.get_mut(prompt.get(..len)?)?;

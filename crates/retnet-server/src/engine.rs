@@ -291,9 +291,9 @@ pub fn run<S: EngineSource>(source: &S, shared: &Shared, jobs: Receiver<Job>) {
 
         // One prompt piece of the first prefilling request, then one token of every decoding
         // one (on the CPU, spread over the cores: each sequence is independent).
-        let prefilling = batch.iter().position(|a| {
-            !a.job.events.is_closed() && a.generator.queued_tokens() > 0
-        });
+        let prefilling = batch
+            .iter()
+            .position(|a| !a.job.events.is_closed() && a.generator.queued_tokens() > 0);
         let mut piece = prefilling
             .and_then(|i| batch.get_mut(i))
             .map(|active| prefill_piece(active, &mut cache, metrics));
@@ -312,24 +312,22 @@ pub fn run<S: EngineSource>(source: &S, shared: &Shared, jobs: Receiver<Job>) {
         }
         metrics.steps.fetch_add(1, Relaxed);
         let mut outcomes = outcomes.into_iter();
-        batch.retain_mut(|active| {
-            match outcomes.next().unwrap_or(Outcome::Running) {
-                Outcome::Running => true,
-                Outcome::Gone => {
-                    metrics.disconnects.fetch_add(1, Relaxed);
-                    if let Some(id) = &active.job.session {
-                        shared.release_session(id, None);
-                    }
-                    false
+        batch.retain_mut(|active| match outcomes.next().unwrap_or(Outcome::Running) {
+            Outcome::Running => true,
+            Outcome::Gone => {
+                metrics.disconnects.fetch_add(1, Relaxed);
+                if let Some(id) = &active.job.session {
+                    shared.release_session(id, None);
                 }
-                Outcome::Failed(e) => {
-                    fail(shared, &active.job, e);
-                    false
-                }
-                Outcome::Finished(reason) => {
-                    finish(active, reason, shared);
-                    false
-                }
+                false
+            }
+            Outcome::Failed(e) => {
+                fail(shared, &active.job, e);
+                false
+            }
+            Outcome::Finished(reason) => {
+                finish(active, reason, shared);
+                false
             }
         });
         metrics.batch_occupancy.store(batch.len() as u64, Relaxed);
@@ -386,7 +384,9 @@ fn admit<'s, S: EngineSource>(
     };
     if cached_tokens > 0 {
         metrics.cache_hits.fetch_add(1, Relaxed);
-        metrics.cache_hit_tokens.fetch_add(cached_tokens as u64, Relaxed);
+        metrics
+            .cache_hit_tokens
+            .fetch_add(cached_tokens as u64, Relaxed);
     }
     let rest = job.prompt.get(cached_tokens..).unwrap_or_default();
     if rest.is_empty() && generator.book().pending.is_none() {

@@ -160,7 +160,10 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let o = &app.shared.options;
     let text = app.shared.metrics.render(app.backend, o.max_batch, o.queue);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
 }
@@ -214,7 +217,10 @@ fn check_model(app: &App, model: Option<&str>) -> Result<(), ApiError> {
             ..ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
-                format!("the model `{m}` does not exist: this server has `{}`", app.model_id),
+                format!(
+                    "the model `{m}` does not exist: this server has `{}`",
+                    app.model_id
+                ),
             )
         }),
         _ => Ok(()),
@@ -274,11 +280,7 @@ async fn start(
         session: checked.session.clone(),
         events,
     };
-    let sent = app
-        .jobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job);
+    let sent = app.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(job);
     if sent.is_err() {
         queue.fetch_sub(1, Relaxed);
         if let Some(id) = &checked.session {
@@ -310,10 +312,14 @@ async fn start(
 
 fn session_error(e: SessionError) -> ApiError {
     match e {
-        SessionError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "conflict_error", e.to_string()),
-        SessionError::Full(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_overloaded", e.to_string())
+        SessionError::Busy(_) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict_error", e.to_string())
         }
+        SessionError::Full(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            e.to_string(),
+        ),
     }
 }
 
@@ -454,7 +460,10 @@ fn sse_stream(
                 }) => {
                     let choice = reply.choice("", Some(reason.as_str()), true, first);
                     let usage = usage(prompt_tokens, completion_tokens, cached_tokens);
-                    (json_event(&reply.body(choice, Some(usage), true)), Phase::Ending)
+                    (
+                        json_event(&reply.body(choice, Some(usage), true)),
+                        Phase::Ending,
+                    )
                 }
                 Some(Event::Error {
                     invalid_request,
@@ -478,7 +487,11 @@ async fn session_export(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let sessions = app.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let sessions = app
+        .shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     match sessions.get(&id) {
         Some(bytes) => Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -503,21 +516,39 @@ async fn session_import(
     // The same checks as a load: format, fingerprint of this model, shapes, bookkeeping.
     state_from_bytes(std::path::Path::new(&name), &body, &app.config)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut sessions = app.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sessions = app
+        .shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     sessions
         .put(&id, body.to_vec(), app.shared.options.max_sessions)
         .map_err(session_error)?;
-    app.shared.metrics.sessions.store(sessions.len() as u64, Relaxed);
-    Ok((StatusCode::CREATED, Json(json!({"id": id, "object": "session"}))).into_response())
+    app.shared
+        .metrics
+        .sessions
+        .store(sessions.len() as u64, Relaxed);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "object": "session"})),
+    )
+        .into_response())
 }
 
 async fn session_delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut sessions = app.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sessions = app
+        .shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let existed = sessions.delete(&id).map_err(session_error)?;
-    app.shared.metrics.sessions.store(sessions.len() as u64, Relaxed);
+    app.shared
+        .metrics
+        .sessions
+        .store(sessions.len() as u64, Relaxed);
     if existed {
         Ok(Json(json!({"id": id, "object": "session", "deleted": true})).into_response())
     } else {

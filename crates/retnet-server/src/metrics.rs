@@ -60,7 +60,12 @@ impl Metrics {
         let n = |a: &AtomicU64| a.load(Relaxed).to_string();
         let c = "counter";
         let g = "gauge";
-        metric("requests_total", c, "Completion requests accepted.", n(&self.requests));
+        metric(
+            "requests_total",
+            c,
+            "Completion requests accepted.",
+            n(&self.requests),
+        );
         metric(
             "request_errors_total",
             c,
@@ -79,24 +84,57 @@ impl Metrics {
             "Requests whose client went away before the end.",
             n(&self.disconnects),
         );
-        metric("prompt_tokens_total", c, "Prompt tokens of accepted requests.", n(&self.prompt_tokens));
+        metric(
+            "prompt_tokens_total",
+            c,
+            "Prompt tokens of accepted requests.",
+            n(&self.prompt_tokens),
+        );
         metric(
             "prefill_tokens_total",
             c,
             "Prompt tokens fed through the model (cache hits excluded).",
             n(&self.prefill_tokens),
         );
-        metric("generated_tokens_total", c, "Tokens generated.", n(&self.generated_tokens));
+        metric(
+            "generated_tokens_total",
+            c,
+            "Tokens generated.",
+            n(&self.generated_tokens),
+        );
         metric(
             "generated_tokens_per_second",
             g,
             "Generated tokens per second over the last few seconds.",
-            format!("{:.3}", f64::from_bits(self.tokens_per_second.load(Relaxed))),
+            format!(
+                "{:.3}",
+                f64::from_bits(self.tokens_per_second.load(Relaxed))
+            ),
         );
-        metric("batch_occupancy", g, "Sequences in the running batch.", n(&self.batch_occupancy));
-        metric("batch_capacity", g, "Largest batch (--max-batch).", max_batch.to_string());
-        metric("queue_length", g, "Requests waiting for a batch slot.", n(&self.queue_length));
-        metric("queue_capacity", g, "Longest queue (--queue).", queue_capacity.to_string());
+        metric(
+            "batch_occupancy",
+            g,
+            "Sequences in the running batch.",
+            n(&self.batch_occupancy),
+        );
+        metric(
+            "batch_capacity",
+            g,
+            "Largest batch (--max-batch).",
+            max_batch.to_string(),
+        );
+        metric(
+            "queue_length",
+            g,
+            "Requests waiting for a batch slot.",
+            n(&self.queue_length),
+        );
+        metric(
+            "queue_capacity",
+            g,
+            "Longest queue (--queue).",
+            queue_capacity.to_string(),
+        );
         metric(
             "prefix_cache_hits_total",
             c,
@@ -115,11 +153,29 @@ impl Metrics {
             "Prompt tokens skipped thanks to the cache.",
             n(&self.cache_hit_tokens),
         );
-        metric("prefix_cache_bytes", g, "Bytes of cached states.", n(&self.cache_bytes));
-        metric("prefix_cache_entries", g, "Cached states.", n(&self.cache_entries));
+        metric(
+            "prefix_cache_bytes",
+            g,
+            "Bytes of cached states.",
+            n(&self.cache_bytes),
+        );
+        metric(
+            "prefix_cache_entries",
+            g,
+            "Cached states.",
+            n(&self.cache_entries),
+        );
         metric("sessions", g, "Sessions kept.", n(&self.sessions));
-        metric("scheduler_steps_total", c, "Scheduler steps run.", n(&self.steps));
-        let _ = writeln!(out, "# HELP retnet_backend_info The backend the model runs on.");
+        metric(
+            "scheduler_steps_total",
+            c,
+            "Scheduler steps run.",
+            n(&self.steps),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP retnet_backend_info The backend the model runs on."
+        );
         let _ = writeln!(out, "# TYPE retnet_backend_info gauge");
         let _ = writeln!(out, "retnet_backend_info{{backend=\"{backend}\"}} 1");
         out

@@ -44,7 +44,12 @@ impl TextOut {
         }
         let decoded: Vec<u8> = self.raw.drain(..valid).collect();
         self.held.push_str(&String::from_utf8_lossy(&decoded));
-        if let Some(at) = self.stop.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let mut text = std::mem::take(&mut self.held);
             text.truncate(at);
             return (text, true);

@@ -10,7 +10,8 @@ use retnet_model::SamplingParams;
 use retnet_server::backend::CpuSource;
 use serde_json::json;
 
-const SPEECH: &str = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n\
+const SPEECH: &str =
+    "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n\
 And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n";
 
 /// A prompt of exactly `len` bytes (tokens of the byte-level model).
@@ -26,7 +27,11 @@ fn long_prompt(len: usize, salt: &str) -> String {
 #[test]
 fn concurrent_completions_equal_solo_runs_and_sampling_is_seeded() {
     let model = cpu_model();
-    let addr = start(CpuSource(cpu_model()), tokenizer(&model), options(3, 16, 64));
+    let addr = start(
+        CpuSource(cpu_model()),
+        tokenizer(&model),
+        options(3, 16, 64),
+    );
     // Four requests on three slots: greedy and seeded, streamed and not, one prompt longer than
     // a prefill piece so that its prefill interleaves with the others' decoding.
     let seeded = SamplingParams {
@@ -39,7 +44,12 @@ fn concurrent_completions_equal_solo_runs_and_sampling_is_seeded() {
     let cases = vec![
         ("ROMEO:".to_string(), SamplingParams::greedy(), 24, true),
         ("JULIET:\nO Romeo".to_string(), seeded, 20, false),
-        (long_prompt(PREFILL_PIECE + 40, "KING:"), SamplingParams::greedy(), 12, true),
+        (
+            long_prompt(PREFILL_PIECE + 40, "KING:"),
+            SamplingParams::greedy(),
+            12,
+            true,
+        ),
         ("First Citizen:".to_string(), seeded, 16, true),
     ];
     let handles: Vec<_> = cases
@@ -58,7 +68,11 @@ fn concurrent_completions_equal_solo_runs_and_sampling_is_seeded() {
         .collect();
     for ((prompt, params, n, _), handle) in cases.iter().zip(handles) {
         let got = handle.join().unwrap();
-        assert_eq!(got, reference(&model, prompt, params, *n), "prompt {prompt:?}");
+        assert_eq!(
+            got,
+            reference(&model, prompt, params, *n),
+            "prompt {prompt:?}"
+        );
     }
     assert!(metric(addr, "generated_tokens_total") >= 72.0);
 }
@@ -71,26 +85,44 @@ fn a_cached_prefix_gives_the_uncached_output() {
     let greedy = SamplingParams::greedy();
     let body = |prompt: &str| json!({"prompt": prompt, "max_tokens": 10, "temperature": 0});
     let out = post(addr, "/v1/completions", &body(&first)).json();
-    assert_eq!(out["choices"][0]["text"], reference(&model, &first, &greedy, 10));
+    assert_eq!(
+        out["choices"][0]["text"],
+        reference(&model, &first, &greedy, 10)
+    );
     assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(metric(addr, "prefix_cache_entries"), 2.0);
 
     // Extends the first prompt beyond its cached pieces: resumes after two pieces.
     let extended = format!("{first} and more words that follow it");
     let out = post(addr, "/v1/completions", &body(&extended)).json();
-    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 2 * PREFILL_PIECE);
-    assert_eq!(out["choices"][0]["text"], reference(&model, &extended, &greedy, 10));
+    assert_eq!(
+        out["usage"]["prompt_tokens_details"]["cached_tokens"],
+        2 * PREFILL_PIECE
+    );
+    assert_eq!(
+        out["choices"][0]["text"],
+        reference(&model, &extended, &greedy, 10)
+    );
     // Shares only the first piece.
     let mut branch = first.clone();
     branch.replace_range(PREFILL_PIECE + 5..PREFILL_PIECE + 6, "#");
     let out = post(addr, "/v1/completions", &body(&branch)).json();
-    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], PREFILL_PIECE);
-    assert_eq!(out["choices"][0]["text"], reference(&model, &branch, &greedy, 10));
+    assert_eq!(
+        out["usage"]["prompt_tokens_details"]["cached_tokens"],
+        PREFILL_PIECE
+    );
+    assert_eq!(
+        out["choices"][0]["text"],
+        reference(&model, &branch, &greedy, 10)
+    );
     // Exactly one piece long: one token short of the piece is resumed from nothing.
     let one_piece = first[..PREFILL_PIECE].to_string();
     let out = post(addr, "/v1/completions", &body(&one_piece)).json();
     assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    assert_eq!(out["choices"][0]["text"], reference(&model, &one_piece, &greedy, 10));
+    assert_eq!(
+        out["choices"][0]["text"],
+        reference(&model, &one_piece, &greedy, 10)
+    );
     assert_eq!(metric(addr, "prefix_cache_hits_total"), 2.0);
 }
 
@@ -137,9 +169,17 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     for (body, status, param) in [
         (json!({"prompt": "a", "max_tokens": -1}), 400, "max_tokens"),
         (json!({"prompt": "a", "top_p": 1.5}), 400, "top_p"),
-        (json!({"prompt": "a", "temperature": -1}), 400, "temperature"),
+        (
+            json!({"prompt": "a", "temperature": -1}),
+            400,
+            "temperature",
+        ),
         (json!({"prompt": "a", "top_k": -1}), 400, "top_k"),
-        (json!({"prompt": "a", "repeat_penalty": 0}), 400, "repeat_penalty"),
+        (
+            json!({"prompt": "a", "repeat_penalty": 0}),
+            400,
+            "repeat_penalty",
+        ),
         (json!({"prompt": ""}), 400, "prompt"),
         (json!({"prompt": 5}), 400, "prompt"),
         (json!({"prompt": "a", "model": "gpt-4"}), 404, "model"),
@@ -181,19 +221,32 @@ fn a_full_queue_gets_503_and_a_dropped_stream_frees_its_slot() {
     .unwrap();
     let mut first = [0u8; 256];
     assert!(stream.read(&mut first).unwrap() > 0);
-    wait_for("the stream in the batch", || metric(addr, "batch_occupancy") == 1.0);
+    wait_for("the stream in the batch", || {
+        metric(addr, "batch_occupancy") == 1.0
+    });
     // One more waits in the queue, the next is refused.
     let waiting = std::thread::spawn(move || {
-        completion_text(&post(addr, "/v1/completions", &json!({"prompt": "KING:", "max_tokens": 3, "temperature": 0})))
+        completion_text(&post(
+            addr,
+            "/v1/completions",
+            &json!({"prompt": "KING:", "max_tokens": 3, "temperature": 0}),
+        ))
     });
     wait_for("a queued request", || metric(addr, "queue_length") == 1.0);
-    let refused = post(addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 1}));
+    let refused = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1}),
+    );
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"]["type"], "server_overloaded");
     // The dropped stream leaves; the queued request runs to the end.
     drop(stream);
     let text = waiting.join().unwrap();
-    assert_eq!(text, reference(&model, "KING:", &SamplingParams::greedy(), 3));
+    assert_eq!(
+        text,
+        reference(&model, "KING:", &SamplingParams::greedy(), 3)
+    );
     wait_for("an empty batch", || metric(addr, "batch_occupancy") == 0.0);
     assert_eq!(metric(addr, "client_disconnects_total"), 1.0);
     assert_eq!(get(addr, "/health").status, 200);
@@ -230,5 +283,8 @@ fn chat_uses_the_plain_template_and_stops_at_the_next_turn() {
         }
     }
     assert_eq!(json["object"], "chat.completion");
-    assert_eq!(json["usage"]["prompt_tokens"], "User: Who art thou?\nAssistant:".len());
+    assert_eq!(
+        json["usage"]["prompt_tokens"],
+        "User: Who art thou?\nAssistant:".len()
+    );
 }

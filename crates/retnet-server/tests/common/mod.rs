@@ -35,7 +35,11 @@ pub fn options(max_batch: usize, queue: usize, cache_mb: usize) -> EngineOptions
 }
 
 /// Serves `source` on a free port of 127.0.0.1 from a runtime thread of its own.
-pub fn start<S: EngineSource>(source: S, tokenizer: Tokenizer, options: EngineOptions) -> SocketAddr {
+pub fn start<S: EngineSource>(
+    source: S,
+    tokenizer: Tokenizer,
+    options: EngineOptions,
+) -> SocketAddr {
     let router = retnet_server::router(source, tokenizer, "retnet-shakespeare", options).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -55,7 +59,13 @@ pub fn start<S: EngineSource>(source: S, tokenizer: Tokenizer, options: EngineOp
 
 /// What `retnet generate --backend cpu` prints for this prompt and these parameters.
 pub fn reference(model: &CpuModel, prompt: &str, params: &SamplingParams, count: usize) -> String {
-    reference_on(CpuEngine::new(model), &tokenizer(model), prompt, params, count)
+    reference_on(
+        CpuEngine::new(model),
+        &tokenizer(model),
+        prompt,
+        params,
+        count,
+    )
 }
 
 /// The same on any engine.
@@ -105,7 +115,9 @@ impl Response {
 /// Sends one request (`Connection: close`) and reads the whole response.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
@@ -165,7 +177,12 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 
 /// The text of a completion response, streamed or not (checks the stream's framing).
 pub fn completion_text(response: &Response) -> String {
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     let streamed = response
         .headers
         .iter()
@@ -175,7 +192,11 @@ pub fn completion_text(response: &Response) -> String {
         return json["choices"][0]["text"].as_str().unwrap().to_string();
     }
     let events = response.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
     let mut text = String::new();
     for e in &events[..events.len() - 1] {
         let v: Value = serde_json::from_str(e).unwrap();
