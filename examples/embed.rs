@@ -17,7 +17,7 @@ use retnet::model::{
     Generator, GpuBatch, GpuModel, GpuOptions, SamplingParams, Tokenizer, WeightPrecision,
 };
 use retnet::runtime::Device;
-use retnet::{CpuModel, ModelError};
+use retnet::ModelError;
 
 fn main() -> Result<(), ModelError> {
     let mut args = std::env::args().skip(1);
@@ -30,19 +30,16 @@ fn main() -> Result<(), ModelError> {
 }
 
 async fn run(dir: PathBuf, prompt: String) -> Result<(), ModelError> {
-    // 1. Load: config.json + safetensors (torchscale or fla naming; f32, f16 or bf16).
-    let model = CpuModel::load(&dir)?;
-    let tokenizer = Tokenizer::for_model(&dir, model.config())?;
-
-    // 2. Put the weights on the GPU (RETNET_BACKEND / RETNET_ADAPTER pick the adapter).
+    // 1. Load config.json + safetensors (torchscale or fla naming; f32, f16 or bf16) straight
+    //    to the GPU, tensor by tensor (RETNET_BACKEND / RETNET_ADAPTER pick the adapter).
     let device = Arc::new(Device::from_env().await?);
-    let gpu = GpuModel::new(
-        device,
-        &model,
-        GpuOptions {
-            weights: WeightPrecision::F16,
-        },
-    )?;
+    let options = GpuOptions {
+        weights: WeightPrecision::F16,
+    };
+    let gpu = GpuModel::load(device, &dir, options).await?;
+
+    // 2. The tokenizer: tokenizer.json next to the weights, or bytes for a byte-level model.
+    let tokenizer = Tokenizer::for_model(&dir, gpu.config())?;
 
     // 3. Prefill the prompt (chunkwise), then decode (recurrent, O(1) per token).
     let mut session = Generator::new(gpu.session()?);

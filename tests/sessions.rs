@@ -73,6 +73,28 @@ fn saved_state_resumes_exactly_and_only_into_its_model() {
         .expect("refused");
     assert!(e.to_string().contains("belongs to another model"), "{e}");
 
+    // The same config with other weights (one bit of one weight) is another checkpoint.
+    let dir = copy_fixture("torchscale_swish_tied");
+    rewrite_weights(dir.path(), |tensors| {
+        tensors
+            .get_mut("layers.0.retention.v_proj.weight")
+            .unwrap()
+            .data[0] ^= 1;
+    });
+    let retrained = CpuModel::load(dir.path()).unwrap();
+    assert_eq!(
+        format!("{:?}", retrained.config()),
+        format!("{:?}", model.config())
+    );
+    let e = CpuSession::load(CpuEngine::new(&retrained), &path)
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("belongs to another checkpoint with the same config"),
+        "{e}"
+    );
+
     // Not a state file at all.
     let e = CpuSession::load(
         CpuEngine::new(&model),
@@ -101,9 +123,10 @@ fn a_state_in_memory_is_the_state_file_and_resumes_the_same() {
     block_on(session.save(&path)).unwrap();
     let bytes = block_on(session.save_bytes()).unwrap();
     // The same file format (metadata order aside: safetensors writes a hash map).
-    let from_disk = state_file::load_state(&path, model.config()).unwrap();
+    let (config, weights) = (model.config(), model.fingerprint());
+    let from_disk = state_file::load_state(&path, config, weights).unwrap();
     let in_memory =
-        state_file::state_from_bytes(Path::new("state"), &bytes, model.config()).unwrap();
+        state_file::state_from_bytes(Path::new("state"), &bytes, config, weights).unwrap();
     assert!(
         from_disk == in_memory,
         "the state in memory differs from the file"

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use retnet_model::{
-    mean_nll, CpuEngine, CpuModel, Engine, Generator, GpuModel, GpuOptions, LogitRows, ModelConfig,
-    ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer, WeightPrecision,
+    mean_nll, CheckpointWeights, CpuEngine, Engine, Generator, LogitRows, ModelConfig, ModelError,
+    RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
 };
 
-use crate::load::{gpu_device, load};
+use crate::load::ModelSource;
 use crate::{Backend, CliError};
 
 /// Precision of the weight matrices on the GPU.
@@ -19,14 +19,6 @@ pub enum Weights {
     F32,
     /// Half precision (half the memory traffic).
     F16,
-}
-
-pub(crate) fn gpu_model(model: &CpuModel, weights: Weights) -> Result<GpuModel, CliError> {
-    let weights = match weights {
-        Weights::F32 => WeightPrecision::F32,
-        Weights::F16 => WeightPrecision::F16,
-    };
-    Ok(GpuModel::new(gpu_device()?, model, GpuOptions { weights })?)
 }
 
 #[derive(clap::Args)]
@@ -70,26 +62,27 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         (None, Some(path)) => read_token_file(path)?,
         (None, None) => return Err(CliError::BadTokens("give --tokens or --tokens-file".into())),
     };
-    let model = CpuModel::load(&args.model)?;
+    let source = ModelSource::new(Some(&args.model))?;
+    let config = source.config();
     let form = match args.mode {
         Mode::Parallel => RetentionForm::Parallel,
         Mode::Recurrent => RetentionForm::Recurrent,
         Mode::Chunkwise => RetentionForm::Chunkwise {
-            chunk_size: args.chunk_size.unwrap_or(model.config().default_chunk_size),
+            chunk_size: args.chunk_size.unwrap_or(config.default_chunk_size),
         },
     };
-    let tokens = to_token_ids(&tokens, model.config().vocab_size)?;
+    let tokens = to_token_ids(&tokens, config.vocab_size)?;
     let logits = match args.backend {
-        Backend::Cpu => model.logits(&tokens, form)?,
+        Backend::Cpu => source.cpu_model()?.logits(&tokens, form)?,
         Backend::Gpu => {
-            let gpu = gpu_model(&model, args.weights)?;
+            let gpu = source.gpu_model(args.weights)?;
             let mut session = gpu.session()?;
             pollster::block_on(session.forward(&tokens, form, LogitRows::All))?
         }
     };
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_atomically(&args.out, |tmp| {
-        let shape = vec![tokens.len(), model.config().vocab_size];
+        let shape = vec![tokens.len(), config.vocab_size];
         let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
             .map_err(|e| e.to_string())?;
         safetensors::serialize_to_file([("logits", view)], None, tmp).map_err(|e| e.to_string())
@@ -246,11 +239,12 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         seed,
     };
     params.validate().map_err(CliError::BadArgument)?;
-    let loaded = load(args.model.as_deref())?;
+    let source = ModelSource::new(args.model.as_deref())?;
+    let tokenizer = source.tokenizer()?;
     let prompt = match (&args.prompt, &args.load_state) {
-        (Some(p), _) => loaded.tokenizer.encode(p)?,
+        (Some(p), _) => tokenizer.encode(p)?,
         (None, Some(_)) => Vec::new(),
-        (None, None) => loaded.tokenizer.encode("\n")?,
+        (None, None) => tokenizer.encode("\n")?,
     };
     if args.seed.is_none() && params.temperature > 0.0 {
         eprintln!("seed: {seed}");
@@ -259,12 +253,15 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         args,
         params: &params,
         prompt: &prompt,
-        tokenizer: &loaded.tokenizer,
+        tokenizer: &tokenizer,
     };
     match args.backend {
-        Backend::Cpu => pollster::block_on(run.go(CpuEngine::new(&loaded.model))),
+        Backend::Cpu => {
+            let model = source.cpu_model()?;
+            pollster::block_on(run.go(CpuEngine::new(&model)))
+        }
         Backend::Gpu => {
-            let gpu = gpu_model(&loaded.model, args.weights)?;
+            let gpu = source.gpu_model(args.weights)?;
             pollster::block_on(run.go(gpu.session()?))
         }
     }
@@ -359,8 +356,8 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
         path: args.text_file.clone(),
         source,
     })?;
-    let loaded = load(args.model.as_deref())?;
-    let tokens = match loaded.tokenizer {
+    let source = ModelSource::new(args.model.as_deref())?;
+    let tokens = match source.tokenizer()? {
         Tokenizer::Bytes => text.iter().map(|&b| u32::from(b)).collect(),
         ref t => {
             let text = String::from_utf8(text).map_err(|_| {
@@ -377,11 +374,12 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     let mut progress = |done: usize, _| bar.set_position(done as u64);
     let nll = match args.backend {
         Backend::Cpu => {
-            let mut engine = CpuEngine::new(&loaded.model);
+            let model = source.cpu_model()?;
+            let mut engine = CpuEngine::new(&model);
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
         Backend::Gpu => {
-            let gpu = gpu_model(&loaded.model, args.weights)?;
+            let gpu = source.gpu_model(args.weights)?;
             let mut engine = gpu.session()?;
             pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
         }
@@ -405,8 +403,8 @@ pub struct InfoArgs {
 pub fn info(args: &InfoArgs) -> Result<(), CliError> {
     let config = ModelConfig::from_file(&args.model.join("config.json"))?;
     let store = TensorStore::open(&args.model)?;
-    // Validates every tensor against the config, as a load would.
-    retnet_model::ModelWeights::from_store(&config, &store, &mut |_, _| {})?;
+    // Validates every tensor the config requires (name, shape, dtype), as a load would.
+    CheckpointWeights::new(&config, &store)?.check()?;
     let mut names: Vec<&str> = store.names().collect();
     names.sort_unstable();
     let mut parameters = 0usize;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use retnet_server::backend::{CpuSource, GpuSource};
 use retnet_server::engine::EngineOptions;
 
-use crate::commands::{gpu_model, Weights};
-use crate::load::load;
+use crate::commands::Weights;
+use crate::load::ModelSource;
 use crate::CliError;
 
 /// Where the server computes.
@@ -49,7 +49,8 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
-    let loaded = load(args.model.as_deref())?;
+    let source = ModelSource::new(args.model.as_deref())?;
+    let tokenizer = source.tokenizer()?;
     let model_id = match &args.model {
         Some(dir) => dir
             .canonicalize()
@@ -66,8 +67,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     };
     let gpu = match args.backend {
         ServeBackend::Cpu => None,
-        ServeBackend::Gpu => Some(gpu_model(&loaded.model, args.weights)?),
-        ServeBackend::Auto => match gpu_model(&loaded.model, args.weights) {
+        ServeBackend::Gpu => Some(source.gpu_model(args.weights)?),
+        ServeBackend::Auto => match source.gpu_model(args.weights) {
             Ok(gpu) => Some(gpu),
             Err(e) => {
                 eprintln!("no GPU ({e}): serving on the CPU reference");
@@ -77,7 +78,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     };
     let backend = if gpu.is_some() { "gpu" } else { "cpu" };
     let router = match gpu {
-        Some(gpu) => retnet_server::router(GpuSource(gpu), loaded.tokenizer, &model_id, options),
+        Some(gpu) => retnet_server::router(GpuSource(gpu), tokenizer, &model_id, options),
         None => retnet_server::router(
             CpuSource(loaded.model),
             loaded.tokenizer,

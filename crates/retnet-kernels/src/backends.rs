@@ -13,14 +13,20 @@
 //! | f16 | 1.0 + `SPV_KHR_16bit_storage` | 2.0 (`half` is core MSL) | SM 6.2 (16-bit types) |
 //! | subgroups | 1.3 (`GroupNonUniform*`) | 2.1 (SIMD-group functions) | SM 6.0 (wave intrinsics) |
 //! | f16+subgroups | 1.3 | 2.1 | SM 6.2 |
-//! | f16+subgroups+coop | 1.6 + `SPV_KHR_cooperative_matrix` | excluded | excluded |
+//! | f16+subgroups+coop | 1.6 + `SPV_KHR_cooperative_matrix` | 2.3 (8×8 tiles only) | excluded |
 //!
 //! wgpu's DX12 backend only offers SHADER_F16 at SM ≥ 6.2 and SUBGROUP at SM ≥ 6.0, its Metal
 //! backend SUBGROUP only on SIMD-group capable families and its Vulkan backend SUBGROUP on Vulkan
 //! ≥ 1.1 (SPIR-V ≥ 1.3), so the runtime's feature detection never selects a variant for a target
 //! below these: an f16 variant in SM 5.1 is excluded by construction, and [`translate_for`]
 //! reports such a combination as [`Translation::Excluded`] with the reason.
+//!
+//! Cooperative-matrix variants are written where [`CoopTile::expressible_in`] says their tile
+//! can be, the table the runtime selects a device's tile from: SPIR-V for 8×8 and 16×16 tiles,
+//! MSL for 8×8 tiles (Metal's simdgroup matrices; naga would write a 16×16 tile as
+//! `simdgroup_half16x16`, a type Metal does not have), HLSL for none.
 
+use crate::gemm_coop::{CoopTile, Language};
 use crate::validate::capabilities;
 use crate::{Features, Kernel};
 use naga::back::PipelineConstants;
@@ -176,7 +182,7 @@ pub fn translate_for(
     target: Target,
 ) -> Result<Translation, TranslateError> {
     use naga::back::hlsl::ShaderModel;
-    if let Some(reason) = exclusion(kernel.requires, target) {
+    if let Some(reason) = exclusion(kernel, target) {
         return Ok(Translation::Excluded { target, reason });
     }
     let (module, info) = parse_and_validate(kernel, features)?;
@@ -246,23 +252,7 @@ pub fn translate_for(
                 .map_err(|e| writer_error("spir-v", e.to_string()))?
                 .len()
         }
-        Target::Msl(major, minor) => {
-            let options = naga::back::msl::Options {
-                lang_version: (major, minor),
-                ..Default::default()
-            };
-            let pipeline = naga::back::msl::PipelineOptions {
-                entry_point: Some((ShaderStage::Compute, kernel.entry_point.to_string())),
-                ..Default::default()
-            };
-            let (text, translation) =
-                naga::back::msl::write_string(&module, &info, &options, &pipeline)
-                    .map_err(|e| writer_error("msl", e.to_string()))?;
-            for name in translation.entry_point_names {
-                name.map_err(|e| writer_error("msl", e.to_string()))?;
-            }
-            text.len()
-        }
+        Target::Msl(..) => write_msl(kernel, &module, &info, target)?.len(),
         Target::Hlsl(shader_model) => {
             let options = naga::back::hlsl::Options {
                 shader_model,
@@ -329,17 +319,30 @@ fn with_array_sizes_resolved(module: &Module) -> Result<Module, TranslateError> 
     Ok(module)
 }
 
-/// Why `target` cannot run a variant that requires `requires`, if it cannot.
-pub fn exclusion(requires: Features, target: Target) -> Option<&'static str> {
+/// The tile of a cooperative-matrix GEMM variant.
+fn coop_tile(kernel: &Kernel) -> Option<CoopTile> {
+    CoopTile::ALL
+        .into_iter()
+        .find(|tile| std::ptr::eq(tile.kernel(), kernel))
+}
+
+/// Why `target` cannot run `kernel`, if it cannot.
+pub fn exclusion(kernel: &Kernel, target: Target) -> Option<&'static str> {
     use naga::back::hlsl::ShaderModel;
+    let requires = kernel.requires;
     match target {
         Target::Hlsl(_) if requires.cooperative_matrix => Some(
             "naga's HLSL writer has no cooperative matrices; wgpu's DX12 backend never offers them",
         ),
-        Target::Msl(..) if requires.cooperative_matrix => Some(
-            "Metal's simdgroup matrices are 8×8 (wgpu offers only 8×8 f32 there), never the \
-             16×16 f16 tiles the runtime asks for",
-        ),
+        Target::Msl(..)
+            if requires.cooperative_matrix
+                && !coop_tile(kernel).is_some_and(|tile| tile.expressible_in(Language::Msl)) =>
+        {
+            Some(
+                "Metal's simdgroup matrices are 8×8 only: naga writes a 16×16 tile as a type \
+                 Metal lacks, and the runtime never selects one there",
+            )
+        }
         Target::Hlsl(model) if requires.shader_f16 && model < ShaderModel::V6_2 => {
             Some("16-bit types need SM 6.2 (DXC); wgpu's DX12 offers shader-f16 only there")
         }
@@ -356,6 +359,60 @@ pub fn exclusion(requires: Features, target: Target) -> Option<&'static str> {
     }
 }
 
+/// The MSL naga writes for `kernel` under `features` (MSL 2.3 where cooperative matrices are
+/// asked for, as wgpu's Metal backend writes them), whether or not the runtime would select it.
+pub fn msl_text(kernel: &'static Kernel, features: Features) -> Result<String, TranslateError> {
+    let target = target_for(Backend::Msl, features);
+    let (module, info) = parse_and_validate(kernel, features)?;
+    let (module, info) = resolve_overrides(kernel, &module, &info)?;
+    write_msl(kernel, &module, &info, target)
+}
+
+fn resolve_overrides(
+    kernel: &'static Kernel,
+    module: &Module,
+    info: &ModuleInfo,
+) -> Result<(Module, ModuleInfo), TranslateError> {
+    let mut constants = PipelineConstants::default();
+    for (name, value) in kernel.default_constants().pairs(kernel) {
+        constants.insert(name.to_string(), value);
+    }
+    let entry = (ShaderStage::Compute, kernel.entry_point);
+    naga::back::pipeline_constants::process_overrides(module, info, Some(entry), &constants)
+        .map(|(module, info)| (module.into_owned(), info.into_owned()))
+        .map_err(|e| TranslateError::Overrides(e.to_string()))
+}
+
+fn write_msl(
+    kernel: &Kernel,
+    module: &Module,
+    info: &ModuleInfo,
+    target: Target,
+) -> Result<String, TranslateError> {
+    let Target::Msl(major, minor) = target else {
+        return Err(TranslateError::Overrides(format!("{target} is not MSL")));
+    };
+    let writer_error = |message: String| TranslateError::Writer {
+        backend: "msl",
+        target,
+        message,
+    };
+    let options = naga::back::msl::Options {
+        lang_version: (major, minor),
+        ..Default::default()
+    };
+    let pipeline = naga::back::msl::PipelineOptions {
+        entry_point: Some((ShaderStage::Compute, kernel.entry_point.to_string())),
+        ..Default::default()
+    };
+    let (text, translation) = naga::back::msl::write_string(module, info, &options, &pipeline)
+        .map_err(|e| writer_error(e.to_string()))?;
+    for name in translation.entry_point_names {
+        name.map_err(|e| writer_error(e.to_string()))?;
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,16 +422,20 @@ mod tests {
     fn every_variant_translates_for_every_backend_under_every_feature_set() {
         let mut failures = Vec::new();
         let mut written = 0;
+        let mut excluded = 0;
         for features in Features::combinations() {
             for kernel in kernels_for(features) {
                 for backend in Backend::ALL {
                     match translate(kernel, features, backend) {
                         Ok(Translation::Written { .. }) => written += 1,
-                        // The one expected exclusion: no 16×16 cooperative matrices on Metal
-                        // and DX12 (the runtime never selects them there).
+                        // The expected exclusions: cooperative matrices on DX12, and tiles
+                        // Metal lacks (the runtime never selects them there).
                         Ok(Translation::Excluded { .. })
                             if kernel.requires.cooperative_matrix
-                                && matches!(backend, Backend::Msl | Backend::Hlsl) => {}
+                                && matches!(backend, Backend::Msl | Backend::Hlsl) =>
+                        {
+                            excluded += 1
+                        }
                         Ok(Translation::Excluded { target, reason }) => failures.push(format!(
                             "{} under {features} excluded from {target}: {reason}",
                             kernel.name
@@ -389,12 +450,64 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-        let coop = all_kernels()
-            .iter()
+        let coop: Vec<_> = all_kernels()
+            .into_iter()
             .filter(|k| k.requires.cooperative_matrix)
-            .count();
-        assert!(coop > 0);
-        assert!(written >= (all_kernels().len() - coop) * Backend::ALL.len() + coop * 2);
+            .collect();
+        assert!(!coop.is_empty());
+        // Per cooperative-matrix variant: HLSL always excluded, MSL unless its tile is 8×8.
+        let expected_exclusions: usize = coop
+            .iter()
+            .map(|k| {
+                let msl = coop_tile(k).is_some_and(|t| t.expressible_in(Language::Msl));
+                1 + usize::from(!msl)
+            })
+            .sum();
+        assert_eq!(excluded, expected_exclusions);
+        assert!(written >= (all_kernels().len() - coop.len()) * Backend::ALL.len() + coop.len() * 2);
+    }
+
+    #[test]
+    fn the_runtimes_tile_table_is_what_naga_writes() {
+        // The runtime picks a device's tile with `CoopTile::expressible_in`; each claim is
+        // checked here by translating the variant.
+        for tile in CoopTile::ALL {
+            let kernel = tile.kernel();
+            for (backend, language) in [
+                (Backend::SpirV, Language::SpirV),
+                (Backend::Msl, Language::Msl),
+                (Backend::Hlsl, Language::Hlsl),
+            ] {
+                let result = translate(kernel, Features::ALL, backend).expect("translation");
+                let written = matches!(result, Translation::Written { .. });
+                assert_eq!(
+                    written,
+                    tile.expressible_in(language),
+                    "{} to {}: {result:?}",
+                    kernel.name,
+                    backend.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn eight_by_eight_tiles_become_metal_simdgroup_matrices() {
+        let text = msl_text(CoopTile::Eight.kernel(), Features::ALL).expect("msl");
+        for needed in [
+            "simdgroup_half8x8",
+            "simdgroup_float8x8",
+            "simdgroup_load",
+            "simdgroup_store",
+            "simdgroup_multiply_accumulate",
+        ] {
+            assert!(text.contains(needed), "MSL lacks {needed}");
+        }
+        // Loads from threadgroup memory (the staged tiles) as well as from device memory.
+        assert!(text.contains("const threadgroup half*"), "no threadgroup tile loads");
+        // A 16×16 tile would be written as a type Metal does not have: why it is excluded.
+        let text = msl_text(CoopTile::Sixteen.kernel(), Features::ALL).expect("msl");
+        assert!(text.contains("simdgroup_half16x16"));
     }
 
     #[test]
@@ -458,7 +571,10 @@ mod tests {
             if !(x * y * z <= 256 && x <= 256 && y <= 256 && z <= 64) {
                 over.push(format!("{}: workgroup {x}×{y}×{z}", kernel.name));
             }
-            if fitted.iter().any(|f| std::ptr::eq(kernel, *f)) {
+            // Cooperative matrices are never offered in a browser; the runtime fits the
+            // GEMM's tile to the adapter (next tests).
+            if fitted.iter().any(|f| std::ptr::eq(kernel, *f)) || kernel.requires.cooperative_matrix
+            {
                 continue;
             }
             let bytes = workgroup_bytes(kernel, values);
@@ -498,6 +614,22 @@ mod tests {
             // Some chunk fits WebGPU's default 16 KiB.
             assert!(budget(16) <= 16384, "{}", kernel.name);
         }
+    }
+
+    #[test]
+    fn gemm_coop_workgroup_memory_is_what_the_runtime_budgets() {
+        for tile in CoopTile::ALL {
+            let kernel = tile.kernel();
+            assert_eq!(
+                workgroup_bytes(kernel, kernel.default_constants()),
+                tile.workgroup_bytes(),
+                "{}",
+                kernel.name
+            );
+        }
+        // The 8×8 variant fits WebGPU's default 16 KiB; the 16×16 one the 48 KiB of NVIDIA GPUs.
+        assert!(CoopTile::Eight.workgroup_bytes() <= 16384);
+        assert!(CoopTile::Sixteen.workgroup_bytes() <= 49152);
     }
 
     #[test]

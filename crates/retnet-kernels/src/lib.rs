@@ -25,6 +25,7 @@ macro_rules! shader {
 pub mod backends;
 pub mod embedding;
 pub mod gated_activation;
+pub mod gemm_coop;
 pub mod head_norm_gate;
 pub mod linear;
 pub mod residual;
@@ -43,9 +44,10 @@ pub struct Features {
     pub shader_f16: bool,
     /// Subgroup builtins and operations (wgpu `SUBGROUP`).
     pub subgroups: bool,
-    /// `enable wgpu_cooperative_matrix;` with 16×16×16 f16 tiles accumulating in f32, on an
-    /// adapter whose subgroups are 32 wide (wgpu `EXPERIMENTAL_COOPERATIVE_MATRIX`; tensor
-    /// cores). Always comes with `shader_f16` and `subgroups`.
+    /// `enable wgpu_cooperative_matrix;` with square f16 tiles accumulating in f32 of a size
+    /// [`gemm_coop`] has a variant for (wgpu `EXPERIMENTAL_COOPERATIVE_MATRIX`; tensor cores);
+    /// which tile is the device's business (`retnet_runtime::Device::coop_shape`). Always comes
+    /// with `shader_f16` and `subgroups`.
     pub cooperative_matrix: bool,
 }
 
@@ -320,6 +322,7 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
     all.extend(embedding::KERNELS);
     all.extend(rms_norm::KERNELS);
     all.extend(linear::KERNELS);
+    all.extend(gemm_coop::KERNELS);
     all.extend(rotary::KERNELS);
     all.extend(retention::KERNELS);
     all.extend(head_norm_gate::KERNELS);

@@ -37,7 +37,7 @@ impl LinearParams {
         }
     }
 
-    fn words(&self) -> ParamWords {
+    pub(crate) fn words(&self) -> ParamWords {
         let (accumulate, alpha) = match self.accumulate {
             Some(alpha) => (1, alpha),
             None => (0, 0.0),
@@ -90,7 +90,7 @@ const OUTPUT: Binding = Binding {
     access: Access::ReadWrite,
 };
 const BINDINGS: &[Binding] = &[PARAMS, WEIGHT, INPUT, OUTPUT];
-const PARAMS_STRUCT: (&str, &[&str]) = (
+pub(crate) const PARAMS_STRUCT: (&str, &[&str]) = (
     "LinearParams",
     &[
         "rows",

@@ -10,9 +10,11 @@
 //! (fused) → gated activation → down_proj (+ α·x fused)`. Post-norm (deepnorm) layers move the
 //! norms after the residual sums.
 
+mod load;
+
+use std::path::Path;
 use std::sync::Arc;
 
-use half::f16;
 use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
@@ -26,12 +28,14 @@ use retnet_runtime::kernels::rotary::{
 };
 use retnet_runtime::kernels::sampling;
 use retnet_runtime::kernels::WeightFormat;
-use retnet_runtime::{Device, GpuBuffer, Sequence, WeightData, Weights};
+use retnet_runtime::{Device, GpuBuffer, Sequence, Weights};
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::reference::{check_tokens, CpuModel, RetentionForm};
-use crate::weights::{Linear, ModelWeights};
+use crate::safetensors_store::TensorStore;
+use crate::weights::{CheckpointWeights, ModelWeights, WeightsFingerprint};
+use load::Pacing;
 
 /// Precision of the weight matrices on the GPU (norm weights, decays and angles stay f32;
 /// activations, accumulators and the recurrent state are always f32).
@@ -44,7 +48,7 @@ pub enum WeightPrecision {
     F16,
 }
 
-/// Options of [`GpuModel::new`].
+/// Options of [`GpuModel::load`] and [`GpuModel::new`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GpuOptions {
     /// Precision of the weight matrices.
@@ -92,6 +96,17 @@ pub struct GpuModel {
     /// Projections of many rows run on the tensor cores ([`linear::matmul_coop`]): the adapter
     /// has cooperative matrices and the weights are native f16.
     tensor_cores: bool,
+    fingerprint: WeightsFingerprint,
+}
+
+/// Polls a future once: its output if it completes without waiting.
+fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// Column layout of the fused q|k|v|g projection output.
@@ -104,88 +119,73 @@ struct QkvgLayout {
 }
 
 impl GpuModel {
-    /// Uploads a model's weights to `device`.
-    pub fn new(device: Arc<Device>, model: &CpuModel, options: GpuOptions) -> Result<Self> {
-        Self::from_weights(device, model.config().clone(), model.weights(), options)
+    /// Loads a model directory (`config.json` and safetensors weights) straight to `device`,
+    /// tensor by tensor: no host copy of the model is made ([`load`]).
+    pub async fn load(device: Arc<Device>, dir: &Path, options: GpuOptions) -> Result<Self> {
+        Self::load_with_progress(device, dir, options, &mut |_, _| {}).await
     }
 
-    /// Uploads weights (in host f32) to `device`.
+    /// [`GpuModel::load`], calling `progress(bytes_done, bytes_total)` as weights reach the GPU.
+    pub async fn load_with_progress(
+        device: Arc<Device>,
+        dir: &Path,
+        options: GpuOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = TensorStore::open(dir)?;
+        Self::from_store(device, config, &store, options, progress).await
+    }
+
+    /// Loads the weights of opened safetensors files straight to `device`.
+    pub async fn from_store(
+        device: Arc<Device>,
+        config: ModelConfig,
+        store: &TensorStore,
+        options: GpuOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let source = CheckpointWeights::new(&config, store)?;
+        let config = config.clone();
+        load::upload(device, config, &source, options, Pacing::Wait, progress).await
+    }
+
+    /// Uploads the weights of a CPU model to `device` (for checking one against the other;
+    /// to run a checkpoint on the GPU, [`GpuModel::load`] it).
+    pub fn new(device: Arc<Device>, model: &CpuModel, options: GpuOptions) -> Result<Self> {
+        let mut gpu = Self::from_weights(device, model.config().clone(), model.weights(), options)?;
+        gpu.fingerprint = model.fingerprint().clone();
+        Ok(gpu)
+    }
+
+    /// Uploads weights held in host f32 to `device`.
     pub fn from_weights(
         device: Arc<Device>,
         config: ModelConfig,
         weights: &ModelWeights,
         options: GpuOptions,
     ) -> Result<Self> {
-        let upload = |label: &str, rows: &[&Linear]| -> Result<Weights> {
-            let data: Vec<f32> = rows.iter().flat_map(|l| l.data.iter().copied()).collect();
-            Ok(match options.weights {
-                WeightPrecision::F32 => device.upload_weights(label, WeightData::F32(&data))?,
-                WeightPrecision::F16 => {
-                    let halves: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
-                    device.upload_weights(label, WeightData::F16(&halves))?
-                }
-            })
-        };
-        let vector = |label: &str, v: &[f32]| device.upload_f32(label, v);
-        let mut layers = Vec::with_capacity(weights.layers.len());
-        for layer in &weights.layers {
-            layers.push(GpuLayer {
-                retention_norm: vector("retention_norm", &layer.retention_norm)?,
-                qkvg: upload(
-                    "q|k|v|g",
-                    &[&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.g_proj],
-                )?,
-                out_proj: upload("out_proj", &[&layer.out_proj])?,
-                head_norm: match &layer.head_norm {
-                    Some(w) => Some(vector("head_norm", w)?),
-                    None => None,
-                },
-                ffn_norm: vector("ffn_norm", &layer.ffn_norm)?,
-                ffn_in: upload("ffn act|lin", &[&layer.ffn_act, &layer.ffn_lin])?,
-                ffn_down: upload("ffn_down", &[&layer.ffn_down])?,
-            });
-        }
-        let optional = |label: &str, v: &Option<Vec<f32>>| -> Result<Option<GpuBuffer>> {
-            Ok(match v {
-                Some(v) => Some(vector(label, v)?),
-                None => None,
-            })
-        };
-        // The largest chunk up to `max` whose workgroup memory fits the adapter (WebGPU
-        // guarantees only 16 KiB: 39-token chunks for the chunkwise kernel).
-        let workgroup_memory = device.limits().max_compute_workgroup_storage_size;
-        let largest_chunk = |max: u32, bytes: fn(u32) -> u32| {
-            (1..=max)
-                .rev()
-                .find(|&c| bytes(c) <= workgroup_memory)
-                .unwrap_or(1) as usize
-        };
-        let max_chunk = largest_chunk(MAX_GPU_CHUNK, retention::chunkwise_workgroup_bytes);
-        let max_parallel_chunk = largest_chunk(
-            retention::CHUNK_OUTPUTS_MAX_CHUNK,
-            retention::chunk_outputs_workgroup_bytes,
-        );
-        Ok(Self {
-            embed: upload("embed_tokens", &[&weights.embed])?,
-            embed_norm: optional("embed_norm", &weights.embed_norm)?,
-            layers,
-            final_norm: optional("final_norm", &weights.final_norm)?,
-            head: match &weights.head {
-                Some(h) => Some(upload("head", &[h])?),
-                None => None,
-            },
-            log_decay: vector("log_decay", &weights.log_decay)?,
-            rotary_theta: vector("rotary_theta", &weights.rotary_theta)?,
-            reduction: Reduction::for_features(device.features()),
-            tensor_cores: device.features().cooperative_matrix
-                && WeightFormat::half_for(device.features()) == WeightFormat::F16
-                && options.weights == WeightPrecision::F16,
-            max_chunk,
-            max_parallel_chunk,
-            loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
-            config,
+        // The source is in memory, so nothing in the upload awaits: one poll completes it.
+        let mut no_progress = |_, _| {};
+        let upload = load::upload(
             device,
+            config,
+            weights,
+            options,
+            Pacing::Submit,
+            &mut no_progress,
+        );
+        now_or_never(upload).unwrap_or_else(|| {
+            Err(ModelError::invalid(
+                "an upload from host memory did not complete at once",
+            ))
         })
+    }
+
+    /// The fingerprint of the weights (state files carry it: a state is only resumed by the
+    /// checkpoint that made it).
+    pub fn fingerprint(&self) -> &WeightsFingerprint {
+        &self.fingerprint
     }
 
     /// The model's config.
@@ -1223,6 +1223,10 @@ impl<'m> GpuBatch<'m> {
 impl crate::session::Engine for GpuSession<'_> {
     fn config(&self) -> &ModelConfig {
         &self.model.config
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        &self.model.fingerprint
     }
 
     fn position(&self) -> usize {

@@ -32,4 +32,7 @@ pub use safetensors_store::{Bytes, TensorStore};
 pub use sampling::SamplingParams;
 pub use session::{mean_nll, CpuEngine, CpuSession, Engine, Generator, SessionBook};
 pub use tokenizer::{TextStream, Tokenizer};
-pub use weights::{LayerWeights, Linear, ModelWeights};
+pub use weights::{
+    CheckpointWeights, LayerTensor, LayerWeights, Linear, ModelWeights, TensorRole, WeightSource,
+    WeightsFingerprint,
+};

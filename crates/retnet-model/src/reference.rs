@@ -4,11 +4,12 @@
 //! checked against, so it favours plain loops over cleverness.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::config::{Activation, ModelConfig, NormPlacement, OutputScale, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::retention::{self, HeadShape};
-use crate::weights::{LayerWeights, Linear, ModelWeights};
+use crate::weights::{CheckpointWeights, LayerWeights, Linear, ModelWeights, WeightsFingerprint};
 
 /// Which of retention's three equivalent forms to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,20 +40,25 @@ pub struct CpuState {
 pub struct CpuModel {
     config: ModelConfig,
     weights: ModelWeights,
+    /// Computed on first use for weights given in memory, at load for a checkpoint.
+    fingerprint: OnceLock<WeightsFingerprint>,
 }
 
 impl CpuModel {
     /// Wraps a config and its weights.
     pub fn new(config: ModelConfig, weights: ModelWeights) -> Self {
-        Self { config, weights }
+        Self {
+            config,
+            weights,
+            fingerprint: OnceLock::new(),
+        }
     }
 
     /// Builds a model from the text of its `config.json` and the bytes of its safetensors file.
     pub fn from_bytes(config_json: &str, weights: crate::Bytes) -> Result<Self> {
         let config = ModelConfig::from_json_str(config_json)?;
         let store = crate::TensorStore::from_bytes("model.safetensors", weights)?;
-        let weights = ModelWeights::from_store(&config, &store, &mut |_, _| {})?;
-        Ok(Self::new(config, weights))
+        Self::from_store(config, &store, &mut |_, _| {})
     }
 
     /// Loads `config.json` and the safetensors weights of a model directory.
@@ -64,8 +70,27 @@ impl CpuModel {
     pub fn load_with_progress(dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let store = crate::TensorStore::open(dir)?;
-        let weights = ModelWeights::from_store(&config, &store, progress)?;
-        Ok(Self::new(config, weights))
+        Self::from_store(config, &store, progress)
+    }
+
+    /// Reads the weights of opened safetensors files into host f32.
+    pub fn from_store(
+        config: ModelConfig,
+        store: &crate::TensorStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let source = CheckpointWeights::new(&config, store)?;
+        let (weights, fingerprint) = ModelWeights::from_source(&config, &source, progress)?;
+        Ok(Self {
+            config,
+            weights,
+            fingerprint: OnceLock::from(fingerprint),
+        })
+    }
+
+    /// The fingerprint of the weights (a state file records it: [`crate::state_file`]).
+    pub fn fingerprint(&self) -> &WeightsFingerprint {
+        self.fingerprint.get_or_init(|| self.weights.fingerprint())
     }
 
     /// The model's config.

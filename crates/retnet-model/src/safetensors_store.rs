@@ -1,4 +1,4 @@
-//! Memory-mapped safetensors files, single or sharded, read as f32.
+//! Memory-mapped safetensors files, single or sharded, read as f32 whole or in pieces.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -192,8 +192,8 @@ impl TensorStore {
         self.tensors.get(name).map(|e| e.dtype)
     }
 
-    /// Reads a tensor as f32, checking that its shape is `expected`.
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    /// A tensor of shape `expected`, for reading in pieces ([`StoredTensor::decode`]).
+    pub fn tensor(&self, name: &str, expected: &[usize]) -> Result<StoredTensor<'_>> {
         let entry = self
             .tensors
             .get(name)
@@ -208,19 +208,9 @@ impl TensorStore {
                 found: entry.shape.clone(),
             });
         }
-        let bytes = self
-            .files
-            .get(entry.file)
-            .and_then(|(_, map)| map.get(entry.start..entry.end))
-            .ok_or_else(|| ModelError::Safetensors {
-                path: self.dir.clone(),
-                message: format!("tensor `{name}` lies outside its file"),
-            })?;
-        // Byte ranges in a safetensors file need not be aligned, so decode little-endian words.
-        let values = match entry.dtype {
-            Dtype::F32 => le_words(bytes, f32::from_le_bytes),
-            Dtype::F16 => le_words(bytes, |b| half::f16::from_le_bytes(b).to_f32()),
-            Dtype::BF16 => le_words(bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
+        let element_bytes = match entry.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     name: name.to_string(),
@@ -228,7 +218,129 @@ impl TensorStore {
                 })
             }
         };
+        let (_, file) = self
+            .files
+            .get(entry.file)
+            .ok_or_else(|| self.outside_file(name))?;
+        let bytes = file
+            .get(entry.start..entry.end)
+            .ok_or_else(|| self.outside_file(name))?;
+        Ok(StoredTensor {
+            name: name.to_string(),
+            dtype: entry.dtype,
+            element_bytes,
+            bytes,
+            file,
+            start: entry.start,
+        })
+    }
+
+    fn outside_file(&self, name: &str) -> ModelError {
+        ModelError::Safetensors {
+            path: self.dir.clone(),
+            message: format!("tensor `{name}` lies outside its file"),
+        }
+    }
+
+    /// Reads a tensor as f32, checking that its shape is `expected`.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let tensor = self.tensor(name, expected)?;
+        let mut values = vec![0.0; tensor.len()];
+        tensor.decode(0, &mut values)?;
+        tensor.release();
         Ok(values)
+    }
+}
+
+/// One tensor of a [`TensorStore`], still in its file's bytes and dtype.
+pub struct StoredTensor<'a> {
+    name: String,
+    dtype: Dtype,
+    element_bytes: usize,
+    bytes: &'a [u8],
+    file: &'a Bytes,
+    start: usize,
+}
+
+impl StoredTensor<'_> {
+    /// The tensor's name in the checkpoint.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.element_bytes
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Decodes elements `start .. start + out.len()` to f32 into `out`.
+    pub fn decode(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let n = self.element_bytes;
+        let bytes = start
+            .checked_add(out.len())
+            .and_then(|end| self.bytes.get(start * n..end * n))
+            .ok_or_else(|| {
+                ModelError::invalid(format!(
+                    "elements {start}..{} of tensor `{}` read past its {} elements",
+                    start + out.len(),
+                    self.name,
+                    self.len()
+                ))
+            })?;
+        decode_into(&self.name, self.dtype, bytes, out)
+    }
+
+    /// Lets the operating system drop this tensor's pages of a memory-mapped file from the
+    /// process (they stay in the page cache): a model streamed tensor by tensor then never holds
+    /// more than one tensor of the file in memory. Reading the tensor again maps them back in.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = self.file {
+            // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED discards nothing:
+            // the pages are read again from the file if touched. memmap2 rounds the start down
+            // to a page; the neighbouring tensor that may share that page is re-read likewise.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.start,
+                    self.bytes.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (self.file, self.start);
+    }
+}
+
+/// The one decoder of stored tensor bytes (`dtype` little-endian words) to f32: every weight
+/// that reaches either backend passes through here, so checks of the values belong here too.
+pub(crate) fn decode_into(name: &str, dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let _ = name;
+    // Byte ranges in a safetensors file need not be aligned, so decode little-endian words.
+    match dtype {
+        Dtype::F32 => decode_words(bytes, out, f32::from_le_bytes),
+        Dtype::F16 => decode_words(bytes, out, |b| half::f16::from_le_bytes(b).to_f32()),
+        Dtype::BF16 => decode_words(bytes, out, |b| half::bf16::from_le_bytes(b).to_f32()),
+        other => {
+            return Err(ModelError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn decode_words<const N: usize>(bytes: &[u8], out: &mut [f32], decode: impl Fn([u8; N]) -> f32) {
+    for (value, word) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+        if let Ok(word) = <[u8; N]>::try_from(word) {
+            *value = decode(word);
+        }
     }
 }
 

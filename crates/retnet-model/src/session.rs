@@ -18,6 +18,7 @@ use crate::error::{ModelError, Result};
 use crate::reference::{CpuModel, CpuState, RetentionForm};
 use crate::sampling::{apply_repeat_penalty, sample, SamplingParams};
 use crate::state_file::{load_state, save_state, state_from_bytes, state_to_bytes, SavedState};
+use crate::weights::WeightsFingerprint;
 
 /// How many recent tokens the repetition penalty looks at.
 pub const REPEAT_WINDOW: usize = 64;
@@ -33,6 +34,8 @@ pub const PREFILL_PIECE: usize = 256;
 pub trait Engine {
     /// The model's config.
     fn config(&self) -> &ModelConfig;
+    /// The fingerprint of the model's weights (a saved state records it).
+    fn fingerprint(&self) -> &WeightsFingerprint;
     /// Tokens consumed so far.
     fn position(&self) -> usize;
     /// Feeds `tokens` (chunkwise, or recurrent for one token) and returns the logits of the
@@ -81,6 +84,10 @@ impl<'m> CpuEngine<'m> {
 impl Engine for CpuEngine<'_> {
     fn config(&self) -> &ModelConfig {
         self.model.config()
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        self.model.fingerprint()
     }
 
     fn position(&self) -> usize {
@@ -417,14 +424,16 @@ impl<E: Engine> Generator<E> {
 
     /// Saves the state and bookkeeping to a safetensors file.
     pub async fn save(&self, path: &Path) -> Result<()> {
-        save_state(path, self.engine.config(), &self.saved().await?)
+        let e = &self.engine;
+        save_state(path, e.config(), e.fingerprint(), &self.saved().await?)
     }
 
     /// The bytes of the file [`Generator::save`] writes (for embedders without a file system,
     /// e.g. the browser).
     pub async fn save_bytes(&self) -> Result<Vec<u8>> {
         let name = Path::new("<state>");
-        state_to_bytes(name, self.engine.config(), &self.saved().await?)
+        let e = &self.engine;
+        state_to_bytes(name, e.config(), e.fingerprint(), &self.saved().await?)
     }
 
     async fn saved(&self) -> Result<SavedState> {
@@ -442,14 +451,14 @@ impl<E: Engine> Generator<E> {
 
     /// Resumes a session saved by [`Generator::save`] (from either backend) into `engine`.
     pub fn load(engine: E, path: &Path) -> Result<Self> {
-        let saved = load_state(path, engine.config())?;
+        let saved = load_state(path, engine.config(), engine.fingerprint())?;
         Self::resume(engine, path, saved)
     }
 
     /// [`Generator::load`] from the bytes of a state file; `name` is used in error messages.
     pub fn load_bytes(engine: E, name: &str, bytes: &[u8]) -> Result<Self> {
         let name = Path::new(name);
-        let saved = state_from_bytes(name, bytes, engine.config())?;
+        let saved = state_from_bytes(name, bytes, engine.config(), engine.fingerprint())?;
         Self::resume(engine, name, saved)
     }
 

@@ -1,5 +1,6 @@
-//! Saving and loading a recurrent state (safetensors), with the model's fingerprint so that a
-//! state is never loaded into another model.
+//! Saving and loading a recurrent state (safetensors), with the model's fingerprints (of its
+//! config and of its weights) so that a state is never loaded into another model, not even
+//! another checkpoint of the same architecture.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,7 +8,11 @@ use std::path::Path;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
-const FORMAT: &str = "retnet-state-v1";
+use crate::weights::WeightsFingerprint;
+
+/// v2 added the weights fingerprint.
+const FORMAT: &str = "retnet-state-v2";
+const FORMAT_V1: &str = "retnet-state-v1";
 
 /// A stable fingerprint of every architectural knob of a config (FNV-1a over its description).
 pub fn config_fingerprint(config: &ModelConfig) -> String {
@@ -31,15 +36,25 @@ pub struct SavedState {
     pub extra: HashMap<String, String>,
 }
 
-/// Writes a state to `path`, tagged with the config's fingerprint.
-pub fn save_state(path: &Path, config: &ModelConfig, saved: &SavedState) -> Result<()> {
-    let bytes = state_to_bytes(path, config, saved)?;
+/// Writes a state to `path`, tagged with the fingerprints of the config and the weights.
+pub fn save_state(
+    path: &Path,
+    config: &ModelConfig,
+    weights: &WeightsFingerprint,
+    saved: &SavedState,
+) -> Result<()> {
+    let bytes = state_to_bytes(path, config, weights, saved)?;
     std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))
 }
 
 /// A state as the bytes of a state file (what [`save_state`] writes); `name` is used in error
 /// messages.
-pub fn state_to_bytes(name: &Path, config: &ModelConfig, saved: &SavedState) -> Result<Vec<u8>> {
+pub fn state_to_bytes(
+    name: &Path,
+    config: &ModelConfig,
+    weights: &WeightsFingerprint,
+    saved: &SavedState,
+) -> Result<Vec<u8>> {
     let (position, layers) = (saved.position, &saved.layers);
     let err = |message: String| ModelError::StateFile {
         path: name.to_path_buf(),
@@ -60,20 +75,30 @@ pub fn state_to_bytes(name: &Path, config: &ModelConfig, saved: &SavedState) -> 
     metadata.extend([
         ("format".to_string(), FORMAT.to_string()),
         ("config_fingerprint".to_string(), config_fingerprint(config)),
+        ("weights_fingerprint".to_string(), weights.0.clone()),
         ("position".to_string(), position.to_string()),
     ]);
     safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))
 }
 
-/// Reads a state saved by [`save_state`] for a model with this config.
-pub fn load_state(path: &Path, config: &ModelConfig) -> Result<SavedState> {
+/// Reads a state saved by [`save_state`] for a model with this config and these weights.
+pub fn load_state(
+    path: &Path,
+    config: &ModelConfig,
+    weights: &WeightsFingerprint,
+) -> Result<SavedState> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    state_from_bytes(path, &bytes, config)
+    state_from_bytes(path, &bytes, config, weights)
 }
 
 /// Reads the bytes of a state file for a model with this config; `name` is used in error
 /// messages.
-pub fn state_from_bytes(name: &Path, bytes: &[u8], config: &ModelConfig) -> Result<SavedState> {
+pub fn state_from_bytes(
+    name: &Path,
+    bytes: &[u8],
+    config: &ModelConfig,
+    weights: &WeightsFingerprint,
+) -> Result<SavedState> {
     let err = |message: String| ModelError::StateFile {
         path: name.to_path_buf(),
         message,
@@ -83,14 +108,30 @@ pub fn state_from_bytes(name: &Path, bytes: &[u8], config: &ModelConfig) -> Resu
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| err(format!("not a state file: {e}")))?;
     let info = meta.metadata().clone().unwrap_or_default();
-    if info.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(err("not a retnet state file".into()));
+    match info.get("format").map(String::as_str) {
+        Some(FORMAT) => {}
+        Some(FORMAT_V1) => {
+            return Err(err(
+                "saved by an older retnet, without the fingerprint of its weights: it cannot be \
+                 matched to a checkpoint"
+                    .into(),
+            ))
+        }
+        _ => return Err(err("not a retnet state file".into())),
     }
     let want = config_fingerprint(config);
     if info.get("config_fingerprint") != Some(&want) {
         return Err(err(format!(
             "this state belongs to another model (fingerprint {}, this model's is {want})",
             info.get("config_fingerprint")
+                .map_or("none", String::as_str)
+        )));
+    }
+    if info.get("weights_fingerprint") != Some(&weights.0) {
+        return Err(err(format!(
+            "this state belongs to another checkpoint with the same config (weights \
+             fingerprint {}, this model's is {weights})",
+            info.get("weights_fingerprint")
                 .map_or("none", String::as_str)
         )));
     }

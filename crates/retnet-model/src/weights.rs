@@ -1,6 +1,11 @@
-//! Model weights in f32, named as either checkpoint family names them.
+//! Model weights: the tensors a model has ([`TensorRole`]), where they come from
+//! ([`WeightSource`]: a checkpoint read lazily, or host f32), their fingerprint, and the host
+//! f32 copy the CPU reference computes with ([`ModelWeights`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::config::{DecaySource, Family, ModelConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
@@ -82,93 +87,539 @@ impl ModelWeights {
         store: &TensorStore,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let names = CheckpointNames::detect(config, store)?;
-        names.check_layer_count(config, store)?;
+        let source = CheckpointWeights::new(config, store)?;
+        Ok(Self::from_source(config, &source, progress)?.0)
+    }
+
+    /// Reads every tensor of `source` into host f32, with the weights' fingerprint.
+    pub fn from_source(
+        config: &ModelConfig,
+        source: &dyn WeightSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Self, WeightsFingerprint)> {
+        let mut reader = WeightReader::new(source);
         let d = config.d_model;
         let f = config.ffn_dim;
-        let linear = |name: String, out_features: usize, in_features: usize| -> Result<Linear> {
-            Ok(Linear {
-                out_features,
-                in_features,
-                data: store.read_f32(&name, &[out_features, in_features])?,
-            })
-        };
-        let vector = |name: String, len: usize| store.read_f32(&name, &[len]);
-
+        let (vw, kvw) = (config.value_width(), config.kv_value_width());
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let n = |suffix: &str| names.layer(i, suffix);
-            let head_norm = if config.head_norm_weight {
-                let fused = n(names.head_norm_fused);
-                let plain = n(names.head_norm_plain);
-                let name = if store.contains(&fused) { fused } else { plain };
-                Some(vector(name, config.head_v_dim)?)
-            } else {
-                None
-            };
+            let r = &mut reader;
+            let role = |t| TensorRole::Layer(i, t);
             layers.push(LayerWeights {
-                retention_norm: vector(n(names.retention_norm), d)?,
-                q_proj: linear(n(names.q_proj), config.query_width(), d)?,
-                k_proj: linear(n(names.k_proj), config.key_width(), d)?,
-                v_proj: linear(n(names.v_proj), config.kv_value_width(), d)?,
-                g_proj: linear(n(names.g_proj), config.value_width(), d)?,
-                out_proj: linear(n(names.out_proj), d, config.value_width())?,
-                head_norm,
-                ffn_norm: vector(n(names.ffn_norm), d)?,
-                ffn_act: linear(n(names.ffn_act), f, d)?,
-                ffn_lin: linear(n(names.ffn_lin), f, d)?,
-                ffn_down: linear(n(names.ffn_down), d, f)?,
+                retention_norm: r.read(role(LayerTensor::RetentionNorm))?,
+                q_proj: r.linear(role(LayerTensor::Q), config.query_width(), d)?,
+                k_proj: r.linear(role(LayerTensor::K), config.key_width(), d)?,
+                v_proj: r.linear(role(LayerTensor::V), kvw, d)?,
+                g_proj: r.linear(role(LayerTensor::G), vw, d)?,
+                out_proj: r.linear(role(LayerTensor::Out), d, vw)?,
+                head_norm: r.optional(role(LayerTensor::HeadNorm))?,
+                ffn_norm: r.read(role(LayerTensor::FfnNorm))?,
+                ffn_act: r.linear(role(LayerTensor::FfnAct), f, d)?,
+                ffn_lin: r.linear(role(LayerTensor::FfnLin), f, d)?,
+                ffn_down: r.linear(role(LayerTensor::FfnDown), d, f)?,
             });
             progress(i + 1, config.num_layers);
         }
-
-        let head = if config.tied_head {
-            None
-        } else {
-            let name = names
-                .head_candidates
-                .iter()
-                .find(|n| store.contains(n))
-                .cloned()
-                .ok_or_else(|| ModelError::MissingTensor {
-                    name: names.head_candidates.join("` or `"),
-                    dir: store.dir().to_path_buf(),
-                })?;
-            Some(linear(name, config.vocab_size, d)?)
+        // In the order the loader has always read them (the first missing tensor is named).
+        let vocab = config.vocab_size;
+        let head = match source.len(TensorRole::Head) {
+            Some(_) => Some(reader.linear(TensorRole::Head, vocab, d)?),
+            None => None,
         };
-
-        let h = config.num_heads;
-        let log_decay = match (config.decay_source, &names.decay_buffer) {
-            (DecaySource::CheckpointBuffer, Some(name)) if store.contains(name) => {
-                vector(name.clone(), h)?
-            }
-            _ => decay_formula(h),
-        };
-        let rotary_theta = match (&names.angle_buffer, config.rotary) {
-            (Some(name), RotaryStyle::InterleavedPairs) if store.contains(name) => {
-                // torchscale stores each pair's angle twice: [θ0, θ0, θ1, θ1, …].
-                let angle = vector(name.clone(), config.head_k_dim)?;
-                angle.iter().step_by(2).copied().collect()
-            }
-            _ => rotary_formula(config.rotary, config.head_k_dim),
-        };
-
-        Ok(Self {
-            embed: linear(names.embed.clone(), config.vocab_size, d)?,
-            embed_norm: match &names.embed_norm {
-                Some(name) if config.embedding_norm => Some(vector(name.clone(), d)?),
-                _ => None,
-            },
+        let log_decay = reader.read(TensorRole::LogDecay)?;
+        let rotary_theta = reader.read(TensorRole::RotaryTheta)?;
+        let weights = Self {
+            embed: reader.linear(TensorRole::Embed, vocab, d)?,
+            embed_norm: reader.optional(TensorRole::EmbedNorm)?,
             layers,
-            final_norm: if config.final_norm {
-                Some(vector(names.final_norm.clone(), d)?)
-            } else {
-                None
-            },
+            final_norm: reader.optional(TensorRole::FinalNorm)?,
             head,
             log_decay,
             rotary_theta,
+        };
+        Ok((weights, reader.fingerprint()))
+    }
+
+    /// The fingerprint of these weights: the same as that of the checkpoint they were read
+    /// from ([`WeightsFingerprint`] hashes the values, not the file).
+    pub fn fingerprint(&self) -> WeightsFingerprint {
+        let mut reader = WeightReader::new(self);
+        for role in TensorRole::all(self.layers.len()) {
+            if let Some(len) = WeightSource::len(self, role) {
+                let mut chunk = vec![0.0; len.min(READ_CHUNK)];
+                // Reading from memory cannot fail but for a role this struct lacks.
+                let _ = reader.stream(role, &mut chunk, &mut |_| Ok(()));
+            }
+        }
+        reader.fingerprint()
+    }
+}
+
+/// Values per piece when a tensor is read in pieces (4 MiB of f32).
+pub const READ_CHUNK: usize = 1 << 20;
+
+/// One tensor of the model by what it is, however a checkpoint family names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TensorRole {
+    /// Token embeddings `[vocab, d]`.
+    Embed,
+    /// `layernorm_embedding`, `[d]` (torchscale, when the config asks for it).
+    EmbedNorm,
+    /// A tensor of layer `.0`.
+    Layer(usize, LayerTensor),
+    /// The final RMSNorm, `[d]` (pre-norm models).
+    FinalNorm,
+    /// The output head `[vocab, d]` (untied models).
+    Head,
+    /// log γ_h per head, `[H]` (a checkpoint buffer or the formula).
+    LogDecay,
+    /// Rotary angle per dimension pair, `[K/2]` (a checkpoint buffer or the formula).
+    RotaryTheta,
+}
+
+/// The tensors of one layer, in the order of [`LayerWeights`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum LayerTensor {
+    RetentionNorm,
+    Q,
+    K,
+    V,
+    G,
+    Out,
+    HeadNorm,
+    FfnNorm,
+    FfnAct,
+    FfnLin,
+    FfnDown,
+}
+
+impl LayerTensor {
+    const ALL: [LayerTensor; 11] = [
+        LayerTensor::RetentionNorm,
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::G,
+        LayerTensor::Out,
+        LayerTensor::HeadNorm,
+        LayerTensor::FfnNorm,
+        LayerTensor::FfnAct,
+        LayerTensor::FfnLin,
+        LayerTensor::FfnDown,
+    ];
+}
+
+impl TensorRole {
+    /// Every role a model of `layers` layers may have, in load order (a config decides which
+    /// of the optional ones it has: [`TensorRole::shape`]).
+    pub fn all(layers: usize) -> impl Iterator<Item = TensorRole> {
+        let layer_roles = (0..layers).flat_map(|i| {
+            LayerTensor::ALL
+                .into_iter()
+                .map(move |t| TensorRole::Layer(i, t))
+        });
+        [TensorRole::Embed, TensorRole::EmbedNorm]
+            .into_iter()
+            .chain(layer_roles)
+            .chain([
+                TensorRole::FinalNorm,
+                TensorRole::Head,
+                TensorRole::LogDecay,
+                TensorRole::RotaryTheta,
+            ])
+    }
+
+    /// The shape this role has in a model of `config` (`[out, in]` for a matrix), or `None`
+    /// when such a model has no such tensor (an optional norm, a tied head, a layer past the
+    /// last).
+    pub fn shape(self, config: &ModelConfig) -> Option<Vec<usize>> {
+        let c = config;
+        let (d, f) = (c.d_model, c.ffn_dim);
+        Some(match self {
+            TensorRole::Embed => vec![c.vocab_size, d],
+            TensorRole::EmbedNorm if c.embedding_norm && c.family == Family::Torchscale => {
+                vec![d]
+            }
+            TensorRole::FinalNorm if c.final_norm => vec![d],
+            TensorRole::Head if !c.tied_head => vec![c.vocab_size, d],
+            TensorRole::EmbedNorm | TensorRole::FinalNorm | TensorRole::Head => return None,
+            TensorRole::LogDecay => vec![c.num_heads],
+            TensorRole::RotaryTheta => vec![c.head_k_dim / 2],
+            TensorRole::Layer(i, _) if i >= c.num_layers => return None,
+            TensorRole::Layer(_, t) => match t {
+                LayerTensor::RetentionNorm | LayerTensor::FfnNorm => vec![d],
+                LayerTensor::Q => vec![c.query_width(), d],
+                LayerTensor::K => vec![c.key_width(), d],
+                LayerTensor::V => vec![c.kv_value_width(), d],
+                LayerTensor::G => vec![c.value_width(), d],
+                LayerTensor::Out => vec![d, c.value_width()],
+                LayerTensor::HeadNorm if c.head_norm_weight => vec![c.head_v_dim],
+                LayerTensor::HeadNorm => return None,
+                LayerTensor::FfnAct | LayerTensor::FfnLin => vec![f, d],
+                LayerTensor::FfnDown => vec![d, f],
+            },
         })
+    }
+
+    /// A stable name (part of the weights fingerprint: never change one).
+    fn label(self) -> String {
+        match self {
+            TensorRole::Layer(i, t) => format!("layers.{i}.{t:?}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Where a model's weights come from, read tensor by tensor in pieces: a checkpoint's files
+/// ([`CheckpointWeights`], nothing is read before it is asked for) or weights already in host
+/// memory ([`ModelWeights`]).
+pub trait WeightSource {
+    /// Elements of the tensor, or `None` when the model has no such tensor.
+    fn len(&self, role: TensorRole) -> Option<usize>;
+    /// Decodes elements `start .. start + out.len()` of the tensor to f32.
+    fn read(&self, role: TensorRole, start: usize, out: &mut [f32]) -> Result<()>;
+    /// Called once a tensor has been read: the source may drop what it holds of it.
+    fn release(&self, role: TensorRole) {
+        let _ = role;
+    }
+}
+
+/// Reads tensors from a [`WeightSource`] and hashes every value that passes, for
+/// [`WeightsFingerprint`].
+pub struct WeightReader<'s> {
+    source: &'s dyn WeightSource,
+    digests: BTreeMap<TensorRole, u64>,
+}
+
+impl<'s> WeightReader<'s> {
+    /// A reader over `source`.
+    pub fn new(source: &'s dyn WeightSource) -> Self {
+        Self {
+            source,
+            digests: BTreeMap::new(),
+        }
+    }
+
+    /// The source.
+    pub fn source(&self) -> &'s dyn WeightSource {
+        self.source
+    }
+
+    /// Reads a whole tensor into host memory.
+    pub fn read(&mut self, role: TensorRole) -> Result<Vec<f32>> {
+        let len = self.len(role)?;
+        let mut values = vec![0.0; len];
+        self.source.read(role, 0, &mut values)?;
+        self.source.release(role);
+        self.digests.insert(role, xxh3_64(bytes_of(&values)));
+        Ok(values)
+    }
+
+    /// Reads a tensor that the model may lack.
+    pub fn optional(&mut self, role: TensorRole) -> Result<Option<Vec<f32>>> {
+        match self.source.len(role) {
+            Some(_) => self.read(role).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn linear(
+        &mut self,
+        role: TensorRole,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            out_features,
+            in_features,
+            data: self.read(role)?,
+        })
+    }
+
+    /// Reads a tensor piece by piece through `chunk` (whose length is the piece size), handing
+    /// each piece to `sink`.
+    pub fn stream(
+        &mut self,
+        role: TensorRole,
+        chunk: &mut [f32],
+        sink: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut piece = self.piece(role)?;
+        while let Some(values) = piece.next(self.source, chunk)? {
+            sink(values)?;
+        }
+        self.finish(piece);
+        Ok(())
+    }
+
+    /// Starts reading a tensor piece by piece: [`TensorPieces::next`] until `None`, then
+    /// [`WeightReader::finish`]. (For loaders that await between pieces.)
+    pub fn piece(&self, role: TensorRole) -> Result<TensorPieces> {
+        Ok(TensorPieces {
+            role,
+            len: self.len(role)?,
+            done: 0,
+            hasher: Xxh3::new(),
+        })
+    }
+
+    /// Records a tensor read through [`WeightReader::piece`].
+    pub fn finish(&mut self, pieces: TensorPieces) {
+        self.source.release(pieces.role);
+        self.digests.insert(pieces.role, pieces.hasher.digest());
+    }
+
+    fn len(&self, role: TensorRole) -> Result<usize> {
+        self.source
+            .len(role)
+            .ok_or_else(|| ModelError::invalid(format!("the model has no tensor {role:?}")))
+    }
+
+    /// The fingerprint of every tensor read so far.
+    pub fn fingerprint(&self) -> WeightsFingerprint {
+        let mut hasher = Xxh3::new();
+        for (role, digest) in &self.digests {
+            hasher.update(role.label().as_bytes());
+            hasher.update(&digest.to_le_bytes());
+        }
+        WeightsFingerprint(format!("{:016x}", hasher.digest()))
+    }
+}
+
+/// A tensor being read piece by piece ([`WeightReader::piece`]).
+pub struct TensorPieces {
+    role: TensorRole,
+    len: usize,
+    done: usize,
+    hasher: Xxh3,
+}
+
+impl TensorPieces {
+    /// Elements of the tensor.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next piece (at most `chunk.len()` values, decoded into `chunk`), or `None` at the end.
+    pub fn next<'c>(
+        &mut self,
+        source: &dyn WeightSource,
+        chunk: &'c mut [f32],
+    ) -> Result<Option<&'c [f32]>> {
+        let n = chunk.len().min(self.len - self.done);
+        if n == 0 {
+            return Ok(None);
+        }
+        let (piece, _) = chunk.split_at_mut(n);
+        source.read(self.role, self.done, piece)?;
+        self.done += n;
+        self.hasher.update(bytes_of(piece));
+        Ok(Some(piece))
+    }
+}
+
+/// The little-endian bytes of f32 values (every target this crate builds for is little-endian).
+fn bytes_of(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+/// A hash of every weight value (decoded to f32, whatever the file's dtype, naming or sharding),
+/// so that a recurrent state saved from one checkpoint is refused by another with the same
+/// config. xxh3 over each tensor's values, then over the tensors by role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WeightsFingerprint(pub String);
+
+impl std::fmt::Display for WeightsFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl WeightSource for ModelWeights {
+    fn len(&self, role: TensorRole) -> Option<usize> {
+        self.slice(role).map(<[f32]>::len)
+    }
+
+    fn read(&self, role: TensorRole, start: usize, out: &mut [f32]) -> Result<()> {
+        let values = self
+            .slice(role)
+            .and_then(|v| v.get(start..start.checked_add(out.len())?))
+            .ok_or_else(|| {
+                ModelError::invalid(format!("{role:?}: no elements {start}..+{}", out.len()))
+            })?;
+        out.copy_from_slice(values);
+        Ok(())
+    }
+}
+
+impl ModelWeights {
+    fn slice(&self, role: TensorRole) -> Option<&[f32]> {
+        Some(match role {
+            TensorRole::Embed => &self.embed.data,
+            TensorRole::EmbedNorm => self.embed_norm.as_deref()?,
+            TensorRole::FinalNorm => self.final_norm.as_deref()?,
+            TensorRole::Head => &self.head.as_ref()?.data,
+            TensorRole::LogDecay => &self.log_decay,
+            TensorRole::RotaryTheta => &self.rotary_theta,
+            TensorRole::Layer(i, t) => {
+                let l = self.layers.get(i)?;
+                match t {
+                    LayerTensor::RetentionNorm => &l.retention_norm,
+                    LayerTensor::Q => &l.q_proj.data,
+                    LayerTensor::K => &l.k_proj.data,
+                    LayerTensor::V => &l.v_proj.data,
+                    LayerTensor::G => &l.g_proj.data,
+                    LayerTensor::Out => &l.out_proj.data,
+                    LayerTensor::HeadNorm => l.head_norm.as_deref()?,
+                    LayerTensor::FfnNorm => &l.ffn_norm,
+                    LayerTensor::FfnAct => &l.ffn_act.data,
+                    LayerTensor::FfnLin => &l.ffn_lin.data,
+                    LayerTensor::FfnDown => &l.ffn_down.data,
+                }
+            }
+        })
+    }
+}
+
+/// The weights of a checkpoint's safetensors files, read lazily: a tensor is only touched when
+/// asked for, piece by piece, and its pages of the memory map are released once it is read.
+pub struct CheckpointWeights<'a> {
+    config: &'a ModelConfig,
+    store: &'a TensorStore,
+    names: CheckpointNames,
+}
+
+/// Where a role's values come from.
+enum Resolved {
+    /// A tensor of the checkpoint, of this shape.
+    Stored(String, Vec<usize>),
+    /// Derived values (a formula, or a buffer stored in another layout).
+    Computed(Vec<f32>),
+}
+
+impl<'a> CheckpointWeights<'a> {
+    /// The weights of `store` for a model of `config`: checks the tensor names' family and
+    /// the layer count (shapes are checked as each tensor is read).
+    pub fn new(config: &'a ModelConfig, store: &'a TensorStore) -> Result<Self> {
+        let names = CheckpointNames::detect(config, store)?;
+        names.check_layer_count(config, store)?;
+        Ok(Self {
+            config,
+            store,
+            names,
+        })
+    }
+
+    /// Checks every tensor the config requires: present, of the right shape and a readable
+    /// dtype, without reading any values.
+    pub fn check(&self) -> Result<()> {
+        for role in TensorRole::all(self.config.num_layers) {
+            if let Resolved::Stored(name, shape) = self.resolve(role)? {
+                self.store.tensor(&name, &shape)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, role: TensorRole) -> Result<Resolved> {
+        let config = self.config;
+        let names = &self.names;
+        let shape = role
+            .shape(config)
+            .ok_or_else(|| ModelError::invalid(format!("the model has no tensor {role:?}")))?;
+        let stored = |name: &str| Resolved::Stored(name.to_string(), shape.clone());
+        Ok(match role {
+            TensorRole::Embed => stored(&names.embed),
+            TensorRole::EmbedNorm => match &names.embed_norm {
+                Some(name) => stored(name),
+                None => return Err(ModelError::invalid("this family has no embedding norm")),
+            },
+            TensorRole::FinalNorm => stored(&names.final_norm),
+            TensorRole::Head => {
+                let name = names
+                    .head_candidates
+                    .iter()
+                    .find(|n| self.store.contains(n))
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        name: names.head_candidates.join("` or `"),
+                        dir: self.store.dir().to_path_buf(),
+                    })?;
+                stored(name)
+            }
+            TensorRole::LogDecay => match (config.decay_source, &names.decay_buffer) {
+                (DecaySource::CheckpointBuffer, Some(name)) if self.store.contains(name) => {
+                    stored(name)
+                }
+                _ => Resolved::Computed(decay_formula(config.num_heads)),
+            },
+            TensorRole::RotaryTheta => match (&names.angle_buffer, config.rotary) {
+                (Some(name), RotaryStyle::InterleavedPairs) if self.store.contains(name) => {
+                    // torchscale stores each pair's angle twice: [θ0, θ0, θ1, θ1, …].
+                    let angle = self.store.read_f32(name, &[config.head_k_dim])?;
+                    Resolved::Computed(angle.iter().step_by(2).copied().collect())
+                }
+                _ => Resolved::Computed(rotary_formula(config.rotary, config.head_k_dim)),
+            },
+            TensorRole::Layer(i, t) => {
+                let suffix = match t {
+                    LayerTensor::RetentionNorm => names.retention_norm,
+                    LayerTensor::Q => names.q_proj,
+                    LayerTensor::K => names.k_proj,
+                    LayerTensor::V => names.v_proj,
+                    LayerTensor::G => names.g_proj,
+                    LayerTensor::Out => names.out_proj,
+                    LayerTensor::HeadNorm => {
+                        let fused = names.layer(i, names.head_norm_fused);
+                        if self.store.contains(&fused) {
+                            return Ok(stored(&fused));
+                        }
+                        names.head_norm_plain
+                    }
+                    LayerTensor::FfnNorm => names.ffn_norm,
+                    LayerTensor::FfnAct => names.ffn_act,
+                    LayerTensor::FfnLin => names.ffn_lin,
+                    LayerTensor::FfnDown => names.ffn_down,
+                };
+                stored(&names.layer(i, suffix))
+            }
+        })
+    }
+}
+
+impl WeightSource for CheckpointWeights<'_> {
+    fn len(&self, role: TensorRole) -> Option<usize> {
+        role.shape(self.config).map(|s| s.iter().product())
+    }
+
+    fn read(&self, role: TensorRole, start: usize, out: &mut [f32]) -> Result<()> {
+        match self.resolve(role)? {
+            Resolved::Stored(name, shape) => self.store.tensor(&name, &shape)?.decode(start, out),
+            Resolved::Computed(values) => {
+                let values = start
+                    .checked_add(out.len())
+                    .and_then(|end| values.get(start..end))
+                    .ok_or_else(|| ModelError::invalid(format!("{role:?}: read past its end")))?;
+                out.copy_from_slice(values);
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, role: TensorRole) {
+        if matches!(role, TensorRole::LogDecay | TensorRole::RotaryTheta) {
+            return;
+        }
+        if let Ok(Resolved::Stored(name, shape)) = self.resolve(role) {
+            if let Ok(tensor) = self.store.tensor(&name, &shape) {
+                tensor.release();
+            }
+        }
     }
 }
 

@@ -24,6 +24,10 @@ pub struct DeviceOptions {
     pub disable_subgroups: bool,
     /// Do not use cooperative matrices (tensor cores) even if the adapter has them.
     pub disable_cooperative_matrix: bool,
+    /// Bind at most this many bytes per storage binding, below the adapter's own limit (to test
+    /// on any adapter what a smaller one does, e.g. WebGPU's default 128 MiB: larger matrices
+    /// are split by rows).
+    pub max_storage_binding_size: Option<u64>,
 }
 
 impl DeviceOptions {
@@ -42,6 +46,7 @@ impl DeviceOptions {
             disable_f16: flag("RETNET_DISABLE_F16"),
             disable_subgroups: flag("RETNET_DISABLE_SUBGROUPS"),
             disable_cooperative_matrix: flag("RETNET_DISABLE_COOP"),
+            max_storage_binding_size: None,
         })
     }
 }
@@ -216,7 +221,13 @@ impl Device {
         if cooperative_matrix {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(max) = options.max_storage_binding_size {
+            // Bindings are offset and sized in multiples of 256 bytes at most.
+            let max = (max / 256 * 256).max(256);
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(max);
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("retnet"),

@@ -2,7 +2,8 @@
 //!
 //! - [`Device`]: adapter selection (discrete GPU first; `RETNET_BACKEND`, `RETNET_ADAPTER`),
 //!   feature detection (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) and the adapter's own limits.
-//! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back.
+//! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back;
+//!   [`WeightWriter`] fills weights piece by piece in bounded host memory.
 //! - [`Sequence`]: records [`retnet_kernels::Dispatch`]es and submits them as one compute pass.
 //!   Pipelines, bind groups and the parameter arena are cached in the device, so recording the
 //!   same sequence again creates no GPU object ([`Device::cache_stats`]).
@@ -29,6 +30,7 @@ mod device;
 mod error;
 mod profile;
 mod sequence;
+mod upload;
 
 pub use buffer::{GpuBuffer, WeightData, Weights};
 pub use cache::CacheStats;
@@ -37,5 +39,6 @@ pub use error::RuntimeError;
 pub use profile::KernelTime;
 pub use retnet_kernels as kernels;
 pub use sequence::Sequence;
+pub use upload::WeightWriter;
 /// The wgpu this runtime is built on, for [`Device::wgpu_device`] and [`Device::create_buffer_checked`].
 pub use wgpu;

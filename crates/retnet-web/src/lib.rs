@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use js_sys::{Function, Reflect, Uint32Array, Uint8Array};
 use retnet_model::{
-    Bytes, CpuModel, Generator, GpuModel, GpuOptions, GpuSession, SamplingParams, TextStream,
-    Tokenizer, WeightPrecision,
+    Bytes, Generator, GpuModel, GpuOptions, GpuSession, ModelConfig, SamplingParams, TensorStore,
+    TextStream, Tokenizer, WeightPrecision,
 };
 use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{Device, DeviceOptions};
@@ -71,15 +71,16 @@ impl Model {
                 )))
             }
         };
-        let cpu =
-            CpuModel::from_bytes(&config_json, Bytes::Owned(safetensors)).map_err(js_error)?;
-        let tokenizer = Tokenizer::bytes_for(cpu.config()).ok_or_else(|| {
+        let config = ModelConfig::from_json_str(&config_json).map_err(js_error)?;
+        let tokenizer = Tokenizer::bytes_for(&config).ok_or_else(|| {
             JsError::new(&format!(
                 "the browser build reads byte-level models only (a vocabulary of 256), \
                  this one has {}",
-                cpu.config().vocab_size
+                config.vocab_size
             ))
         })?;
+        let store = TensorStore::from_bytes("model.safetensors", Bytes::Owned(safetensors))
+            .map_err(js_error)?;
         let device = Device::new(&DeviceOptions::default())
             .await
             .map_err(js_error)?;
@@ -87,7 +88,11 @@ impl Model {
         // objects are single-threaded and so is this page.
         #[allow(clippy::arc_with_non_send_sync)]
         let device = Arc::new(device);
-        let gpu = GpuModel::new(device, &cpu, GpuOptions { weights }).map_err(js_error)?;
+        // Tensor by tensor from the bytes to the GPU: no f32 copy of the model in wasm memory.
+        let options = GpuOptions { weights };
+        let gpu = GpuModel::from_store(device, config, &store, options, &mut |_, _| {})
+            .await
+            .map_err(js_error)?;
         Ok(Model {
             loaded: Box::leak(Box::new(Loaded {
                 gpu,

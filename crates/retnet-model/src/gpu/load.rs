@@ -1,0 +1,237 @@
+//! Weights from their source to the GPU, tensor by tensor: each tensor is decoded in pieces of
+//! [`READ_CHUNK`] values straight into its place in its GPU buffer (its rows inside the fused
+//! q|k|v|g and act|lin matrices), in the precision it has there. The host holds one piece and a
+//! few MiB of converted bytes at a time; every [`WAIT_EVERY`] bytes the loader waits (without
+//! blocking) for the GPU to take what was queued, so the queue's staging copies stay bounded
+//! too. A memory-mapped checkpoint releases each tensor's pages once it is read: host memory
+//! during a load is O(one tensor), not O(the model).
+
+use std::sync::Arc;
+
+use retnet_runtime::kernels::linear::Reduction;
+use retnet_runtime::kernels::{retention, WeightFormat};
+use retnet_runtime::{Device, GpuBuffer, WeightWriter, Weights};
+
+use super::{GpuLayer, GpuModel, GpuOptions, WeightPrecision, MAX_GPU_CHUNK};
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{LayerTensor, TensorRole, WeightReader, WeightSource, READ_CHUNK};
+
+/// Bytes queued to the GPU between two waits for it.
+pub(crate) const WAIT_EVERY: u64 = 64 << 20;
+
+/// How the loader lets the GPU catch up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pacing {
+    /// Await the GPU every [`WAIT_EVERY`] bytes (bounded staging memory).
+    Wait,
+    /// Submit without waiting (the synchronous constructors, whose source already holds the
+    /// whole model in host memory): the load then completes in a single poll.
+    Submit,
+}
+
+/// Progress of a load: bytes of GPU weights written so far, and in all.
+pub(crate) type LoadProgress<'a> = &'a mut dyn FnMut(u64, u64);
+
+struct Uploader<'a> {
+    device: &'a Device,
+    config: &'a ModelConfig,
+    reader: WeightReader<'a>,
+    format: WeightFormat,
+    chunk: Vec<f32>,
+    pacing: Pacing,
+    since_wait: u64,
+    done: u64,
+    total: u64,
+    progress: LoadProgress<'a>,
+}
+
+impl Uploader<'_> {
+    fn len(&self, role: TensorRole) -> Result<usize> {
+        self.reader
+            .source()
+            .len(role)
+            .ok_or_else(|| ModelError::invalid(format!("the model has no tensor {role:?}")))
+    }
+
+    /// One weight matrix made of the rows of `roles`, in order.
+    async fn matrix(&mut self, label: &str, roles: &[TensorRole]) -> Result<Weights> {
+        let mut values = 0;
+        for &role in roles {
+            values += self.len(role)?;
+        }
+        let weights = self.device.create_weights(label, values, self.format)?;
+        let mut writer = WeightWriter::new(self.device, &[(&weights, values)])?;
+        for &role in roles {
+            let mut pieces = self.reader.piece(role)?;
+            loop {
+                let source = self.reader.source();
+                let Some(piece) = pieces.next(source, &mut self.chunk)? else {
+                    break;
+                };
+                writer.push(piece)?;
+                let n = piece.len() as u64;
+                self.since_wait += writer.take_queued();
+                self.advance(n * self.format.element_size());
+                if self.since_wait >= WAIT_EVERY {
+                    self.wait().await?;
+                }
+            }
+            self.reader.finish(pieces);
+        }
+        writer.finish()?;
+        Ok(weights)
+    }
+
+    /// A small f32 vector (norm weights, decays, angles).
+    fn vector(&mut self, label: &str, role: TensorRole) -> Result<GpuBuffer> {
+        let values = self.reader.read(role)?;
+        self.advance(values.len() as u64 * 4);
+        Ok(self.device.upload_f32(label, &values)?)
+    }
+
+    fn optional_vector(&mut self, label: &str, role: TensorRole) -> Result<Option<GpuBuffer>> {
+        match self.reader.source().len(role) {
+            Some(_) => self.vector(label, role).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        (self.progress)(self.done, self.total);
+    }
+
+    async fn wait(&mut self) -> Result<()> {
+        self.since_wait = 0;
+        match self.pacing {
+            Pacing::Wait => self.device.uploads_done().await?,
+            Pacing::Submit => {
+                self.device.wgpu_queue().submit([]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes the model's weights take on the GPU in `format` (matrices) and f32 (vectors).
+fn total_bytes(config: &ModelConfig, source: &dyn WeightSource, format: WeightFormat) -> u64 {
+    TensorRole::all(config.num_layers)
+        .filter_map(|role| {
+            let len = source.len(role)? as u64;
+            Some(if is_matrix(role) {
+                len * format.element_size()
+            } else {
+                len * 4
+            })
+        })
+        .sum()
+}
+
+fn is_matrix(role: TensorRole) -> bool {
+    match role {
+        TensorRole::Embed | TensorRole::Head => true,
+        TensorRole::Layer(_, t) => !matches!(
+            t,
+            LayerTensor::RetentionNorm | LayerTensor::HeadNorm | LayerTensor::FfnNorm
+        ),
+        _ => false,
+    }
+}
+
+/// The storage format of the weight matrices for `options` on `device`.
+fn matrix_format(device: &Device, options: GpuOptions) -> Result<WeightFormat> {
+    match options.weights {
+        WeightPrecision::F32 => Ok(WeightFormat::F32),
+        WeightPrecision::F16 if device.supports_half_weights() => {
+            Ok(WeightFormat::half_for(device.features()))
+        }
+        WeightPrecision::F16 => Err(retnet_runtime::RuntimeError::NoHalfPrecision.into()),
+    }
+}
+
+/// Streams every tensor of `source` to `device` and assembles the model.
+pub(crate) async fn upload(
+    device: Arc<Device>,
+    config: ModelConfig,
+    source: &dyn WeightSource,
+    options: GpuOptions,
+    pacing: Pacing,
+    progress: LoadProgress<'_>,
+) -> Result<GpuModel> {
+    let format = matrix_format(&device, options)?;
+    let total = total_bytes(&config, source, format);
+    let mut up = Uploader {
+        device: &device,
+        config: &config,
+        reader: WeightReader::new(source),
+        format,
+        chunk: vec![0.0; READ_CHUNK],
+        pacing,
+        since_wait: 0,
+        done: 0,
+        total,
+        progress,
+    };
+    let embed = up.matrix("embed_tokens", &[TensorRole::Embed]).await?;
+    let embed_norm = up.optional_vector("embed_norm", TensorRole::EmbedNorm)?;
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..up.config.num_layers {
+        let role = |t| TensorRole::Layer(i, t);
+        use LayerTensor as T;
+        layers.push(GpuLayer {
+            retention_norm: up.vector("retention_norm", role(T::RetentionNorm))?,
+            qkvg: up
+                .matrix("q|k|v|g", &[role(T::Q), role(T::K), role(T::V), role(T::G)])
+                .await?,
+            out_proj: up.matrix("out_proj", &[role(T::Out)]).await?,
+            head_norm: up.optional_vector("head_norm", role(T::HeadNorm))?,
+            ffn_norm: up.vector("ffn_norm", role(T::FfnNorm))?,
+            ffn_in: up
+                .matrix("ffn act|lin", &[role(T::FfnAct), role(T::FfnLin)])
+                .await?,
+            ffn_down: up.matrix("ffn_down", &[role(T::FfnDown)]).await?,
+        });
+    }
+    let final_norm = up.optional_vector("final_norm", TensorRole::FinalNorm)?;
+    let head = match source.len(TensorRole::Head) {
+        Some(_) => Some(up.matrix("head", &[TensorRole::Head]).await?),
+        None => None,
+    };
+    let log_decay = up.vector("log_decay", TensorRole::LogDecay)?;
+    let rotary_theta = up.vector("rotary_theta", TensorRole::RotaryTheta)?;
+    up.wait().await?;
+    let fingerprint = up.reader.fingerprint();
+
+    // The largest chunk up to `max` whose workgroup memory fits the adapter (WebGPU
+    // guarantees only 16 KiB: 39-token chunks for the chunkwise kernel).
+    let workgroup_memory = device.limits().max_compute_workgroup_storage_size;
+    let largest_chunk = |max: u32, bytes: fn(u32) -> u32| {
+        (1..=max)
+            .rev()
+            .find(|&c| bytes(c) <= workgroup_memory)
+            .unwrap_or(1) as usize
+    };
+    let max_chunk = largest_chunk(MAX_GPU_CHUNK, retention::chunkwise_workgroup_bytes);
+    let max_parallel_chunk = largest_chunk(
+        retention::CHUNK_OUTPUTS_MAX_CHUNK,
+        retention::chunk_outputs_workgroup_bytes,
+    );
+    Ok(GpuModel {
+        embed,
+        embed_norm,
+        layers,
+        final_norm,
+        head,
+        log_decay,
+        rotary_theta,
+        reduction: Reduction::for_features(device.features()),
+        tensor_cores: device.features().cooperative_matrix && format == WeightFormat::F16,
+        max_chunk,
+        max_parallel_chunk,
+        loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
+        fingerprint,
+        config,
+        device,
+    })
+}

@@ -1,0 +1,275 @@
+//! Weights written to the GPU piece by piece: the host converts a few MiB at a time into the
+//! buffer's format, and the queue's staging copies are released by waiting for the GPU every
+//! few tens of MiB ([`Device::uploads_done`]), so a model of any size loads in bounded host
+//! memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use retnet_kernels::WeightFormat;
+
+use crate::buffer::{GpuBuffer, Weights};
+use crate::device::Device;
+use crate::error::RuntimeError;
+
+/// Bytes converted on the host before they are handed to the queue.
+const STAGE_BYTES: usize = 4 << 20;
+
+impl Device {
+    /// A zero-filled weight buffer for `len` values in `format`, to fill with a
+    /// [`WeightWriter`]. Checked against the adapter's binding and buffer limits.
+    pub fn create_weights(
+        &self,
+        label: &str,
+        len: usize,
+        format: WeightFormat,
+    ) -> Result<Weights, RuntimeError> {
+        self.check_format(format)?;
+        let buffer = self.create_storage(label, len as u64 * format.element_size())?;
+        Ok(Weights { buffer, format })
+    }
+
+    pub(crate) fn check_format(&self, format: WeightFormat) -> Result<(), RuntimeError> {
+        match format {
+            WeightFormat::F16 if !self.features().shader_f16 => Err(RuntimeError::MissingFeature {
+                kernel: "f16 weights",
+                needed: "shader-f16".into(),
+                available: self.features().to_string(),
+            }),
+            WeightFormat::F16Packed if !self.supports_half_weights() => {
+                Err(RuntimeError::NoHalfPrecision)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Submits the writes queued so far and resolves once the GPU has consumed them, so that
+    /// wgpu can free their staging memory. Never blocks: like a read-back, it polls the device
+    /// each time it is polled (natively) or waits for the browser's callback.
+    pub async fn uploads_done(&self) -> Result<(), RuntimeError> {
+        self.check_lost()?;
+        self.queue.submit([]);
+        let state = Arc::new(Mutex::new(DoneState::default()));
+        let callback_state = Arc::clone(&state);
+        self.queue.on_submitted_work_done(move || {
+            if let Ok(mut state) = callback_state.lock() {
+                state.done = true;
+                if let Some(waker) = state.waker.take() {
+                    waker.wake();
+                }
+            }
+        });
+        WorkDone {
+            device: self,
+            state,
+        }
+        .await?;
+        self.take_uncaptured_error()
+    }
+}
+
+#[derive(Default)]
+struct DoneState {
+    done: bool,
+    waker: Option<Waker>,
+}
+
+/// Resolves when `on_submitted_work_done` has run (or the device is lost).
+struct WorkDone<'a> {
+    device: &'a Device,
+    state: Arc<Mutex<DoneState>>,
+}
+
+impl WorkDone<'_> {
+    fn done(&self, cx: &Context<'_>) -> bool {
+        match self.state.lock() {
+            Ok(mut state) => {
+                if !state.done {
+                    state.waker = Some(cx.waker().clone());
+                }
+                state.done
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+impl Future for WorkDone<'_> {
+    type Output = Result<(), RuntimeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.done(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        // Non-blocking: runs the callbacks of finished work, if any.
+        let _ = self.device.device.poll(wgpu::PollType::Poll);
+        if self.done(cx) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = self.device.check_lost() {
+            return Poll::Ready(Err(e));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            // Nothing else wakes us natively: ask to be polled again, letting the driver's
+            // threads run first.
+            cx.waker().wake_by_ref();
+            std::thread::yield_now();
+        }
+        Poll::Pending
+    }
+}
+
+/// Fills one or more weight buffers front to back with f32 values, converted to the buffers'
+/// format a few MiB at a time and queued with `write_buffer`. The buffers are the row blocks of
+/// one matrix (or one buffer); values may arrive in pieces of any size, and boundaries need not
+/// fall on 4-byte words (an odd count of halves is carried into the next write).
+pub struct WeightWriter<'a> {
+    device: &'a Device,
+    format: WeightFormat,
+    /// Each buffer and how many values it receives (zero-sized ones are dropped).
+    targets: Vec<(&'a GpuBuffer, usize)>,
+    current: usize,
+    /// Values given to the current target so far.
+    filled: usize,
+    /// Converted bytes not yet queued; they start at byte `queued_in_target` of the target.
+    staged: Vec<u8>,
+    halves: Vec<f16>,
+    queued_in_target: u64,
+    /// Bytes queued by this writer since the last [`WeightWriter::take_queued`].
+    queued: u64,
+}
+
+impl<'a> WeightWriter<'a> {
+    /// A writer of `targets` in order: `(weights, values)`, all of one format, each at least
+    /// `values` long.
+    pub fn new(device: &'a Device, targets: &[(&'a Weights, usize)]) -> Result<Self, RuntimeError> {
+        let format = targets.first().map_or(WeightFormat::F32, |(w, _)| w.format);
+        let mut kept = Vec::with_capacity(targets.len());
+        for &(weights, values) in targets {
+            let bytes = values as u64 * format.element_size();
+            if weights.format != format || bytes > weights.buffer.size() {
+                return Err(RuntimeError::Wgpu(format!(
+                    "weights {:?}: {values} {} values do not fit its {} bytes of {}",
+                    weights.buffer.label(),
+                    format.name(),
+                    weights.buffer.size(),
+                    weights.format.name(),
+                )));
+            }
+            if values > 0 {
+                kept.push((&weights.buffer, values));
+            }
+        }
+        Ok(Self {
+            device,
+            format,
+            targets: kept,
+            current: 0,
+            filled: 0,
+            staged: Vec::with_capacity(STAGE_BYTES + 8),
+            halves: Vec::new(),
+            queued_in_target: 0,
+            queued: 0,
+        })
+    }
+
+    /// Appends values (converted to the buffers' format).
+    pub fn push(&mut self, mut values: &[f32]) -> Result<(), RuntimeError> {
+        let per_stage = STAGE_BYTES / self.format.element_size() as usize;
+        while !values.is_empty() {
+            let Some(&(_, capacity)) = self.targets.get(self.current) else {
+                return Err(self.overflow(values.len()));
+            };
+            let take = (capacity - self.filled).min(values.len()).min(per_stage);
+            let (now, rest) = values.split_at(take);
+            self.convert(now);
+            self.filled += take;
+            values = rest;
+            if self.filled == capacity {
+                self.write_staged(true);
+                self.current += 1;
+                self.filled = 0;
+                self.queued_in_target = 0;
+            } else if self.staged.len() >= STAGE_BYTES {
+                self.write_staged(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn convert(&mut self, values: &[f32]) {
+        match self.format {
+            WeightFormat::F32 => self.staged.extend_from_slice(bytemuck::cast_slice(values)),
+            WeightFormat::F16 | WeightFormat::F16Packed => {
+                self.halves.clear();
+                self.halves.resize(values.len(), f16::ZERO);
+                self.halves.convert_from_f32_slice(values);
+                self.staged
+                    .extend_from_slice(bytemuck::cast_slice(self.halves.as_slice()));
+            }
+        }
+    }
+
+    /// Queues the staged bytes that fill whole 4-byte words (all of them, zero-padded, at the
+    /// end of a target), keeping the rest for the next write.
+    fn write_staged(&mut self, end_of_target: bool) {
+        let Some(&(buffer, _)) = self.targets.get(self.current) else {
+            return;
+        };
+        let word = wgpu::COPY_BUFFER_ALIGNMENT as usize;
+        if end_of_target {
+            self.staged
+                .resize(self.staged.len().div_ceil(word) * word, 0);
+        }
+        let whole = self.staged.len() / word * word;
+        if whole == 0 {
+            return;
+        }
+        let bytes = self.staged.get(..whole).unwrap_or_default();
+        self.device
+            .queue
+            .write_buffer(&buffer.buffer, self.queued_in_target, bytes);
+        self.queued_in_target += whole as u64;
+        self.queued += whole as u64;
+        self.staged.drain(..whole);
+    }
+
+    /// Bytes queued since the last call: the loader waits for the GPU
+    /// ([`Device::uploads_done`]) when enough have piled up.
+    pub fn take_queued(&mut self) -> u64 {
+        std::mem::take(&mut self.queued)
+    }
+
+    /// Checks that every buffer received all its values.
+    pub fn finish(self) -> Result<(), RuntimeError> {
+        if self.current == self.targets.len() {
+            return Ok(());
+        }
+        let missing: usize = self
+            .targets
+            .iter()
+            .skip(self.current)
+            .map(|(_, n)| n)
+            .sum::<usize>()
+            - self.filled;
+        let label = self
+            .targets
+            .get(self.current)
+            .map_or("", |(b, _)| b.label());
+        Err(RuntimeError::Wgpu(format!(
+            "weights {label:?}: {missing} values were never written"
+        )))
+    }
+
+    fn overflow(&self, extra: usize) -> RuntimeError {
+        let label = self.targets.last().map_or("", |(b, _)| b.label());
+        RuntimeError::Wgpu(format!(
+            "weights {label:?}: {extra} values more than the buffers hold"
+        ))
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine (see ../shared/docs/device-vulkan.md and tools/device/README.md):
+# our benchmarks, verification and long-context runs beside the peers, all in the same call.
+#   bash tools/device/run.sh PART...   parts: info bench micro peers verify long loads
+# Expects (carried): .gl/*.deb (the Vulkan loader), .devbin/{retnet,xtask} (release builds),
+# .whl/*.whl (torchscale, fla, fairscale). Writes everything under $OUT, a summary last.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+bin=.devbin
+summary=()
+step() { # name, command...
+  local name=$1; shift
+  local t0=$(date +%s)
+  "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
+  summary+=("$name rc=$rc $(( $(date +%s) - t0 ))s")
+  tail -n 40 "$OUT/$name.txt"
+}
+peers_setup() {
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null 2>&1
+  export PYTHONPATH=/tmp/site
+}
+for part in "$@"; do
+  case $part in
+    info)
+      step nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+      step devices "$bin/retnet" devices ;;
+    bench)  step bench "$bin/xtask" bench --quick ${BENCH_ARGS:-} --json "$OUT/bench.json" ;;
+    bench-all) step bench-all "$bin/xtask" bench --json "$OUT/bench-all.json" ;;
+    micro)  step micro "$bin/xtask" bench --micro --json "$OUT/micro.json" ;;
+    peers)  peers_setup; step peers python3 tools/device/peer_bench.py --quick ;;
+    peers-all) peers_setup; step peers-all python3 tools/device/peer_bench.py ;;
+    verify) step verify "$bin/xtask" verify --json "$OUT/verify.json" ;;
+    verify-quick) step verify-quick "$bin/xtask" verify --quick --json "$OUT/verify-quick.json" ;;
+    long)
+      step long-1m "$bin/xtask" long-context --tokens 1000000 --cpu-tokens 100000 --json "$OUT/long-1m.json"
+      step chunkwise-65536 "$bin/xtask" long-context --chunkwise-check 65536 --json "$OUT/chunkwise-65536.json" ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
+echo "== summary"; printf '%s\n' "${summary[@]}"
