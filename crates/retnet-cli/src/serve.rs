@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use retnet_model::ModelError;
 use retnet_server::backend::{CpuSource, GpuSource};
 use retnet_server::engine::EngineOptions;
 
@@ -68,20 +69,25 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     let gpu = match args.backend {
         ServeBackend::Cpu => None,
         ServeBackend::Gpu => Some(source.gpu_model(args.weights)?),
-        ServeBackend::Auto => match source.gpu_model(args.weights) {
-            Ok(gpu) => Some(gpu),
-            Err(e) => {
-                eprintln!("no GPU ({e}): serving on the CPU reference");
-                None
+        // The codebase's one `auto` choice: a hardware adapter, else the CPU (software
+        // rasterizers such as lavapipe count as no GPU).
+        ServeBackend::Auto => {
+            let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
+            let choice = pollster::block_on(retnet_runtime::choose_backend(&options))
+                .map_err(ModelError::from)?;
+            eprintln!("engine: {} ({})", choice.engine_name(), choice.reason);
+            match choice.backend {
+                retnet_runtime::AutoBackend::Gpu(_) => Some(source.gpu_model(args.weights)?),
+                retnet_runtime::AutoBackend::Cpu => None,
             }
-        },
+        }
     };
     let backend = if gpu.is_some() { "gpu" } else { "cpu" };
     let router = match gpu {
         Some(gpu) => retnet_server::router(GpuSource(gpu), tokenizer, &model_id, options),
         None => retnet_server::router(
-            CpuSource(loaded.model),
-            loaded.tokenizer,
+            CpuSource(source.cpu_model()?),
+            tokenizer,
             &model_id,
             options,
         ),

@@ -74,7 +74,7 @@ pub async fn list_adapters(options: &DeviceOptions) -> Vec<wgpu::AdapterInfo> {
         .collect()
 }
 
-fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = backends;
     wgpu::Instance::new(descriptor)
@@ -91,14 +91,13 @@ fn preference(device_type: wgpu::DeviceType) -> u8 {
     }
 }
 
-async fn select_adapter(
+/// The adapters the options allow (backends, `adapter_name`), in no particular order; empty when
+/// there are none. `AdapterNotFound` when a name was asked for and none matches.
+pub(crate) async fn candidate_adapters(
     instance: &wgpu::Instance,
     backends: wgpu::Backends,
     options: &DeviceOptions,
-) -> Result<wgpu::Adapter, RuntimeError> {
-    let no_adapter = || RuntimeError::NoAdapter {
-        backends: format!("{backends:?}"),
-    };
+) -> Result<Vec<wgpu::Adapter>, RuntimeError> {
     #[cfg(not(target_arch = "wasm32"))]
     let mut adapters = instance.enumerate_adapters(backends).await;
     // Browsers expose one adapter through requestAdapter only.
@@ -112,7 +111,7 @@ async fn select_adapter(
         .into_iter()
         .collect();
     if adapters.is_empty() {
-        return Err(no_adapter());
+        return Ok(adapters);
     }
     if let Some(wanted) = &options.adapter_name {
         let needle = wanted.to_lowercase();
@@ -125,8 +124,24 @@ async fn select_adapter(
             });
         }
     }
+    Ok(adapters)
+}
+
+/// The most preferred of `adapters` (discrete first, CPU renderers last).
+pub(crate) fn best_adapter(mut adapters: Vec<wgpu::Adapter>) -> Option<wgpu::Adapter> {
     adapters.sort_by_key(|a| preference(a.get_info().device_type));
-    adapters.into_iter().next().ok_or_else(no_adapter)
+    adapters.into_iter().next()
+}
+
+async fn select_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    options: &DeviceOptions,
+) -> Result<wgpu::Adapter, RuntimeError> {
+    let adapters = candidate_adapters(instance, backends, options).await?;
+    best_adapter(adapters).ok_or_else(|| RuntimeError::NoAdapter {
+        backends: format!("{backends:?}"),
+    })
 }
 
 /// Whether the adapter multiplies 16×16×16 f16 tiles into f32 accumulators with cooperative
@@ -203,6 +218,14 @@ impl Device {
         let backends = options.backends.unwrap_or(DEFAULT_BACKENDS);
         let instance = instance(backends);
         let adapter = select_adapter(&instance, backends, options).await?;
+        Device::open(adapter, options).await
+    }
+
+    /// Opens `adapter` as [`Device::new`] does once it has picked one.
+    pub(crate) async fn open(
+        adapter: wgpu::Adapter,
+        options: &DeviceOptions,
+    ) -> Result<Device, RuntimeError> {
         let info = adapter.get_info();
         let offered = adapter.features();
         let mut wanted = wgpu::Features::empty();

@@ -2,6 +2,8 @@
 //!
 //! - [`Device`]: adapter selection (discrete GPU first; `RETNET_BACKEND`, `RETNET_ADAPTER`),
 //!   feature detection (SHADER_F16, SUBGROUP, TIMESTAMP_QUERY) and the adapter's own limits.
+//! - [`choose_backend`]: what `--backend auto` runs on — a hardware adapter, else the CPU engine
+//!   (software rasterizers such as lavapipe count as no GPU).
 //! - Buffers: [`GpuBuffer`], [`Weights`] (f32, f16 native or packed), upload and async read-back;
 //!   [`WeightWriter`] fills weights piece by piece in bounded host memory.
 //! - [`Sequence`]: records [`retnet_kernels::Dispatch`]es and submits them as one compute pass.
@@ -24,6 +26,7 @@
 //!
 //! No call blocks: read-back is a future (drive it with any executor; tests use `pollster`).
 
+mod auto;
 mod buffer;
 mod cache;
 mod device;
@@ -32,6 +35,9 @@ mod profile;
 mod sequence;
 mod upload;
 
+pub use auto::{
+    choose_backend, is_software_adapter, AutoBackend, AutoChoice, SOFTWARE_ADAPTER_NAMES,
+};
 pub use buffer::{GpuBuffer, WeightData, Weights};
 pub use cache::CacheStats;
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
