@@ -464,7 +464,9 @@ mod tests {
             })
             .sum();
         assert_eq!(excluded, expected_exclusions);
-        assert!(written >= (all_kernels().len() - coop.len()) * Backend::ALL.len() + coop.len() * 2);
+        assert!(
+            written >= (all_kernels().len() - coop.len()) * Backend::ALL.len() + coop.len() * 2
+        );
     }
 
     #[test]
@@ -504,7 +506,10 @@ mod tests {
             assert!(text.contains(needed), "MSL lacks {needed}");
         }
         // Loads from threadgroup memory (the staged tiles) as well as from device memory.
-        assert!(text.contains("const threadgroup half*"), "no threadgroup tile loads");
+        assert!(
+            text.contains("const threadgroup half*"),
+            "no threadgroup tile loads"
+        );
         // A 16×16 tile would be written as a type Metal does not have: why it is excluded.
         let text = msl_text(CoopTile::Sixteen.kernel(), Features::ALL).expect("msl");
         assert!(text.contains("simdgroup_half16x16"));

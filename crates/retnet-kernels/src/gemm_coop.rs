@@ -142,7 +142,11 @@ pub static GEMM_COOP_8: Kernel = variant(
     "gemm-coop/8x8",
     concat!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
-        shader!("gemm_coop_tile8.wgsl", "linear_common.wgsl", "gemm_coop.wgsl")
+        shader!(
+            "gemm_coop_tile8.wgsl",
+            "linear_common.wgsl",
+            "gemm_coop.wgsl"
+        )
     ),
 );
 /// 16×16×16 tiles.
@@ -176,11 +180,10 @@ pub fn gemm_coop_supports(tile: CoopTile, params: &LinearParams) -> bool {
 /// same as the portable [`crate::linear::matmul`]'s, no padding.
 pub fn gemm_coop(shape: CoopShape, params: LinearParams) -> Dispatch {
     let kernel = shape.tile.kernel();
-    let constants = kernel.default_constants().with(
-        kernel,
-        "WORKGROUP_SIZE",
-        SUB_BLOCKS * shape.subgroup_size,
-    );
+    let constants =
+        kernel
+            .default_constants()
+            .with(kernel, "WORKGROUP_SIZE", SUB_BLOCKS * shape.subgroup_size);
     let block = shape.tile.block();
     Dispatch {
         kernel,

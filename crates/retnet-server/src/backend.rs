@@ -2,7 +2,9 @@
 //! comes from on each backend. Everything the server knows about `GpuSession`/`CpuEngine`
 //! construction lives here, so that a change of their signatures touches this file only.
 
-use retnet_model::{CpuEngine, CpuModel, Engine, GpuModel, GpuSession, ModelConfig, Result};
+use retnet_model::{
+    CpuEngine, CpuModel, Engine, GpuModel, GpuSession, ModelConfig, Result, WeightsFingerprint,
+};
 
 /// A model on some backend that makes independent sequences (one per request).
 pub trait EngineSource: Send + 'static {
@@ -14,6 +16,8 @@ pub trait EngineSource: Send + 'static {
     fn engine(&self) -> Result<Self::Engine<'_>>;
     /// The model's config.
     fn config(&self) -> &ModelConfig;
+    /// The fingerprint of the model's weights (state files carry it).
+    fn fingerprint(&self) -> &WeightsFingerprint;
     /// The backend's name for logs and `/metrics`: `cpu` or `gpu`.
     fn name(&self) -> &'static str;
     /// Whether the sequences of a step should run on parallel threads (the CPU's cores); a
@@ -33,6 +37,10 @@ impl EngineSource for CpuSource {
 
     fn config(&self) -> &ModelConfig {
         self.0.config()
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        self.0.fingerprint()
     }
 
     fn name(&self) -> &'static str {
@@ -56,6 +64,10 @@ impl EngineSource for GpuSource {
 
     fn config(&self) -> &ModelConfig {
         self.0.config()
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        self.0.fingerprint()
     }
 
     fn name(&self) -> &'static str {

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use retnet_model::state_file::state_from_bytes;
-use retnet_model::ModelConfig;
+use retnet_model::{ModelConfig, WeightsFingerprint};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -35,6 +35,8 @@ pub struct App {
     pub model_id: String,
     /// The model's config (to check imported session states).
     pub config: ModelConfig,
+    /// The fingerprint of the model's weights (likewise).
+    pub fingerprint: WeightsFingerprint,
     /// `cpu` or `gpu`.
     pub backend: &'static str,
     /// When the server started (Unix seconds), the models' `created`.
@@ -514,8 +516,13 @@ async fn session_import(
     }
     let name = format!("session {id}");
     // The same checks as a load: format, fingerprint of this model, shapes, bookkeeping.
-    state_from_bytes(std::path::Path::new(&name), &body, &app.config)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state_from_bytes(
+        std::path::Path::new(&name),
+        &body,
+        &app.config,
+        &app.fingerprint,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut sessions = app
         .shared
         .sessions

@@ -46,6 +46,7 @@ pub fn router<S: EngineSource>(
     options: EngineOptions,
 ) -> std::io::Result<axum::Router> {
     let config = source.config().clone();
+    let fingerprint = source.fingerprint().clone();
     let backend = source.name();
     let shared = Arc::new(Shared {
         options,
@@ -59,6 +60,7 @@ pub fn router<S: EngineSource>(
         jobs: Mutex::new(jobs),
         model_id: model_id.to_string(),
         config,
+        fingerprint,
         backend,
         created: http::unix_now(),
     };
