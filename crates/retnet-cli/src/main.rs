@@ -6,6 +6,7 @@
 mod commands;
 mod engine;
 mod load;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Perplexity(commands::PerplexityArgs),
     /// Describes a checkpoint: family, sizes, parameters, dtypes.
     Info(commands::InfoArgs),
+    /// Serves the model over HTTP (OpenAI-compatible completions, continuous batching).
+    Serve(serve::ServeArgs),
     /// Lists the GPU adapters, says what `--backend auto` picks, and the features and limits of
     /// the adapter `--backend gpu` picks.
     Devices,
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate(&args),
         Command::Perplexity(args) => commands::perplexity(&args),
         Command::Info(args) => commands::info(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Devices => commands::devices(),
     };
     match result {

@@ -23,6 +23,13 @@ use crate::weights::WeightsFingerprint;
 /// How many recent tokens the repetition penalty looks at.
 pub const REPEAT_WINDOW: usize = 64;
 
+/// Tokens per prefill piece. [`Generator::prefill`] feeds its input in pieces of this many
+/// tokens (the last one shorter), counted from the start of the input, and so does a server
+/// that interleaves [`Generator::feed_piece`] with other sequences' decode steps. Every caller
+/// therefore computes a prompt in the very same pieces, so the results agree bit for bit, and a
+/// state saved at a piece boundary ([`Generator::with_consumed_prefix`]) resumes exactly.
+pub const PREFILL_PIECE: usize = 256;
+
 /// A model and the recurrent state of one sequence, on some backend.
 pub trait Engine {
     /// The model's config.
@@ -224,6 +231,10 @@ pub struct Generator<E: Engine> {
     book: SessionBook,
     /// Logits after the last consumed token, while nothing is pending.
     last_logits: Option<Vec<f32>>,
+    /// Input queued by [`Generator::queue_input`]: the pending token and a prompt.
+    queued: Vec<u32>,
+    /// How much of `queued` has been fed.
+    fed: usize,
 }
 
 /// A generation session on the CPU reference.
@@ -236,7 +247,30 @@ impl<E: Engine> Generator<E> {
             engine,
             book: SessionBook::default(),
             last_logits: None,
+            queued: Vec::new(),
+            fed: 0,
         }
+    }
+
+    /// A generator over a fresh sequence's engine that has already consumed `prefix` and holds
+    /// the state `layers` (e.g. a prefix cache's snapshot). It continues exactly as a
+    /// generator that fed `prefix` itself, because `prefix` ends on a piece boundary
+    /// ([`PREFILL_PIECE`]); any other length is refused.
+    pub fn with_consumed_prefix(
+        mut engine: E,
+        prefix: &[u32],
+        layers: &[Vec<f32>],
+    ) -> Result<Self> {
+        if prefix.is_empty() || prefix.len() % PREFILL_PIECE != 0 {
+            return Err(ModelError::invalid(format!(
+                "a consumed prefix must be a positive multiple of {PREFILL_PIECE} tokens, got {}",
+                prefix.len()
+            )));
+        }
+        engine.import_state(prefix.len(), layers)?;
+        let mut generator = Self::new(engine);
+        generator.book.remember(prefix);
+        Ok(generator)
     }
 
     /// Tokens consumed so far.
@@ -254,11 +288,10 @@ impl<E: Engine> Generator<E> {
         &self.engine
     }
 
-    /// Feeds the pending token (if any) and `tokens`.
+    /// Feeds the pending token (if any) and `tokens`, in pieces of [`PREFILL_PIECE`] tokens.
+    /// After an error the session is not usable.
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
-        let mut input: Vec<u32> = self.book.pending.into_iter().collect();
-        input.extend_from_slice(tokens);
-        if input.is_empty() {
+        if self.book.pending.is_none() && tokens.is_empty() && self.queued_tokens() == 0 {
             return if self.last_logits.is_some() {
                 Ok(())
             } else {
@@ -267,16 +300,50 @@ impl<E: Engine> Generator<E> {
                 ))
             };
         }
-        let logits = self.engine.feed(&input, false).await?;
-        self.book.pending = None;
-        self.last_logits = Some(logits);
-        self.book.remember(tokens);
+        self.queue_input(tokens);
+        while self.feed_piece().await? > 0 {}
         Ok(())
+    }
+
+    /// Queues the pending token (if any) and `tokens` to be fed by [`Generator::feed_piece`]
+    /// (what [`Generator::prefill`] does in one call).
+    pub fn queue_input(&mut self, tokens: &[u32]) {
+        if let Some(pending) = self.book.pending.take() {
+            self.queued.push(pending);
+        }
+        self.queued.extend_from_slice(tokens);
+        self.book.remember(tokens);
+        if self.queued_tokens() > 0 {
+            self.last_logits = None;
+        }
+    }
+
+    /// Queued tokens not yet fed.
+    pub fn queued_tokens(&self) -> usize {
+        self.queued.len() - self.fed
+    }
+
+    /// Feeds the next piece of the queued input (up to [`PREFILL_PIECE`] tokens); returns how
+    /// many tokens it fed (0 when nothing was queued).
+    pub async fn feed_piece(&mut self) -> Result<usize> {
+        let end = self.queued.len().min(self.fed + PREFILL_PIECE);
+        let Some(piece) = self.queued.get(self.fed..end).filter(|p| !p.is_empty()) else {
+            return Ok(0);
+        };
+        let logits = self.engine.feed(piece, false).await?;
+        let fed = piece.len();
+        self.fed = end;
+        if self.fed == self.queued.len() {
+            self.queued.clear();
+            self.fed = 0;
+            self.last_logits = Some(logits);
+        }
+        Ok(fed)
     }
 
     /// Samples the next token; it stays pending until the next call needs its logits.
     pub async fn next_token(&mut self, params: &SamplingParams) -> Result<u32> {
-        if self.book.pending.is_some() {
+        if self.book.pending.is_some() || self.queued_tokens() > 0 {
             self.prefill(&[]).await?;
         }
         let mut logits = self
@@ -311,6 +378,9 @@ impl<E: Engine> Generator<E> {
             return Err(ModelError::invalid(
                 "nothing to continue from: give a prompt first",
             ));
+        }
+        if self.queued_tokens() > 0 {
+            self.prefill(&[]).await?;
         }
         let sampled = self
             .engine
@@ -349,6 +419,8 @@ impl<E: Engine> Generator<E> {
             engine: self.engine.fork()?,
             book: self.book.clone(),
             last_logits: self.last_logits.clone(),
+            queued: self.queued.clone(),
+            fed: self.fed,
         })
     }
 
@@ -367,6 +439,11 @@ impl<E: Engine> Generator<E> {
     }
 
     async fn saved(&self) -> Result<SavedState> {
+        if self.queued_tokens() > 0 {
+            return Err(ModelError::invalid(
+                "a session with queued input cannot be saved before it is fed",
+            ));
+        }
         Ok(SavedState {
             position: self.engine.position(),
             layers: self.engine.export_state().await?,
@@ -398,6 +475,8 @@ impl<E: Engine> Generator<E> {
             engine,
             book,
             last_logits: None,
+            queued: Vec::new(),
+            fed: 0,
         })
     }
 }
