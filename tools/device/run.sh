@@ -36,6 +36,15 @@ for part in "$@"; do
     long)
       step long-1m "$bin/xtask" long-context --tokens 1000000 --cpu-tokens 100000 --json "$OUT/long-1m.json"
       step chunkwise-65536 "$bin/xtask" long-context --chunkwise-check 65536 --json "$OUT/chunkwise-65536.json" ;;
+    loads)
+      # Streamed load of a real-size checkpoint (random weights, fla-hub/retnet-1.3B-100B's
+      # shape): wall time and the peak RSS of the loading process (getrusage of the child).
+      python3 tools/make_retnet_1p3b.py /tmp/retnet-1.3b > "$OUT/make-1.3b.txt" 2>&1
+      step load-1.3b python3 -c 'import resource,subprocess,sys,time
+t=time.time(); rc=subprocess.call(sys.argv[1:]); dt=time.time()-t
+print(f"rc={rc} seconds={dt:.1f} peak_rss_gb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1e6:.3f}")' \
+        "$bin/retnet" logits --model /tmp/retnet-1.3b --backend gpu --weights f16 --mode recurrent \
+        --tokens 1,2,3 --out /tmp/l13.safetensors ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done
