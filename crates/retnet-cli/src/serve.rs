@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use retnet_model::ModelError;
 use retnet_server::backend::{CpuSource, GpuSource};
 use retnet_server::engine::EngineOptions;
 
@@ -66,21 +65,16 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
         state_cache_bytes: (args.state_cache_mb as usize) << 20,
         max_sessions: 1024,
     };
-    let gpu = match args.backend {
-        ServeBackend::Cpu => None,
-        ServeBackend::Gpu => Some(source.gpu_model(args.weights)?),
-        // The codebase's one `auto` choice: a hardware adapter, else the CPU (software
-        // rasterizers such as lavapipe count as no GPU).
-        ServeBackend::Auto => {
-            let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
-            let choice = pollster::block_on(retnet_runtime::choose_backend(&options))
-                .map_err(ModelError::from)?;
-            eprintln!("engine: {} ({})", choice.engine_name(), choice.reason);
-            match choice.backend {
-                retnet_runtime::AutoBackend::Gpu(_) => Some(source.gpu_model(args.weights)?),
-                retnet_runtime::AutoBackend::Cpu => None,
-            }
-        }
+    // The codebase's one `auto` choice (`engine::resolve`): a hardware adapter, else the CPU
+    // (software rasterizers such as lavapipe count as no GPU).
+    let backend = match args.backend {
+        ServeBackend::Auto => crate::Backend::Auto,
+        ServeBackend::Gpu => crate::Backend::Gpu,
+        ServeBackend::Cpu => crate::Backend::Cpu,
+    };
+    let gpu = match crate::engine::resolve(backend, true)? {
+        crate::engine::Engine::Gpu(device) => Some(source.gpu_model_on(device, args.weights)?),
+        crate::engine::Engine::Cpu => None,
     };
     let backend = if gpu.is_some() { "gpu" } else { "cpu" };
     let router = match gpu {
