@@ -323,7 +323,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("weights: missing shard", "<dir>/model-00002-of-00002.safetensors: No such file or directory (os error 2)"),
     ("weights: shard index naming a file outside the directory", "<dir>/model.safetensors.index.json: shard name `../model.safetensors` leaves the model directory"),
     ("weights: config has fewer layers than the weights", "invalid config: the weights hold layer 1 but the config says 1 layers"),
-    ("weights: config has more layers than the weights", "missing tensor `model.layers.2.attn_norm.weight` in <dir>"),
+    ("weights: config has more layers than the weights", "missing tensor `model.layers.2.attn.g_norm.weight` in <dir>"),
     ("weights: config vocabulary wider than the embeddings", "tensor `embed_tokens.weight` has shape [97, 48], but the config implies [98, 48]"),
     ("tokens: empty", "the token list is empty"),
     ("tokens: an id ≥ vocab", "token id 97 at position 1 is out of range: the vocabulary has 97 entries (ids 0..97)"),
