@@ -20,10 +20,10 @@ const PEER_TOLERANCE: f64 = 1e-4;
 #[test]
 fn every_fixture_matches_the_oracle_and_the_peer() {
     let mut failures = Vec::new();
-    for dir in all_fixtures() {
+    for dir in retention_fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let model = CpuModel::load(&dir).unwrap();
-        let fast = FastCpuModel::new(&model);
+        let fast = FastCpuModel::new(&model).unwrap();
         let tokens = fixture_tokens(&dir);
         let (_, peer) = read_logits(&dir.join("logits.safetensors"));
         let oracle = model.logits(&tokens, RetentionForm::Recurrent).unwrap();
@@ -46,9 +46,9 @@ fn every_fixture_matches_the_oracle_and_the_peer() {
 
 #[test]
 fn prefill_then_steps_is_bit_identical_to_steps_and_to_one_prefill() {
-    for dir in all_fixtures() {
+    for dir in retention_fixtures() {
         let model = CpuModel::load(&dir).unwrap();
-        let fast = FastCpuModel::new(&model);
+        let fast = FastCpuModel::new(&model).unwrap();
         let tokens = fixture_tokens(&dir);
         let whole = fast.logits(&tokens).unwrap();
 
@@ -82,7 +82,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn results_do_not_depend_on_the_thread_count() {
     let dir = fixture("torchscale_24heads_syncdoth");
     let model = CpuModel::load(&dir).unwrap();
-    let fast = FastCpuModel::new(&model);
+    let fast = FastCpuModel::new(&model).unwrap();
     let tokens = fixture_tokens(&dir);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -101,7 +101,7 @@ fn results_do_not_depend_on_the_thread_count() {
 fn the_shipped_model_matches_the_oracle() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/retnet-shakespeare");
     let model = CpuModel::load(&dir).unwrap();
-    let fast = FastCpuModel::new(&model);
+    let fast = FastCpuModel::new(&model).unwrap();
     // Kept in f16 (two bytes per weight): the packed matrices are about half the f32 size.
     let params: usize = model
         .weights()
@@ -151,7 +151,7 @@ fn the_shipped_model_matches_the_oracle() {
 fn generation_matches_the_reference_session() {
     let dir = fixture("torchscale_24heads_syncdoth");
     let model = CpuModel::load(&dir).unwrap();
-    let fast = FastCpuModel::new(&model);
+    let fast = FastCpuModel::new(&model).unwrap();
     let prompt: Vec<u32> = b"To be or not".iter().map(|&b| u32::from(b)).collect();
     for params in [
         SamplingParams::greedy(),
@@ -204,7 +204,7 @@ fn generation_matches_the_reference_session() {
 fn a_stopped_and_resumed_generation_continues_exactly() {
     let dir = fixture("torchscale_24heads_syncdoth");
     let model = CpuModel::load(&dir).unwrap();
-    let fast = FastCpuModel::new(&model);
+    let fast = FastCpuModel::new(&model).unwrap();
     let params = SamplingParams {
         seed: 3,
         ..SamplingParams::default()
@@ -249,7 +249,7 @@ fn a_stopped_and_resumed_generation_continues_exactly() {
 fn bad_tokens_and_states_are_refused() {
     let dir = fixture("torchscale_24heads_syncdoth");
     let model = CpuModel::load(&dir).unwrap();
-    let fast = FastCpuModel::new(&model);
+    let fast = FastCpuModel::new(&model).unwrap();
     let mut engine = fast.session();
     let vocab = model.config().vocab_size as u32;
     assert!(engine.forward(&[], false).is_err());
@@ -266,3 +266,12 @@ trait Now: std::future::Future + Sized {
     }
 }
 impl<F: std::future::Future> Now for F {}
+
+#[test]
+fn hybrid_checkpoints_are_refused_not_miscomputed() {
+    let model = CpuModel::load(&common::fixture("fla_hybrid_full")).unwrap();
+    let err = FastCpuModel::new(&model)
+        .err()
+        .expect("a hybrid config is refused");
+    assert!(err.to_string().contains("attn"), "{err}");
+}

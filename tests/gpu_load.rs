@@ -47,7 +47,7 @@ fn a_streamed_model_is_the_model_uploaded_from_the_cpu_reference() {
     // to its rows of the fused matrices must give exactly the model that concatenating host
     // f32 copies gives, in both precisions.
     let Some(device) = device() else { return };
-    for dir in all_fixtures() {
+    for dir in retention_fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let cpu = CpuModel::load(&dir).unwrap();
         let tokens = fixture_tokens(&dir);

@@ -126,3 +126,18 @@ pub fn rewrite_config(
     edit(value.as_object_mut().expect("object"));
     std::fs::write(&path, serde_json::to_string_pretty(&value).expect("json")).expect("write");
 }
+
+/// The fixtures without attention layers (pure RetNet): what engines that run retention layers
+/// only take (the fast CPU engine, the GPU model until its attention kernels are wired in).
+#[allow(dead_code)]
+pub fn retention_fixtures() -> Vec<PathBuf> {
+    all_fixtures()
+        .into_iter()
+        .filter(|dir| {
+            let json = std::fs::read_to_string(dir.join("config.json")).expect("readable config");
+            !retnet_model::ModelConfig::from_json_str(&json)
+                .expect("fixture configs parse")
+                .is_hybrid()
+        })
+        .collect()
+}

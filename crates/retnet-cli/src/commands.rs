@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use retnet_model::{
-    mean_nll, CheckpointWeights, Engine, FastCpuModel, Generator, LogitRows, ModelConfig,
-    ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
+    mean_nll, CheckpointWeights, CpuEngine, Engine, FastCpuModel, Generator, LogitRows,
+    ModelConfig, ModelError, RetentionForm, SamplingParams, TensorStore, TextStream, Tokenizer,
 };
 
 use crate::engine::{resolve, Engine as Chosen};
@@ -264,7 +264,12 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     };
     match resolve(args.backend, true)? {
         Chosen::Cpu => {
-            let fast = FastCpuModel::new(&source.cpu_model()?);
+            let model = source.cpu_model()?;
+            // Hybrid checkpoints (attention layers) run on the CPU reference.
+            if model.config().is_hybrid() {
+                return pollster::block_on(run.go(CpuEngine::new(&model), "cpu"));
+            }
+            let fast = FastCpuModel::new(&model)?;
             pollster::block_on(run.go(fast.session(), "cpu"))
         }
         Chosen::Gpu(device) => {
@@ -382,9 +387,16 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     let mut progress = |done: usize, _| bar.set_position(done as u64);
     let nll = match resolve(args.backend, true)? {
         Chosen::Cpu => {
-            let fast = FastCpuModel::new(&source.cpu_model()?);
-            let mut engine = fast.session();
-            pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
+            let model = source.cpu_model()?;
+            // Hybrid checkpoints (attention layers) run on the CPU reference.
+            if model.config().is_hybrid() {
+                let mut engine = CpuEngine::new(&model);
+                pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
+            } else {
+                let fast = FastCpuModel::new(&model)?;
+                let mut engine = fast.session();
+                pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?
+            }
         }
         Chosen::Gpu(device) => {
             let gpu = source.gpu_model_on(device, args.weights)?;

@@ -55,8 +55,17 @@ pub struct FastCpuModel {
 impl FastCpuModel {
     /// Packs the weights of `model` (in f16, bf16 or f32: the narrowest that holds every weight
     /// of a matrix exactly).
-    pub fn new(model: &CpuModel) -> Self {
+    ///
+    /// Hybrid checkpoints (attention layers) are refused: this engine runs retention layers
+    /// only, and the CPU reference ([`CpuModel`]) runs them instead.
+    pub fn new(model: &CpuModel) -> Result<Self> {
         let c = model.config();
+        if c.is_hybrid() {
+            return Err(ModelError::unsupported(
+                "attn",
+                "the fast CPU engine runs retention layers only; use the CPU reference",
+            ));
+        }
         let w = model.weights();
         let layers = w
             .layers
@@ -79,7 +88,7 @@ impl FastCpuModel {
                 ffn_down: PackedMatrix::stack(&[&l.ffn_down.data], c.ffn_dim),
             })
             .collect();
-        Self {
+        Ok(Self {
             config: c.clone(),
             fingerprint: model.fingerprint().clone(),
             embed: w.embed.data.clone(),
@@ -89,7 +98,7 @@ impl FastCpuModel {
             head: PackedMatrix::stack(&[&w.head().data], c.d_model),
             log_decay: w.log_decay.clone(),
             rotary_theta: w.rotary_theta.clone(),
-        }
+        })
     }
 
     /// The model's config.
