@@ -270,8 +270,8 @@ impl<F: std::future::Future> Now for F {}
 #[test]
 fn hybrid_checkpoints_are_refused_not_miscomputed() {
     let model = CpuModel::load(&common::fixture("fla_hybrid_full")).unwrap();
-    let err = FastCpuModel::new(&model)
-        .err()
-        .expect("a hybrid config is refused");
+    let Err(err) = FastCpuModel::new(&model) else {
+        panic!("a hybrid config is refused");
+    };
     assert!(err.to_string().contains("attn"), "{err}");
 }

@@ -38,6 +38,8 @@ pub fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
 }
 
 /// What `auto` picked.
+// Made once per process and moved straight into an `Arc`: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AutoBackend {
     /// A hardware adapter, opened.
     Gpu(Device),

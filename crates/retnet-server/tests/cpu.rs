@@ -41,7 +41,7 @@ fn concurrent_completions_equal_solo_runs_and_sampling_is_seeded() {
         repeat_penalty: 1.1,
         seed: 1234,
     };
-    let cases = vec![
+    let cases = [
         ("ROMEO:".to_string(), SamplingParams::greedy(), 24, true),
         ("JULIET:\nO Romeo".to_string(), seeded, 20, false),
         (

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 //! A server on 127.0.0.1 over the shipped model, a minimal HTTP/1.1 client, and the reference
 //! every completion is compared with: a [`Generator`] driven exactly as `retnet generate`
 //! drives it (prefill the prompt, then generate).
