@@ -101,7 +101,9 @@ pub(crate) async fn candidate_adapters(
 ) -> Result<Vec<wgpu::Adapter>, RuntimeError> {
     #[cfg(not(target_arch = "wasm32"))]
     let mut adapters = instance.enumerate_adapters(backends).await;
-    // Browsers expose one adapter through requestAdapter only.
+    // Browsers expose one adapter through requestAdapter only (the instance's backends apply).
+    #[cfg(target_arch = "wasm32")]
+    let _ = backends;
     #[cfg(target_arch = "wasm32")]
     let mut adapters: Vec<wgpu::Adapter> = instance
         .request_adapter(&wgpu::RequestAdapterOptions {
