@@ -13,6 +13,7 @@
 //!   token-by-token decode.
 
 mod bench;
+mod coop_check;
 mod long_context;
 mod micro;
 mod shaders;

@@ -8,6 +8,7 @@
 //! - the matvec over the same shapes (one row): many dispatches in one pass that are
 //!   independent (each writes its own output) against dependent ones (each reads the previous
 //!   one's output), which separates per-dispatch latency from throughput;
+//! - correctness probes of each cooperative operation and GEMM variant ([`crate::coop_check`]);
 //! - the retention kernels of a 2048-token prefill span alone (chunk updates, chunk scan, chunk
 //!   outputs) and one recurrent decode step.
 //!
@@ -98,6 +99,7 @@ pub async fn run(
             probe_iterations: 4096,
         }
     };
+    let coop_checks = crate::coop_check::run(device, tiny).await?;
     let mut measures = Vec::new();
     probes(device, effort, &mut measures).await?;
     gemms(device, config, effort, &mut measures).await?;
@@ -108,6 +110,7 @@ pub async fn run(
         "preset": name,
         "coop_shape": device.coop_shape().map(|s| format!("{:?} tiles, subgroups of {}", s.tile, s.subgroup_size)),
         "measures": measures.iter().map(Measure::json).collect::<Vec<_>>(),
+        "coop_checks": coop_checks,
     }))
 }
 

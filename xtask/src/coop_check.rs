@@ -1,0 +1,434 @@
+//! Correctness probes of the tensor-core path, run by `cargo xtask bench --micro` on a device with
+//! cooperative matrices, so that one device call says *which* cooperative operation a driver gets
+//! wrong, not only that the GEMM is wrong.
+//!
+//! - tile probes, one subgroup: a tile of A (random f16) multiplied by the identity, with A loaded
+//!   from a storage buffer, from workgroup memory (row-major, with and without the GEMM's row
+//!   padding and offset), B loaded column-major from workgroup memory, and the accumulator stored
+//!   to workgroup memory and copied out element by element. Each must reproduce A (or Aᵀ)
+//!   exactly: f16 values times 1, accumulated in f32.
+//! - the GEMM as built and in variants (no row padding in its staging buffers; B tiles read
+//!   straight from the weight buffer instead of workgroup memory; X and W staging arrays of
+//!   different types), each checked against an f64 product of the same f16-rounded operands, on
+//!   one whole-block shape and one edge shape, and timed on a 2048³ product.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use retnet_kernels::gemm_coop::{gemm_coop, CoopShape, CoopTile, GEMM_COOP_16, GEMM_COOP_8};
+use retnet_kernels::linear::LinearParams;
+use retnet_kernels::{Dispatch, Kernel, WeightFormat};
+use retnet_runtime::{Device, RuntimeError, WeightData};
+use serde_json::{json, Value};
+
+fn err(e: RuntimeError) -> String {
+    e.to_string()
+}
+
+/// xorshift64* uniform in [-scale, scale).
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let unit =
+                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * unit - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Largest |a − b|; infinite when either holds a non-finite value or the lengths differ.
+fn max_abs(a: &[f32], b: &[f64]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter().zip(b).fold(0.0, |m: f64, (&x, &y)| {
+        let x = f64::from(x);
+        if !x.is_finite() || !y.is_finite() {
+            f64::INFINITY
+        } else {
+            m.max((x - y).abs())
+        }
+    })
+}
+
+const TILE_PROBE: &str = "
+@group(0) @binding(0) var<storage, read> factors: array<f16>;
+@group(0) @binding(1) var<storage, read_write> sink: array<f32>;
+
+const PAD: u32 = PADu;
+const OFFSET: u32 = OFFSETu;
+const ROW: u32 = TILE + PAD;
+var<workgroup> staged: array<f16, OFFSET + TILE * ROW>;
+var<workgroup> out_tile: array<f32, TILE * TILE>;
+
+// factors: A [TILE, TILE] row-major, then the identity. sink: four tiles, row-major:
+// A from storage, A from workgroup memory, (B = Aᵀ from workgroup memory) and A through a
+// workgroup-memory accumulator store.
+@compute @workgroup_size(LANESu)
+fn probe(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < TILE * TILE; i += LANESu) {
+        staged[OFFSET + (i / TILE) * ROW + i % TILE] = factors[i];
+    }
+    workgroupBarrier();
+    let at_identity = TILE * TILE;
+    let identity_b = coopLoad<TileB>(&factors[at_identity], TILE);
+    let identity_a = coopLoadT<TileA>(&factors[at_identity], TILE);
+
+    let a_storage = coopLoadT<TileA>(&factors[0], TILE);
+    var c0: TileC;
+    c0 = coopMultiplyAdd(a_storage, identity_b, c0);
+    coopStoreT(c0, &sink[0], TILE);
+
+    let at_staged = OFFSET;
+    let a_staged = coopLoadT<TileA>(&staged[at_staged], ROW);
+    var c1: TileC;
+    c1 = coopMultiplyAdd(a_staged, identity_b, c1);
+    let at1 = TILE * TILE;
+    coopStoreT(c1, &sink[at1], TILE);
+
+    let b_staged = coopLoad<TileB>(&staged[at_staged], ROW);
+    var c2: TileC;
+    c2 = coopMultiplyAdd(identity_a, b_staged, c2);
+    let at2 = 2u * TILE * TILE;
+    coopStoreT(c2, &sink[at2], TILE);
+
+    coopStoreT(c0, &out_tile[0], TILE);
+    workgroupBarrier();
+    for (var i = lid; i < TILE * TILE; i += LANESu) {
+        sink[3u * TILE * TILE + i] = out_tile[i];
+    }
+}
+";
+
+fn tile_file(tile: CoopTile) -> &'static str {
+    match tile {
+        CoopTile::Eight => include_str!("../../shaders/gemm_coop_tile8.wgsl"),
+        CoopTile::Sixteen => include_str!("../../shaders/gemm_coop_tile16.wgsl"),
+    }
+}
+
+async fn tile_probe(
+    device: &Device,
+    shape: CoopShape,
+    pad: u32,
+    offset: u32,
+) -> Result<Vec<(String, f64)>, String> {
+    let t = shape.tile.side() as usize;
+    let source = format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n{}{}",
+        tile_file(shape.tile),
+        TILE_PROBE
+            .replace("PADu", &format!("{pad}u"))
+            .replace("OFFSETu", &format!("{offset}u"))
+            .replace("LANESu", &format!("{}u", shape.subgroup_size))
+    );
+    let a: Vec<half::f16> = random(t * t, 5, 1.0)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let mut factors = a.clone();
+    factors.extend((0..t * t).map(|i| half::f16::from_f32(if i / t == i % t { 1.0 } else { 0.0 })));
+    let factors = device
+        .upload_weights_as("tile probe", WeightData::F16(&factors), WeightFormat::F16)
+        .map_err(err)?;
+    let sink = device
+        .create_storage_f32("tile probe sink", 4 * t * t)
+        .map_err(err)?;
+    let wgpu_device = device.wgpu_device();
+    let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("tile probe"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = wgpu_device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("tile probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("probe"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let group = wgpu_device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("tile probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: factors.buffer.wgpu_buffer().as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: sink.wgpu_buffer().as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder = wgpu_device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    device.wgpu_queue().submit([encoder.finish()]);
+    let got = device.read_f32(&sink, 0, 4 * t * t).await.map_err(err)?;
+    let a64: Vec<f64> = a.iter().map(|h| f64::from(h.to_f32())).collect();
+    let at64: Vec<f64> = (0..t * t).map(|i| a64[(i % t) * t + i / t]).collect();
+    let label = format!("pad {pad}, offset {offset}");
+    Ok(vec![
+        (
+            format!("A from storage ({label})"),
+            max_abs(&got[..t * t], &a64),
+        ),
+        (
+            format!("A from workgroup memory ({label})"),
+            max_abs(&got[t * t..2 * t * t], &a64),
+        ),
+        (
+            format!("B from workgroup memory ({label})"),
+            max_abs(&got[2 * t * t..3 * t * t], &at64),
+        ),
+        (
+            format!("C stored to workgroup memory ({label})"),
+            max_abs(&got[3 * t * t..], &a64),
+        ),
+    ])
+}
+
+/// A GEMM variant: the built kernel's source with `edits` applied, under a name of its own (the
+/// pipeline cache is keyed by name). Leaked: a diagnostic builds a handful once.
+fn variant(
+    base: &'static Kernel,
+    name: &str,
+    edits: &[(&str, &str)],
+) -> Result<&'static Kernel, String> {
+    let mut source = base.source.to_string();
+    for (from, to) in edits {
+        if !source.contains(from) {
+            return Err(format!("gemm variant {name}: {from:?} not in the shader"));
+        }
+        source = source.replace(from, to);
+    }
+    Ok(Box::leak(Box::new(Kernel {
+        name: Box::leak(format!("{}+{name}", base.name).into_boxed_str()),
+        source: Box::leak(source.into_boxed_str()),
+        ..*base
+    })))
+}
+
+/// A GEMM to check: the kernel, whether it handles edge shapes, and whether its workgroup is
+/// one subgroup (the four sub-blocks then computed in four rounds) instead of four.
+type Variant = (&'static Kernel, bool, bool);
+
+fn variants(tile: CoopTile) -> Result<Vec<Variant>, String> {
+    let base = match tile {
+        CoopTile::Eight => &GEMM_COOP_8,
+        CoopTile::Sixteen => &GEMM_COOP_16,
+    };
+    let mut b_from_storage: Vec<(String, String)> = Vec::new();
+    for j in 0..4 {
+        b_from_storage.push((
+            format!("let at_b{j} = b_base + {j}u * TILE * STRIDE + kk;"),
+            format!("let at_b{j} = (c0 + {j}u * TILE) * params.in_dim + s * K_STEP + kk;"),
+        ));
+        b_from_storage.push((
+            format!("coopLoad<TileB>(&stage_b[at_b{j}], STRIDE)"),
+            format!("coopLoad<TileB>(&weight[at_b{j}], params.in_dim)"),
+        ));
+    }
+    let b_edits: Vec<(&str, &str)> = b_from_storage
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    Ok(vec![
+        (base, true, false),
+        (base, true, true),
+        (
+            variant(
+                base,
+                "unpadded",
+                &[(
+                    "const STRIDE: u32 = K_STEP + 8u;",
+                    "const STRIDE: u32 = K_STEP;",
+                )],
+            )?,
+            true,
+            false,
+        ),
+        (
+            variant(
+                base,
+                "distinct-arrays",
+                &[(
+                    "var<workgroup> stage_b: array<f16, 2u * STAGE_B>;",
+                    "var<workgroup> stage_b: array<f16, 2u * STAGE_B + 8u>;",
+                )],
+            )?,
+            true,
+            false,
+        ),
+        // Whole blocks only: the B tiles are read without bounds.
+        (variant(base, "b-from-storage", &b_edits)?, false, false),
+    ])
+}
+
+/// f64 `X · Wᵀ` of the f16-rounded operands.
+fn reference(x: &[f32], w: &[half::f16], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0.0; rows * n];
+    for r in 0..rows {
+        for c in 0..n {
+            let mut acc = 0.0f64;
+            for i in 0..k {
+                let xv = f64::from(half::f16::from_f32(x[r * k + i]).to_f32());
+                acc += xv * f64::from(w[c * k + i].to_f32());
+            }
+            y[r * n + c] = acc;
+        }
+    }
+    y
+}
+
+/// The GEMM's dispatch with `kernel` in place of the built one.
+fn dispatch(
+    shape: CoopShape,
+    kernel: &'static Kernel,
+    single: bool,
+    params: LinearParams,
+) -> Dispatch {
+    let built = gemm_coop(shape, params);
+    let constants = if single {
+        built
+            .constants
+            .with(kernel, "WORKGROUP_SIZE", shape.subgroup_size)
+    } else {
+        built.constants
+    };
+    Dispatch {
+        kernel,
+        constants,
+        ..built
+    }
+}
+
+async fn gemm_error(
+    device: &Device,
+    shape: CoopShape,
+    (kernel, single): (&'static Kernel, bool),
+    (rows, k, n): (u32, u32, u32),
+) -> Result<f64, String> {
+    let params = LinearParams::new(rows, k, n);
+    let x = random((rows * k) as usize, 31, 1.0);
+    let w: Vec<half::f16> = random((n * k) as usize, 32, 0.1)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let weights = device
+        .upload_weights_as("w", WeightData::F16(&w), WeightFormat::F16)
+        .map_err(err)?;
+    let xb = device.upload_f32("x", &x).map_err(err)?;
+    let y = device
+        .create_storage_f32("y", (rows * n) as usize)
+        .map_err(err)?;
+    let dispatch = dispatch(shape, kernel, single, params);
+    let mut sequence = device.sequence("coop check");
+    sequence
+        .dispatch(dispatch, &[&weights.buffer, &xb, &y])
+        .map_err(err)?;
+    sequence.submit().map_err(err)?;
+    let got = device
+        .read_f32(&y, 0, (rows * n) as usize)
+        .await
+        .map_err(err)?;
+    let want = reference(&x, &w, rows as usize, k as usize, n as usize);
+    Ok(max_abs(&got, &want))
+}
+
+async fn gemm_time(
+    device: &Device,
+    shape: CoopShape,
+    (kernel, single): (&'static Kernel, bool),
+    side: u32,
+) -> Result<f64, String> {
+    let params = LinearParams::new(side, side, side);
+    let w: Vec<half::f16> = random((side * side) as usize, 41, 0.05)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let weights = device
+        .upload_weights_as("w", WeightData::F16(&w), WeightFormat::F16)
+        .map_err(err)?;
+    let x = device
+        .upload_f32("x", &random((side * side) as usize, 42, 1.0))
+        .map_err(err)?;
+    let y = device
+        .create_storage_f32("y", (side * side) as usize)
+        .map_err(err)?;
+    let dispatch = dispatch(shape, kernel, single, params);
+    let count = 10;
+    let run = || -> Result<(), String> {
+        let mut sequence = device.sequence("coop time");
+        for _ in 0..count {
+            sequence
+                .dispatch(dispatch, &[&weights.buffer, &x, &y])
+                .map_err(err)?;
+        }
+        sequence.submit().map_err(err)?;
+        Ok(())
+    };
+    run()?;
+    device.read_f32(&y, 0, 1).await.map_err(err)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        run()?;
+        device.read_f32(&y, 0, 1).await.map_err(err)?;
+        best = best.min(start.elapsed().as_secs_f64() / f64::from(count));
+    }
+    Ok(2.0 * f64::from(side).powi(3) / best / 1e12)
+}
+
+/// Runs the probes and prints their table; `tiny` skips the 2048³ timings.
+pub async fn run(device: &Arc<Device>, tiny: bool) -> Result<Value, String> {
+    let Some(shape) = device.coop_shape() else {
+        return Ok(json!(null));
+    };
+    let t = shape.tile.side();
+    let mut rows: Vec<Value> = Vec::new();
+    println!(
+        "\ncooperative-matrix checks, {t}×{t} tiles, subgroups of {} (max |error|; 0 expected for tiles)",
+        shape.subgroup_size
+    );
+    for (pad, offset) in [(0, 0), (8, 0), (8, t)] {
+        for (case, error) in tile_probe(device, shape, pad, offset).await? {
+            println!("  tile  {case:52} {error:.3e}");
+            rows.push(json!({"case": case, "max_abs": error}));
+        }
+    }
+    let whole = (2 * shape.tile.block(), 2 * 64, 2 * shape.tile.block());
+    let edge = (70, 65, 130);
+    for (kernel, edges, single) in variants(shape.tile)? {
+        let mut shapes = vec![whole];
+        if edges {
+            shapes.push(edge);
+        }
+        let name = if single {
+            format!("{} (one subgroup)", kernel.name)
+        } else {
+            kernel.name.to_string()
+        };
+        for dims in shapes {
+            let error = gemm_error(device, shape, (kernel, single), dims).await?;
+            let case = format!("{name} rows={} in={} out={}", dims.0, dims.1, dims.2);
+            println!("  gemm  {case:52} {error:.3e}");
+            rows.push(json!({"case": case, "max_abs": error}));
+        }
+        if !tiny {
+            let rate = gemm_time(device, shape, (kernel, single), 2048).await?;
+            println!("  time  {:52} {rate:.1} TFLOP/s", format!("{name} 2048³"));
+            rows.push(json!({"case": format!("{name} 2048^3"), "tflops": rate}));
+        }
+    }
+    Ok(json!(rows))
+}
