@@ -271,8 +271,82 @@ fn variants(tile: CoopTile) -> Result<Vec<Variant>, String> {
         ),
         // Whole blocks only: the B tiles are read without bounds.
         (variant(base, "b-from-storage", &b_edits)?, false, false),
+        (
+            variant(
+                base,
+                "k-step-one-tile",
+                &[(
+                    "const K_STEP: u32 = 2u * TILE;",
+                    "const K_STEP: u32 = TILE;",
+                )],
+            )?,
+            true,
+            false,
+        ),
+        (
+            variant(base, "single-buffer", &[(DOUBLE_BUFFER, SINGLE_BUFFER)])?,
+            true,
+            false,
+        ),
+        (
+            variant(
+                base,
+                "single-buffer+k-step-one-tile",
+                &[
+                    (DOUBLE_BUFFER, SINGLE_BUFFER),
+                    (
+                        "const K_STEP: u32 = 2u * TILE;",
+                        "const K_STEP: u32 = TILE;",
+                    ),
+                ],
+            )?,
+            true,
+            false,
+        ),
+        (
+            variant(base, "zeroed-accumulators", &[(ACCUMULATORS_END, ZEROED)])?,
+            true,
+            false,
+        ),
     ])
 }
+
+const DOUBLE_BUFFER: &str = "        stage(0u, row_base, col_base, 0u, lid);
+        workgroupBarrier();
+        for (var s = 0u; s < steps; s++) {
+            let slot = s % 2u;
+            if s + 1u < steps {
+                stage(1u - slot, row_base, col_base, (s + 1u) * K_STEP, lid);
+            }";
+const SINGLE_BUFFER: &str = "        for (var s = 0u; s < steps; s++) {
+            let slot = 0u;
+            stage(0u, row_base, col_base, s * K_STEP, lid);
+            workgroupBarrier();";
+const ACCUMULATORS_END: &str = "        if direct && params.accumulate != 0u {";
+// Accumulators set explicitly from a tile of workgroup memory zeroed first, instead of relying on
+// a variable's zero value.
+const ZEROED: &str = "        for (var e = lid; e < TILE * TILE; e += WORKGROUP_SIZE) {
+            edge_tiles[e] = 0.0;
+        }
+        workgroupBarrier();
+        let zero_at = 0u;
+        y00 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y01 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y02 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y03 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y10 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y11 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y12 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y13 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y20 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y21 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y22 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y23 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y30 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y31 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y32 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        y33 = coopLoadT<TileC>(&edge_tiles[zero_at], TILE);
+        if direct && params.accumulate != 0u {";
 
 /// f64 `X · Wᵀ` of the f16-rounded operands.
 fn reference(x: &[f32], w: &[half::f16], rows: usize, k: usize, n: usize) -> Vec<f64> {
@@ -408,8 +482,20 @@ pub async fn run(device: &Arc<Device>, tiny: bool) -> Result<Value, String> {
     }
     let whole = (2 * shape.tile.block(), 2 * 64, 2 * shape.tile.block());
     let edge = (70, 65, 130);
-    for (kernel, edges, single) in variants(shape.tile)? {
-        let mut shapes = vec![whole];
+    let block = shape.tile.block();
+    for (index, (kernel, edges, single)) in variants(shape.tile)?.into_iter().enumerate() {
+        // The built kernel also over K = one tile, one K step, two K steps: where its error
+        // starts says whether the K loop is at fault.
+        let mut shapes = if index == 0 {
+            vec![
+                (2 * block, t, 2 * block),
+                (2 * block, 2 * t, 2 * block),
+                (2 * block, 4 * t, 2 * block),
+            ]
+        } else {
+            Vec::new()
+        };
+        shapes.push(whole);
         if edges {
             shapes.push(edge);
         }
