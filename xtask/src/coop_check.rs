@@ -104,6 +104,161 @@ fn probe(@builtin(local_invocation_index) lid: u32) {
 }
 ";
 
+const CHAIN_PROBE: &str = "
+@group(0) @binding(0) var<storage, read> factors: array<f16>;
+@group(0) @binding(1) var<storage, read_write> sink: array<f32>;
+
+// factors: [A | A2] as TILE rows of 2·TILE (row-major), then the identity (TILE × TILE).
+// sink: four tiles, each expected A + A2: two multiply-adds chained into one accumulator, A and A2
+// loaded from workgroup memory at constant offsets, at run-time offsets in a loop, from storage
+// at run-time offsets in a loop, and from workgroup memory with each product in an accumulator of
+// its own, added through workgroup memory.
+const ROW: u32 = 2u * TILE + 8u;
+var<workgroup> staged: array<f16, TILE * ROW>;
+var<workgroup> out_tile: array<f32, 2u * TILE * TILE>;
+
+@compute @workgroup_size(LANESu)
+fn probe(@builtin(local_invocation_index) lid: u32) {
+    for (var i = lid; i < 2u * TILE * TILE; i += LANESu) {
+        staged[(i / (2u * TILE)) * ROW + i % (2u * TILE)] = factors[i];
+    }
+    workgroupBarrier();
+    let at_identity = 2u * TILE * TILE;
+    let identity = coopLoad<TileB>(&factors[at_identity], TILE);
+    // Zero at run time: the identity's first element is 1.
+    let dynamic_zero = u32(factors[at_identity]) - 1u;
+
+    var c0: TileC;
+    let at_c0a = 0u;
+    let a0 = coopLoadT<TileA>(&staged[at_c0a], ROW);
+    c0 = coopMultiplyAdd(a0, identity, c0);
+    let at_c0b = TILE;
+    let a1 = coopLoadT<TileA>(&staged[at_c0b], ROW);
+    c0 = coopMultiplyAdd(a1, identity, c0);
+    coopStoreT(c0, &sink[0], TILE);
+
+    var c1: TileC;
+    for (var kk = dynamic_zero; kk < 2u * TILE; kk += TILE) {
+        let at = kk;
+        let a = coopLoadT<TileA>(&staged[at], ROW);
+        c1 = coopMultiplyAdd(a, identity, c1);
+    }
+    let at1 = TILE * TILE;
+    coopStoreT(c1, &sink[at1], TILE);
+
+    var c2: TileC;
+    for (var kk = dynamic_zero; kk < 2u * TILE; kk += TILE) {
+        let at = kk;
+        let a = coopLoadT<TileA>(&factors[at], 2u * TILE);
+        c2 = coopMultiplyAdd(a, identity, c2);
+    }
+    let at2 = 2u * TILE * TILE;
+    coopStoreT(c2, &sink[at2], TILE);
+
+    var d0: TileC;
+    var d1: TileC;
+    d0 = coopMultiplyAdd(a0, identity, d0);
+    d1 = coopMultiplyAdd(a1, identity, d1);
+    coopStoreT(d0, &out_tile[0], TILE);
+    let at_d1 = TILE * TILE;
+    coopStoreT(d1, &out_tile[at_d1], TILE);
+    workgroupBarrier();
+    for (var i = lid; i < TILE * TILE; i += LANESu) {
+        sink[3u * TILE * TILE + i] = out_tile[i] + out_tile[TILE * TILE + i];
+    }
+}
+";
+
+async fn chain_probe(device: &Device, shape: CoopShape) -> Result<Vec<(String, f64)>, String> {
+    let t = shape.tile.side() as usize;
+    let source = format!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n{}{}",
+        tile_file(shape.tile),
+        CHAIN_PROBE.replace("LANESu", &format!("{}u", shape.subgroup_size))
+    );
+    let both: Vec<half::f16> = random(2 * t * t, 9, 1.0)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let mut factors = both.clone();
+    factors.extend((0..t * t).map(|i| half::f16::from_f32(if i / t == i % t { 1.0 } else { 0.0 })));
+    let factors = device
+        .upload_weights_as("chain probe", WeightData::F16(&factors), WeightFormat::F16)
+        .map_err(err)?;
+    let sink = device
+        .create_storage_f32("chain probe sink", 4 * t * t)
+        .map_err(err)?;
+    let got = run_one(device, &source, &factors.buffer, &sink, 4 * t * t).await?;
+    let want: Vec<f64> = (0..t * t)
+        .map(|i| {
+            let (r, c) = (i / t, i % t);
+            f64::from(both[r * 2 * t + c].to_f32()) + f64::from(both[r * 2 * t + t + c].to_f32())
+        })
+        .collect();
+    let cases = [
+        "two chained multiply-adds, A from workgroup memory, constant offsets",
+        "chained in a loop, A from workgroup memory, run-time offsets",
+        "chained in a loop, A from storage, run-time offsets",
+        "two accumulators, A from workgroup memory, summed after",
+    ];
+    Ok(cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            (
+                case.to_string(),
+                max_abs(&got[i * t * t..(i + 1) * t * t], &want),
+            )
+        })
+        .collect())
+}
+
+/// Runs a one-workgroup probe (bindings `factors`, `sink`) once and reads `len` values back.
+async fn run_one(
+    device: &Device,
+    source: &str,
+    factors: &retnet_runtime::GpuBuffer,
+    sink: &retnet_runtime::GpuBuffer,
+    len: usize,
+) -> Result<Vec<f32>, String> {
+    let wgpu_device = device.wgpu_device();
+    let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("coop probe"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = wgpu_device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("coop probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("probe"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let group = wgpu_device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("coop probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: factors.wgpu_buffer().as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: sink.wgpu_buffer().as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder = wgpu_device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+    device.wgpu_queue().submit([encoder.finish()]);
+    device.read_f32(sink, 0, len).await.map_err(err)
+}
+
 fn tile_file(tile: CoopTile) -> &'static str {
     match tile {
         CoopTile::Eight => include_str!("../../shaders/gemm_coop_tile8.wgsl"),
@@ -479,6 +634,10 @@ pub async fn run(device: &Arc<Device>, tiny: bool) -> Result<Value, String> {
             println!("  tile  {case:52} {error:.3e}");
             rows.push(json!({"case": case, "max_abs": error}));
         }
+    }
+    for (case, error) in chain_probe(device, shape).await? {
+        println!("  chain {case:52} {error:.3e}");
+        rows.push(json!({"case": case, "max_abs": error}));
     }
     let whole = (2 * shape.tile.block(), 2 * 64, 2 * shape.tile.block());
     let edge = (70, 65, 130);
