@@ -463,6 +463,8 @@ fn variants(tile: CoopTile) -> Result<Vec<Variant>, String> {
             true,
             false,
         ),
+        (smaller_sub_blocks(base, 2)?, true, false),
+        (smaller_sub_blocks(base, 1)?, true, false),
     ])
 }
 
@@ -519,6 +521,60 @@ fn reference(x: &[f32], w: &[half::f16], rows: usize, k: usize, n: usize) -> Vec
     y
 }
 
+/// Tiles per side of a subgroup's sub-block in `kernel` (4 in the built GEMM).
+fn sub_tiles(kernel: &Kernel) -> u32 {
+    if kernel.source.contains("const SUB: u32 = 2u * TILE;") {
+        2
+    } else if kernel.source.contains("const SUB: u32 = 1u * TILE;") {
+        1
+    } else {
+        4
+    }
+}
+
+/// Rows and columns of Y per workgroup: 2 × 2 sub-blocks.
+fn block_of(kernel: &Kernel, tile: CoopTile) -> u32 {
+    2 * sub_tiles(kernel) * tile.side()
+}
+
+/// The built GEMM with sub-blocks of `n` × `n` tiles (n = 1 or 2) instead of 4 × 4: every line
+/// that names a tile, operand or accumulator beyond the first `n` is dropped.
+fn smaller_sub_blocks(base: &'static Kernel, n: u32) -> Result<&'static Kernel, String> {
+    let mut dropped: Vec<String> = Vec::new();
+    for i in 0..4u32 {
+        for j in 0..4u32 {
+            if i >= n || j >= n {
+                dropped.push(format!("y{i}{j}"));
+            }
+        }
+        if i >= n {
+            for name in ["a", "b", "r", "c", "at_a", "at_b"] {
+                dropped.push(format!("{name}{i}"));
+            }
+        }
+    }
+    let is_dropped = |line: &str| {
+        line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| dropped.iter().any(|d| d == word))
+    };
+    let mut source: String = base
+        .source
+        .lines()
+        .filter(|line| !is_dropped(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let from = "const SUB: u32 = 4u * TILE;";
+    if !source.contains(from) {
+        return Err("gemm variant: no SUB constant".into());
+    }
+    source = source.replace(from, &format!("const SUB: u32 = {n}u * TILE;"));
+    Ok(Box::leak(Box::new(Kernel {
+        name: Box::leak(format!("{}+sub{n}x{n}", base.name).into_boxed_str()),
+        source: Box::leak(source.into_boxed_str()),
+        ..*base
+    })))
+}
+
 /// The GEMM's dispatch with `kernel` in place of the built one.
 fn dispatch(
     shape: CoopShape,
@@ -526,7 +582,14 @@ fn dispatch(
     single: bool,
     params: LinearParams,
 ) -> Dispatch {
-    let built = gemm_coop(shape, params);
+    let mut built = gemm_coop(shape, params);
+    // Variants with smaller sub-blocks cover smaller blocks: a grid of their own.
+    let block = block_of(kernel, shape.tile);
+    built.workgroups = [
+        params.out_dim.div_ceil(block),
+        params.rows.div_ceil(block),
+        1,
+    ];
     let constants = if single {
         built
             .constants
