@@ -1,0 +1,452 @@
+//! Hostile inputs, round two (issue 12), as processes: input files that are not regular files,
+//! outputs that are devices or FIFOs or full, stdout closed or full, `--max-tokens` without
+//! bound, usage mistakes, state files no backend can continue. Every failure is one `error:`
+//! line and an exit status below 128 — except a closed stdout, which ends quietly with 141.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+mod common;
+use common::retnet_command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn retnet(args: &[&str]) -> Output {
+    retnet_command()
+        .args(args)
+        .output()
+        .expect("the retnet binary runs")
+}
+
+/// Checks the failure contract and returns stderr.
+fn fails_with(o: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Notes (`engine: …`, `seed: …`) may come first; the error is the one last line.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().last(),
+        errors.first().copied(),
+        "{stderr}"
+    );
+    errors[0].to_string()
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false)
+}
+
+fn logits_args<'a>(model: &'a str, tokens_file: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "logits",
+        "--model",
+        model,
+        "--tokens-file",
+        tokens_file,
+        "--backend",
+        "cpu",
+        "--mode",
+        "recurrent",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn input_files_that_are_not_regular_files_are_refused_at_once() {
+    let model = fixture("fla_basic");
+    let model = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let out = out.to_str().unwrap();
+    // /dev/zero never ends; a FIFO nobody writes would block the read forever.
+    let o = retnet(&logits_args(model, "/dev/zero", out));
+    assert_eq!(
+        fails_with(&o, 4),
+        "error: /dev/zero: not a regular file (a character device); give a file"
+    );
+    let fifo = tmp.path().join("tokens.fifo");
+    mkfifo(&fifo);
+    let o = retnet(&logits_args(model, fifo.to_str().unwrap(), out));
+    assert!(fails_with(&o, 4).ends_with("tokens.fifo: not a regular file (a FIFO); give a file"));
+    let o = retnet(&["perplexity", "--text-file", "/dev/zero", "--backend", "cpu"]);
+    fails_with(&o, 4);
+    // A model directory whose config.json is a FIFO.
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("config.json"));
+    let o = retnet(&["info", "--model", dir.path().to_str().unwrap()]);
+    assert!(fails_with(&o, 4).contains("config.json: not a regular file (a FIFO)"));
+    assert!(!Path::new(out).exists());
+}
+
+#[test]
+fn outputs_to_devices_and_fifos_are_written_in_place_never_replaced() {
+    let model = fixture("fla_basic");
+    let model = model.to_str().unwrap();
+    let tokens = fixture("fla_basic").join("tokens.json");
+    let tokens = tokens.to_str().unwrap();
+    // /dev/full: the write fails, and says so.
+    let o = retnet(&logits_args(model, tokens, "/dev/full"));
+    assert_eq!(
+        fails_with(&o, 5),
+        "error: /dev/full: I/O error: No space left on device (os error 28)"
+    );
+    // /dev/null takes the output and stays a device.
+    let o = retnet(&logits_args(model, tokens, "/dev/null"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata("/dev/null").unwrap();
+        assert!(meta.file_type().is_char_device());
+    }
+    // A FIFO with a reader gets the bytes; it is still a FIFO afterwards.
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("out.fifo");
+    mkfifo(&fifo);
+    // The reader opens the FIFO (without blocking) before the command starts: a FIFO nobody
+    // reads is refused.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                match file.read(&mut buf) {
+                    // No writer yet (nothing read), or the writer is done.
+                    Ok(0) if bytes.is_empty() => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Ok(0) => return bytes,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    let o = retnet(&logits_args(model, tokens, fifo.to_str().unwrap()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = reader.join().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors through the FIFO");
+    assert!(st.tensor("logits").is_ok());
+    assert!(is_fifo(&fifo));
+    // A FIFO nobody reads: an error at once, not a hang.
+    let lonely = tmp.path().join("lonely.fifo");
+    mkfifo(&lonely);
+    let o = retnet(&logits_args(model, tokens, lonely.to_str().unwrap()));
+    assert!(fails_with(&o, 5).ends_with("lonely.fifo: a FIFO that no process reads"));
+    assert!(is_fifo(&lonely));
+    // A directory is refused, and left alone.
+    let o = retnet(&logits_args(model, tokens, tmp.path().to_str().unwrap()));
+    assert!(fails_with(&o, 5).ends_with("not a regular file (a directory); give a file path"));
+    // No temporary file is left behind by any of these.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
+fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
+    let o = retnet(&[
+        "generate",
+        "--max-tokens",
+        "3",
+        "--seed",
+        "1",
+        "--backend",
+        "cpu",
+        "--save-state",
+        "/dev/full",
+    ]);
+    assert!(fails_with(&o, 5).starts_with("error: /dev/full: I/O error: No space left"));
+}
+
+/// A command whose stdout is a pipe that was closed before it wrote: it must end quietly with
+/// 141 (what a shell reports for SIGPIPE), without a panic or an error line.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = retnet_command()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_status_141() {
+    let model = fixture("fla_basic");
+    let text = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(text.path(), "To be, or not to be, that is the question.").unwrap();
+    for args in [
+        vec!["info", "--model", model.to_str().unwrap()],
+        vec!["devices"],
+        vec![
+            "perplexity",
+            "--text-file",
+            text.path().to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+        vec![
+            "generate",
+            "--max-tokens",
+            "50",
+            "--backend",
+            "cpu",
+            "--seed",
+            "3",
+        ],
+    ] {
+        let o = with_closed_stdout(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {stderr}");
+        let errors = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"));
+        assert!(
+            !stderr.contains("panicked") && errors.count() == 0,
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_full_stdout_is_an_error() {
+    let model = fixture("fla_basic");
+    for args in [
+        vec!["info", "--model", model.to_str().unwrap()],
+        vec![
+            "generate",
+            "--max-tokens",
+            "20",
+            "--backend",
+            "cpu",
+            "--seed",
+            "3",
+        ],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = retnet_command().args(&args).stdout(full).output().unwrap();
+        assert_eq!(
+            fails_with(&o, 5),
+            "error: stdout: I/O error: No space left on device (os error 28)",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn max_tokens_near_u64_max_streams_without_allocating() {
+    // Before: `Vec::with_capacity(max_tokens)` panicked (capacity overflow). Now it streams
+    // until the reader has had enough and closes the pipe.
+    let mut child = retnet_command()
+        .args([
+            "generate",
+            "--max-tokens",
+            &u64::MAX.to_string(),
+            "--backend",
+            "cpu",
+            "--seed",
+            "7",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn usage_mistakes_exit_2() {
+    let o = retnet(&["generate", "--prompt", "", "--backend", "cpu"]);
+    assert_eq!(
+        fails_with(&o, 2),
+        "error: --prompt gives no tokens: give some text, or leave --prompt out"
+    );
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let o = retnet(&[
+        "perplexity",
+        "--text-file",
+        empty.path().to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(fails_with(&o, 2).ends_with(": the text file is empty"));
+    let one = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(one.path(), "x").unwrap();
+    let o = retnet(&[
+        "perplexity",
+        "--text-file",
+        one.path().to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        fails_with(&o, 2).ends_with("perplexity needs at least 2 tokens of text, the file has 1")
+    );
+}
+
+#[test]
+fn non_finite_sampler_flags_are_refused() {
+    for (flag, value, message) in [
+        (
+            "--temperature",
+            "NaN",
+            "error: temperature must be ≥ 0, got NaN",
+        ),
+        (
+            "--temperature",
+            "inf",
+            "error: temperature must be ≥ 0, got inf",
+        ),
+        ("--top-p", "NaN", "error: top-p must be in (0, 1], got NaN"),
+        ("--top-p", "1.5", "error: top-p must be in (0, 1], got 1.5"),
+        (
+            "--repeat-penalty",
+            "inf",
+            "error: repeat penalty must be > 0, got inf",
+        ),
+        (
+            "--repeat-penalty",
+            "-2",
+            "error: repeat penalty must be > 0, got -2",
+        ),
+    ] {
+        let o = retnet(&["generate", "--backend", "cpu", flag, value]);
+        assert_eq!(fails_with(&o, 3), message, "{flag} {value}");
+    }
+    let o = retnet(&["generate", "--backend", "cpu", "--top-k", "-1"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses a negative top-k");
+}
+
+/// `bytes` (a state file) with one metadata entry replaced.
+fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    let (_, m) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    let mut metadata = m.metadata().clone().unwrap_or_default();
+    metadata.insert(key.into(), value.into());
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let views: Vec<_> = st.tensors();
+    safetensors::serialize(views, Some(metadata)).unwrap()
+}
+
+#[test]
+fn a_state_past_what_a_backend_represents_is_refused_alike_on_cpu_and_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state.safetensors");
+    let o = retnet(&[
+        "generate",
+        "--max-tokens",
+        "2",
+        "--seed",
+        "1",
+        "--backend",
+        "cpu",
+        "--save-state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&state).unwrap();
+    let far = tmp.path().join("far.safetensors");
+    std::fs::write(&far, with_metadata(&bytes, "position", "4294967296")).unwrap();
+    let mut messages = Vec::new();
+    for backend in ["cpu", "gpu"] {
+        let o = retnet(&[
+            "generate",
+            "--max-tokens",
+            "2",
+            "--backend",
+            backend,
+            "--load-state",
+            far.to_str().unwrap(),
+        ]);
+        messages.push(fails_with(&o, 3));
+    }
+    assert_eq!(messages[0], messages[1]);
+    assert!(
+        messages[0].ends_with(
+            "far.safetensors: position 4294967296 is beyond the 4294967295 tokens a session can hold"
+        ),
+        "{}",
+        messages[0]
+    );
+    // A state saved after the prompt, before any token: resumable without a new prompt.
+    let zero = tmp.path().join("zero.safetensors");
+    let o = retnet(&[
+        "generate",
+        "--max-tokens",
+        "0",
+        "--backend",
+        "cpu",
+        "--save-state",
+        zero.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = retnet(&[
+        "generate",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--backend",
+        "cpu",
+        "--load-state",
+        zero.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fresh = retnet(&[
+        "generate",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(o.stdout, fresh.stdout);
+}
