@@ -204,39 +204,6 @@ fn saved_state() -> (CpuModel, Vec<u8>) {
     (model, bytes)
 }
 
-/// `bytes` (a state file) with its metadata edited and its tensors' values mapped.
-fn edit_state(
-    bytes: &[u8],
-    meta: impl FnOnce(&mut HashMap<String, String>),
-    values: impl Fn(&str, &mut Vec<f32>),
-) -> Vec<u8> {
-    let (_, m) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
-    let mut metadata = m.metadata().clone().unwrap_or_default();
-    meta(&mut metadata);
-    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let mut v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            values(&name, &mut v);
-            (name, view.shape().to_vec(), f32_bytes(&v))
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), d).unwrap();
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize(views, Some(metadata)).unwrap()
-}
-
 fn resume_error(model: &CpuModel, bytes: &[u8]) -> String {
     CpuSession::load_bytes(CpuEngine::new(model), "state", bytes)
         .err()
@@ -249,7 +216,7 @@ fn state_files_are_validated() {
     let (model, bytes) = saved_state();
     assert!(CpuSession::load_bytes(CpuEngine::new(&model), "state", &bytes).is_ok());
     let set = |key: &'static str, value: String| {
-        edit_state(
+        edit_state_file(
             &bytes,
             move |m| {
                 m.insert(key.into(), value);
@@ -277,7 +244,7 @@ fn state_files_are_validated() {
     let long: Vec<String> = (0..65).map(|_| "1".to_string()).collect();
     let long = set("history", long.join(","));
     assert!(resume_error(&model, &long).contains("more than the 64"));
-    let nan = edit_state(&bytes, |_| {}, |_, v| v[3] = f32::NAN);
+    let nan = edit_state_file(&bytes, |_| {}, |_, v| v[3] = f32::NAN);
     assert_eq!(
         resume_error(&model, &nan),
         "state: tensor `layers.0` holds a non-finite value at element 3"
@@ -381,4 +348,38 @@ fn config_sizes_are_checked_for_configs_built_in_memory() {
     config.head_v_dim = usize::MAX / 2;
     let e = config.check().unwrap_err().to_string();
     assert!(e.contains("overflows"), "{e}");
+}
+
+/// Seeds of the `state` and `tokens` fuzz targets (`fuzz/seed.sh` runs this): states the
+/// torchscale fixture saved (after a prompt, after sampling, after no token), and token lists.
+#[test]
+#[ignore = "writes fuzz/corpus; run by fuzz/seed.sh"]
+fn write_fuzz_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let (states, tokens) = (root.join("state"), root.join("tokens"));
+    std::fs::create_dir_all(&states).unwrap();
+    std::fs::create_dir_all(&tokens).unwrap();
+    let model = CpuModel::load(&fixture(TS)).unwrap();
+    let mut session = CpuSession::new(CpuEngine::new(&model));
+    block_on(session.prefill(&[1, 2, 3])).unwrap();
+    std::fs::write(
+        states.join("seed-prefilled"),
+        block_on(session.save_bytes()).unwrap(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        block_on(session.next_token(&SamplingParams::default())).unwrap();
+        let bytes = block_on(session.save_bytes()).unwrap();
+        std::fs::write(states.join(format!("seed-sampled-{i}")), bytes).unwrap();
+    }
+    for (i, list) in [vec![0u32], vec![1, 2, 3, 4, 5, 6, 7, 8, 9], vec![96, 0, 96]]
+        .into_iter()
+        .enumerate()
+    {
+        for selector in [0u8, 1, 2 + 3 * 4] {
+            let mut bytes = vec![selector];
+            bytes.extend(list.iter().flat_map(|t| t.to_le_bytes()));
+            std::fs::write(tokens.join(format!("seed-{i}-{selector}")), bytes).unwrap();
+        }
+    }
 }

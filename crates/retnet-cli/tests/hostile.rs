@@ -23,6 +23,15 @@ fn retnet(args: &[&str]) -> Output {
         .expect("the retnet binary runs")
 }
 
+/// The message of row `id` of docs/errors.md ([`CLI_ROWS`]).
+fn row(id: &str) -> &'static str {
+    CLI_ROWS
+        .iter()
+        .find(|(i, _, _)| *i == id)
+        .map(|(_, m, _)| *m)
+        .unwrap()
+}
+
 /// Checks the failure contract and returns stderr.
 fn fails_with(o: &Output, code: i32) -> String {
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -82,10 +91,7 @@ fn input_files_that_are_not_regular_files_are_refused_at_once() {
     let out = out.to_str().unwrap();
     // /dev/zero never ends; a FIFO nobody writes would block the read forever.
     let o = retnet(&logits_args(model, "/dev/zero", out));
-    assert_eq!(
-        fails_with(&o, 4),
-        "error: /dev/zero: not a regular file (a character device); give a file"
-    );
+    assert_eq!(fails_with(&o, 4), row("C19"));
     let fifo = tmp.path().join("tokens.fifo");
     mkfifo(&fifo);
     let o = retnet(&logits_args(model, fifo.to_str().unwrap(), out));
@@ -108,10 +114,7 @@ fn outputs_to_devices_and_fifos_are_written_in_place_never_replaced() {
     let tokens = tokens.to_str().unwrap();
     // /dev/full: the write fails, and says so.
     let o = retnet(&logits_args(model, tokens, "/dev/full"));
-    assert_eq!(
-        fails_with(&o, 5),
-        "error: /dev/full: I/O error: No space left on device (os error 28)"
-    );
+    assert_eq!(fails_with(&o, 5), row("C21"));
     // /dev/null takes the output and stays a device.
     let o = retnet(&logits_args(model, tokens, "/dev/null"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -188,7 +191,7 @@ fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
         "--save-state",
         "/dev/full",
     ]);
-    assert!(fails_with(&o, 5).starts_with("error: /dev/full: I/O error: No space left"));
+    assert_eq!(fails_with(&o, 5), row("C24"));
 }
 
 /// A command whose stdout is a pipe that was closed before it wrote: it must end quietly with
@@ -262,11 +265,7 @@ fn a_full_stdout_is_an_error() {
             .open("/dev/full")
             .unwrap();
         let o = retnet_command().args(&args).stdout(full).output().unwrap();
-        assert_eq!(
-            fails_with(&o, 5),
-            "error: stdout: I/O error: No space left on device (os error 28)",
-            "{args:?}"
-        );
+        assert_eq!(fails_with(&o, 5), row("C25"), "{args:?}");
     }
 }
 
@@ -305,10 +304,7 @@ fn max_tokens_near_u64_max_streams_without_allocating() {
 #[test]
 fn usage_mistakes_exit_2() {
     let o = retnet(&["generate", "--prompt", "", "--backend", "cpu"]);
-    assert_eq!(
-        fails_with(&o, 2),
-        "error: --prompt gives no tokens: give some text, or leave --prompt out"
-    );
+    assert_eq!(fails_with(&o, 2), row("C27"));
     let empty = tempfile::NamedTempFile::new().unwrap();
     let o = retnet(&[
         "perplexity",
@@ -449,4 +445,127 @@ fn a_state_past_what_a_backend_represents_is_refused_alike_on_cpu_and_gpu() {
         "cpu",
     ]);
     assert_eq!(o.stdout, fresh.stdout);
+}
+
+/// Rows C19–C31 of docs/errors.md as this file's tests produce them (`<path>` stands for the
+/// test's temporary path).
+const CLI_ROWS: &[(&str, &str, &str)] = &[
+    (
+        "C19",
+        "error: /dev/zero: not a regular file (a character device); give a file",
+        "4",
+    ),
+    (
+        "C20",
+        "error: <path>: not a regular file (a FIFO); give a file",
+        "4",
+    ),
+    (
+        "C21",
+        "error: /dev/full: I/O error: No space left on device (os error 28)",
+        "5",
+    ),
+    ("C22", "error: <path>: a FIFO that no process reads", "5"),
+    (
+        "C23",
+        "error: <path>: not a regular file (a directory); give a file path",
+        "5",
+    ),
+    (
+        "C24",
+        "error: /dev/full: I/O error: No space left on device (os error 28)",
+        "5",
+    ),
+    (
+        "C25",
+        "error: stdout: I/O error: No space left on device (os error 28)",
+        "5",
+    ),
+    (
+        "C27",
+        "error: --prompt gives no tokens: give some text, or leave --prompt out",
+        "2",
+    ),
+    ("C28", "error: <path>: the text file is empty", "2"),
+    (
+        "C29",
+        "error: <path>: perplexity needs at least 2 tokens of text, the file has 1",
+        "2",
+    ),
+    ("C30", "error: temperature must be ≥ 0, got NaN", "3"),
+    (
+        "C31",
+        "error: <path>: position 4294967296 is beyond the 4294967295 tokens a session can hold",
+        "3",
+    ),
+];
+
+#[test]
+fn docs_errors_md_holds_the_cli_rows() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/errors.md"))
+            .unwrap();
+    for (id, message, code) in CLI_ROWS {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} |")))
+            .unwrap_or_else(|| panic!("docs/errors.md has no row {id}"));
+        assert!(
+            row.contains(&format!(" | `{message}` | {code} | ")),
+            "row {id} of docs/errors.md is not `{message}` with exit {code}: {row}"
+        );
+    }
+    let closed = doc.lines().find(|l| l.starts_with("| C26 |")).unwrap();
+    assert!(closed.contains(" | 141 | "), "{closed}");
+}
+
+#[test]
+fn weights_beyond_f16_range_are_refused_under_weights_f16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixture("fla_basic");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.0.attn.q_proj.weight";
+    let mut data = st.tensor(name).unwrap().data().to_vec();
+    assert_eq!(st.tensor(name).unwrap().dtype(), safetensors::Dtype::F32);
+    data[12..16].copy_from_slice(&1.0e5f32.to_le_bytes());
+    let shape = st.tensor(name).unwrap().shape().to_vec();
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    views.push((
+        name.to_string(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &data).unwrap(),
+    ));
+    let file = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&weights, file).unwrap();
+    let model = tmp.path().to_str().unwrap();
+    let tokens = source.join("tokens.json");
+    let out = tmp.path().join("out.safetensors");
+    let mut args = logits_args(model, tokens.to_str().unwrap(), out.to_str().unwrap());
+    args[6] = "gpu";
+    args.extend(["--weights", "f16"]);
+    let o = retnet(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if stderr.contains("shader-f16") || stderr.contains("half") {
+        eprintln!("this adapter has no f16 weights: {stderr}");
+        return;
+    }
+    assert_eq!(
+        fails_with(&o, 4),
+        "error: tensor `model.layers.0.attn.q_proj.weight` holds 100000 at element 3, beyond \
+         f16's range (±65504): load it with f32 weights"
+    );
+    assert!(!out.exists());
+    // f32 weights hold it.
+    args.truncate(args.len() - 2);
+    let o = retnet(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
