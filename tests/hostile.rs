@@ -244,6 +244,11 @@ fn state_files_are_validated() {
     let long: Vec<String> = (0..65).map(|_| "1".to_string()).collect();
     let long = set("history", long.join(","));
     assert!(resume_error(&model, &long).contains("more than the 64"));
+    let draws = set("draws", u64::MAX.to_string());
+    assert_eq!(
+        resume_error(&model, &draws),
+        "state: 18446744073709551615 draws is beyond the 4294967295 a session can make"
+    );
     let nan = edit_state_file(&bytes, |_| {}, |_, v| v[3] = f32::NAN);
     assert_eq!(
         resume_error(&model, &nan),

@@ -16,11 +16,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Held while a process is spawned (std's `spawn` returns once the child has exec'd). A child
+/// forked while a test holds the read end of a pipe would keep that end open until its exec, so
+/// the closed-stdout tests hold this from creating their pipe until they have closed its read
+/// end: no other child can keep it open, and the write is sure to find it closed.
+static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn spawn(command: &mut std::process::Command) -> std::process::Child {
+    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    command.spawn().expect("the retnet binary runs")
+}
+
 fn retnet(args: &[&str]) -> Output {
-    retnet_command()
+    let mut command = retnet_command();
+    command
         .args(args)
-        .output()
-        .expect("the retnet binary runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    spawn(&mut command).wait_with_output().unwrap()
 }
 
 /// The message of row `id` of docs/errors.md ([`CLI_ROWS`]).
@@ -52,9 +65,8 @@ fn fails_with(o: &Output, code: i32) -> String {
 }
 
 fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
+    let status = spawn(std::process::Command::new("mkfifo").arg(path))
+        .wait()
         .expect("mkfifo runs");
     assert!(status.success());
 }
@@ -194,16 +206,26 @@ fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
     assert_eq!(fails_with(&o, 5), row("C24"));
 }
 
-/// A command whose stdout is a pipe that was closed before it wrote: it must end quietly with
-/// 141 (what a shell reports for SIGPIPE), without a panic or an error line.
+/// A command whose stdout is a pipe whose read end is closed before it starts: it must end
+/// quietly with 141 (what a shell reports for SIGPIPE), without a panic or an error line.
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let mut child = retnet_command()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
+    let mut child = {
+        let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        // The read end is closed before the child starts: its first write must fail.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two file descriptors this function then owns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fds[0] is the read end, owned here and closed once.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: fds[1] is the write end, owned by the File from here on.
+        let write_end = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        retnet_command()
+            .args(args)
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     child.wait_with_output().unwrap()
 }
 
@@ -264,7 +286,9 @@ fn a_full_stdout_is_an_error() {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let o = retnet_command().args(&args).stdout(full).output().unwrap();
+        let mut command = retnet_command();
+        command.args(&args).stdout(full).stderr(Stdio::piped());
+        let o = spawn(&mut command).wait_with_output().unwrap();
         assert_eq!(fails_with(&o, 5), row("C25"), "{args:?}");
     }
 }
@@ -273,7 +297,8 @@ fn a_full_stdout_is_an_error() {
 fn max_tokens_near_u64_max_streams_without_allocating() {
     // Before: `Vec::with_capacity(max_tokens)` panicked (capacity overflow). Now it streams
     // until the reader has had enough and closes the pipe.
-    let mut child = retnet_command()
+    let mut command = retnet_command();
+    command
         .args([
             "generate",
             "--max-tokens",
@@ -284,9 +309,8 @@ fn max_tokens_near_u64_max_streams_without_allocating() {
             "7",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut command);
     let mut first = [0u8; 64];
     child
         .stdout
@@ -423,28 +447,31 @@ fn a_state_past_what_a_backend_represents_is_refused_alike_on_cpu_and_gpu() {
         zero.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = retnet(&[
-        "generate",
-        "--max-tokens",
-        "5",
-        "--temperature",
-        "0",
-        "--backend",
-        "cpu",
-        "--load-state",
-        zero.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let fresh = retnet(&[
-        "generate",
-        "--max-tokens",
-        "5",
-        "--temperature",
-        "0",
-        "--backend",
-        "cpu",
-    ]);
-    assert_eq!(o.stdout, fresh.stdout);
+    // On either backend (the GPU restores the saved logits into its sampler's buffer).
+    for backend in ["cpu", "gpu"] {
+        let o = retnet(&[
+            "generate",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--backend",
+            backend,
+            "--load-state",
+            zero.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let fresh = retnet(&[
+            "generate",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(o.stdout, fresh.stdout, "{backend}");
+    }
 }
 
 /// Rows C19–C31 of docs/errors.md as this file's tests produce them (`<path>` stands for the

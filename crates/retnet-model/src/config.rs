@@ -389,10 +389,12 @@ fn product(factors: &[(&str, usize)]) -> Result<usize> {
             // A constant factor ("4 bytes") is its own name.
             let named: Vec<String> = factors
                 .iter()
-                .map(|(what, n)| match what.starts_with(|c: char| c.is_ascii_digit()) {
-                    true => what.to_string(),
-                    false => format!("{what} {n}"),
-                })
+                .map(
+                    |(what, n)| match what.starts_with(|c: char| c.is_ascii_digit()) {
+                        true => what.to_string(),
+                        false => format!("{what} {n}"),
+                    },
+                )
                 .collect();
             ModelError::invalid(format!("{} overflows", named.join(" × ")))
         })

@@ -583,7 +583,9 @@ impl Engine for FastCpuEngine<'_> {
             crate::reference::check_finite_logits(&logits, vocab, self.state.position)?;
             self.sampler
                 .apply_repeat_penalty(&mut logits, &recent, params.repeat_penalty);
-            let token = self.sampler.sample(&logits, params, draws + i as u64);
+            let token = self
+                .sampler
+                .sample(&logits, params, draws.wrapping_add(i as u64));
             out.push(token);
             recent.push(token);
             let excess = recent.len().saturating_sub(REPEAT_WINDOW);

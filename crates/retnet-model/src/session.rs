@@ -368,7 +368,7 @@ impl<E: Engine> Generator<E> {
         crate::reference::check_finite_logits(&logits, vocab, self.engine.position())?;
         apply_repeat_penalty(&mut logits, &self.book.history, params.repeat_penalty);
         let token = sample(&logits, params, self.book.draws);
-        self.book.draws += 1;
+        self.book.draws = self.book.draws.saturating_add(1);
         self.book.remember(&[token]);
         self.book.pending = Some(token);
         Ok(token)
@@ -410,7 +410,7 @@ impl<E: Engine> Generator<E> {
             .await?;
         match sampled {
             Some(tokens) => {
-                self.book.draws += tokens.len() as u64;
+                self.book.draws = self.book.draws.saturating_add(tokens.len() as u64);
                 self.book.remember(&tokens);
                 self.book.pending = tokens.last().copied();
                 self.last_logits = None;
@@ -508,6 +508,14 @@ impl<E: Engine> Generator<E> {
                     "{what} {id} is out of range: the vocabulary has {vocab} entries"
                 )));
             }
+        }
+        // The GPU sampler counts draws in u32: both backends refuse a count it cannot continue.
+        if book.draws > u64::from(u32::MAX) {
+            return Err(bad(format!(
+                "{} draws is beyond the {} a session can make",
+                book.draws,
+                u32::MAX
+            )));
         }
         if book.pending.is_some() && saved.last_logits.is_some() {
             return Err(bad("holds both a pending token and the last logits".into()));
