@@ -209,7 +209,7 @@ fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
 /// A command whose stdout is a pipe whose read end is closed before it starts: it must end
 /// quietly with 141 (what a shell reports for SIGPIPE), without a panic or an error line.
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let mut child = {
+    let child = {
         let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         // The read end is closed before the child starts: its first write must fail.
         let mut fds = [0; 2];
