@@ -10,12 +10,14 @@ use libfuzzer_sys::fuzz_target;
 use retnet_model::{Bytes, CpuModel, FastCpuModel, RetentionForm};
 
 static CONFIG: &str = include_str!("../../tests/fixtures/torchscale_swish_tied/config.json");
-static WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/torchscale_swish_tied/model.safetensors");
+static WEIGHTS: &[u8] =
+    include_bytes!("../../tests/fixtures/torchscale_swish_tied/model.safetensors");
 
 fn models() -> &'static (CpuModel, FastCpuModel) {
     static MODELS: OnceLock<(CpuModel, FastCpuModel)> = OnceLock::new();
     MODELS.get_or_init(|| {
-        let model = CpuModel::from_bytes(CONFIG, Bytes::Static(WEIGHTS)).expect("the fixture loads");
+        let model =
+            CpuModel::from_bytes(CONFIG, Bytes::Static(WEIGHTS)).expect("the fixture loads");
         let fast = FastCpuModel::new(&model).expect("the fast engine takes it");
         (model, fast)
     })
