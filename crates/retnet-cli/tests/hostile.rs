@@ -546,8 +546,8 @@ fn docs_errors_md_holds_the_cli_rows() {
     assert!(closed.contains(" | 141 | "), "{closed}");
 }
 
-#[test]
-fn weights_beyond_f16_range_are_refused_under_weights_f16() {
+/// A copy of fla_basic whose f32 tensor `name` has its bytes edited.
+fn with_tensor(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let source = fixture("fla_basic");
     for entry in std::fs::read_dir(&source).unwrap() {
@@ -557,10 +557,9 @@ fn weights_beyond_f16_range_are_refused_under_weights_f16() {
     let weights = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let name = "model.layers.0.attn.q_proj.weight";
     let mut data = st.tensor(name).unwrap().data().to_vec();
     assert_eq!(st.tensor(name).unwrap().dtype(), safetensors::Dtype::F32);
-    data[12..16].copy_from_slice(&1.0e5f32.to_le_bytes());
+    edit(&mut data);
     let shape = st.tensor(name).unwrap().shape().to_vec();
     let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
         .tensors()
@@ -573,6 +572,39 @@ fn weights_beyond_f16_range_are_refused_under_weights_f16() {
     ));
     let file = safetensors::serialize(views, None).unwrap();
     std::fs::write(&weights, file).unwrap();
+    tmp
+}
+
+#[test]
+fn non_finite_logits_are_an_error_on_both_backends() {
+    // Finite weights whose arithmetic overflows: the final norm scales every row by 3e38.
+    let tmp = with_tensor("model.norm.weight", |data| {
+        let n = data.len() / 4;
+        *data = (0..n).flat_map(|_| 3e38f32.to_le_bytes()).collect();
+    });
+    let model = tmp.path().to_str().unwrap();
+    let tokens = fixture("fla_basic").join("tokens.json");
+    let out = tmp.path().join("out.safetensors");
+    for backend in ["cpu", "gpu"] {
+        let mut args = logits_args(model, tokens.to_str().unwrap(), out.to_str().unwrap());
+        args[6] = backend;
+        let o = retnet(&args);
+        let message = fails_with(&o, 4);
+        assert!(
+            message.starts_with("error: the logits at position ")
+                && message.contains("are not finite"),
+            "{backend}: {message}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn weights_beyond_f16_range_are_refused_under_weights_f16() {
+    let tmp = with_tensor("model.layers.0.attn.q_proj.weight", |data| {
+        data[12..16].copy_from_slice(&1.0e5f32.to_le_bytes())
+    });
+    let source = fixture("fla_basic");
     let model = tmp.path().to_str().unwrap();
     let tokens = source.join("tokens.json");
     let out = tmp.path().join("out.safetensors");

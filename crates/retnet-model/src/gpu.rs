@@ -616,6 +616,16 @@ impl<'m> GpuSession<'m> {
                         id.ok_or_else(|| ModelError::invalid("sampled ids read back short"))
                     })
                     .collect::<Result<Vec<u32>>>()?;
+                // The sampler's input never leaves the GPU; the newest row (what the next draw
+                // reads) is checked before the tokens are handed on. A non-finite step leaves a
+                // non-finite state, so every later row is non-finite too and this sees it.
+                let newest = dev.read_f32(&s.logits, 0, c.vocab_size).await?;
+                crate::reference::check_finite_logits(&newest, c.vocab_size, self.position)?;
+                if let Some(&bad) = fresh.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(ModelError::NonFinite(format!(
+                        "the GPU sampler drew token {bad}, outside the vocabulary"
+                    )));
+                }
                 unread = 0;
                 out.extend_from_slice(&fresh);
                 if !on_tokens(&fresh) {
