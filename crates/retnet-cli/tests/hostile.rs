@@ -521,6 +521,11 @@ const CLI_ROWS: &[(&str, &str, &str)] = &[
     ),
     ("C30", "error: temperature must be ≥ 0, got NaN", "3"),
     (
+        "C32",
+        "error: repeat penalty 1e-45 is subnormal; give at least 1.1754944e-38 (f32's smallest normal)",
+        "3",
+    ),
+    (
         "C31",
         "error: <path>: position 4294967296 is beyond the 4294967295 tokens a session can hold",
         "3",
@@ -627,4 +632,40 @@ fn weights_beyond_f16_range_are_refused_under_weights_f16() {
     args.truncate(args.len() - 2);
     let o = retnet(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn extreme_but_valid_sampler_values_sample_alike_on_cpu_and_gpu() {
+    // Before: a temperature of 1e20 saturates every weight to 1.0; the CPU then kept all tied
+    // weights as candidates where the GPU (deciding on l − max) kept the top k. A penalty of
+    // 1e-30 overflows penalised logits to infinity (NaN after − max).
+    for extra in [
+        ["--temperature", "1e20"],
+        ["--temperature", "3e38"],
+        ["--temperature", "1e-30"],
+        ["--repeat-penalty", "1e-30"],
+        ["--repeat-penalty", "1e30"],
+    ] {
+        let mut outputs = Vec::new();
+        for backend in ["cpu", "gpu"] {
+            let mut args = vec!["generate", "--max-tokens", "24", "--seed", "5"];
+            args.extend(extra);
+            args.extend(["--backend", backend]);
+            let o = retnet(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            outputs.push(o.stdout);
+        }
+        assert_eq!(outputs[0], outputs[1], "{extra:?}");
+    }
+    // A subnormal value (which a GPU may flush to 0) is refused alike.
+    for backend in ["cpu", "gpu"] {
+        let o = retnet(&[
+            "generate",
+            "--repeat-penalty",
+            "1e-45",
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(fails_with(&o, 3), row("C32"));
+    }
 }
