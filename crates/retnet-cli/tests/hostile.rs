@@ -297,32 +297,35 @@ fn a_full_stdout_is_an_error() {
 fn max_tokens_near_u64_max_streams_without_allocating() {
     // Before: `Vec::with_capacity(max_tokens)` panicked (capacity overflow). Now it streams
     // until the reader has had enough and closes the pipe.
-    let mut command = retnet_command();
-    command
-        .args([
-            "generate",
-            "--max-tokens",
-            &u64::MAX.to_string(),
-            "--backend",
-            "cpu",
-            "--seed",
-            "7",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(&mut command);
-    let mut first = [0u8; 64];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    drop(child.stdout.take());
-    let o = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(141), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let max = u64::MAX.to_string();
+    for backend in ["cpu", "gpu"] {
+        let mut command = retnet_command();
+        command
+            .args([
+                "generate",
+                "--max-tokens",
+                &max,
+                "--backend",
+                backend,
+                "--seed",
+                "7",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn(&mut command);
+        let mut first = [0u8; 64];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{backend}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]
@@ -667,5 +670,21 @@ fn extreme_but_valid_sampler_values_sample_alike_on_cpu_and_gpu() {
             backend,
         ]);
         assert_eq!(fails_with(&o, 3), row("C32"));
+    }
+}
+
+#[test]
+fn info_refuses_a_huge_layer_count_instead_of_aborting() {
+    // Before: `Vec::with_capacity(num_layers)` aborted `info` on a one-field edit.
+    let tmp = with_tensor("model.norm.weight", |_| {});
+    let config = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for layers in [1u64 << 40, 1000] {
+        value["num_hidden_layers"] = layers.into();
+        std::fs::write(&config, value.to_string()).unwrap();
+        let o = retnet(&["info", "--model", tmp.path().to_str().unwrap()]);
+        let message = fails_with(&o, 4);
+        assert!(message.starts_with("error: invalid config: "), "{message}");
     }
 }
