@@ -124,16 +124,33 @@ fn outputs_to_devices_and_fifos_are_written_in_place_never_replaced() {
     let model = model.to_str().unwrap();
     let tokens = fixture("fla_basic").join("tokens.json");
     let tokens = tokens.to_str().unwrap();
+    // The devices are reached through links in a temporary directory: a binary that renamed a
+    // file over its output (the bug this guards against) replaces the link, never the device
+    // (as root, renaming over /dev/full itself replaced it).
+    let links = tempfile::tempdir().unwrap();
+    let (full, null) = (links.path().join("full"), links.path().join("null"));
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
     // /dev/full: the write fails, and says so.
-    let o = retnet(&logits_args(model, tokens, "/dev/full"));
-    assert_eq!(fails_with(&o, 5), row("C21"));
-    // /dev/null takes the output and stays a device.
-    let o = retnet(&logits_args(model, tokens, "/dev/null"));
+    let o = retnet(&logits_args(model, tokens, full.to_str().unwrap()));
+    let message = fails_with(&o, 5);
+    assert_eq!(
+        message,
+        row("C21").replace("<path>", full.to_str().unwrap())
+    );
+    // /dev/null takes the output; the link still leads to the device.
+    let o = retnet(&logits_args(model, tokens, null.to_str().unwrap()));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    {
+    for link in [&full, &null] {
         use std::os::unix::fs::FileTypeExt;
-        let meta = std::fs::metadata("/dev/null").unwrap();
-        assert!(meta.file_type().is_char_device());
+        assert!(std::fs::symlink_metadata(link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::metadata(link)
+            .unwrap()
+            .file_type()
+            .is_char_device());
     }
     // A FIFO with a reader gets the bytes; it is still a FIFO afterwards.
     let tmp = tempfile::tempdir().unwrap();
@@ -191,7 +208,11 @@ fn outputs_to_devices_and_fifos_are_written_in_place_never_replaced() {
 }
 
 #[test]
-fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
+fn save_state_to_a_full_device_fails() {
+    // Through a link, as above, so that a regression cannot replace /dev/full.
+    let links = tempfile::tempdir().unwrap();
+    let full = links.path().join("full");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
     let o = retnet(&[
         "generate",
         "--max-tokens",
@@ -201,9 +222,17 @@ fn save_state_to_a_full_device_fails_and_to_a_fifo_streams() {
         "--backend",
         "cpu",
         "--save-state",
-        "/dev/full",
+        full.to_str().unwrap(),
     ]);
-    assert_eq!(fails_with(&o, 5), row("C24"));
+    assert_eq!(
+        fails_with(&o, 5),
+        row("C24").replace("<path>", full.to_str().unwrap())
+    );
+    let link = std::fs::symlink_metadata(&full).unwrap();
+    assert!(
+        link.file_type().is_symlink(),
+        "the link to /dev/full is still a link"
+    );
 }
 
 /// A command whose stdout is a pipe whose read end is closed before it starts: it must end
@@ -492,7 +521,7 @@ const CLI_ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "C21",
-        "error: /dev/full: I/O error: No space left on device (os error 28)",
+        "error: <path>: I/O error: No space left on device (os error 28)",
         "5",
     ),
     ("C22", "error: <path>: a FIFO that no process reads", "5"),
@@ -503,7 +532,7 @@ const CLI_ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "C24",
-        "error: /dev/full: I/O error: No space left on device (os error 28)",
+        "error: <path>: I/O error: No space left on device (os error 28)",
         "5",
     ),
     (
