@@ -12,3 +12,6 @@ for dir in ../tests/fixtures/*/; do
     done
 done
 ls corpus/load | wc -l
+# The `state` and `tokens` targets: states the torchscale fixture saved, and token lists.
+(cd .. && cargo test -p retnet --test hostile -- --ignored --exact write_fuzz_seeds)
+ls corpus/state corpus/tokens | wc -l

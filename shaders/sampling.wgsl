@@ -171,11 +171,14 @@ fn div_rn(x: f32, p: f32) -> f32 {
     return bitcast<f32>(((bx ^ bp) & 0x80000000u) | (u32(e) << 23u) | (q & 0x7fffffu));
 }
 
+// Clamped to the finite range, as on the CPU: a tiny penalty overflows a logit to infinity, and
+// infinity − max would be NaN.
 fn penalised(l: f32) -> f32 {
+    var p = l * params.repeat_penalty;
     if l > 0.0 {
-        return div_rn(l, params.repeat_penalty);
+        p = div_rn(l, params.repeat_penalty);
     }
-    return l * params.repeat_penalty;
+    return clamp(p, -3.40282347e38, 3.40282347e38);
 }
 
 // A u32 whose order is the order of the floats (NaN aside).

@@ -272,6 +272,127 @@ fn catalogue() -> Vec<(&'static str, String)> {
         "state file: not a state file (a checkpoint)",
         state_message(&model, &fixture(FLA).join("model.safetensors")),
     );
+
+    // Hostile inputs, round two (issue 12; more cases in tests/hostile.rs).
+    row(
+        "config: a layer count beyond what the weights files hold",
+        with_config(FLA, set("num_hidden_layers", 100_000.into())),
+    );
+    row(
+        "config: sizes whose product overflows",
+        with_config(TS, set("vocab_size", (1u64 << 62).into())),
+    );
+    row(
+        "config: a recurrent state over 4 GiB (a huge head dimension)",
+        with_config(TS, |c| {
+            c.insert("decoder_value_embed_dim".into(), (1u64 << 36).into());
+            c.insert("decoder_retention_heads".into(), 1.into());
+        }),
+    );
+    row(
+        "config: zero `norm_eps` (0/0 on an all-zero row)",
+        with_config(FLA, set("norm_eps", 0.into())),
+    );
+    row("config: `config.json` is a FIFO", {
+        let dir = copy_fixture(FLA);
+        let config = dir.path().join("config.json");
+        std::fs::remove_file(&config).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&config).status();
+        assert!(made.unwrap().success());
+        load_message(dir.path())
+    });
+    row(
+        "weights: NaN in an f32 tensor",
+        with_weights(FLA, |t| {
+            let w = t.get_mut("model.norm.weight").unwrap();
+            w.data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+        }),
+    );
+    row(
+        "weights: an f16 NaN bit pattern",
+        with_weights("fla_f16_24heads", |t| {
+            let w = t.get_mut("model.layers.0.attn_norm.weight").unwrap();
+            w.data[0..2].copy_from_slice(&0x7e01u16.to_le_bytes());
+        }),
+    );
+    row(
+        "weights: a log decay above 0 (γ > 1)",
+        with_weights(TS, |t| {
+            let w = t.get_mut("retnet_rel_pos.decay").unwrap();
+            w.data[4..8].copy_from_slice(&0.25f32.to_le_bytes());
+        }),
+    );
+    row(
+        "weights: a header naming a tensor twice",
+        with_bytes(TS, |_| {
+            let entry = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+            let header = format!(r#"{{"layer_norm.weight":{entry},"layer_norm.weight":{entry}}}"#);
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.extend_from_slice(&1f32.to_le_bytes());
+            file
+        }),
+    );
+    row("logits: non-finite (the arithmetic overflowed)", {
+        let dir = copy_fixture(FLA);
+        rewrite_weights(dir.path(), |t| {
+            let w = t.get_mut("model.norm.weight").unwrap();
+            let n = w.data.len() / 4;
+            w.data = (0..n).flat_map(|_| 3e38f32.to_le_bytes()).collect();
+        });
+        let overflowing = CpuModel::load(dir.path()).unwrap();
+        err(overflowing.logits(&[1, 2], RetentionForm::Recurrent))
+    });
+    let mut engine = CpuEngine::new(&model);
+    let zeros = block_on(retnet::model::Engine::export_state(&engine)).unwrap();
+    retnet::model::Engine::import_state(&mut engine, u32::MAX as usize, &zeros).unwrap();
+    row(
+        "tokens: past the 2^32 − 1 positions a session holds",
+        block_on(retnet::model::Engine::feed(&mut engine, &[1], false))
+            .unwrap_err()
+            .to_string(),
+    );
+    let mut session = CpuSession::new(CpuEngine::new(&model));
+    block_on(session.prefill(&[1, 2, 3])).unwrap();
+    block_on(session.next_token(&retnet::model::SamplingParams::greedy())).unwrap();
+    let saved = block_on(session.save_bytes()).unwrap();
+    let edited = |name: &str, bytes: Vec<u8>| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        state_message(&model, &path)
+    };
+    let set_meta = |key: &'static str, value: &'static str| {
+        edit_state_file(
+            &saved,
+            move |m| {
+                m.insert(key.into(), value.into());
+            },
+            |_, _| {},
+        )
+    };
+    row(
+        "state file: a position past what a backend represents",
+        edited("far.safetensors", set_meta("position", "4294967300")),
+    );
+    row(
+        "state file: a history id ≥ vocab",
+        edited("history.safetensors", set_meta("history", "1,2,97")),
+    );
+    row(
+        "state file: NaN in the state",
+        edited(
+            "nan.safetensors",
+            edit_state_file(&saved, |_| {}, |_, v| v[3] = f32::NAN),
+        ),
+    );
+    let mut weights = model.weights().clone();
+    weights.layers.pop();
+    row(
+        "`CpuModel::new`: weights with a layer missing",
+        CpuModel::new(model.config().clone(), weights)
+            .unwrap_err()
+            .to_string(),
+    );
     rows
 }
 
@@ -330,4 +451,38 @@ const EXPECTED: &[(&str, &str)] = &[
     ("chunk size 0", "chunk size must be at least 1"),
     ("state file from another model", "<dir>/state.safetensors: this state belongs to another model (fingerprint 9103db054dab5e65, this model's is b4563550abc3e5b9)"),
     ("state file: not a state file (a checkpoint)", "<fixtures>/fla_basic/model.safetensors: not a retnet state file"),
+    ("config: a layer count beyond what the weights files hold", "invalid config: the config's layer count 100000 is more than the weights files' 25 tensors can hold"),
+    ("config: sizes whose product overflows", "invalid config: vocab size 4611686018427387904 × model width 48 × 4 bytes overflows"),
+    ("config: a recurrent state over 4 GiB (a huge head dimension)", "invalid config: the recurrent state of one sequence (layer count 2 × head count 1 × key dim per head 48 × value dim per head 68719476736 × 4 bytes) is 26388279066624 bytes, over the 4294967296 bytes a session may hold"),
+    ("config: zero `norm_eps` (0/0 on an all-zero row)", "invalid config: norm eps is 0; it must be positive and finite"),
+    ("config: `config.json` is a FIFO", "<dir>/config.json: not a regular file (a FIFO); give a file"),
+    ("weights: NaN in an f32 tensor", "tensor `model.norm.weight` holds a non-finite value (NaN) at element 2"),
+    ("weights: an f16 NaN bit pattern", "tensor `model.layers.0.attn_norm.weight` holds a non-finite value (NaN) at element 0"),
+    ("weights: a log decay above 0 (γ > 1)", "tensor `retnet_rel_pos.decay` holds the log decay 0.25 at element 1: a decay above 1 grows without bound (log γ must be ≤ 0)"),
+    ("weights: a header naming a tensor twice", "<dir>/model.safetensors: corrupt safetensors file: the header names tensor `layer_norm.weight` twice"),
+    ("logits: non-finite (the arithmetic overflowed)", "the logits at position 0 are not finite (NaN): the model's arithmetic overflowed"),
+    ("tokens: past the 2^32 − 1 positions a session holds", "the sequence would reach position 4294967296, beyond the 4294967295 tokens a session can hold"),
+    ("state file: a position past what a backend represents", "<dir>/far.safetensors: position 4294967300 is beyond the 4294967295 tokens a session can hold"),
+    ("state file: a history id ≥ vocab", "<dir>/history.safetensors: history token 97 is out of range: the vocabulary has 97 entries"),
+    ("state file: NaN in the state", "<dir>/nan.safetensors: tensor `layers.0` holds a non-finite value at element 3"),
+    ("`CpuModel::new`: weights with a layer missing", "invalid config: the weights have 1 layers, the config 2"),
 ];
+
+/// The table in docs/errors.md itself: every row of [`EXPECTED`] is there, with its message
+/// word for word (in the table's backticks), so the document cannot drift from the code.
+#[test]
+fn docs_errors_md_holds_every_library_row_verbatim() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/errors.md"))
+        .unwrap();
+    for (what, message) in EXPECTED {
+        let cell = if message.contains('`') {
+            format!("`` {message} ``")
+        } else {
+            format!("`{message}`")
+        };
+        let found = doc
+            .lines()
+            .any(|l| l.contains(&format!(" | {what} | ")) && l.contains(&format!(" | {cell} |")));
+        assert!(found, "docs/errors.md has no row `| {what} | {cell} |`");
+    }
+}

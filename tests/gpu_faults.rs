@@ -199,7 +199,7 @@ fn random_model(vocab: usize, d: usize) -> CpuModel {
         log_decay: retnet::model::weights::decay_formula(1),
         rotary_theta: retnet::model::weights::rotary_formula(c.rotary, c.head_k_dim),
     };
-    CpuModel::new(c, weights)
+    CpuModel::new(c, weights).unwrap()
 }
 
 fn too_large(e: &ModelError) -> Option<(&str, &str)> {

@@ -219,7 +219,7 @@ fn wide_model() -> CpuModel {
     if let Some(v) = &mut weights.final_norm {
         *v = next(v.len(), 0.5).iter().map(|x| 1.0 + x).collect();
     }
-    CpuModel::new(config, weights)
+    CpuModel::new(config, weights).unwrap()
 }
 
 /// Zero matrices, unit norms and the formulas' decays and angles, shaped for `config`.

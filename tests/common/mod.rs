@@ -141,3 +141,41 @@ pub fn retention_fixtures() -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// `bytes` (a state file) with its metadata edited and its tensors' values mapped.
+pub fn edit_state_file(
+    bytes: &[u8],
+    meta: impl FnOnce(&mut HashMap<String, String>),
+    values: impl Fn(&str, &mut Vec<f32>),
+) -> Vec<u8> {
+    let (_, m) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    let mut metadata = m.metadata().clone().unwrap_or_default();
+    meta(&mut metadata);
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let mut v: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            values(&name, &mut v);
+            (
+                name,
+                view.shape().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata)).unwrap()
+}

@@ -1,6 +1,5 @@
 //! The subcommands.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,7 +10,14 @@ use retnet_model::{
 
 use crate::engine::{resolve, Engine as Chosen};
 use crate::load::ModelSource;
-use crate::{Backend, CliError};
+use crate::output::{write_output, Stdout};
+use crate::{note, Backend, CliError};
+
+/// The most a `--tokens-file` may hold (64 MiB: some ten million ids).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 << 20;
+
+/// The most a `--text-file` may hold.
+const MAX_TEXT_FILE_BYTES: u64 = 256 << 20;
 
 /// Precision of the weight matrices on the GPU.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -86,13 +92,19 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
             pollster::block_on(session.forward(&tokens, form, LogitRows::All))?
         }
     };
+    retnet_model::reference::check_finite_logits(&logits, config.vocab_size, 0)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_atomically(&args.out, |tmp| {
-        let shape = vec![tokens.len(), config.vocab_size];
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
-            .map_err(|e| e.to_string())?;
-        safetensors::serialize_to_file([("logits", view)], None, tmp).map_err(|e| e.to_string())
-    })
+    drop(logits);
+    let output_error = |message: String| CliError::Output {
+        path: args.out.clone(),
+        message,
+    };
+    let shape = vec![tokens.len(), config.vocab_size];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+        .map_err(|e| output_error(e.to_string()))?;
+    let file = safetensors::serialize([("logits", view)], None)
+        .map_err(|e| output_error(e.to_string()))?;
+    write_output(&args.out, &file)
 }
 
 fn parse_token_list(list: &str) -> Result<Vec<i64>, CliError> {
@@ -113,10 +125,7 @@ fn parse_token_list(list: &str) -> Result<Vec<i64>, CliError> {
 }
 
 fn read_token_file(path: &Path) -> Result<Vec<i64>, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = retnet_model::files::read_bounded_text(path, MAX_TOKEN_FILE_BYTES)?;
     serde_json::from_str::<Vec<i64>>(&text).map_err(|e| {
         CliError::BadTokens(format!(
             "{}: expected a JSON array of integer token ids: {e}",
@@ -150,45 +159,6 @@ fn to_token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, CliError>
             }
         })
         .collect()
-}
-
-/// The hidden file next to `path` that an output is written to before it is renamed.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Renames the written temporary file into place, or removes it if writing failed, so that a
-/// failure never leaves a partial file at `path`.
-fn finish_atomic_write(path: &Path, written: Result<(), String>) -> Result<(), CliError> {
-    let tmp = tmp_path(path);
-    let result = written
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()))
-        .map_err(|message| CliError::Output {
-            path: path.to_path_buf(),
-            message,
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Writes through a hidden file next to `path`, then renames it into place.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), CliError> {
-    if path.file_name().is_none() {
-        return Err(CliError::Output {
-            path: path.to_path_buf(),
-            message: "not a file path".into(),
-        });
-    }
-    let written = write(&tmp_path(path));
-    finish_atomic_write(path, written)
 }
 
 #[derive(clap::Args)]
@@ -253,8 +223,13 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
         (None, Some(_)) => Vec::new(),
         (None, None) => tokenizer.encode("\n")?,
     };
+    if prompt.is_empty() && args.load_state.is_none() {
+        return Err(CliError::Usage(
+            "--prompt gives no tokens: give some text, or leave --prompt out".into(),
+        ));
+    }
     if args.seed.is_none() && params.temperature > 0.0 {
-        eprintln!("seed: {seed}");
+        note(format_args!("seed: {seed}"));
     }
     let run = GenerationRun {
         args,
@@ -299,27 +274,21 @@ impl GenerationRun<'_> {
         let prefill_time = started.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = Stdout::new();
         let mut text = TextStream::new();
-        let mut failed = None;
+        let mut failed: Option<CliError> = None;
         let tokenizer = self.tokenizer;
         let mut emit = |tokens: &[u32]| -> bool {
             for &token in tokens {
-                match text.push(tokenizer, token) {
-                    // A closed pipe (e.g. `| head`) ends generation quietly.
-                    Ok(bytes) => {
-                        if stdout
-                            .write_all(&bytes)
-                            .and_then(|()| stdout.flush())
-                            .is_err()
-                        {
-                            return false;
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        return false;
-                    }
+                // A closed pipe (e.g. `| head`) stops generation, to end quietly with status
+                // 141 (after saving the session if asked); any other write error is an error.
+                let written = text
+                    .push(tokenizer, token)
+                    .map_err(CliError::from)
+                    .and_then(|bytes| stdout.bytes(&bytes));
+                if let Err(e) = written {
+                    failed = Some(e);
+                    return false;
                 }
             }
             true
@@ -327,23 +296,31 @@ impl GenerationRun<'_> {
         let generated = session
             .generate(self.params, args.max_tokens, &mut emit)
             .await?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
+        let closed = match failed {
+            Some(CliError::ClosedPipe) => true,
+            Some(e) => return Err(e),
+            None => false,
+        };
         let decode_time = decode_start.elapsed().as_secs_f64();
-        eprintln!(
+        note(format_args!(
             "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s ({} engine)",
             self.prompt.len(),
             self.prompt.len() as f64 / prefill_time.max(1e-9),
             generated,
             generated as f64 / decode_time.max(1e-9),
             engine_name,
-        );
+        ));
         if let Some(path) = &args.save_state {
-            let saved = session.save(&tmp_path(path)).await;
-            finish_atomic_write(path, saved.map_err(|e| e.to_string()))?;
+            let bytes = session.save_bytes().await.map_err(|e| CliError::Output {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            write_output(path, &bytes)?;
         }
-        Ok(())
+        if closed {
+            return Err(CliError::ClosedPipe);
+        }
+        stdout.finish()
     }
 }
 
@@ -365,10 +342,13 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
-    let text = std::fs::read(&args.text_file).map_err(|source| ModelError::Io {
-        path: args.text_file.clone(),
-        source,
-    })?;
+    let text = retnet_model::files::read_bounded(&args.text_file, MAX_TEXT_FILE_BYTES)?;
+    if text.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: the text file is empty",
+            args.text_file.display()
+        )));
+    }
     let source = ModelSource::new(args.model.as_deref())?;
     let tokens = match source.tokenizer()? {
         Tokenizer::Bytes => text.iter().map(|&b| u32::from(b)).collect(),
@@ -379,6 +359,13 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
             t.encode(&text)?
         }
     };
+    if tokens.len() < 2 {
+        return Err(CliError::Usage(format!(
+            "{}: perplexity needs at least 2 tokens of text, the file has {}",
+            args.text_file.display(),
+            tokens.len()
+        )));
+    }
     let bar = indicatif::ProgressBar::new(tokens.len() as u64);
     if tokens.len() < 4096 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -406,11 +393,22 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     };
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    println!("tokens: {}", tokens.len());
-    println!("tok/s: {:.1}", tokens.len() as f64 / seconds.max(1e-9));
-    println!("nats/token: {nll:.6}");
-    println!("perplexity: {:.6}", nll.exp());
-    Ok(())
+    let perplexity = nll.exp();
+    if !perplexity.is_finite() {
+        return Err(ModelError::NonFinite(format!(
+            "the perplexity exp({nll}) overflows: the model's predictions are degenerate"
+        ))
+        .into());
+    }
+    let mut out = Stdout::new();
+    out.line(format_args!("tokens: {}", tokens.len()))?;
+    out.line(format_args!(
+        "tok/s: {:.1}",
+        tokens.len() as f64 / seconds.max(1e-9)
+    ))?;
+    out.line(format_args!("nats/token: {nll:.6}"))?;
+    out.line(format_args!("perplexity: {perplexity:.6}"))?;
+    out.finish()
 }
 
 #[derive(clap::Args)]
@@ -439,14 +437,15 @@ pub fn info(args: &InfoArgs) -> Result<(), CliError> {
         }
     }
     let c = &config;
-    println!("family: {:?}", c.family);
-    println!("vocab: {}", c.vocab_size);
-    println!("width: {}", c.d_model);
-    println!("layers: {}", c.num_layers);
-    println!(
+    let mut out = Stdout::new();
+    out.line(format_args!("family: {:?}", c.family))?;
+    out.line(format_args!("vocab: {}", c.vocab_size))?;
+    out.line(format_args!("width: {}", c.d_model))?;
+    out.line(format_args!("layers: {}", c.num_layers))?;
+    out.line(format_args!(
         "heads: {} (key/value heads {}), key dim {}, value dim {}",
         c.num_heads, c.num_kv_heads, c.head_k_dim, c.head_v_dim
-    );
+    ))?;
     let kinds: Vec<String> = (0..c.num_layers)
         .map(|layer| match c.layer_kind(layer) {
             retnet_model::LayerKind::Retention => "retention".to_string(),
@@ -474,55 +473,60 @@ pub fn info(args: &InfoArgs) -> Result<(), CliError> {
         .collect();
     if c.is_hybrid() {
         for (layer, kind) in kinds.iter().enumerate() {
-            println!("layer {layer}: {kind}");
+            out.line(format_args!("layer {layer}: {kind}"))?;
         }
     } else {
-        println!("layer kinds: all retention");
+        out.line(format_args!("layer kinds: all retention"))?;
     }
-    println!("ffn: {} ({:?})", c.ffn_dim, c.ffn_activation);
-    println!(
+    out.line(format_args!("ffn: {} ({:?})", c.ffn_dim, c.ffn_activation))?;
+    out.line(format_args!(
         "norms: {:?}, residual alpha {}",
         c.norm_placement, c.residual_alpha
-    );
-    println!("tied head: {}", c.tied_head);
-    println!("parameters: {parameters}");
+    ))?;
+    out.line(format_args!("tied head: {}", c.tied_head))?;
+    out.line(format_args!("parameters: {parameters}"))?;
     let dtypes: Vec<String> = dtypes
         .iter()
         .map(|(d, n)| format!("{d} ({n} tensors)"))
         .collect();
-    println!("dtypes: {}", dtypes.join(", "));
-    Ok(())
+    out.line(format_args!("dtypes: {}", dtypes.join(", ")))?;
+    out.finish()
 }
 
 pub fn devices() -> Result<(), CliError> {
     let options = retnet_runtime::DeviceOptions::from_env().map_err(ModelError::from)?;
     let adapters = pollster::block_on(retnet_runtime::list_adapters(&options));
+    let mut out = Stdout::new();
     for a in &adapters {
         let kind = if retnet_runtime::is_software_adapter(a) {
             "software"
         } else {
             "hardware"
         };
-        println!(
+        out.line(format_args!(
             "adapter: {} ({:?}, {:?}, {kind}, driver {} {})",
             a.name, a.backend, a.device_type, a.driver, a.driver_info
-        );
+        ))?;
     }
     if adapters.is_empty() {
-        println!("adapter: none");
+        out.line(format_args!("adapter: none"))?;
     }
     let choice =
         pollster::block_on(retnet_runtime::choose_backend(&options)).map_err(ModelError::from)?;
-    println!("auto: {} ({})", choice.engine_name(), choice.reason);
+    out.line(format_args!(
+        "auto: {} ({})",
+        choice.engine_name(),
+        choice.reason
+    ))?;
     if adapters.is_empty() {
         // Nothing for `--backend gpu` to describe; `auto` runs on the CPU.
-        return Ok(());
+        return out.finish();
     }
     let device = crate::load::gpu_device()?;
     let info = device.adapter_info();
     let limits = device.limits();
-    println!("selected: {} ({:?})", info.name, info.backend);
-    println!(
+    out.line(format_args!("selected: {} ({:?})", info.name, info.backend))?;
+    out.line(format_args!(
         "features: shader-f16 {}, subgroups {}, cooperative matrices (tensor cores) {}, \
          timestamp queries {}, f16 weights {}",
         device.features().shader_f16,
@@ -534,12 +538,12 @@ pub fn devices() -> Result<(), CliError> {
         } else {
             "no"
         },
-    );
-    println!(
+    ))?;
+    out.line(format_args!(
         "limits: max buffer {} bytes, max storage binding {} bytes, workgroup memory {} bytes",
         limits.max_buffer_size,
         limits.max_storage_buffer_binding_size,
         limits.max_compute_workgroup_storage_size,
-    );
-    Ok(())
+    ))?;
+    out.finish()
 }

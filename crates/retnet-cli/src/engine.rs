@@ -45,7 +45,7 @@ pub fn resolve(backend: Backend, announce_explicit: bool) -> Result<Engine, CliE
         Engine::Cpu => "cpu",
     };
     if announce_explicit || backend == Backend::Auto {
-        eprintln!("engine: {name} ({reason})");
+        crate::note(format_args!("engine: {name} ({reason})"));
     }
     Ok(engine)
 }

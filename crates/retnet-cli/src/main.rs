@@ -6,6 +6,7 @@
 mod commands;
 mod engine;
 mod load;
+mod output;
 mod serve;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ pub enum CliError {
     /// An argument with a value out of its range.
     #[error("{0}")]
     BadArgument(String),
+    /// A mistake in how the command was called (clap's own are the same class).
+    #[error("{0}")]
+    Usage(String),
     /// Writing an output failed.
     #[error("{path}: {message}")]
     Output {
@@ -76,6 +80,10 @@ pub enum CliError {
         /// What went wrong.
         message: String,
     },
+    /// Whoever read stdout closed it (e.g. `| head`): the command ends quietly, with the
+    /// status a shell gives a process killed by SIGPIPE.
+    #[error("stdout was closed")]
+    ClosedPipe,
 }
 
 impl CliError {
@@ -83,13 +91,17 @@ impl CliError {
     /// 7 GPU (no adapter, over the adapter's limits, device lost).
     fn exit_code(&self) -> u8 {
         match self {
+            CliError::Usage(_) => 2,
+            CliError::ClosedPipe => 141,
             CliError::BadTokens(_) | CliError::BadArgument(_) => 3,
             CliError::Model(
                 ModelError::EmptyTokens
                 | ModelError::TokenOutOfRange { .. }
                 | ModelError::ZeroChunkSize
                 | ModelError::Tokenizer(_)
-                | ModelError::StateFile { .. },
+                | ModelError::StateFile { .. }
+                | ModelError::SequenceTooLong { .. }
+                | ModelError::TooLarge(_),
             ) => 3,
             CliError::Model(ModelError::Unsupported { .. }) => 6,
             CliError::Model(ModelError::Gpu(_)) => 7,
@@ -111,9 +123,17 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::ClosedPipe) => ExitCode::from(CliError::ClosedPipe.exit_code()),
         Err(e) => {
-            eprintln!("error: {e}");
+            note(format_args!("error: {e}"));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A line on stderr. `eprintln!` panics when stderr is a closed pipe; a note that cannot be
+/// written is dropped instead.
+pub fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

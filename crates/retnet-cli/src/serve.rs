@@ -97,10 +97,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::BadArgument(format!("cannot listen on {address}: {e}")))?;
         let local = listener.local_addr().map_or(address.clone(), |a| a.to_string());
-        eprintln!(
+        crate::note(format_args!(
             "listening on http://{local} (model {model_id}, {backend} backend, max batch {}, queue {}, state cache {} MB)",
             args.max_batch, args.queue, args.state_cache_mb
-        );
+        ));
         retnet_server::axum::serve(listener, router)
             .await
             .map_err(|e| CliError::BadArgument(format!("server failed: {e}")))

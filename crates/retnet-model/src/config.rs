@@ -189,7 +189,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and parses `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::files::read_bounded_text(path, crate::files::MAX_JSON_BYTES)?;
         Self::from_json_str(&text).map_err(|e| match e {
             ModelError::Json { message, .. } => ModelError::Json {
                 path: path.to_path_buf(),
@@ -257,8 +257,17 @@ impl ModelConfig {
         !self.attention.is_empty()
     }
 
-    /// Checks the relations between sizes that every later stage relies on.
     fn validate(self) -> Result<Self> {
+        self.check()?;
+        Ok(self)
+    }
+
+    /// Checks the relations between sizes that every later stage relies on, that every size
+    /// derived from them (widths, weights, the recurrent state) is computable without
+    /// overflow, and that one sequence's recurrent state stays under [`MAX_STATE_BYTES`]; and
+    /// that the norms' ε keep the arithmetic finite. Parsing a config checks this; so does
+    /// every model built from a config given in memory.
+    pub fn check(&self) -> Result<()> {
         let nonzero = [
             ("vocab size", self.vocab_size),
             ("model width", self.d_model),
@@ -290,8 +299,11 @@ impl ModelConfig {
             ("norm eps", self.norm_eps),
             ("head norm eps", self.head_norm_eps),
         ] {
-            if !(eps.is_finite() && eps >= 0.0) {
-                return Err(ModelError::invalid(format!("{what} is {eps}")));
+            // ε = 0 makes an all-zero row's RMSNorm 0/0 = NaN.
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(ModelError::invalid(format!(
+                    "{what} is {eps}; it must be positive and finite"
+                )));
             }
         }
         if !(self.embed_scale.is_finite() && self.residual_alpha.is_finite()) {
@@ -309,9 +321,83 @@ impl ModelConfig {
                     self.num_layers
                 )));
             }
+            if a.num_heads == 0 || a.num_kv_heads == 0 || a.num_heads % a.num_kv_heads != 0 {
+                return Err(ModelError::invalid(format!(
+                    "attention heads {} cannot be grouped over {} key/value heads",
+                    a.num_heads, a.num_kv_heads
+                )));
+            }
+            product(&[
+                ("attention heads", a.num_heads),
+                ("attention head dim", a.head_dim),
+            ])?;
+            product(&[
+                ("attention key/value heads", a.num_kv_heads),
+                ("attention head dim", a.head_dim),
+                ("2 (keys and values)", 2),
+                ("4 bytes", 4),
+            ])?;
         }
-        Ok(self)
+        self.check_sizes()
     }
+
+    /// Every width and tensor size the rest of the crate derives, computed with checked
+    /// arithmetic, and the recurrent state of one sequence bounded.
+    fn check_sizes(&self) -> Result<()> {
+        let (d, f, vocab) = (self.d_model, self.ffn_dim, self.vocab_size);
+        let query = product(&[
+            ("head count", self.num_heads),
+            ("key dim per head", self.head_k_dim),
+        ])?;
+        let value = product(&[
+            ("head count", self.num_heads),
+            ("value dim per head", self.head_v_dim),
+        ])?;
+        for (what, width) in [("query width", query), ("value width", value)] {
+            product(&[(what, width), ("model width", d), ("4 bytes", 4)])?;
+        }
+        product(&[("vocab size", vocab), ("model width", d), ("4 bytes", 4)])?;
+        product(&[("FFN width", f), ("model width", d), ("4 bytes", 4)])?;
+        let state = product(&[
+            ("layer count", self.num_layers),
+            ("head count", self.num_heads),
+            ("key dim per head", self.head_k_dim),
+            ("value dim per head", self.head_v_dim),
+            ("4 bytes", 4),
+        ])?;
+        if state as u128 > MAX_STATE_BYTES {
+            return Err(ModelError::invalid(format!(
+                "the recurrent state of one sequence (layer count {} × head count {} × key dim \
+                 per head {} × value dim per head {} × 4 bytes) is {state} bytes, over the \
+                 {MAX_STATE_BYTES} bytes a session may hold",
+                self.num_layers, self.num_heads, self.head_k_dim, self.head_v_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes one sequence's recurrent state may take (4 GiB; a 7B RetNet's is 268 MB).
+pub const MAX_STATE_BYTES: u128 = 1 << 32;
+
+/// The product of named sizes, or an error naming them when it overflows.
+fn product(factors: &[(&str, usize)]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &(_, n)| acc.checked_mul(n))
+        .ok_or_else(|| {
+            // A constant factor ("4 bytes") is its own name.
+            let named: Vec<String> = factors
+                .iter()
+                .map(
+                    |(what, n)| match what.starts_with(|c: char| c.is_ascii_digit()) {
+                        true => what.to_string(),
+                        false => format!("{what} {n}"),
+                    },
+                )
+                .collect();
+            ModelError::invalid(format!("{} overflows", named.join(" × ")))
+        })
 }
 
 fn json_error(e: serde_json::Error) -> ModelError {
@@ -583,7 +669,12 @@ impl FlaJson {
             None => {
                 let ratio = self.hidden_ratio.unwrap_or(4.0);
                 let n = (self.hidden_size as f64 * ratio * 2.0 / 3.0) as usize;
-                n.div_ceil(256) * 256
+                n.div_ceil(256).checked_mul(256).ok_or_else(|| {
+                    ModelError::invalid(format!(
+                        "hidden_size {} × hidden_ratio {ratio} overflows the FFN width",
+                        self.hidden_size
+                    ))
+                })?
             }
         };
         let eps = self.norm_eps as f32;
@@ -657,7 +748,8 @@ fn parse_attention(
             )))
         }
     };
-    let mut owner: Vec<Option<String>> = vec![None; num_layers];
+    // Which spec made each named layer attention (a map: `num_layers` is not trusted yet).
+    let mut owner = std::collections::BTreeMap::<usize, String>::new();
     let mut out = Vec::with_capacity(specs.len());
     for (name, value) in specs {
         if !value.is_object() {
@@ -677,14 +769,12 @@ fn parse_attention(
                         "{name}.layers names layer {layer}, but the model has {num_layers} layers"
                     ))
                 })?;
-            if let Some(Some(first)) = owner.get(index) {
+            if let Some(first) = owner.get(&index) {
                 return Err(ModelError::invalid(format!(
                     "{name}.layers names layer {index}, which {first} already makes attention"
                 )));
             }
-            if let Some(slot) = owner.get_mut(index) {
-                *slot = Some(name.clone());
-            }
+            owner.insert(index, name.clone());
             layers.push(index);
         }
         if layers.is_empty() {

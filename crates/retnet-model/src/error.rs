@@ -105,6 +105,18 @@ pub enum ModelError {
     /// A chunk size of zero was asked for.
     #[error("chunk size must be at least 1")]
     ZeroChunkSize,
+    /// A weight, or a value the model computed, is NaN or infinite.
+    #[error("{0}")]
+    NonFinite(String),
+    /// Feeding more tokens would take a sequence past [`crate::reference::MAX_POSITION`].
+    #[error("the sequence would reach position {end}, beyond the {max} tokens a session can hold", max = crate::reference::MAX_POSITION)]
+    SequenceTooLong {
+        /// The position the sequence would reach.
+        end: u128,
+    },
+    /// A request whose memory (sized by the input) is over what one call may allocate.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// `Result` with [`ModelError`].

@@ -215,9 +215,10 @@ impl<'m> FastCpuEngine<'m> {
     /// of the last one.
     pub fn forward(&mut self, tokens: &[u32], all_rows: bool) -> Result<Vec<f32>> {
         check_tokens(tokens, self.model.config.vocab_size)?;
+        crate::reference::check_advance(self.state.position, tokens.len())?;
         let vocab = self.model.config.vocab_size;
         let mut out = Vec::with_capacity(if all_rows {
-            tokens.len() * vocab
+            crate::reference::logits_len(tokens.len(), vocab)?
         } else {
             vocab
         });
@@ -237,6 +238,8 @@ impl<'m> FastCpuEngine<'m> {
         if !all_rows {
             out.extend_from_slice(&last);
         }
+        let first = self.state.position - if all_rows { tokens.len() } else { 1 };
+        crate::reference::check_finite_logits(&out, vocab, first)?;
         self.last = Some(last);
         Ok(out)
     }
@@ -535,16 +538,17 @@ impl Engine for FastCpuEngine<'_> {
     }
 
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
-        let c = &self.model.config;
-        let len = c.num_heads * c.head_k_dim * c.head_v_dim;
-        if layers.len() != c.num_layers || layers.iter().any(|l| l.len() != len) {
-            return Err(ModelError::invalid("a state of another shape"));
-        }
+        crate::reference::check_state_shape(&self.model.config, position, layers)?;
         self.state = CpuState {
             position,
             layers: layers.to_vec(),
         };
         self.last = None;
+        Ok(())
+    }
+
+    fn restore_logits(&mut self, logits: &[f32]) -> Result<()> {
+        self.last = Some(logits.to_vec());
         Ok(())
     }
 
@@ -579,11 +583,18 @@ impl Engine for FastCpuEngine<'_> {
                 .get(history.len().saturating_sub(REPEAT_WINDOW)..)
                 .unwrap_or_default(),
         );
-        let mut out = Vec::with_capacity(count);
+        // `count` comes from the user (`--max-tokens`): tokens are collected as they come.
+        let mut out = Vec::new();
+        let vocab = self.model.config.vocab_size;
         for i in 0..count {
+            // Each token but the last is fed, so the position must stay representable.
+            crate::reference::check_advance(self.state.position, 1)?;
+            crate::reference::check_finite_logits(&logits, vocab, self.state.position)?;
             self.sampler
                 .apply_repeat_penalty(&mut logits, &recent, params.repeat_penalty);
-            let token = self.sampler.sample(&logits, params, draws + i as u64);
+            let token = self
+                .sampler
+                .sample(&logits, params, draws.wrapping_add(i as u64));
             out.push(token);
             recent.push(token);
             let excess = recent.len().saturating_sub(REPEAT_WINDOW);

@@ -464,9 +464,10 @@ impl<'m> GpuSession<'m> {
             },
             other => other,
         };
+        crate::reference::check_advance(self.position, tokens.len())?;
         let vocab = c.vocab_size;
         let mut out = Vec::with_capacity(match rows {
-            LogitRows::All => tokens.len() * vocab,
+            LogitRows::All => crate::reference::logits_len(tokens.len(), vocab)?,
             LogitRows::Last => vocab,
         });
         // Counted rather than collected: a decode step should allocate nothing it can avoid.
@@ -493,6 +494,8 @@ impl<'m> GpuSession<'m> {
                 );
             }
         }
+        let rows_out = out.len() / vocab.max(1);
+        crate::reference::check_finite_logits(&out, vocab, self.position - rows_out)?;
         Ok(out)
     }
 
@@ -572,9 +575,12 @@ impl<'m> GpuSession<'m> {
             history_window: window,
             capacity: capacity as u32,
         };
-        let mut out = Vec::with_capacity(count);
+        // `count` comes from the user (`--max-tokens`): ids are collected as they come.
+        let mut out = Vec::new();
         let mut unread = 0;
         for i in 0..count {
+            // Each token but the last is fed, so the position must stay representable.
+            crate::reference::check_advance(self.position, 1)?;
             let s = &self.scratch;
             let mut seq = dev.sequence("retnet decode step");
             seq.dispatch(
@@ -610,6 +616,16 @@ impl<'m> GpuSession<'m> {
                         id.ok_or_else(|| ModelError::invalid("sampled ids read back short"))
                     })
                     .collect::<Result<Vec<u32>>>()?;
+                // The sampler's input never leaves the GPU; the newest row (what the next draw
+                // reads) is checked before the tokens are handed on. A non-finite step leaves a
+                // non-finite state, so every later row is non-finite too and this sees it.
+                let newest = dev.read_f32(&s.logits, 0, c.vocab_size).await?;
+                crate::reference::check_finite_logits(&newest, c.vocab_size, self.position)?;
+                if let Some(&bad) = fresh.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(ModelError::NonFinite(format!(
+                        "the GPU sampler drew token {bad}, outside the vocabulary"
+                    )));
+                }
                 unread = 0;
                 out.extend_from_slice(&fresh);
                 if !on_tokens(&fresh) {
@@ -1231,15 +1247,23 @@ impl crate::session::Engine for GpuSession<'_> {
     }
 
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
-        let c = &self.model.config;
-        let len = c.num_heads * c.head_k_dim * c.head_v_dim;
-        if layers.len() != self.states.len() || layers.iter().any(|l| l.len() != len) {
+        crate::reference::check_state_shape(&self.model.config, position, layers)?;
+        if layers.len() != self.states.len() {
             return Err(ModelError::invalid("a state of another shape"));
         }
         for (buffer, values) in self.states.iter().zip(layers) {
             self.model.device.write_f32(buffer, 0, values);
         }
         self.position = position;
+        Ok(())
+    }
+
+    fn restore_logits(&mut self, logits: &[f32]) -> Result<()> {
+        if logits.len() != self.model.config.vocab_size {
+            return Err(ModelError::invalid("logits of another vocabulary"));
+        }
+        // The sampler reads the last row's logits from the start of the logits buffer.
+        self.model.device.write_f32(&self.scratch.logits, 0, logits);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod cpu_kernels;
 pub mod error;
 pub mod fast_cpu;
+pub mod files;
 pub mod gpu;
 pub mod reference;
 pub mod retention;

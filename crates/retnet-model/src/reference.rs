@@ -50,6 +50,114 @@ pub fn kv_cache_len(attn: &AttentionConfig, position: usize) -> Option<usize> {
         .checked_mul(attn.kv_width())
 }
 
+/// The most tokens one sequence can consume. The GPU kernels take positions as u32, so every
+/// backend refuses to go past this alike (a state file at a later position included): the same
+/// input never continues differently on the CPU and the GPU.
+pub const MAX_POSITION: usize = u32::MAX as usize;
+
+/// Checks that a sequence at `position` can consume `tokens` more.
+pub fn check_advance(position: usize, tokens: usize) -> Result<()> {
+    let end = position as u128 + tokens as u128;
+    if end > MAX_POSITION as u128 {
+        return Err(ModelError::SequenceTooLong { end });
+    }
+    Ok(())
+}
+
+/// The most bytes of logits one call returns (`[T, vocab]` f32): 4 GiB.
+pub const MAX_LOGITS_BYTES: u128 = 1 << 32;
+
+/// The f32 values of `tokens` rows of logits, refused (before anything is allocated) when
+/// over [`MAX_LOGITS_BYTES`].
+pub fn logits_len(tokens: usize, vocab: usize) -> Result<usize> {
+    let values = tokens as u128 * vocab as u128;
+    if values * 4 > MAX_LOGITS_BYTES {
+        return Err(ModelError::TooLarge(format!(
+            "the logits of {tokens} tokens over a vocabulary of {vocab} need {} bytes, over the \
+             {MAX_LOGITS_BYTES} bytes one call returns; feed fewer tokens at once",
+            values * 4
+        )));
+    }
+    usize::try_from(values).map_err(|_| ModelError::TooLarge("logits too large".into()))
+}
+
+/// Refuses logits that hold a NaN or an infinity: a result like that is never passed on.
+pub fn check_finite_logits(logits: &[f32], vocab: usize, first_position: usize) -> Result<()> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::NonFinite(format!(
+            "the logits at position {} are not finite ({}): the model's arithmetic overflowed",
+            first_position + i / vocab.max(1),
+            logits.get(i).copied().unwrap_or(f32::NAN)
+        ))),
+    }
+}
+
+/// Checks that a state (per-layer values after `position` tokens) fits a model of `config`:
+/// the position is one a session can reach, the layer count, `H × K × V` values per
+/// retention layer, the cache length per attention layer (see [`kv_cache_len`]), and every
+/// value finite. Every engine's `import_state` checks this.
+pub fn check_state_shape(config: &ModelConfig, position: usize, layers: &[Vec<f32>]) -> Result<()> {
+    let c = config;
+    check_advance(position, 0)?;
+    if layers.len() != c.num_layers {
+        return Err(ModelError::invalid(format!(
+            "the state has {} layers, the model {}",
+            layers.len(),
+            c.num_layers
+        )));
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        let want = match c.layer_kind(i) {
+            LayerKind::Retention => c
+                .num_heads
+                .checked_mul(c.head_k_dim)
+                .and_then(|n| n.checked_mul(c.head_v_dim)),
+            LayerKind::Attention(a) => kv_cache_len(a, position),
+        };
+        if want != Some(layer.len()) {
+            return Err(ModelError::invalid(format!(
+                "layer {i} of the state holds {} values, not what position {position} needs",
+                layer.len()
+            )));
+        }
+        if let Some(j) = layer.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite(format!(
+                "layer {i} of the state holds a non-finite value at element {j}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The most bytes of one activation (`[T, width]` f32) the CPU reference allocates in one call.
+const MAX_ACTIVATION_BYTES: u128 = 1 << 32;
+
+/// Refuses a call whose widest activation (`T ×` the widest of the model's widths) would be
+/// over [`MAX_ACTIVATION_BYTES`], before anything is allocated.
+fn activations_fit(c: &ModelConfig, tokens: usize) -> Result<()> {
+    let widest = [
+        c.d_model,
+        c.ffn_dim,
+        c.vocab_size,
+        c.query_width(),
+        c.key_width(),
+        c.value_width(),
+    ]
+    .into_iter()
+    .chain(c.attention.iter().map(|a| a.query_width()))
+    .max()
+    .unwrap_or(0);
+    let bytes = tokens as u128 * widest as u128 * 4;
+    if bytes > MAX_ACTIVATION_BYTES {
+        return Err(ModelError::TooLarge(format!(
+            "{tokens} tokens at once need activations of {bytes} bytes, over the \
+             {MAX_ACTIVATION_BYTES} bytes one call may allocate; feed fewer tokens at once"
+        )));
+    }
+    Ok(())
+}
+
 /// A model on the CPU.
 #[derive(Clone, Debug)]
 pub struct CpuModel {
@@ -60,13 +168,17 @@ pub struct CpuModel {
 }
 
 impl CpuModel {
-    /// Wraps a config and its weights.
-    pub fn new(config: ModelConfig, weights: ModelWeights) -> Self {
-        Self {
+    /// Wraps a config and its weights, after checking that they agree: the config's sizes
+    /// (see [`ModelConfig::check`]), one layer of weights per layer, every tensor of the shape
+    /// the config implies, every value finite.
+    pub fn new(config: ModelConfig, weights: ModelWeights) -> Result<Self> {
+        config.check()?;
+        weights.check(&config)?;
+        Ok(Self {
             config,
             weights,
             fingerprint: OnceLock::new(),
-        }
+        })
     }
 
     /// Builds a model from the text of its `config.json` and the bytes of its safetensors file.
@@ -136,27 +248,7 @@ impl CpuModel {
     /// layer count, `H × K × V` values per retention layer, the cache length per attention
     /// layer (see [`kv_cache_len`]).
     pub fn check_state(&self, position: usize, layers: &[Vec<f32>]) -> Result<()> {
-        let c = &self.config;
-        if layers.len() != c.num_layers {
-            return Err(ModelError::invalid(format!(
-                "the state has {} layers, the model {}",
-                layers.len(),
-                c.num_layers
-            )));
-        }
-        for (i, layer) in layers.iter().enumerate() {
-            let want = match c.layer_kind(i) {
-                LayerKind::Retention => Some(c.num_heads * c.head_k_dim * c.head_v_dim),
-                LayerKind::Attention(a) => kv_cache_len(a, position),
-            };
-            if want != Some(layer.len()) {
-                return Err(ModelError::invalid(format!(
-                    "layer {i} of the state holds {} values, not what position {position} needs",
-                    layer.len()
-                )));
-            }
-        }
-        Ok(())
+        check_state_shape(&self.config, position, layers)
     }
 
     /// Checks that a token list is non-empty and inside the vocabulary.
@@ -180,10 +272,13 @@ impl CpuModel {
     ) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
         self.check_state(state.position, &state.layers)?;
+        check_advance(state.position, tokens.len())?;
         if form == (RetentionForm::Chunkwise { chunk_size: 0 }) {
             return Err(ModelError::ZeroChunkSize);
         }
         let c = &self.config;
+        logits_len(tokens.len(), c.vocab_size)?;
+        activations_fit(c, tokens.len())?;
         let w = &self.weights;
         let t = tokens.len();
         let d = c.d_model;
@@ -223,8 +318,10 @@ impl CpuModel {
         if let Some(norm) = &w.final_norm {
             rms_norm_rows(&mut x, d, Some(norm), c.norm_eps);
         }
+        let logits = matmul_t(&x, t, w.head());
+        check_finite_logits(&logits, c.vocab_size, state.position)?;
         state.position += t;
-        Ok(matmul_t(&x, t, w.head()))
+        Ok(logits)
     }
 
     /// The layer's token mixer: retention, or softmax attention in a hybrid checkpoint.

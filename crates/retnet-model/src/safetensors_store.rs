@@ -69,7 +69,7 @@ impl TensorStore {
         let file_names: Vec<String> = if single.is_file() {
             vec![SINGLE_FILE.to_string()]
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+            let text = crate::files::read_bounded_text(&index, crate::files::MAX_JSON_BYTES)?;
             let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| ModelError::Json {
                 path: index.clone(),
                 message: e.to_string(),
@@ -118,6 +118,20 @@ impl TensorStore {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
+        // Checked before opening: a FIFO would block the open; a device cannot be mapped.
+        let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "not a regular file ({}); give a file",
+                        crate::files::file_kind(&meta)
+                    ),
+                ),
+            ));
+        }
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
         let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
         if len < 8 {
@@ -139,6 +153,11 @@ impl TensorStore {
         };
         let file_index = self.files.len();
         {
+            // serde (and so safetensors) keeps the last of two entries with one name: a header
+            // naming a tensor twice would load one of two different tensors silently.
+            if let Some(name) = header_bytes(&map).and_then(duplicate_key) {
+                return Err(corrupt(format!("the header names tensor `{name}` twice")));
+            }
             // `deserialize` checks the header length against the file length before reading
             // the header, and every tensor's byte range against the data, so a header that
             // claims gigabytes allocates nothing.
@@ -146,6 +165,7 @@ impl TensorStore {
             let (header_len, _) =
                 SafeTensors::read_metadata(&map).map_err(|e| corrupt(describe(&e)))?;
             let data_start = 8 + header_len;
+
             for (name, view) in parsed.tensors() {
                 let bytes = view.data();
                 // `data()` borrows from `map`; recover its offset to avoid holding a borrow.
@@ -352,6 +372,41 @@ pub(crate) fn le_words<const N: usize, T>(bytes: &[u8], decode: impl Fn([u8; N])
         .filter_map(|b| <[u8; N]>::try_from(b).ok())
         .map(decode)
         .collect()
+}
+
+/// The JSON header of a safetensors file, if its length prefix fits the file.
+fn header_bytes(file: &[u8]) -> Option<&[u8]> {
+    let len = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let end = usize::try_from(len).ok()?.checked_add(8)?;
+    file.get(8..end)
+}
+
+/// The first key that a JSON object names twice, if any (nested values are skipped).
+fn duplicate_key(json: &[u8]) -> Option<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde::Deserializer::deserialize_map(&mut de, Keys)
+        .ok()
+        .flatten()
 }
 
 fn describe(e: &safetensors::SafeTensorError) -> String {

@@ -57,6 +57,20 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
+        // GPUs may flush subnormal floats to zero (a temperature or penalty of 0 there), so
+        // the CPU and the GPU would sample differently from the same value.
+        for (what, value, zero) in [
+            ("temperature", self.temperature, "0 or "),
+            ("repeat penalty", self.repeat_penalty, ""),
+        ] {
+            if value != 0.0 && !value.is_normal() {
+                return Err(format!(
+                    "{what} {value:e} is subnormal; give {zero}at least {:e} (f32's smallest \
+                     normal)",
+                    f32::MIN_POSITIVE
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -103,7 +117,10 @@ impl Sampler {
             let t = t as usize;
             if let (Some(l), Some(d)) = (logits.get_mut(t), self.done.get_mut(t)) {
                 if !*d {
-                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                    // Clamped to the finite range, as the GPU kernel does: a tiny penalty
+                    // overflows a logit to infinity, and infinity − max would be NaN.
+                    let p = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                    *l = p.clamp(-f32::MAX, f32::MAX);
                     *d = true;
                 }
             }
@@ -123,37 +140,47 @@ impl Sampler {
         weights.clear();
         weights.extend(logits.iter().map(|&l| ((l - max) as f64 * inv_t).exp()));
 
+        // The candidates are decided on d = l − max itself (exact, as the GPU kernel decides
+        // them), not on the weights: where exp(d / T) saturates (T = 1e20 makes every weight
+        // 1.0), weights tie that d does not, and the two sets would differ.
         let sorted = &mut self.sorted;
         sorted.clear();
-        sorted.extend_from_slice(weights);
+        sorted.extend(logits.iter().map(|&l| (l - max) as f64));
         // Values equal under total_cmp are bit-identical: an unstable sort orders them the same.
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-        let mut threshold = 0.0f64;
+        let weight = |d: f64| (d * inv_t).exp();
+        let mut threshold = f64::NEG_INFINITY;
         if params.top_k < sorted.len() {
             if let Some(&kth) = params.top_k.checked_sub(1).and_then(|k| sorted.get(k)) {
                 threshold = kth;
             }
         }
         if params.top_p < 1.0 {
-            let kept = || sorted.iter().copied().filter(|&w| w >= threshold);
-            let total: f64 = kept().sum();
+            let kept = || sorted.iter().copied().filter(|&d| d >= threshold);
+            let total: f64 = kept().map(weight).sum();
             let mut cumulative = 0.0;
             let mut raised = threshold;
-            for w in kept() {
-                cumulative += w;
+            for d in kept() {
+                cumulative += weight(d);
                 if cumulative >= params.top_p as f64 * total {
-                    raised = threshold.max(w);
+                    raised = threshold.max(d);
                     break;
                 }
             }
             threshold = raised;
         }
-        let total: f64 = weights.iter().filter(|&&w| w >= threshold).sum();
+        let candidate = |l: f32| (l - max) as f64 >= threshold;
+        let total: f64 = logits
+            .iter()
+            .zip(weights.iter())
+            .filter(|(&l, _)| candidate(l))
+            .map(|(_, &w)| w)
+            .sum();
         let target = uniform(params.seed, step) as f64 * total;
         let mut cumulative = 0.0;
         let mut last = 0;
-        for (i, &w) in weights.iter().enumerate() {
-            if w >= threshold {
+        for (i, (&l, &w)) in logits.iter().zip(weights.iter()).enumerate() {
+            if candidate(l) {
                 cumulative += w;
                 last = i;
                 if cumulative > target {

@@ -46,6 +46,12 @@ pub trait Engine {
     fn export_state(&self) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
     /// Replaces the state and position.
     fn import_state(&mut self, position: usize, layers: &[Vec<f32>]) -> Result<()>;
+    /// Makes `logits` (`[vocab]`) the logits of the last consumed token, as if it had just
+    /// been fed: a resumed session that owes no token samples from them.
+    fn restore_logits(&mut self, logits: &[f32]) -> Result<()> {
+        let _ = logits;
+        Ok(())
+    }
     /// An independent copy of this sequence (on the GPU, the state is copied on the GPU).
     fn fork(&self) -> Result<Self>
     where
@@ -170,11 +176,19 @@ pub async fn mean_nll<E: Engine>(
                 position: start + i + 1,
                 vocab_size: vocab,
             })?;
+            crate::reference::check_finite_logits(row, vocab, start + i)?;
             total += log_z - *logit as f64;
         }
         progress(start + chunk.len(), tokens.len());
     }
-    Ok(total / (tokens.len() - 1) as f64)
+    let mean = total / (tokens.len() - 1) as f64;
+    if !mean.is_finite() {
+        return Err(ModelError::NonFinite(format!(
+            "the mean negative log-likelihood is not finite ({mean}): the model's logits \
+             overflowed"
+        )));
+    }
+    Ok(mean)
 }
 
 /// What a session must remember besides the recurrent state.
@@ -350,9 +364,11 @@ impl<E: Engine> Generator<E> {
             .last_logits
             .take()
             .ok_or_else(|| ModelError::invalid("nothing to continue from: give a prompt first"))?;
+        let vocab = self.engine.config().vocab_size;
+        crate::reference::check_finite_logits(&logits, vocab, self.engine.position())?;
         apply_repeat_penalty(&mut logits, &self.book.history, params.repeat_penalty);
         let token = sample(&logits, params, self.book.draws);
-        self.book.draws += 1;
+        self.book.draws = self.book.draws.saturating_add(1);
         self.book.remember(&[token]);
         self.book.pending = Some(token);
         Ok(token)
@@ -394,7 +410,7 @@ impl<E: Engine> Generator<E> {
             .await?;
         match sampled {
             Some(tokens) => {
-                self.book.draws += tokens.len() as u64;
+                self.book.draws = self.book.draws.saturating_add(tokens.len() as u64);
                 self.book.remember(&tokens);
                 self.book.pending = tokens.last().copied();
                 self.last_logits = None;
@@ -448,6 +464,11 @@ impl<E: Engine> Generator<E> {
             position: self.engine.position(),
             layers: self.engine.export_state().await?,
             extra: self.book.to_strings(),
+            // With no pending token, a resumed session needs these to continue without input.
+            last_logits: match self.book.pending {
+                Some(_) => None,
+                None => self.last_logits.clone(),
+            },
         })
     }
 
@@ -465,16 +486,50 @@ impl<E: Engine> Generator<E> {
     }
 
     fn resume(mut engine: E, name: &Path, saved: SavedState) -> Result<Self> {
-        let book =
-            SessionBook::from_strings(&saved.extra).ok_or_else(|| ModelError::StateFile {
-                path: name.to_path_buf(),
-                message: "missing or bad session bookkeeping (pending, history, draws)".into(),
-            })?;
-        engine.import_state(saved.position, &saved.layers)?;
+        let bad = |message: String| ModelError::StateFile {
+            path: name.to_path_buf(),
+            message,
+        };
+        let book = SessionBook::from_strings(&saved.extra).ok_or_else(|| {
+            bad("missing or bad session bookkeeping (pending, history, draws)".into())
+        })?;
+        let vocab = engine.config().vocab_size;
+        if book.history.len() > REPEAT_WINDOW {
+            return Err(bad(format!(
+                "the history holds {} tokens, more than the {REPEAT_WINDOW} a session keeps",
+                book.history.len()
+            )));
+        }
+        let ids = book.pending.iter().map(|&p| ("pending token", p));
+        let ids = ids.chain(book.history.iter().map(|&h| ("history token", h)));
+        for (what, id) in ids {
+            if id as usize >= vocab {
+                return Err(bad(format!(
+                    "{what} {id} is out of range: the vocabulary has {vocab} entries"
+                )));
+            }
+        }
+        // The GPU sampler counts draws in u32: both backends refuse a count it cannot continue.
+        if book.draws > u64::from(u32::MAX) {
+            return Err(bad(format!(
+                "{} draws is beyond the {} a session can make",
+                book.draws,
+                u32::MAX
+            )));
+        }
+        if book.pending.is_some() && saved.last_logits.is_some() {
+            return Err(bad("holds both a pending token and the last logits".into()));
+        }
+        engine
+            .import_state(saved.position, &saved.layers)
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(logits) = &saved.last_logits {
+            engine.restore_logits(logits)?;
+        }
         Ok(Self {
             engine,
             book,
-            last_logits: None,
+            last_logits: saved.last_logits,
             queued: Vec::new(),
             fed: 0,
         })

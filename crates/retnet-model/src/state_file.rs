@@ -54,6 +54,28 @@ pub fn layer_state_shape(
     }
 }
 
+/// The name of the optional tensor of [`SavedState::last_logits`].
+const LAST_LOGITS: &str = "last_logits";
+
+/// The most bytes a state file of a model of `config` can need: its layers (a full attention
+/// layer's cache grows with the position, so such models are bounded by the file's own
+/// size only), the last logits and 1 MiB of header.
+fn max_state_file_bytes(config: &ModelConfig) -> u64 {
+    let mut total: u64 = 1 << 20;
+    total = total.saturating_add((config.vocab_size as u64).saturating_mul(4));
+    for layer in 0..config.num_layers {
+        let values = match config.layer_kind(layer) {
+            LayerKind::Retention => config.num_heads * config.head_k_dim * config.head_v_dim,
+            LayerKind::Attention(a) => match a.window {
+                Some(w) => crate::reference::kv_cache_len(a, w).unwrap_or(usize::MAX),
+                None => return u64::MAX,
+            },
+        };
+        total = total.saturating_add((values as u64).saturating_mul(4));
+    }
+    total
+}
+
 /// A recurrent state as stored in a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SavedState {
@@ -64,6 +86,10 @@ pub struct SavedState {
     pub layers: Vec<Vec<f32>>,
     /// Session bookkeeping (pending token, history, draw counter), as strings.
     pub extra: HashMap<String, String>,
+    /// The logits after the last consumed token, for a session saved with no pending token
+    /// (one that has generated nothing yet since its last input): without them it could not
+    /// continue without new input.
+    pub last_logits: Option<Vec<f32>>,
 }
 
 /// Writes a state to `path`, tagged with the fingerprints of the config and the weights.
@@ -102,6 +128,19 @@ pub fn state_to_bytes(
             .map_err(|e| err(e.to_string()))?;
         views.push((format!("layers.{i}"), view));
     }
+    let logit_bytes: Option<Vec<u8>> = saved
+        .last_logits
+        .as_ref()
+        .map(|l| l.iter().flat_map(|v| v.to_le_bytes()).collect());
+    if let Some(b) = &logit_bytes {
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![config.vocab_size],
+            b,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        views.push((LAST_LOGITS.to_string(), view));
+    }
     let mut metadata = saved.extra.clone();
     metadata.extend([
         ("format".to_string(), FORMAT.to_string()),
@@ -118,7 +157,7 @@ pub fn load_state(
     config: &ModelConfig,
     weights: &WeightsFingerprint,
 ) -> Result<SavedState> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bytes = crate::files::read_bounded(path, max_state_file_bytes(config))?;
     state_from_bytes(path, &bytes, config, weights)
 }
 
@@ -170,7 +209,19 @@ pub fn state_from_bytes(
         .get("position")
         .and_then(|p| p.parse::<usize>().ok())
         .ok_or_else(|| err("missing or bad position".into()))?;
-    let mut layers = Vec::with_capacity(config.num_layers);
+    if position > crate::reference::MAX_POSITION {
+        return Err(err(format!(
+            "position {position} is beyond the {} tokens a session can hold",
+            crate::reference::MAX_POSITION
+        )));
+    }
+    let finite = |name: &str, values: &[f32]| match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(j) => Err(err(format!(
+            "tensor `{name}` holds a non-finite value at element {j}"
+        ))),
+    };
+    let mut layers = Vec::new();
     for i in 0..config.num_layers {
         let name = format!("layers.{i}");
         let view = st
@@ -184,14 +235,36 @@ pub fn state_from_bytes(
         if view.dtype() != safetensors::Dtype::F32 || view.shape() != shape {
             return Err(err(format!("tensor `{name}` is not f32 {shape:?}")));
         }
-        layers.push(crate::safetensors_store::le_words(
-            view.data(),
-            f32::from_le_bytes,
-        ));
+        let values = crate::safetensors_store::le_words(view.data(), f32::from_le_bytes);
+        finite(&name, &values)?;
+        layers.push(values);
     }
+    let expected = config.num_layers + usize::from(st.names().contains(&LAST_LOGITS));
+    if st.len() != expected {
+        return Err(err(format!(
+            "holds {} tensors, but a state of this model has {} layers",
+            st.len(),
+            config.num_layers
+        )));
+    }
+    let last_logits = match st.tensor(LAST_LOGITS) {
+        Err(_) => None,
+        Ok(view) => {
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != [config.vocab_size] {
+                return Err(err(format!(
+                    "tensor `{LAST_LOGITS}` is not f32 [{}]",
+                    config.vocab_size
+                )));
+            }
+            let values = crate::safetensors_store::le_words(view.data(), f32::from_le_bytes);
+            finite(LAST_LOGITS, &values)?;
+            Some(values)
+        }
+    };
     Ok(SavedState {
         position,
         layers,
         extra: info,
+        last_logits,
     })
 }

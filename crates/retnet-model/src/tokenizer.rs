@@ -23,7 +23,9 @@ impl Tokenizer {
     /// exactly 256 entries.
     pub fn for_model(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        if path.is_file() {
+        // Anything at that path (a FIFO or a directory too) is the model's tokenizer, refused
+        // by `from_file` if unreadable, rather than silently replaced by bytes.
+        if path.exists() {
             return Self::from_file(&path);
         }
         Self::bytes_for(config).ok_or_else(|| {
@@ -38,8 +40,15 @@ impl Tokenizer {
     /// A Hugging Face `tokenizer.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: &Path) -> Result<Self> {
-        let tok = tokenizers::Tokenizer::from_file(path)
+        let bytes = crate::files::read_bounded(path, crate::files::MAX_TOKENIZER_BYTES)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut tok = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        // One sequence is encoded at a time, for generation: padding would append pad tokens
+        // to a prompt (a `Fixed(huge)` length or `pad_to_multiple_of` would also allocate
+        // without bound), and truncation would silently drop part of it.
+        tok.with_padding(None);
+        let _ = tok.with_truncation(None);
         Ok(Self::HuggingFace(Box::new(tok)))
     }
 

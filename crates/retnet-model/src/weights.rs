@@ -124,7 +124,8 @@ impl ModelWeights {
         let d = config.d_model;
         let f = config.ffn_dim;
         let (vw, kvw) = (config.value_width(), config.kv_value_width());
-        let mut layers = Vec::with_capacity(config.num_layers);
+        // Grown as layers are read: a config's layer count is not trusted before its tensors.
+        let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let r = &mut reader;
             let role = |t| TensorRole::Layer(i, t);
@@ -226,6 +227,102 @@ impl ModelWeights {
             }
         }
         reader.fingerprint()
+    }
+}
+
+impl ModelWeights {
+    /// Checks that these weights fit `config`: one [`LayerWeights`] per layer (attention
+    /// layers where the config has them), every tensor of the shape the config implies
+    /// (matrices with matching `out_features × in_features`), every value finite and every log
+    /// decay ≤ 0. [`crate::CpuModel::new`] checks this.
+    pub fn check(&self, config: &ModelConfig) -> Result<()> {
+        if self.layers.len() != config.num_layers {
+            return Err(ModelError::invalid(format!(
+                "the weights have {} layers, the config {}",
+                self.layers.len(),
+                config.num_layers
+            )));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attention = matches!(config.layer_kind(i), LayerKind::Attention(_));
+            if layer.attention.is_some() != attention {
+                return Err(ModelError::invalid(format!(
+                    "layer {i} of the weights is {}, but the config makes it {}",
+                    if layer.attention.is_some() {
+                        "attention"
+                    } else {
+                        "retention"
+                    },
+                    if attention { "attention" } else { "retention" },
+                )));
+            }
+            for (role, linear) in [
+                (LayerTensor::Q, &layer.q_proj),
+                (LayerTensor::K, &layer.k_proj),
+                (LayerTensor::V, &layer.v_proj),
+                (LayerTensor::G, &layer.g_proj),
+                (LayerTensor::Out, &layer.out_proj),
+                (LayerTensor::FfnAct, &layer.ffn_act),
+                (LayerTensor::FfnLin, &layer.ffn_lin),
+                (LayerTensor::FfnDown, &layer.ffn_down),
+            ] {
+                let shape = TensorRole::Layer(i, role).shape(config);
+                let expected = shape.unwrap_or_else(|| vec![0, config.d_model]);
+                let found = vec![linear.out_features, linear.in_features];
+                if found != expected
+                    || Some(linear.data.len())
+                        != expected.iter().try_fold(1usize, |a, &n| a.checked_mul(n))
+                {
+                    return Err(ModelError::ShapeMismatch {
+                        name: TensorRole::Layer(i, role).label(),
+                        expected,
+                        found,
+                    });
+                }
+            }
+        }
+        for (role, linear) in [
+            (TensorRole::Embed, Some(&self.embed)),
+            (TensorRole::Head, self.head.as_ref()),
+        ] {
+            if let (Some(l), Some(shape)) = (linear, role.shape(config)) {
+                if vec![l.out_features, l.in_features] != shape {
+                    return Err(ModelError::ShapeMismatch {
+                        name: role.label(),
+                        expected: shape,
+                        found: vec![l.out_features, l.in_features],
+                    });
+                }
+            }
+        }
+        for role in TensorRole::all(config.num_layers) {
+            let expected = role.shape(config);
+            let held = WeightSource::len(self, role);
+            let optional = matches!(
+                role,
+                TensorRole::Layer(_, LayerTensor::AttnQNorm | LayerTensor::AttnKNorm)
+            );
+            let want = expected
+                .as_ref()
+                .and_then(|s| s.iter().try_fold(1usize, |a, &n| a.checked_mul(n)));
+            let fits = match (want, held) {
+                (None, None) => true,
+                (Some(w), Some(h)) => w == h,
+                (Some(_), None) => optional,
+                (None, Some(_)) => false,
+            };
+            if !fits {
+                return Err(ModelError::ShapeMismatch {
+                    name: role.label(),
+                    expected: expected.unwrap_or_default(),
+                    found: held.map_or_else(Vec::new, |n| vec![n]),
+                });
+            }
+            if let Some(values) = self.slice(role) {
+                check_values(self, role, 0, values)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -394,6 +491,16 @@ pub trait WeightSource {
     fn release(&self, role: TensorRole) {
         let _ = role;
     }
+    /// Checks, without reading values, that the tensor can be read (present, of the shape the
+    /// config implies, of a readable dtype): readers call this before allocating for it.
+    fn check(&self, role: TensorRole) -> Result<()> {
+        let _ = role;
+        Ok(())
+    }
+    /// The tensor's name in error messages (the checkpoint's own name where there is one).
+    fn name(&self, role: TensorRole) -> String {
+        role.label()
+    }
 }
 
 /// Reads tensors from a [`WeightSource`] and hashes every value that passes, for
@@ -420,8 +527,10 @@ impl<'s> WeightReader<'s> {
     /// Reads a whole tensor into host memory.
     pub fn read(&mut self, role: TensorRole) -> Result<Vec<f32>> {
         let len = self.len(role)?;
+        self.source.check(role)?;
         let mut values = vec![0.0; len];
         self.source.read(role, 0, &mut values)?;
+        check_values(self.source, role, 0, &values)?;
         self.source.release(role);
         self.digests.insert(role, xxh3_64(bytes_of(&values)));
         Ok(values)
@@ -467,6 +576,7 @@ impl<'s> WeightReader<'s> {
     /// Starts reading a tensor piece by piece: [`TensorPieces::next`] until `None`, then
     /// [`WeightReader::finish`]. (For loaders that await between pieces.)
     pub fn piece(&self, role: TensorRole) -> Result<TensorPieces> {
+        self.source.check(role)?;
         Ok(TensorPieces {
             role,
             len: self.len(role)?,
@@ -517,6 +627,11 @@ impl TensorPieces {
         self.len == 0
     }
 
+    /// Elements read so far.
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
     /// The next piece (at most `chunk.len()` values, decoded into `chunk`), or `None` at the end.
     pub fn next<'c>(
         &mut self,
@@ -529,10 +644,42 @@ impl TensorPieces {
         }
         let (piece, _) = chunk.split_at_mut(n);
         source.read(self.role, self.done, piece)?;
+        check_values(source, self.role, self.done, piece)?;
         self.done += n;
         self.hasher.update(bytes_of(piece));
         Ok(Some(piece))
     }
+}
+
+/// Refuses values no model computes with: NaN or infinite ones anywhere (stored tensors are
+/// checked as they are decoded too, formulas and in-memory weights here), and a log decay
+/// above 0 (a decay γ > 1 makes the state grow without bound).
+fn check_values(
+    source: &dyn WeightSource,
+    role: TensorRole,
+    start: usize,
+    values: &[f32],
+) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::NonFinite(format!(
+            "tensor `{}` holds a non-finite value ({}) at element {}",
+            source.name(role),
+            values.get(i).copied().unwrap_or(f32::NAN),
+            start + i
+        )));
+    }
+    if role == TensorRole::LogDecay {
+        if let Some(i) = values.iter().position(|&v| v > 0.0) {
+            return Err(ModelError::NonFinite(format!(
+                "tensor `{}` holds the log decay {} at element {}: a decay above 1 grows \
+                 without bound (log γ must be ≤ 0)",
+                source.name(role),
+                values.get(i).copied().unwrap_or(f32::NAN),
+                start + i
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The little-endian bytes of f32 values (every target this crate builds for is little-endian).
@@ -625,6 +772,17 @@ impl<'a> CheckpointWeights<'a> {
     /// The weights of `store` for a model of `config`: checks the tensor names' family and
     /// the layer count (shapes are checked as each tensor is read).
     pub fn new(config: &'a ModelConfig, store: &'a TensorStore) -> Result<Self> {
+        config.check()?;
+        // Every layer has several tensors, so a layer count above the files' tensor count is
+        // refused before anything iterates over the layers.
+        let tensors = store.names().count();
+        if config.num_layers > tensors {
+            return Err(ModelError::invalid(format!(
+                "the config's layer count {} is more than the weights files' {tensors} tensors \
+                 can hold",
+                config.num_layers
+            )));
+        }
         let names = CheckpointNames::detect(config, store)?;
         names.check_layer_count(config, store)?;
         Ok(Self {
@@ -741,6 +899,20 @@ impl WeightSource for CheckpointWeights<'_> {
                 out.copy_from_slice(values);
                 Ok(())
             }
+        }
+    }
+
+    fn check(&self, role: TensorRole) -> Result<()> {
+        if let Resolved::Stored(name, shape) = self.resolve(role)? {
+            self.store.tensor(&name, &shape)?;
+        }
+        Ok(())
+    }
+
+    fn name(&self, role: TensorRole) -> String {
+        match self.resolve(role) {
+            Ok(Resolved::Stored(name, _)) => name,
+            _ => role.label(),
         }
     }
 

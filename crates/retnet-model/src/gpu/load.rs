@@ -59,7 +59,10 @@ impl Uploader<'_> {
     async fn matrix(&mut self, label: &str, roles: &[TensorRole]) -> Result<Weights> {
         let mut values = 0;
         for &role in roles {
-            values += self.len(role)?;
+            values = self
+                .len(role)?
+                .checked_add(values)
+                .ok_or_else(|| ModelError::invalid(format!("the weights of {label} overflow")))?;
         }
         let weights = self.device.create_weights(label, values, self.format)?;
         let mut writer = WeightWriter::new(self.device, &[(&weights, values)])?;
@@ -67,9 +70,13 @@ impl Uploader<'_> {
             let mut pieces = self.reader.piece(role)?;
             loop {
                 let source = self.reader.source();
+                let start = pieces.done();
                 let Some(piece) = pieces.next(source, &mut self.chunk)? else {
                     break;
                 };
+                if self.format != WeightFormat::F32 {
+                    check_half_range(&source.name(role), start, piece)?;
+                }
                 writer.push(piece)?;
                 let n = piece.len() as u64;
                 self.since_wait += writer.take_queued();
@@ -112,6 +119,21 @@ impl Uploader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a weight that f16 cannot hold (it would become infinite on the GPU), naming the
+/// tensor; f32 weights hold it.
+fn check_half_range(name: &str, start: usize, values: &[f32]) -> Result<()> {
+    const F16_MAX: f32 = 65504.0;
+    match values.iter().position(|v| v.abs() > F16_MAX) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::NonFinite(format!(
+            "tensor `{name}` holds {} at element {}, beyond f16's range (±65504): load it with \
+             f32 weights",
+            values.get(i).copied().unwrap_or(f32::NAN),
+            start + i
+        ))),
     }
 }
 
@@ -166,6 +188,22 @@ pub(crate) async fn upload(
             "attention layers (hybrid checkpoints) run on the CPU backend only so far \
              (`--backend cpu`)",
         ));
+    }
+    config.check()?;
+    // The kernels take sizes as u32.
+    let c = &config;
+    for (what, n) in [
+        ("vocab size", c.vocab_size),
+        ("model width", c.d_model),
+        ("FFN width", c.ffn_dim),
+        ("query width (heads × key dim)", c.query_width()),
+        ("value width (heads × value dim)", c.value_width()),
+    ] {
+        if u32::try_from(n).is_err() {
+            return Err(ModelError::invalid(format!(
+                "{what} {n} is over the GPU kernels' u32 sizes"
+            )));
+        }
     }
     let format = matrix_format(&device, options)?;
     let total = total_bytes(&config, source, format);
