@@ -178,7 +178,10 @@ fn penalised(l: f32) -> f32 {
     if l > 0.0 {
         p = div_rn(l, params.repeat_penalty);
     }
-    return clamp(p, -3.40282347e38, 3.40282347e38);
+    // f32's largest finite value, as bits: a decimal literal for it is one rounding away from
+    // overflowing, and Tint (WebGPU in Chromium) refuses the one that does.
+    let largest = bitcast<f32>(0x7f7fffffu);
+    return clamp(p, -largest, largest);
 }
 
 // A u32 whose order is the order of the floats (NaN aside).

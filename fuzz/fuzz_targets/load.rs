@@ -3,20 +3,8 @@
 //! model or a `ModelError`, never a panic, an abort or an allocation the input does not back.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use retnet_model::{Bytes, ModelConfig, ModelWeights, TensorStore};
+mod body {
+    include!("../bodies/load.rs");
+}
 
-fuzz_target!(|data: &[u8]| {
-    let (config, weights) = match data.iter().position(|&b| b == 0) {
-        Some(i) => (&data[..i], &data[i + 1..]),
-        None => (data, &[][..]),
-    };
-    let Ok(config) = std::str::from_utf8(config) else {
-        return;
-    };
-    let config = ModelConfig::from_json_str(config);
-    let store = TensorStore::from_bytes("model.safetensors", Bytes::Owned(weights.to_vec()));
-    if let (Ok(config), Ok(store)) = (config, store) {
-        let _ = ModelWeights::from_store(&config, &store, &mut |_, _| {});
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::check(data));

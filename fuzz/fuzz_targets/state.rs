@@ -4,35 +4,8 @@
 //! states that fixture saved (`fuzz/seed.sh`), so the fingerprints are there to mutate around.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-use retnet_model::{Bytes, CpuEngine, CpuModel, Generator, SamplingParams};
-
-static CONFIG: &str = include_str!("../../tests/fixtures/torchscale_swish_tied/config.json");
-static WEIGHTS: &[u8] =
-    include_bytes!("../../tests/fixtures/torchscale_swish_tied/model.safetensors");
-
-fn model() -> &'static CpuModel {
-    static MODEL: OnceLock<CpuModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        CpuModel::from_bytes(CONFIG, Bytes::Static(WEIGHTS)).expect("the fixture loads")
-    })
+mod body {
+    include!("../bodies/state.rs");
 }
 
-fuzz_target!(|data: &[u8]| {
-    let model = model();
-    if let Ok(mut session) = Generator::load_bytes(CpuEngine::new(model), "state", data) {
-        let mut tokens = Vec::new();
-        let generated =
-            pollster::block_on(session.generate(&SamplingParams::default(), 2, &mut |t| {
-                tokens.extend_from_slice(t);
-                true
-            }));
-        if generated.is_ok() {
-            assert!(tokens
-                .iter()
-                .all(|&t| (t as usize) < model.config().vocab_size));
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::check(data));

@@ -4,48 +4,8 @@
 //! right length or a `ModelError`, never a panic; logits returned are finite.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-use retnet_model::{Bytes, CpuModel, FastCpuModel, RetentionForm};
-
-static CONFIG: &str = include_str!("../../tests/fixtures/torchscale_swish_tied/config.json");
-static WEIGHTS: &[u8] =
-    include_bytes!("../../tests/fixtures/torchscale_swish_tied/model.safetensors");
-
-fn models() -> &'static (CpuModel, FastCpuModel) {
-    static MODELS: OnceLock<(CpuModel, FastCpuModel)> = OnceLock::new();
-    MODELS.get_or_init(|| {
-        let model =
-            CpuModel::from_bytes(CONFIG, Bytes::Static(WEIGHTS)).expect("the fixture loads");
-        let fast = FastCpuModel::new(&model).expect("the fast engine takes it");
-        (model, fast)
-    })
+mod body {
+    include!("../bodies/tokens.rs");
 }
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&selector, ids)) = data.split_first() else {
-        return;
-    };
-    let tokens: Vec<u32> = ids
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let (model, fast) = models();
-    let vocab = model.config().vocab_size;
-    let form = match selector % 3 {
-        0 => RetentionForm::Parallel,
-        1 => RetentionForm::Recurrent,
-        _ => RetentionForm::Chunkwise {
-            chunk_size: (selector / 3) as usize,
-        },
-    };
-    if let Ok(logits) = model.logits(&tokens, form) {
-        assert_eq!(logits.len(), tokens.len() * vocab);
-        assert!(logits.iter().all(|v| v.is_finite()));
-    }
-    let mut engine = fast.session();
-    if let Ok(logits) = engine.forward(&tokens, selector & 1 == 0) {
-        assert!(logits.iter().all(|v| v.is_finite()));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::check(data));

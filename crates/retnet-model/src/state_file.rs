@@ -207,14 +207,19 @@ pub fn state_from_bytes(
     }
     let position = info
         .get("position")
-        .and_then(|p| p.parse::<usize>().ok())
+        .and_then(|p| p.parse::<u64>().ok())
         .ok_or_else(|| err("missing or bad position".into()))?;
-    if position > crate::reference::MAX_POSITION {
-        return Err(err(format!(
+    // Compared as u64: on wasm32 `usize` is u32 and the bound is its maximum.
+    let beyond = || {
+        err(format!(
             "position {position} is beyond the {} tokens a session can hold",
             crate::reference::MAX_POSITION
-        )));
+        ))
+    };
+    if position > crate::reference::MAX_POSITION as u64 {
+        return Err(beyond());
     }
+    let position = usize::try_from(position).map_err(|_| beyond())?;
     let finite = |name: &str, values: &[f32]| match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(j) => Err(err(format!(
