@@ -25,27 +25,10 @@ use std::time::Instant;
 use retnet_kernels::gemm_coop::{gemm_coop, CoopShape, CoopTile, GEMM_COOP_16, GEMM_COOP_8};
 use retnet_kernels::linear::LinearParams;
 use retnet_kernels::{Dispatch, Kernel, WeightFormat};
-use retnet_runtime::{Device, RuntimeError, WeightData};
+use retnet_runtime::{Device, WeightData};
+
+use crate::micro::{err, random};
 use serde_json::{json, Value};
-
-fn err(e: RuntimeError) -> String {
-    e.to_string()
-}
-
-/// xorshift64* uniform in [-scale, scale).
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let unit =
-                (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * unit - 1.0) * scale
-        })
-        .collect()
-}
 
 /// Largest |a − b|; infinite when either holds a non-finite value or the lengths differ.
 fn max_abs(a: &[f32], b: &[f64]) -> f64 {
@@ -228,33 +211,8 @@ async fn run_one(
     sink: &retnet_runtime::GpuBuffer,
     len: usize,
 ) -> Result<Vec<f32>, String> {
+    let (pipeline, group) = crate::micro::probe_pipeline(device, source, factors, sink);
     let wgpu_device = device.wgpu_device();
-    let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("coop probe"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline = wgpu_device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("coop probe"),
-        layout: None,
-        module: &module,
-        entry_point: Some("probe"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let group = wgpu_device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("coop probe"),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: factors.wgpu_buffer().as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: sink.wgpu_buffer().as_entire_binding(),
-            },
-        ],
-    });
     let mut encoder = wgpu_device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -300,42 +258,7 @@ async fn tile_probe(
     let sink = device
         .create_storage_f32("tile probe sink", 4 * t * t)
         .map_err(err)?;
-    let wgpu_device = device.wgpu_device();
-    let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("tile probe"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline = wgpu_device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("tile probe"),
-        layout: None,
-        module: &module,
-        entry_point: Some("probe"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let group = wgpu_device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("tile probe"),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: factors.buffer.wgpu_buffer().as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: sink.wgpu_buffer().as_entire_binding(),
-            },
-        ],
-    });
-    let mut encoder = wgpu_device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
-    }
-    device.wgpu_queue().submit([encoder.finish()]);
-    let got = device.read_f32(&sink, 0, 4 * t * t).await.map_err(err)?;
+    let got = run_one(device, &source, &factors.buffer, &sink, 4 * t * t).await?;
     let a64: Vec<f64> = a.iter().map(|h| f64::from(h.to_f32())).collect();
     let at64: Vec<f64> = (0..t * t).map(|i| a64[(i % t) * t + i / t]).collect();
     let label = format!("pad {pad}, offset {offset}");

@@ -73,7 +73,7 @@ impl Measure {
     }
 }
 
-fn err(e: RuntimeError) -> String {
+pub(crate) fn err(e: RuntimeError) -> String {
     e.to_string()
 }
 
@@ -171,7 +171,7 @@ async fn time(
 }
 
 /// A cheap, seedable uniform generator (xorshift64*) for the inputs.
-fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub(crate) fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -236,16 +236,14 @@ fn probe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) subgroup: 
 }
 ";
 
-/// Runs a probe shader (bindings: `factors`, `sink`) on `workgroups` workgroups, `count` times
-/// per submission; the best time per dispatch.
-async fn run_probe(
+/// The pipeline and bind group of a probe shader: entry point `probe`, bindings 0 (`factors`)
+/// and 1 (`sink`). Probes are built once per run, outside any timed loop.
+pub(crate) fn probe_pipeline(
     device: &Device,
     source: &str,
     factors: &GpuBuffer,
     sink: &GpuBuffer,
-    workgroups: u32,
-    effort: Effort,
-) -> Result<Duration, String> {
+) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
     let wgpu_device = device.wgpu_device();
     let module = wgpu_device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("micro probe"),
@@ -273,6 +271,21 @@ async fn run_probe(
             },
         ],
     });
+    (pipeline, group)
+}
+
+/// Runs a probe shader (bindings: `factors`, `sink`) on `workgroups` workgroups, `count` times
+/// per submission; the best time per dispatch.
+async fn run_probe(
+    device: &Device,
+    source: &str,
+    factors: &GpuBuffer,
+    sink: &GpuBuffer,
+    workgroups: u32,
+    effort: Effort,
+) -> Result<Duration, String> {
+    let (pipeline, group) = probe_pipeline(device, source, factors, sink);
+    let wgpu_device = device.wgpu_device();
     let run = |count: usize| {
         let mut encoder = wgpu_device.create_command_encoder(&Default::default());
         {
