@@ -138,7 +138,7 @@ fn a_windowed_layer_keeps_a_ring_of_w_positions() {
             .unwrap();
         for (layer, values) in state.layers.iter().enumerate() {
             let want = match c.layer_kind(layer) {
-                LayerKind::Retention => c.num_heads * c.head_k_dim * c.head_v_dim,
+                LayerKind::Retention => c.retention_state_len(),
                 LayerKind::Attention(a) => {
                     let w = a.window.unwrap();
                     (n + 1).min(w) * 2 * a.kv_width()

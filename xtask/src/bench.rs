@@ -679,7 +679,7 @@ async fn bench_preset(
         4
     };
     let weight_bytes = matrix_params_per_step(&c) * weight_size;
-    let state_bytes = (c.num_layers * c.num_heads * c.head_k_dim * c.head_v_dim * 4) as u64;
+    let state_bytes = (c.num_layers * c.retention_state_len() * 4) as u64;
     let step1_bytes = weight_bytes + 2 * state_bytes;
     let step8_bytes = weight_bytes + 2 * state_bytes * batch_size as u64;
     let roof1 = bandwidth / step1_bytes as f64;

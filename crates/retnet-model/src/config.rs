@@ -239,6 +239,12 @@ impl ModelConfig {
         self.num_heads * self.head_v_dim
     }
 
+    /// Values of one retention layer's recurrent state, `[H, K, V]` f32 (the one place this
+    /// size is written down: sessions, batches, state files and the server's cache use it).
+    pub fn retention_state_len(&self) -> usize {
+        self.num_heads * self.head_k_dim * self.head_v_dim
+    }
+
     /// The key/value head that query head `head` reads.
     pub fn kv_head_of(&self, head: usize) -> usize {
         head / (self.num_heads / self.num_kv_heads)

@@ -198,7 +198,7 @@ impl<'m> FastCpuEngine<'m> {
             model,
             state: CpuState {
                 position: 0,
-                layers: vec![vec![0.0; c.num_heads * c.head_k_dim * c.head_v_dim]; c.num_layers],
+                layers: vec![vec![0.0; c.retention_state_len()]; c.num_layers],
             },
             scratch: Scratch::default(),
             last: None,

@@ -237,7 +237,7 @@ impl CpuModel {
             position: 0,
             layers: (0..c.num_layers)
                 .map(|layer| match c.layer_kind(layer) {
-                    LayerKind::Retention => vec![0.0; c.num_heads * c.head_k_dim * c.head_v_dim],
+                    LayerKind::Retention => vec![0.0; c.retention_state_len()],
                     LayerKind::Attention(_) => Vec::new(),
                 })
                 .collect(),

@@ -65,7 +65,7 @@ fn max_state_file_bytes(config: &ModelConfig) -> u64 {
     total = total.saturating_add((config.vocab_size as u64).saturating_mul(4));
     for layer in 0..config.num_layers {
         let values = match config.layer_kind(layer) {
-            LayerKind::Retention => config.num_heads * config.head_k_dim * config.head_v_dim,
+            LayerKind::Retention => config.retention_state_len(),
             LayerKind::Attention(a) => match a.window {
                 Some(w) => crate::reference::kv_cache_len(a, w).unwrap_or(usize::MAX),
                 None => return u64::MAX,

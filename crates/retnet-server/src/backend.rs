@@ -56,9 +56,9 @@ impl EngineSource for CpuSource {
 pub struct GpuSource(pub GpuModel);
 
 impl EngineSource for GpuSource {
-    type Engine<'a> = GpuSession<'a>;
+    type Engine<'a> = GpuSession;
 
-    fn engine(&self) -> Result<GpuSession<'_>> {
+    fn engine(&self) -> Result<GpuSession> {
         self.0.session()
     }
 

@@ -124,7 +124,7 @@ where
 /// The router of every route.
 pub fn router(app: Arc<App>) -> Router {
     let c = &app.config;
-    let state_bytes = c.num_layers * c.num_heads * c.head_k_dim * c.head_v_dim * 4;
+    let state_bytes = c.num_layers * c.retention_state_len() * 4;
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))

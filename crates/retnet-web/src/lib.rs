@@ -19,6 +19,7 @@
 //! of 256, like the shipped default model) are supported: the Hugging Face tokenizer is not part
 //! of the WebAssembly build.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use js_sys::{Function, Reflect, Uint32Array, Uint8Array};
@@ -45,10 +46,9 @@ struct Loaded {
 /// A RetNet model loaded onto the browser's GPU.
 #[wasm_bindgen]
 pub struct Model {
-    /// Leaked on purpose: sessions borrow the model (`GpuSession<'m>`), and objects exported to
-    /// JavaScript cannot carry a lifetime. A page loads its model once; its GPU memory lives as
-    /// long as the page.
-    loaded: &'static Loaded,
+    /// Shared with the sessions made from it (they hold the model's GPU handle and the
+    /// tokenizer), so the GPU memory is freed once JavaScript has dropped all of them.
+    loaded: Rc<Loaded>,
 }
 
 #[wasm_bindgen]
@@ -94,11 +94,11 @@ impl Model {
             .await
             .map_err(js_error)?;
         Ok(Model {
-            loaded: Box::leak(Box::new(Loaded {
+            loaded: Rc::new(Loaded {
                 gpu,
                 precision: weights,
                 tokenizer,
-            })),
+            }),
         })
     }
 
@@ -154,7 +154,10 @@ impl Model {
     /// A fresh session: zero state at position 0.
     pub fn session(&self) -> Result<Session, JsError> {
         let engine = self.loaded.gpu.session().map_err(js_error)?;
-        Ok(Session::new(Generator::new(engine), &self.loaded.tokenizer))
+        Ok(Session::new(
+            Generator::new(engine),
+            Rc::clone(&self.loaded),
+        ))
     }
 
     /// Continues a session saved by [`Session::save`] (here or by `retnet generate
@@ -162,23 +165,21 @@ impl Model {
     pub fn resume(&self, state: &[u8]) -> Result<Session, JsError> {
         let engine = self.loaded.gpu.session().map_err(js_error)?;
         let generator = Generator::load_bytes(engine, "state", state).map_err(js_error)?;
-        Ok(Session::new(generator, &self.loaded.tokenizer))
+        Ok(Session::new(generator, Rc::clone(&self.loaded)))
     }
 }
 
 /// One sequence being generated: recurrent state on the GPU, sampler position and history.
 #[wasm_bindgen]
 pub struct Session {
-    generator: Generator<GpuSession<'static>>,
-    tokenizer: &'static Tokenizer,
+    generator: Generator<GpuSession>,
+    /// The model's tokenizer (and handle), shared with the [`Model`].
+    loaded: Rc<Loaded>,
 }
 
 impl Session {
-    fn new(generator: Generator<GpuSession<'static>>, tokenizer: &'static Tokenizer) -> Self {
-        Self {
-            generator,
-            tokenizer,
-        }
+    fn new(generator: Generator<GpuSession>, loaded: Rc<Loaded>) -> Self {
+        Self { generator, loaded }
     }
 }
 
@@ -216,7 +217,8 @@ impl Session {
         on_text: Function,
     ) -> Result<usize, JsError> {
         let params = sampling_params(&sampling)?;
-        let tokenizer = self.tokenizer;
+        let loaded = Rc::clone(&self.loaded);
+        let tokenizer = &loaded.tokenizer;
         let mut text = TextStream::new();
         let mut failed: Option<JsError> = None;
         let mut emit = |ids: &[u32]| -> bool {
@@ -259,7 +261,7 @@ impl Session {
     /// An independent copy (state copied on the GPU); both continue separately.
     pub fn fork(&self) -> Result<Session, JsError> {
         let generator = self.generator.fork().map_err(js_error)?;
-        Ok(Session::new(generator, self.tokenizer))
+        Ok(Session::new(generator, Rc::clone(&self.loaded)))
     }
 }
 

@@ -257,8 +257,7 @@ fn cpu_recurrent(
     positions: &[usize],
 ) -> Result<Vec<Sample<f32>>, String> {
     let vocab = model.config().vocab_size;
-    let state_len =
-        model.config().num_heads * model.config().head_k_dim * model.config().head_v_dim;
+    let state_len = model.config().retention_state_len();
     let mut state = model.new_state();
     let mut samples = Vec::new();
     let mut done = 0;

@@ -111,7 +111,7 @@ impl Reference64 {
                 ffn_down: Matrix::from(&l.ffn_down),
             })
             .collect();
-        let state_len = c.num_heads * c.head_k_dim * c.head_v_dim;
+        let state_len = c.retention_state_len();
         Reference64 {
             embed: Matrix::from(&w.embed),
             embed_norm: w.embed_norm.as_deref().map(widen),

@@ -13,7 +13,7 @@ use retnet_runtime::kernels::linear::Reduction;
 use retnet_runtime::kernels::{retention, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, WeightWriter, Weights};
 
-use super::{GpuLayer, GpuModel, GpuOptions, WeightPrecision, MAX_GPU_CHUNK};
+use super::{GpuLayer, GpuOptions, Parts, WeightPrecision, MAX_GPU_CHUNK};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{LayerTensor, TensorRole, WeightReader, WeightSource, READ_CHUNK};
@@ -181,7 +181,7 @@ pub(crate) async fn upload(
     options: GpuOptions,
     pacing: Pacing,
     progress: LoadProgress<'_>,
-) -> Result<GpuModel> {
+) -> Result<Parts> {
     if config.is_hybrid() {
         return Err(ModelError::unsupported(
             "attn",
@@ -263,7 +263,7 @@ pub(crate) async fn upload(
         retention::CHUNK_OUTPUTS_MAX_CHUNK,
         retention::chunk_outputs_workgroup_bytes,
     );
-    Ok(GpuModel {
+    Ok(Parts {
         embed,
         embed_norm,
         layers,

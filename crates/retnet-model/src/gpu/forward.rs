@@ -1,0 +1,575 @@
+//! The recorder: the whole model over a span of tokens as kernel dispatches in one
+//! [`Sequence`], one method per stage (embeddings, the retention and FFN sub-layers of each
+//! layer, the output head).
+
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
+use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
+use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
+use retnet_runtime::kernels::linear::{
+    self, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+};
+use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
+use retnet_runtime::kernels::rotary::{
+    self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
+};
+use retnet_runtime::kernels::WeightFormat;
+use retnet_runtime::{GpuBuffer, Sequence, Weights};
+
+use super::{GpuLayer, Parts, QkvgLayout};
+use crate::config::{Activation, NormPlacement, OutputScale, RotaryStyle};
+use crate::error::{ModelError, Result};
+use crate::reference::RetentionForm;
+
+/// Which logits a recorded span computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Logits {
+    /// None: a prefill span before the last.
+    None,
+    /// The last row only (prefill before generation, decode).
+    Last,
+    /// Every row.
+    All,
+}
+
+/// Activation buffers sized for up to `tokens` tokens per span.
+pub(super) struct Scratch {
+    pub(super) tokens: usize,
+    /// Rows allocated (`tokens`).
+    pub(super) rows: usize,
+    /// Rows of logits allocated: 1, or `rows` once every row was asked for.
+    pub(super) logit_rows: usize,
+    pub(super) token_ids: GpuBuffer,
+    pub(super) x: GpuBuffer,
+    pub(super) h: GpuBuffer,
+    pub(super) qkvg: GpuBuffer,
+    pub(super) retained: GpuBuffer,
+    pub(super) gated: GpuBuffer,
+    pub(super) ffn_in: GpuBuffer,
+    pub(super) ffn_mid: GpuBuffer,
+    pub(super) logits: GpuBuffer,
+    /// The state before each chunk, for chunk-parallel retention: made by the first chunkwise
+    /// span ([`Scratch::prepare_chunk_states`]); `None` until then, for decode-only scratch, or
+    /// where it would not fit one binding.
+    pub(super) chunk_states: Option<GpuBuffer>,
+    /// Chunks `chunk_states` holds.
+    pub(super) chunk_capacity: usize,
+}
+
+impl Scratch {
+    /// Makes the chunk-state buffer of chunk-parallel retention for spans of up to `tokens`
+    /// tokens, once: for a span of 2048 tokens in chunks of 64, 32 states (113 MB for
+    /// retnet_xl). Where that exceeds a binding, the sequential chunkwise kernel (no extra
+    /// memory) is used instead.
+    pub(super) fn prepare_chunk_states(&mut self, model: &Parts) -> Result<()> {
+        if self.chunk_states.is_some() || self.tokens <= 1 {
+            return Ok(());
+        }
+        let c = &model.config;
+        let state_len = c.retention_state_len();
+        let chunks = self.tokens.div_ceil(model.max_parallel_chunk);
+        let bytes = (chunks * state_len * 4) as u64;
+        let limits = model.device.limits();
+        if bytes <= limits.max_storage_buffer_binding_size && bytes <= limits.max_buffer_size {
+            self.chunk_states = Some(model.device.create_storage("chunk states", bytes)?);
+            self.chunk_capacity = chunks;
+        }
+        Ok(())
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        [
+            &self.token_ids,
+            &self.x,
+            &self.h,
+            &self.qkvg,
+            &self.retained,
+            &self.gated,
+            &self.ffn_in,
+            &self.ffn_mid,
+            &self.logits,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum::<u64>()
+            + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
+    }
+
+    pub(super) fn new(model: &Parts, tokens: usize, all_logits: bool) -> Result<Self> {
+        let c = &model.config;
+        let dev = &model.device;
+        let rows = tokens;
+        let logit_rows = if all_logits { rows } else { 1 };
+        let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
+        Ok(Self {
+            tokens,
+            rows,
+            logit_rows,
+            chunk_states: None,
+            chunk_capacity: 0,
+            token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
+            x: f32s("x", c.d_model)?,
+            h: f32s("h", c.d_model)?,
+            qkvg: f32s("q|k|v|g", model.qkvg_layout().width as usize)?,
+            retained: f32s("retained", c.value_width())?,
+            gated: f32s("gated", c.value_width())?,
+            ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
+            ffn_mid: f32s("ffn mid", c.ffn_dim)?,
+            logits: dev.create_storage_f32("logits", logit_rows * c.vocab_size)?,
+        })
+    }
+}
+
+/// Where the rows of one recorded forward pass come from.
+pub(super) enum Rows<'a> {
+    /// Consecutive tokens of one sequence from `position`, with its per-layer states.
+    Sequence {
+        position: u32,
+        states: &'a [GpuBuffer],
+        form: RetentionForm,
+    },
+    /// One token of each of several sequences: row b is at `positions[b]` and owns state slot
+    /// `slots[b]` of each layer's pool (batched decode).
+    Batch {
+        positions: &'a GpuBuffer,
+        slots: &'a GpuBuffer,
+        pools: &'a [GpuBuffer],
+    },
+}
+
+/// Records the whole model over `t` tokens whose ids are in `token_ids` (on the GPU) into `seq`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_forward(
+    model: &Parts,
+    scratch: &Scratch,
+    seq: &mut Sequence<'_>,
+    token_ids: &GpuBuffer,
+    t: usize,
+    rows: Rows<'_>,
+    logits: Logits,
+) -> Result<()> {
+    let recorder = Recorder {
+        model,
+        s: scratch,
+        t,
+        rows,
+        layout: model.qkvg_layout(),
+        // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection
+        // after it.
+        fuse_norms: t == 1
+            && model.reduction == Reduction::Subgroup
+            && model.config.d_model % 4 == 0,
+    };
+    recorder.embeddings(seq, token_ids)?;
+    for (index, layer) in model.layers.iter().enumerate() {
+        recorder.retention_sublayer(seq, layer, index)?;
+        recorder.ffn_sublayer(seq, layer)?;
+    }
+    recorder.head(seq, logits)
+}
+
+/// What every stage of one recorded span shares.
+struct Recorder<'a> {
+    model: &'a Parts,
+    s: &'a Scratch,
+    /// Rows (tokens) in the span.
+    t: usize,
+    rows: Rows<'a>,
+    layout: QkvgLayout,
+    /// Whether a pre-norm's RMSNorm runs inside the projection after it.
+    fuse_norms: bool,
+}
+
+impl Recorder<'_> {
+    fn t32(&self) -> u32 {
+        self.t as u32
+    }
+
+    fn norm(&self) -> RmsNormParams {
+        let c = &self.model.config;
+        RmsNormParams {
+            rows: self.t32(),
+            dim: c.d_model as u32,
+            eps: c.norm_eps,
+        }
+    }
+
+    /// `output = rms_norm(input; g)` over the span's rows.
+    fn rms_norm(
+        &self,
+        seq: &mut Sequence<'_>,
+        input: &GpuBuffer,
+        g: &GpuBuffer,
+        output: &GpuBuffer,
+    ) -> Result<()> {
+        seq.dispatch(rms_norm(true, self.norm()), &[input, g, output])?;
+        Ok(())
+    }
+
+    /// `output (+)= input · Wᵀ` over the span's rows.
+    fn proj(
+        &self,
+        seq: &mut Sequence<'_>,
+        w: &Weights,
+        input: &GpuBuffer,
+        output: &GpuBuffer,
+        (in_dim, out_dim): (usize, usize),
+        accumulate: Option<f32>,
+    ) -> Result<()> {
+        let mut params = LinearParams::new(self.t32(), in_dim as u32, out_dim as u32);
+        params.accumulate = accumulate;
+        project(self.model, seq, w, input, output, params)
+    }
+
+    /// `output = rms_norm(x; g) · Wᵀ`: fused for one row, else the norm into h, then `w`.
+    fn normed_proj(
+        &self,
+        seq: &mut Sequence<'_>,
+        g: &GpuBuffer,
+        w: &Weights,
+        output: &GpuBuffer,
+        mut params: LinearParams,
+    ) -> Result<()> {
+        let s = self.s;
+        if self.fuse_norms {
+            params.norm_eps = self.model.config.norm_eps;
+            seq.dispatch(
+                linear::matvec_norm(w.format, params),
+                &[&w.buffer, &s.x, output, g],
+            )?;
+            Ok(())
+        } else {
+            self.rms_norm(seq, &s.x, g, &s.h)?;
+            project(self.model, seq, w, &s.h, output, params)
+        }
+    }
+
+    /// Embeddings (scaled) into x, through the optional embedding norm.
+    fn embeddings(&self, seq: &mut Sequence<'_>, token_ids: &GpuBuffer) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let c = &m.config;
+        let params = EmbeddingParams {
+            tokens: self.t32(),
+            dim: c.d_model as u32,
+            scale: c.embed_scale,
+        };
+        let out = if m.embed_norm.is_some() { &s.h } else { &s.x };
+        seq.dispatch(
+            gather(m.embed.format, params),
+            &[&m.embed.buffer, token_ids, out],
+        )?;
+        if let Some(g) = &m.embed_norm {
+            self.rms_norm(seq, &s.h, g, &s.x)?;
+        }
+        Ok(())
+    }
+
+    /// x ← x·α + out_proj(retention(norm(x))) (pre-norm), or its post-norm order.
+    fn retention_sublayer(
+        &self,
+        seq: &mut Sequence<'_>,
+        layer: &GpuLayer,
+        index: usize,
+    ) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let c = &m.config;
+        let width = self.layout.width;
+        match c.norm_placement {
+            NormPlacement::PreNorm => {
+                let params = LinearParams::new(self.t32(), c.d_model as u32, width);
+                self.normed_proj(seq, &layer.retention_norm, &layer.qkvg, &s.qkvg, params)?;
+            }
+            NormPlacement::PostNorm => {
+                let dims = (c.d_model, width as usize);
+                self.proj(seq, &layer.qkvg, &s.x, &s.qkvg, dims, None)?;
+            }
+        }
+        record_retention(m, s, seq, layer, index, &self.rows, self.layout, self.t)?;
+        let dims = (c.value_width(), c.d_model);
+        self.proj(
+            seq,
+            &layer.out_proj,
+            &s.gated,
+            &s.x,
+            dims,
+            Some(c.residual_alpha),
+        )
+    }
+
+    /// x ← x·α + down(act(x·W_act) · x·W_lin) on norm(x) (pre-norm), or its post-norm order.
+    fn ffn_sublayer(&self, seq: &mut Sequence<'_>, layer: &GpuLayer) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let c = &m.config;
+        let f = c.ffn_dim as u32;
+        let ffn_out = match c.norm_placement {
+            NormPlacement::PreNorm => {
+                let params = LinearParams::new(self.t32(), c.d_model as u32, 2 * f);
+                self.normed_proj(seq, &layer.ffn_norm, &layer.ffn_in, &s.ffn_in, params)?;
+                &s.x
+            }
+            NormPlacement::PostNorm => {
+                // x ← norm(α·x + MSR(x)), held in h while the FFN runs on it.
+                self.rms_norm(seq, &s.x, &layer.retention_norm, &s.h)?;
+                let dims = (c.d_model, 2 * c.ffn_dim);
+                self.proj(seq, &layer.ffn_in, &s.h, &s.ffn_in, dims, None)?;
+                &s.h
+            }
+        };
+        let act = match c.ffn_activation {
+            Activation::Swish => gated_activation::Activation::Silu,
+            Activation::Gelu => gated_activation::Activation::Gelu,
+        };
+        let params = GatedActivationParams {
+            tokens: self.t32(),
+            width: f,
+            act: Strided {
+                offset: 0,
+                stride: 2 * f,
+            },
+            linear: Strided {
+                offset: f,
+                stride: 2 * f,
+            },
+            out: Strided::dense(f),
+        };
+        seq.dispatch(
+            gated_activation(act, params),
+            &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
+        )?;
+        let dims = (c.ffn_dim, c.d_model);
+        self.proj(
+            seq,
+            &layer.ffn_down,
+            &s.ffn_mid,
+            ffn_out,
+            dims,
+            Some(c.residual_alpha),
+        )?;
+        if c.norm_placement == NormPlacement::PostNorm {
+            self.rms_norm(seq, &s.h, &layer.ffn_norm, &s.x)?;
+        }
+        Ok(())
+    }
+
+    /// The logits `logits` asks for, through the optional final norm.
+    fn head(&self, seq: &mut Sequence<'_>, logits: Logits) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let c = &m.config;
+        let t32 = self.t32();
+        let (rows, start) = match logits {
+            Logits::None => return Ok(()),
+            Logits::Last => (1, t32 - 1),
+            Logits::All => (t32, 0),
+        };
+        let mut params = LinearParams::new(rows, c.d_model as u32, c.vocab_size as u32);
+        params.x_row_start = start;
+        match &m.final_norm {
+            Some(g) if self.fuse_norms => self.normed_proj(seq, g, m.head(), &s.logits, params),
+            Some(g) => {
+                self.rms_norm(seq, &s.x, g, &s.h)?;
+                project(m, seq, m.head(), &s.h, &s.logits, params)
+            }
+            None => project(m, seq, m.head(), &s.x, &s.logits, params),
+        }
+    }
+}
+
+/// Records `output = input · Wᵀ` (`params` says the shape and whether it accumulates): on the
+/// tensor cores where the model uses them and there are more rows than the batched matvec takes,
+/// else with the portable kernel [`linear`] picks.
+fn project(
+    model: &Parts,
+    seq: &mut Sequence<'_>,
+    w: &Weights,
+    input: &GpuBuffer,
+    output: &GpuBuffer,
+    params: LinearParams,
+) -> Result<()> {
+    let dispatch = match model.tensor_cores {
+        Some(shape)
+            if w.format == WeightFormat::F16
+                && params.rows > MATVEC_BATCH_MAX_ROWS
+                && gemm_coop_supports(shape.tile, &params) =>
+        {
+            gemm_coop(shape, params)
+        }
+        _ => linear(w.format, model.reduction, params),
+    };
+    seq.dispatch(dispatch, &[&w.buffer, input, output])?;
+    Ok(())
+}
+
+/// Rotary on q and k, retention, then the per-head norm times the output gate, for layer
+/// `index`.
+#[allow(clippy::too_many_arguments)]
+fn record_retention(
+    model: &Parts,
+    s: &Scratch,
+    seq: &mut Sequence<'_>,
+    layer: &GpuLayer,
+    index: usize,
+    rows: &Rows<'_>,
+    layout: QkvgLayout,
+    t: usize,
+) -> Result<()> {
+    let c = &model.config;
+    let (t32, kd, vd) = (t as u32, c.head_k_dim as u32, c.head_v_dim as u32);
+    let style = match c.rotary {
+        RotaryStyle::InterleavedPairs => rotary::RotaryStyle::Interleaved,
+        RotaryStyle::SplitHalves => rotary::RotaryStyle::Halves,
+    };
+    for (heads, col_offset, scale) in [
+        (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
+        (c.num_kv_heads, layout.k, 1.0),
+    ] {
+        match rows {
+            Rows::Sequence { position, .. } => {
+                let params = RotaryParams {
+                    tokens: t32,
+                    heads: heads as u32,
+                    head_dim: kd,
+                    start_pos: *position,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale,
+                };
+                seq.dispatch(rotary(style, params), &[&model.rotary_theta, &s.qkvg])?;
+            }
+            Rows::Batch { positions, .. } => {
+                let params = RotaryBatchedParams {
+                    rows: t32,
+                    heads: heads as u32,
+                    head_dim: kd,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale,
+                };
+                seq.dispatch(
+                    rotary_batched(style, params),
+                    &[&model.rotary_theta, &s.qkvg, positions],
+                )?;
+            }
+        }
+    }
+    let strided = |offset| Strided {
+        offset,
+        stride: layout.width,
+    };
+    let out = Strided::dense(c.value_width() as u32);
+    let scale_by_decay_sum = c.output_scale == OutputScale::InvSqrtDecaySum;
+    let qkv = &s.qkvg;
+    match rows {
+        Rows::Sequence {
+            position,
+            states,
+            form,
+        } => {
+            let params = RetentionParams {
+                tokens: t32,
+                query_heads: c.num_heads as u32,
+                kv_heads: c.num_kv_heads as u32,
+                key_dim: kd,
+                value_dim: vd,
+                start_pos: *position,
+                q: strided(0),
+                k: strided(layout.k),
+                v: strided(layout.v),
+                out,
+                scale_by_decay_sum,
+            };
+            let state = states
+                .get(index)
+                .ok_or_else(|| ModelError::invalid("a state per layer"))?;
+            match form {
+                RetentionForm::Parallel => seq.dispatch(
+                    retention::parallel(params),
+                    &[qkv, qkv, qkv, &model.log_decay, &s.retained],
+                )?,
+                RetentionForm::Recurrent => seq.dispatch(
+                    retention::recurrent(params),
+                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                )?,
+                RetentionForm::Chunkwise { chunk_size } => {
+                    let chunk = (*chunk_size).min(model.max_chunk);
+                    let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
+                    match &s.chunk_states {
+                        // Chunk-parallel: each chunk's update of the state, the state before
+                        // each chunk, then every chunk's outputs at once.
+                        Some(states) if t.div_ceil(parallel_chunk) <= s.chunk_capacity => {
+                            let chunk = parallel_chunk as u32;
+                            seq.dispatch(
+                                retention::chunk_updates(params, chunk),
+                                &[qkv, qkv, &model.log_decay, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_scan(params, chunk),
+                                &[&model.log_decay, state, states],
+                            )?;
+                            seq.dispatch(
+                                retention::chunk_outputs(params, chunk),
+                                &[qkv, qkv, qkv, &model.log_decay, states, &s.retained],
+                            )?;
+                        }
+                        // One workgroup per head and column slice walks the chunks in order.
+                        _ => seq.dispatch(
+                            retention::chunkwise(params, chunk as u32),
+                            &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
+                        )?,
+                    }
+                }
+            }
+        }
+        Rows::Batch {
+            positions,
+            slots,
+            pools,
+        } => {
+            let params = RetentionBatchedParams {
+                rows: t32,
+                query_heads: c.num_heads as u32,
+                kv_heads: c.num_kv_heads as u32,
+                key_dim: kd,
+                value_dim: vd,
+                q: strided(0),
+                k: strided(layout.k),
+                v: strided(layout.v),
+                out,
+                scale_by_decay_sum,
+            };
+            let pool = pools
+                .get(index)
+                .ok_or_else(|| ModelError::invalid("a state pool per layer"))?;
+            seq.dispatch(
+                retention::recurrent_batched(params),
+                &[
+                    qkv,
+                    qkv,
+                    qkv,
+                    &model.log_decay,
+                    positions,
+                    slots,
+                    pool,
+                    &s.retained,
+                ],
+            )?;
+        }
+    }
+    let params = HeadNormGateParams {
+        tokens: t32,
+        heads: c.num_heads as u32,
+        head_dim: vd,
+        eps: c.head_norm_eps,
+        input: Strided::dense(c.value_width() as u32),
+        gate: strided(layout.g),
+        out: Strided::dense(c.value_width() as u32),
+    };
+    match &layer.head_norm {
+        Some(w) => seq.dispatch(
+            head_norm_gate(true, params),
+            &[&s.retained, qkv, w, &s.gated],
+        )?,
+        None => seq.dispatch(head_norm_gate(false, params), &[&s.retained, qkv, &s.gated])?,
+    }
+    Ok(())
+}
