@@ -43,13 +43,3 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         output[row_start + i] = input[row_start + i] * scale * norm_weight[i];
     }
 }
-
-// Grid: (rows, 1, 1).
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn rms_norm_unweighted(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let row_start = wid.x * params.dim;
-    let scale = inverse_rms(row_start, lane);
-    for (var i = lane; i < params.dim; i += WORKGROUP_SIZE) {
-        output[row_start + i] = input[row_start + i] * scale;
-    }
-}

@@ -22,9 +22,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use retnet_kernels::gemm_coop::{gemm_coop, CoopShape, CoopTile, GEMM_COOP_16, GEMM_COOP_8};
+use retnet_kernels::gemm_coop::{gemm_coop_launch, CoopShape, CoopTile, GEMM_COOP_16, GEMM_COOP_8};
 use retnet_kernels::linear::LinearParams;
-use retnet_kernels::{Dispatch, Kernel, WeightFormat};
+use retnet_kernels::{Bound, BufferList, Dispatch, Kernel, WeightFormat};
 use retnet_runtime::{Device, WeightData};
 
 use crate::micro::{err, random};
@@ -490,7 +490,7 @@ fn dispatch(
     single: bool,
     params: LinearParams,
 ) -> Dispatch {
-    let mut built = gemm_coop(shape, params);
+    let mut built = gemm_coop_launch(shape, params);
     // Variants with smaller sub-blocks cover smaller blocks: a grid of their own.
     let block = block_of(kernel, shape.tile);
     built.workgroups = [
@@ -534,7 +534,10 @@ async fn gemm_error(
     let dispatch = dispatch(shape, kernel, single, params);
     let mut sequence = device.sequence("coop check");
     sequence
-        .dispatch(dispatch, &[&weights.buffer, &xb, &y])
+        .dispatch(Bound {
+            dispatch,
+            buffers: BufferList::new(&[&weights.buffer, &xb, &y]),
+        })
         .map_err(err)?;
     sequence.submit().map_err(err)?;
     let got = device
@@ -569,7 +572,10 @@ async fn gemm_time(
         let mut sequence = device.sequence("coop time");
         for _ in 0..count {
             sequence
-                .dispatch(dispatch, &[&weights.buffer, &x, &y])
+                .dispatch(Bound {
+                    dispatch,
+                    buffers: BufferList::new(&[&weights.buffer, &x, &y]),
+                })
                 .map_err(err)?;
         }
         sequence.submit().map_err(err)?;

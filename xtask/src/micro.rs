@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use retnet_kernels::gemm_coop::{gemm_coop, gemm_coop_supports, CoopShape, CoopTile, SUB_BLOCKS};
-use retnet_kernels::linear::{matmul, matvec, LinearParams, Reduction};
+use retnet_kernels::linear::{matmul, matvec, LinearBuffers, LinearParams, Reduction};
 use retnet_kernels::retention::{self, RetentionParams, Strided};
-use retnet_kernels::{Dispatch, WeightFormat};
+use retnet_kernels::{Bound, WeightFormat};
 use retnet_model::ModelConfig;
 use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
 use serde_json::{json, Value};
@@ -146,14 +146,14 @@ fn print_table(name: &str, measures: &[Measure]) {
 /// Best time per dispatch of `count` copies of `dispatches` (one pass), waiting on `done`.
 async fn time(
     device: &Device,
-    dispatches: &[(Dispatch, Vec<&GpuBuffer>)],
+    dispatches: &[Bound<'_, GpuBuffer>],
     done: &GpuBuffer,
     effort: Effort,
 ) -> Result<Duration, String> {
     let run = || -> Result<(), String> {
         let mut sequence = device.sequence("micro");
-        for (dispatch, buffers) in dispatches {
-            sequence.dispatch(*dispatch, buffers).map_err(err)?;
+        for bound in dispatches {
+            sequence.dispatch(*bound).map_err(err)?;
         }
         sequence.submit().map_err(err)?;
         Ok(())
@@ -412,24 +412,27 @@ async fn gemms(
             let y = device
                 .create_storage_f32("y", (rows * out_dim) as usize)
                 .map_err(err)?;
-            let mut kernels: Vec<(String, Dispatch)> = Vec::new();
+            let buffers = LinearBuffers {
+                weight: &weights.buffer,
+                input: &x,
+                output: &y,
+            };
+            let mut kernels: Vec<(String, Bound<'_, GpuBuffer>)> = Vec::new();
             let coop = device
                 .coop_shape()
                 .filter(|s: &CoopShape| gemm_coop_supports(s.tile, &params));
             if let (Some(shape), WeightFormat::F16) = (coop, weights.format) {
                 kernels.push((
                     shape.tile.kernel().name.to_string(),
-                    gemm_coop(shape, params),
+                    gemm_coop(shape, params, buffers),
                 ));
             }
             kernels.push((
                 format!("matmul/{}", weights.format.name()),
-                matmul(weights.format, params),
+                matmul(weights.format, params, buffers),
             ));
-            for (kernel, dispatch) in kernels {
-                let list: Vec<_> = (0..effort.count)
-                    .map(|_| (dispatch, vec![&weights.buffer, &x, &y]))
-                    .collect();
+            for (kernel, bound) in kernels {
+                let list: Vec<_> = (0..effort.count).map(|_| bound).collect();
                 let per = time(device, &list, &y, effort).await?;
                 out.push(Measure {
                     section: "gemm",
@@ -469,27 +472,27 @@ async fn matvecs(
             .map(|_| device.create_storage_f32("y", width))
             .collect::<Result<_, _>>()
             .map_err(err)?;
-        let dispatch = matvec(format, reduction, params);
-        let independent: Vec<_> = outputs
-            .iter()
-            .map(|y| (dispatch, vec![&weights.buffer, &x, y]))
-            .collect();
+        let product = |input, output| {
+            let buffers = LinearBuffers {
+                weight: &weights.buffer,
+                input,
+                output,
+            };
+            matvec(format, reduction, params, buffers)
+        };
+        let independent: Vec<_> = outputs.iter().map(|y| product(&x, y)).collect();
         // Dependent: each reads what the previous one wrote (two buffers in turn).
         let pair = [&outputs[0], &outputs[1]];
         let dependent: Vec<_> = (0..count)
-            .map(|i| {
-                (
-                    dispatch,
-                    vec![&weights.buffer, pair[i % 2], pair[(i + 1) % 2]],
-                )
-            })
+            .map(|i| product(pair[i % 2], pair[(i + 1) % 2]))
             .collect();
+        let kernel_name = independent[0].kernel().name;
         let bytes = f64::from(in_dim) * f64::from(out_dim) * format.element_size() as f64;
         for (how, list) in [("independent", &independent), ("dependent", &dependent)] {
             let per = time(device, list, &outputs[0], effort).await?;
             out.push(Measure {
                 section: "matvec",
-                case: format!("{} {how}", dispatch.kernel.name),
+                case: format!("{kernel_name} {how}"),
                 shape: format!("{name} in={in_dim} out={out_dim} ×{count}"),
                 per_dispatch: per,
                 work: bytes,
@@ -563,35 +566,54 @@ async fn retentions(
         .map_err(err)?;
     let (tf, hf, kf, vf) = (f64::from(tokens), f64::from(h), f64::from(k), f64::from(v));
     let cf = f64::from(chunk);
-    let cases: Vec<(Dispatch, Vec<&GpuBuffer>, f64)> = vec![
+    let updates = retention::ChunkUpdatesBuffers {
+        k: &qkv,
+        v: &qkv,
+        log_decay: &log_decay,
+        chunk_states: &states,
+    };
+    let scan = retention::ChunkScanBuffers {
+        log_decay: &log_decay,
+        state: &state,
+        chunk_states: &states,
+    };
+    let outputs = retention::ChunkOutputsBuffers {
+        q: &qkv,
+        k: &qkv,
+        v: &qkv,
+        log_decay: &log_decay,
+        chunk_states: &states,
+        output: &output,
+    };
+    let step = retention::RetentionBuffers {
+        q: &qkv,
+        k: &qkv,
+        v: &qkv,
+        log_decay: &log_decay,
+        state: &state,
+        output: &output,
+    };
+    let cases: Vec<(Bound<'_, GpuBuffer>, f64)> = vec![
         // Per chunk: kᵀ·v, C·K·V multiply-adds per head.
         (
-            retention::chunk_updates(span, chunk),
-            vec![&qkv, &qkv, &log_decay, &states],
+            retention::chunk_updates(span, chunk, updates),
             2.0 * tf * hf * kf * vf,
         ),
         (
-            retention::chunk_scan(span, chunk),
-            vec![&log_decay, &state, &states],
+            retention::chunk_scan(span, chunk, scan),
             2.0 * (tf / cf) * hf * kf * vf,
         ),
         // Per chunk: q·kᵀ (C·C·K), scores·v (C·C·V), q·S (C·K·V).
         (
-            retention::chunk_outputs(span, chunk),
-            vec![&qkv, &qkv, &qkv, &log_decay, &states, &output],
+            retention::chunk_outputs(span, chunk, outputs),
             2.0 * tf * hf * (cf * kf + cf * vf + kf * vf),
         ),
         // One decode token: the state read, updated and read again.
-        (
-            retention::recurrent(params(1)),
-            vec![&qkv, &qkv, &qkv, &log_decay, &state, &output],
-            4.0 * hf * kf * vf,
-        ),
+        (retention::recurrent(params(1), step), 4.0 * hf * kf * vf),
     ];
-    for (dispatch, buffers, flops) in cases {
-        let list: Vec<_> = (0..effort.count)
-            .map(|_| (dispatch, buffers.clone()))
-            .collect();
+    for (bound, flops) in cases {
+        let dispatch = bound.dispatch;
+        let list: Vec<_> = (0..effort.count).map(|_| bound).collect();
         let per = time(device, &list, &output, effort).await?;
         let tokens = if dispatch.kernel.name.starts_with("retention/recurrent") {
             1

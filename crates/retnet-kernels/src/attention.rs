@@ -6,7 +6,7 @@
 //!
 //! Portable path only (no subgroups, no cooperative matrices).
 
-use crate::{ceil_div, f, Access, Binding, Dim, Dispatch, Features, Kernel, ParamWords, PARAMS};
+use crate::{ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, ParamWords};
 
 /// The largest head dim of [`prefill`] (its per-query accumulators live in registers).
 pub const PREFILL_MAX_HEAD_DIM: u32 = 256;
@@ -94,22 +94,24 @@ impl AttentionParams {
     }
 
     fn words(&self, keys_per_split: u32, splits: u32) -> ParamWords {
-        ParamWords::new(&[
-            self.queries,
-            self.heads,
-            self.kv_heads,
-            self.head_dim,
-            self.start_pos,
-            self.window.unwrap_or(0),
-            self.ring,
-            f(self.scale),
-            self.q_stride,
-            self.q_offset,
-            self.out_stride,
-            self.out_offset,
+        AttentionBlock {
+            queries: self.queries,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            start_pos: self.start_pos,
+            window: self.window.unwrap_or(0),
+            ring: self.ring,
+            scale: self.scale,
+            q_stride: self.q_stride,
+            q_offset: self.q_offset,
+            out_stride: self.out_stride,
+            out_offset: self.out_offset,
             keys_per_split,
             splits,
-        ])
+            ..Default::default()
+        }
+        .words()
     }
 
     /// Keys the last query sees (saturating at u32::MAX).
@@ -123,53 +125,92 @@ impl AttentionParams {
     }
 }
 
-const ATTENTION_FIELDS: (&str, &[&str]) = (
-    "AttentionParams",
-    &[
-        "queries",
-        "heads",
-        "kv_heads",
-        "head_dim",
-        "start_pos",
-        "window",
-        "ring",
-        "scale",
-        "q_stride",
-        "q_offset",
-        "out_stride",
-        "out_offset",
-        "keys_per_split",
-        "splits",
-        "_pad0",
-        "_pad1",
-    ],
-);
-
-const fn binding(index: u32, name: &'static str, access: Access) -> Binding {
-    Binding {
-        index,
-        name,
-        access,
+param_block! {
+    /// The WGSL parameter block of prefill and decode.
+    pub(crate) struct AttentionBlock = "AttentionParams" {
+        queries: u32,
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        start_pos: u32,
+        window: u32,
+        ring: u32,
+        scale: f32,
+        q_stride: u32,
+        q_offset: u32,
+        out_stride: u32,
+        out_offset: u32,
+        keys_per_split: u32,
+        splits: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
-const PREFILL_BINDINGS: &[Binding] = &[
-    PARAMS,
-    binding(1, "q", Access::ReadOnly),
-    binding(2, "cache", Access::ReadOnly),
-    binding(3, "out", Access::ReadWrite),
-];
-const SPLIT_BINDINGS: &[Binding] = &[
-    PARAMS,
-    binding(1, "q", Access::ReadOnly),
-    binding(2, "cache", Access::ReadOnly),
-    binding(4, "partial", Access::ReadWrite),
-];
-const COMBINE_BINDINGS: &[Binding] = &[
-    PARAMS,
-    binding(3, "out", Access::ReadWrite),
-    binding(4, "partial", Access::ReadWrite),
-];
+param_block! {
+    /// The WGSL parameter block of [`kv_append`].
+    pub(crate) struct KvAppendBlock = "KvAppendParams" {
+        tokens: u32,
+        kv_width: u32,
+        start_pos: u32,
+        ring: u32,
+        k_stride: u32,
+        k_offset: u32,
+        v_stride: u32,
+        v_offset: u32,
+    }
+}
+
+buffers! {
+    /// Buffers of [`prefill`].
+    pub struct PrefillBuffers, bindings PREFILL_BINDINGS {
+        /// Queries, f32.
+        1 q: ReadOnly,
+        /// The key/value cache, f32.
+        2 cache: ReadOnly,
+        3 out: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`decode`]'s split pass.
+    pub struct DecodeSplitBuffers, bindings SPLIT_BINDINGS {
+        1 q: ReadOnly,
+        2 cache: ReadOnly,
+        /// [`decode_scratch_len`] f32.
+        4 partial: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`decode`]'s merge pass.
+    pub struct DecodeCombineBuffers, bindings COMBINE_BINDINGS {
+        3 out: ReadWrite,
+        4 partial: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`kv_append`].
+    pub struct KvAppendBuffers, bindings KV_APPEND_BINDINGS {
+        /// Rows holding the new keys and values, f32.
+        1 src: ReadOnly,
+        2 cache: ReadWrite,
+    }
+}
+
+/// Buffers of [`decode`].
+#[derive(Debug)]
+pub struct DecodeBuffers<'b, B> {
+    /// The query, f32.
+    pub q: &'b B,
+    /// The key/value cache, f32.
+    pub cache: &'b B,
+    /// [`decode_scratch_len`] f32 of scratch.
+    pub partial: &'b B,
+    /// The output, f32.
+    pub out: &'b B,
+}
 
 const PREFILL_SOURCE: &str = shader!("attention_common.wgsl", "attention_prefill.wgsl");
 const DECODE_SOURCE: &str = shader!("attention_common.wgsl", "attention_decode.wgsl");
@@ -187,7 +228,7 @@ const fn variant(
         workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
         constants: &[],
         bindings,
-        params: ATTENTION_FIELDS,
+        params: AttentionBlock::STRUCT,
         requires: Features::NONE,
     }
 }
@@ -227,24 +268,8 @@ pub static KV_APPEND: Kernel = Kernel {
         name: "WORKGROUP_SIZE",
         default: 64,
     }],
-    bindings: &[
-        PARAMS,
-        binding(1, "src", Access::ReadOnly),
-        binding(2, "cache", Access::ReadWrite),
-    ],
-    params: (
-        "KvAppendParams",
-        &[
-            "tokens",
-            "kv_width",
-            "start_pos",
-            "ring",
-            "k_stride",
-            "k_offset",
-            "v_stride",
-            "v_offset",
-        ],
-    ),
+    bindings: KV_APPEND_BINDINGS,
+    params: KvAppendBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -253,13 +278,19 @@ pub static KERNELS: &[&Kernel] = &[&PREFILL, &DECODE_SPLIT, &DECODE_COMBINE, &KV
 
 /// Attention of `queries` queries against the cache (whose slots for this call's positions are
 /// already written). Buffers: `q` f32, `cache` f32, `out` f32.
-pub fn prefill(params: AttentionParams) -> Result<Dispatch, AttentionShapeError> {
+pub fn prefill<'b, B>(
+    params: AttentionParams,
+    buffers: PrefillBuffers<'b, B>,
+) -> Result<Bound<'b, B>, AttentionShapeError> {
     params.check(PREFILL_MAX_HEAD_DIM)?;
-    Ok(Dispatch {
-        kernel: &PREFILL,
-        constants: PREFILL.default_constants(),
-        params: params.words(0, 0),
-        workgroups: [ceil_div(params.queries, 64), params.heads, 1],
+    Ok(Bound {
+        dispatch: Dispatch {
+            kernel: &PREFILL,
+            constants: PREFILL.default_constants(),
+            params: params.words(0, 0),
+            workgroups: [ceil_div(params.queries, 64), params.heads, 1],
+        },
+        buffers: buffers.in_order(),
     })
 }
 
@@ -278,10 +309,11 @@ pub fn decode_scratch_len(params: &AttentionParams, keys_per_split: u32) -> u64 
 /// One query (`queries` = 1) against the cache, split over the visible keys in spans of
 /// `keys_per_split` (see [`decode_split_count`]): the split pass (buffers `q`, `cache`,
 /// `partial`) and the merge (buffers `out`, `partial`).
-pub fn decode(
+pub fn decode<'b, B>(
     params: AttentionParams,
     keys_per_split: u32,
-) -> Result<[Dispatch; 2], AttentionShapeError> {
+    buffers: DecodeBuffers<'b, B>,
+) -> Result<[Bound<'b, B>; 2], AttentionShapeError> {
     params.check(DECODE_MAX_HEAD_DIM)?;
     if params.queries != 1 {
         return Err(AttentionShapeError::Invalid(format!(
@@ -292,18 +324,33 @@ pub fn decode(
     let keys_per_split = keys_per_split.max(1);
     let splits = decode_split_count(&params, keys_per_split);
     let words = params.words(keys_per_split, splits);
+    let split = DecodeSplitBuffers {
+        q: buffers.q,
+        cache: buffers.cache,
+        partial: buffers.partial,
+    };
+    let combine = DecodeCombineBuffers {
+        out: buffers.out,
+        partial: buffers.partial,
+    };
     Ok([
-        Dispatch {
-            kernel: &DECODE_SPLIT,
-            constants: DECODE_SPLIT.default_constants(),
-            params: words,
-            workgroups: [splits, params.heads, 1],
+        Bound {
+            dispatch: Dispatch {
+                kernel: &DECODE_SPLIT,
+                constants: DECODE_SPLIT.default_constants(),
+                params: words,
+                workgroups: [splits, params.heads, 1],
+            },
+            buffers: split.in_order(),
         },
-        Dispatch {
-            kernel: &DECODE_COMBINE,
-            constants: DECODE_COMBINE.default_constants(),
-            params: words,
-            workgroups: [params.heads, 1, 1],
+        Bound {
+            dispatch: Dispatch {
+                kernel: &DECODE_COMBINE,
+                constants: DECODE_COMBINE.default_constants(),
+                params: words,
+                workgroups: [params.heads, 1, 1],
+            },
+            buffers: combine.in_order(),
         },
     ])
 }
@@ -331,22 +378,26 @@ pub struct KvAppendParams {
 }
 
 /// Writes keys and values into their cache slots. Buffers: `src` f32, `cache` f32.
-pub fn kv_append(params: KvAppendParams) -> Dispatch {
+pub fn kv_append<'b, B>(params: KvAppendParams, buffers: KvAppendBuffers<'b, B>) -> Bound<'b, B> {
     let constants = KV_APPEND.default_constants();
     let [x, _, _] = KV_APPEND.workgroup_size(&constants);
-    Dispatch {
-        kernel: &KV_APPEND,
-        constants,
-        params: ParamWords::new(&[
-            params.tokens,
-            params.kv_width,
-            params.start_pos,
-            params.ring.max(1),
-            params.k_stride,
-            params.k_offset,
-            params.v_stride,
-            params.v_offset,
-        ]),
-        workgroups: [ceil_div(params.kv_width, x), params.tokens, 1],
+    let block = KvAppendBlock {
+        tokens: params.tokens,
+        kv_width: params.kv_width,
+        start_pos: params.start_pos,
+        ring: params.ring.max(1),
+        k_stride: params.k_stride,
+        k_offset: params.k_offset,
+        v_stride: params.v_stride,
+        v_offset: params.v_offset,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel: &KV_APPEND,
+            constants,
+            params: block.words(),
+            workgroups: [ceil_div(params.kv_width, x), params.tokens, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }

@@ -518,8 +518,8 @@ mod tests {
     #[test]
     fn targets_below_a_variants_needs_are_excluded_with_a_reason() {
         use naga::back::hlsl::ShaderModel;
-        let f16 = &crate::linear::MATVEC_F16;
-        let subgroup = &crate::linear::MATVEC_F32_SUBGROUP;
+        let f16 = &crate::linear::MATVEC[0][1];
+        let subgroup = &crate::linear::MATVEC[1][0];
         for (kernel, target) in [
             (f16, Target::Hlsl(ShaderModel::V5_1)),
             (f16, Target::Hlsl(ShaderModel::V6_0)),

@@ -1,8 +1,8 @@
 //! Embedding gather: `output[t, :] = table[token_ids[t], :] · scale`.
 
 use crate::{
-    ceil_div, f, Access, Binding, ConstantValues, Dim, Dispatch, Features, Kernel,
-    OverrideConstant, ParamWords, WeightFormat, PARAMS,
+    ceil_div, Bound, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant,
+    WeightFormat,
 };
 
 /// Parameters of [`gather`].
@@ -16,29 +16,27 @@ pub struct EmbeddingParams {
     pub scale: f32,
 }
 
-const BINDINGS: &[Binding] = &[
-    PARAMS,
-    Binding {
-        index: 1,
-        name: "weight",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 2,
-        name: "token_ids",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 3,
-        name: "output",
-        access: Access::ReadWrite,
-    },
-];
+buffers! {
+    /// Buffers of [`gather`].
+    pub struct GatherBuffers, bindings BINDINGS {
+        /// The table `[vocab, dim]` in the kernel's weight format.
+        1 weight: ReadOnly,
+        /// `[tokens]` u32.
+        2 token_ids: ReadOnly,
+        /// `[tokens, dim]` f32.
+        3 output: ReadWrite,
+    }
+}
+
+param_block! {
+    /// The WGSL parameter block of [`gather`].
+    pub(crate) struct EmbeddingBlock = "EmbeddingParams" { tokens: u32, dim: u32, scale: f32, _pad: u32 }
+}
+
 const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
     default: 256,
 }];
-const PARAMS_STRUCT: (&str, &[&str]) = ("EmbeddingParams", &["tokens", "dim", "scale", "_pad"]);
 
 const fn variant(name: &'static str, source: &'static str, requires: Features) -> Kernel {
     Kernel {
@@ -52,7 +50,7 @@ const fn variant(name: &'static str, source: &'static str, requires: Features) -
         ],
         constants: CONSTANTS,
         bindings: BINDINGS,
-        params: PARAMS_STRUCT,
+        params: EmbeddingBlock::STRUCT,
         requires,
     }
 }
@@ -84,7 +82,11 @@ pub static KERNELS: &[&Kernel] = &[&GATHER_F32, &GATHER_F16, &GATHER_F16_PACKED]
 
 /// Gathers rows of a table stored in `format`.
 /// Buffers: `table [vocab, dim]`, `token_ids [tokens] u32`, `output [tokens, dim] f32`.
-pub fn gather(format: WeightFormat, params: EmbeddingParams) -> Dispatch {
+pub fn gather<'b, B>(
+    format: WeightFormat,
+    params: EmbeddingParams,
+    buffers: GatherBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = match format {
         WeightFormat::F32 => &GATHER_F32,
         WeightFormat::F16 => &GATHER_F16,
@@ -92,10 +94,19 @@ pub fn gather(format: WeightFormat, params: EmbeddingParams) -> Dispatch {
     };
     let constants: ConstantValues = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: ParamWords::new(&[params.tokens, params.dim, f(params.scale)]),
-        workgroups: [ceil_div(params.dim, x), params.tokens, 1],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: EmbeddingBlock {
+                tokens: params.tokens,
+                dim: params.dim,
+                scale: params.scale,
+                _pad: 0,
+            }
+            .words(),
+            workgroups: [ceil_div(params.dim, x), params.tokens, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }

@@ -1,10 +1,7 @@
 //! FFN gating `out = act(a) ⊙ l`, act = silu or exact (erf) gelu.
 
 use crate::retention::Strided;
-use crate::{
-    ceil_div, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
-    PARAMS,
-};
+use crate::{ceil_div, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// The activation applied to `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,37 +31,28 @@ const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
     default: 256,
 }];
-const BINDINGS: &[Binding] = &[
-    PARAMS,
-    Binding {
-        index: 1,
-        name: "act_input",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 2,
-        name: "linear_input",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 3,
-        name: "output",
-        access: Access::ReadWrite,
-    },
-];
-const PARAMS_STRUCT: (&str, &[&str]) = (
-    "GatedActivationParams",
-    &[
-        "tokens",
-        "width",
-        "act_offset",
-        "act_stride",
-        "linear_offset",
-        "linear_stride",
-        "out_offset",
-        "out_stride",
-    ],
-);
+buffers! {
+    /// Buffers of [`gated_activation`] (`act_input` and `linear_input` may be one buffer).
+    pub struct GatedActivationBuffers, bindings BINDINGS {
+        1 act_input: ReadOnly,
+        2 linear_input: ReadOnly,
+        3 output: ReadWrite,
+    }
+}
+
+param_block! {
+    /// The WGSL parameter block of [`gated_activation`].
+    pub(crate) struct GatedActivationBlock = "GatedActivationParams" {
+        tokens: u32,
+        width: u32,
+        act_offset: u32,
+        act_stride: u32,
+        linear_offset: u32,
+        linear_stride: u32,
+        out_offset: u32,
+        out_stride: u32,
+    }
+}
 
 const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
     Kernel {
@@ -78,7 +66,7 @@ const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
         ],
         constants: CONSTANTS,
         bindings: BINDINGS,
-        params: PARAMS_STRUCT,
+        params: GatedActivationBlock::STRUCT,
         requires: Features::NONE,
     }
 }
@@ -92,26 +80,34 @@ pub static GELU: Kernel = variant("gated_activation/gelu", "gelu_gate");
 pub static KERNELS: &[&Kernel] = &[&SILU, &GELU];
 
 /// Buffers: `a`, `l` (may be the same buffer), output.
-pub fn gated_activation(activation: Activation, params: GatedActivationParams) -> Dispatch {
+pub fn gated_activation<'b, B>(
+    activation: Activation,
+    params: GatedActivationParams,
+    buffers: GatedActivationBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = match activation {
         Activation::Silu => &SILU,
         Activation::Gelu => &GELU,
     };
     let constants = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: ParamWords::new(&[
-            params.tokens,
-            params.width,
-            params.act.offset,
-            params.act.stride,
-            params.linear.offset,
-            params.linear.stride,
-            params.out.offset,
-            params.out.stride,
-        ]),
-        workgroups: [ceil_div(params.width, x), params.tokens, 1],
+    let block = GatedActivationBlock {
+        tokens: params.tokens,
+        width: params.width,
+        act_offset: params.act.offset,
+        act_stride: params.act.stride,
+        linear_offset: params.linear.offset,
+        linear_stride: params.linear.stride,
+        out_offset: params.out.offset,
+        out_stride: params.out.stride,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: block.words(),
+            workgroups: [ceil_div(params.width, x), params.tokens, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }

@@ -8,8 +8,8 @@
 //! properties, its subgroup size, its workgroup memory and [`CoopTile::expressible_in`], the
 //! table this crate's backend tests check by translating each variant.
 
-use crate::linear::LinearParams;
-use crate::{ceil_div, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, PARAMS};
+use crate::linear::{LinearBuffers, LinearParams};
+use crate::{ceil_div, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// Side of a square cooperative-matrix tile (M = N = K), f16 × f16 → f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,25 +98,6 @@ impl CoopTile {
     }
 }
 
-const BINDINGS: &[Binding] = &[
-    PARAMS,
-    Binding {
-        index: 1,
-        name: "weight",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 2,
-        name: "input",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 3,
-        name: "output",
-        access: Access::ReadWrite,
-    },
-];
-
 const fn variant(name: &'static str, source: &'static str) -> Kernel {
     Kernel {
         name,
@@ -131,8 +112,8 @@ const fn variant(name: &'static str, source: &'static str) -> Kernel {
             name: "WORKGROUP_SIZE",
             default: 128,
         }],
-        bindings: BINDINGS,
-        params: crate::linear::PARAMS_STRUCT,
+        bindings: crate::linear::BINDINGS,
+        params: crate::linear::LinearBlock::STRUCT,
         requires: Features::ALL,
     }
 }
@@ -178,7 +159,20 @@ pub fn gemm_coop_supports(tile: CoopTile, params: &LinearParams) -> bool {
 /// with this `shape` (the device's) and [`gemm_coop_supports`]. Buffers: `weight [out_dim,
 /// in_dim]` f16, `input [x_row_start + rows, in_dim]` f32, `output [rows, out_dim]` f32 — the
 /// same as the portable [`crate::linear::matmul`]'s, no padding.
-pub fn gemm_coop(shape: CoopShape, params: LinearParams) -> Dispatch {
+pub fn gemm_coop<'b, B>(
+    shape: CoopShape,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    Bound {
+        dispatch: gemm_coop_launch(shape, params),
+        buffers: buffers.in_order(),
+    }
+}
+
+/// The launch [`gemm_coop`] binds (kernel, constants, parameters, grid), for probes that run a
+/// modified copy of the kernel on the same grid (`cargo xtask bench --micro`'s checks).
+pub fn gemm_coop_launch(shape: CoopShape, params: LinearParams) -> Dispatch {
     let kernel = shape.tile.kernel();
     let constants =
         kernel

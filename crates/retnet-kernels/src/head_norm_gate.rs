@@ -1,9 +1,7 @@
 //! Per-head RMSNorm over V (optional weight) fused with the output gate silu(g).
 
 use crate::retention::Strided;
-use crate::{
-    f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords, PARAMS,
-};
+use crate::{Bound, BufferList, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// Parameters of [`head_norm_gate`].
 #[derive(Clone, Copy, Debug)]
@@ -28,38 +26,46 @@ const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
     default: 128,
 }];
-const PARAMS_STRUCT: (&str, &[&str]) = (
-    "HeadNormGateParams",
-    &[
-        "tokens",
-        "heads",
-        "head_dim",
-        "eps",
-        "input_offset",
-        "input_stride",
-        "gate_offset",
-        "gate_stride",
-        "out_offset",
-        "out_stride",
-        "_pad0",
-        "_pad1",
-    ],
-);
-const INPUT: Binding = Binding {
-    index: 1,
-    name: "input",
-    access: Access::ReadOnly,
-};
-const GATE: Binding = Binding {
-    index: 2,
-    name: "gate",
-    access: Access::ReadOnly,
-};
-const OUTPUT: Binding = Binding {
-    index: 4,
-    name: "output",
-    access: Access::ReadWrite,
-};
+
+param_block! {
+    /// The WGSL parameter block of both variants.
+    pub(crate) struct HeadNormGateBlock = "HeadNormGateParams" {
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        eps: f32,
+        input_offset: u32,
+        input_stride: u32,
+        gate_offset: u32,
+        gate_stride: u32,
+        out_offset: u32,
+        out_stride: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+buffers! {
+    /// Buffers of [`head_norm_gate`] (with the norm's weight).
+    pub struct HeadNormGateBuffers, bindings WEIGHTED_BINDINGS {
+        /// Retention output.
+        1 input: ReadOnly,
+        /// The gate's pre-activation g.
+        2 gate: ReadOnly,
+        /// `[head_dim]`.
+        3 norm_weight: ReadOnly,
+        4 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`head_norm_gate_unweighted`].
+    pub struct HeadGateBuffers, bindings UNWEIGHTED_BINDINGS {
+        1 input: ReadOnly,
+        2 gate: ReadOnly,
+        4 output: ReadWrite,
+    }
+}
 
 /// With a weight `[V]` (fla).
 pub static WEIGHTED: Kernel = Kernel {
@@ -72,18 +78,8 @@ pub static WEIGHTED: Kernel = Kernel {
         Dim::Fixed(1),
     ],
     constants: CONSTANTS,
-    bindings: &[
-        PARAMS,
-        INPUT,
-        GATE,
-        Binding {
-            index: 3,
-            name: "norm_weight",
-            access: Access::ReadOnly,
-        },
-        OUTPUT,
-    ],
-    params: PARAMS_STRUCT,
+    bindings: WEIGHTED_BINDINGS,
+    params: HeadNormGateBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -98,32 +94,55 @@ pub static UNWEIGHTED: Kernel = Kernel {
         Dim::Fixed(1),
     ],
     constants: CONSTANTS,
-    bindings: &[PARAMS, INPUT, GATE, OUTPUT],
-    params: PARAMS_STRUCT,
+    bindings: UNWEIGHTED_BINDINGS,
+    params: HeadNormGateBlock::STRUCT,
     requires: Features::NONE,
 };
 
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[&WEIGHTED, &UNWEIGHTED];
 
-/// Buffers: input, gate, then `norm_weight [V]` if `weighted`, then output.
-pub fn head_norm_gate(weighted: bool, params: HeadNormGateParams) -> Dispatch {
-    let kernel = if weighted { &WEIGHTED } else { &UNWEIGHTED };
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: ParamWords::new(&[
-            params.tokens,
-            params.heads,
-            params.head_dim,
-            f(params.eps),
-            params.input.offset,
-            params.input.stride,
-            params.gate.offset,
-            params.gate.stride,
-            params.out.offset,
-            params.out.stride,
-        ]),
-        workgroups: [params.heads, params.tokens, 1],
+/// Per-head RMSNorm of `input` (times `norm_weight`), times silu(`gate`), into `output`.
+pub fn head_norm_gate<'b, B>(
+    params: HeadNormGateParams,
+    buffers: HeadNormGateBuffers<'b, B>,
+) -> Bound<'b, B> {
+    launch(&WEIGHTED, params, buffers.in_order())
+}
+
+/// Per-head RMSNorm of `input` (no weight), times silu(`gate`), into `output`.
+pub fn head_norm_gate_unweighted<'b, B>(
+    params: HeadNormGateParams,
+    buffers: HeadGateBuffers<'b, B>,
+) -> Bound<'b, B> {
+    launch(&UNWEIGHTED, params, buffers.in_order())
+}
+
+fn launch<'b, B>(
+    kernel: &'static Kernel,
+    params: HeadNormGateParams,
+    buffers: BufferList<'b, B>,
+) -> Bound<'b, B> {
+    let block = HeadNormGateBlock {
+        tokens: params.tokens,
+        heads: params.heads,
+        head_dim: params.head_dim,
+        eps: params.eps,
+        input_offset: params.input.offset,
+        input_stride: params.input.stride,
+        gate_offset: params.gate.offset,
+        gate_stride: params.gate.stride,
+        out_offset: params.out.offset,
+        out_stride: params.out.stride,
+        ..Default::default()
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups: [params.heads, params.tokens, 1],
+        },
+        buffers,
     }
 }

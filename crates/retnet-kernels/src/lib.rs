@@ -21,6 +21,8 @@ macro_rules! shader {
     };
 }
 
+#[macro_use]
+mod bind;
 pub mod attention;
 #[cfg(any(test, feature = "backends"))]
 pub mod backends;
@@ -29,13 +31,15 @@ pub mod gated_activation;
 pub mod gemm_coop;
 pub mod head_norm_gate;
 pub mod linear;
-pub mod residual;
 pub mod retention;
 pub mod rms_norm;
 pub mod rotary;
 pub mod sampling;
 mod validate;
 
+pub use bind::{
+    buffer_count_matches, Bound, BufferList, ParamScalar, ParamsStruct, Scalar, MAX_BUFFERS,
+};
 pub use validate::{validate, ValidationError, ValidationReport};
 
 /// Adapter features a kernel may need (and a device may offer).
@@ -219,8 +223,9 @@ pub struct Kernel {
     pub constants: &'static [OverrideConstant],
     /// The bindings the entry point uses; binding 0 is the uniform parameter block.
     pub bindings: &'static [Binding],
-    /// Name of the WGSL struct behind binding 0 and its fields in order (checked by [`validate`]).
-    pub params: (&'static str, &'static [&'static str]),
+    /// The WGSL struct behind binding 0: its name and typed members in order (declared with
+    /// the crate's `param_block!`, checked by [`validate`]).
+    pub params: ParamsStruct,
     /// Features the adapter must have.
     pub requires: Features,
 }
@@ -255,7 +260,7 @@ impl Kernel {
 
     /// Size in bytes of the uniform parameter block (16-byte multiple).
     pub fn params_size(&self) -> u64 {
-        (self.params.1.len() as u64 * 4).div_ceil(16) * 16
+        self.params.size()
     }
 }
 
@@ -328,7 +333,6 @@ pub fn all_kernels() -> Vec<&'static Kernel> {
     all.extend(retention::KERNELS);
     all.extend(head_norm_gate::KERNELS);
     all.extend(gated_activation::KERNELS);
-    all.extend(residual::KERNELS);
     all.extend(sampling::KERNELS);
     all.extend(attention::KERNELS);
     all
@@ -340,10 +344,6 @@ pub fn kernels_for(features: Features) -> Vec<&'static Kernel> {
         .into_iter()
         .filter(|k| features.contains(k.requires))
         .collect()
-}
-
-pub(crate) fn f(value: f32) -> u32 {
-    value.to_bits()
 }
 
 pub(crate) fn ceil_div(a: u32, b: u32) -> u32 {
@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_description_that_disagrees_with_its_shader_is_rejected() {
-        let base = &rms_norm::UNWEIGHTED;
+        let base = &rms_norm::WEIGHTED;
         let wrong_access = Kernel {
             bindings: &[
                 PARAMS,
@@ -417,6 +417,11 @@ mod tests {
                     access: Access::ReadWrite,
                 },
                 Binding {
+                    index: 2,
+                    name: "norm_weight",
+                    access: Access::ReadOnly,
+                },
+                Binding {
                     index: 3,
                     name: "output",
                     access: Access::ReadWrite,
@@ -424,8 +429,29 @@ mod tests {
             ],
             ..*base
         };
-        let wrong_fields = Kernel {
-            params: ("RmsNormParams", &["dim", "rows", "eps", "_pad"]),
+        let wrong_order = Kernel {
+            params: ParamsStruct {
+                name: "RmsNormParams",
+                fields: &[
+                    ("dim", Scalar::U32),
+                    ("rows", Scalar::U32),
+                    ("eps", Scalar::F32),
+                    ("_pad", Scalar::U32),
+                ],
+            },
+            ..*base
+        };
+        // Same names, but eps declared as u32: its bits would be written as an integer.
+        let wrong_type = Kernel {
+            params: ParamsStruct {
+                name: "RmsNormParams",
+                fields: &[
+                    ("rows", Scalar::U32),
+                    ("dim", Scalar::U32),
+                    ("eps", Scalar::U32),
+                    ("_pad", Scalar::U32),
+                ],
+            },
             ..*base
         };
         let wrong_size = Kernel {
@@ -439,13 +465,40 @@ mod tests {
             }],
             ..*base
         };
-        for kernel in [wrong_access, wrong_fields, wrong_size, wrong_constant] {
+        for kernel in [
+            wrong_access,
+            wrong_order,
+            wrong_type,
+            wrong_size,
+            wrong_constant,
+        ] {
             let result = validate(&kernel, Features::NONE);
             assert!(
                 matches!(result, Err(ValidationError::Mismatch(_))),
                 "{result:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_buffer_struct_lists_its_kernels_bindings() {
+        // The constructors bind what their struct lists; each kernel's table must be that list.
+        use crate::linear::{matvec_norm, LinearNormBuffers, LinearParams};
+        let b = [0u8; 4];
+        let bound = matvec_norm(
+            WeightFormat::F32,
+            LinearParams::new(1, 4, 4),
+            LinearNormBuffers {
+                weight: &b[0],
+                input: &b[1],
+                output: &b[2],
+                norm_weight: &b[3],
+            },
+        );
+        let listed: Vec<*const u8> = bound.buffers.iter().map(|r| r as *const u8).collect();
+        let expected: Vec<*const u8> = b.iter().map(|r| r as *const u8).collect();
+        assert_eq!(listed, expected, "in binding order");
+        assert!(buffer_count_matches(&bound));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! [`matvec`] (decode, vectorized, needs `in_dim % 4 == 0`). Also the logits head.
 
 use crate::{
-    ceil_div, f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
-    WeightFormat, PARAMS,
+    ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
+    WeightFormat,
 };
 
 /// Parameters of [`matmul`] and [`matvec`].
@@ -42,15 +42,31 @@ impl LinearParams {
             Some(alpha) => (1, alpha),
             None => (0, 0.0),
         };
-        ParamWords::new(&[
-            self.rows,
-            self.in_dim,
-            self.out_dim,
-            self.x_row_start,
+        LinearBlock {
+            rows: self.rows,
+            in_dim: self.in_dim,
+            out_dim: self.out_dim,
+            x_row_start: self.x_row_start,
             accumulate,
-            f(alpha),
-            f(self.norm_eps),
-        ])
+            alpha,
+            norm_eps: self.norm_eps,
+            _pad1: 0,
+        }
+        .words()
+    }
+}
+
+param_block! {
+    /// The WGSL parameter block of every linear kernel (and [`crate::gemm_coop`]'s).
+    pub(crate) struct LinearBlock = "LinearParams" {
+        rows: u32,
+        in_dim: u32,
+        out_dim: u32,
+        x_row_start: u32,
+        accumulate: u32,
+        alpha: f32,
+        norm_eps: f32,
+        _pad1: u32,
     }
 }
 
@@ -74,35 +90,58 @@ impl Reduction {
     }
 }
 
-const WEIGHT: Binding = Binding {
-    index: 1,
-    name: "weight",
-    access: Access::ReadOnly,
-};
-const INPUT: Binding = Binding {
-    index: 2,
-    name: "input",
-    access: Access::ReadOnly,
-};
-const OUTPUT: Binding = Binding {
-    index: 3,
-    name: "output",
-    access: Access::ReadWrite,
-};
-const BINDINGS: &[Binding] = &[PARAMS, WEIGHT, INPUT, OUTPUT];
-pub(crate) const PARAMS_STRUCT: (&str, &[&str]) = (
-    "LinearParams",
-    &[
-        "rows",
-        "in_dim",
-        "out_dim",
-        "x_row_start",
-        "accumulate",
-        "alpha",
-        "norm_eps",
-        "_pad1",
-    ],
-);
+buffers! {
+    /// Buffers of [`matmul`], [`matvec`], [`matvec_batch`], [`linear`] and
+    /// [`crate::gemm_coop::gemm_coop`].
+    pub struct LinearBuffers, bindings BINDINGS {
+        /// `W [out_dim, in_dim]` in the kernel's weight format.
+        1 weight: ReadOnly,
+        /// `X [.., in_dim]` f32 (rows from `x_row_start`).
+        2 input: ReadOnly,
+        /// `Y [rows, out_dim]` f32 (read too when accumulating).
+        3 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`matvec_norm`].
+    pub struct LinearNormBuffers, bindings NORM_BINDINGS {
+        1 weight: ReadOnly,
+        2 input: ReadOnly,
+        3 output: ReadWrite,
+        /// The RMSNorm's weight `[in_dim]` f32.
+        4 norm_weight: ReadOnly,
+    }
+}
+
+/// The three weight formats' variants of one linear kernel, from its WGSL files (after the
+/// format's accessors and `linear_common.wgsl`), in the order f32, f16, f16-packed:
+/// `make(name, source, shader_f16)` for each. Every linear variant is made here, so adding a
+/// format or a kernel is one line, and no source list is written out by hand.
+macro_rules! format_variants {
+    ($family:literal, $suffix:literal, $make:ident, [$($file:literal),+ $(,)?]) => {
+        [
+            $make(
+                concat!($family, "/f32", $suffix),
+                shader!("weights_f32.wgsl", "linear_common.wgsl", $($file),+),
+                false,
+            ),
+            $make(
+                concat!($family, "/f16", $suffix),
+                concat!(
+                    "enable f16;\n",
+                    shader!("weights_f16.wgsl", "linear_common.wgsl", $($file),+)
+                ),
+                true,
+            ),
+            $make(
+                concat!($family, "/f16-packed", $suffix),
+                shader!("weights_f16_packed.wgsl", "linear_common.wgsl", $($file),+),
+                false,
+            ),
+        ]
+    };
+}
 
 const MATMUL_CONSTANTS: &[OverrideConstant] = &[
     OverrideConstant {
@@ -121,7 +160,7 @@ const MATMUL_CONSTANTS: &[OverrideConstant] = &[
 /// Outputs per invocation along each axis in matmul.wgsl (`MICRO`).
 pub const MATMUL_MICRO_TILE: u32 = 4;
 
-const fn matmul_variant(name: &'static str, source: &'static str, requires: Features) -> Kernel {
+const fn matmul_variant(name: &'static str, source: &'static str, shader_f16: bool) -> Kernel {
     Kernel {
         name,
         source,
@@ -133,36 +172,13 @@ const fn matmul_variant(name: &'static str, source: &'static str, requires: Feat
         ],
         constants: MATMUL_CONSTANTS,
         bindings: BINDINGS,
-        params: PARAMS_STRUCT,
-        requires,
+        params: LinearBlock::STRUCT,
+        requires: Features::new(shader_f16, false, false),
     }
 }
 
-/// Tiled matmul, f32 weights.
-pub static MATMUL_F32: Kernel = matmul_variant(
-    "matmul/f32",
-    shader!("weights_f32.wgsl", "linear_common.wgsl", "matmul.wgsl"),
-    Features::NONE,
-);
-/// Tiled matmul, native f16 weights.
-pub static MATMUL_F16: Kernel = matmul_variant(
-    "matmul/f16",
-    concat!(
-        "enable f16;\n",
-        shader!("weights_f16.wgsl", "linear_common.wgsl", "matmul.wgsl")
-    ),
-    Features::new(true, false, false),
-);
-/// Tiled matmul, packed f16 weights.
-pub static MATMUL_F16_PACKED: Kernel = matmul_variant(
-    "matmul/f16-packed",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matmul.wgsl"
-    ),
-    Features::NONE,
-);
+/// Tiled matmul, by weight format.
+pub static MATMUL: [Kernel; 3] = format_variants!("matmul", "", matmul_variant, ["matmul.wgsl"]);
 
 const MATVEC_CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
@@ -171,260 +187,91 @@ const MATVEC_CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
 /// Outputs per workgroup in matvec_common.wgsl (`OUTPUTS_PER_WORKGROUP`).
 pub const MATVEC_OUTPUTS_PER_WORKGROUP: u32 = 4;
 
-const fn matvec_variant(
+const fn matvec_kernel(
     name: &'static str,
     source: &'static str,
-    reduction: Reduction,
     shader_f16: bool,
+    entry_point: &'static str,
+    subgroups: bool,
+    bindings: &'static [Binding],
 ) -> Kernel {
-    let subgroups = matches!(reduction, Reduction::Subgroup);
     Kernel {
         name,
         source,
-        entry_point: if subgroups {
-            "matvec_subgroup"
-        } else {
-            "matvec"
-        },
+        entry_point,
         workgroup_size: [
             Dim::Constant("WORKGROUP_SIZE"),
             Dim::Fixed(1),
             Dim::Fixed(1),
         ],
         constants: MATVEC_CONSTANTS,
-        bindings: BINDINGS,
-        params: PARAMS_STRUCT,
+        bindings,
+        params: LinearBlock::STRUCT,
         requires: Features::new(shader_f16, subgroups, false),
     }
 }
 
-/// Matvec, f32 weights, workgroup reduction.
-pub static MATVEC_F32: Kernel = matvec_variant(
-    "matvec/f32/workgroup",
-    shader!(
-        "weights_f32.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_workgroup.wgsl"
-    ),
-    Reduction::Workgroup,
-    false,
-);
-/// Matvec, native f16 weights, workgroup reduction.
-pub static MATVEC_F16: Kernel = matvec_variant(
-    "matvec/f16/workgroup",
-    concat!(
-        "enable f16;\n",
-        shader!(
-            "weights_f16.wgsl",
-            "linear_common.wgsl",
-            "matvec_common.wgsl",
-            "matvec_workgroup.wgsl"
-        )
-    ),
-    Reduction::Workgroup,
-    true,
-);
-/// Matvec, packed f16 weights, workgroup reduction.
-pub static MATVEC_F16_PACKED: Kernel = matvec_variant(
-    "matvec/f16-packed/workgroup",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_workgroup.wgsl"
-    ),
-    Reduction::Workgroup,
-    false,
-);
-/// Matvec, f32 weights, subgroup reduction.
-pub static MATVEC_F32_SUBGROUP: Kernel = matvec_variant(
-    "matvec/f32/subgroup",
-    shader!(
-        "weights_f32.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_subgroup.wgsl"
-    ),
-    Reduction::Subgroup,
-    false,
-);
-/// Matvec, native f16 weights, subgroup reduction.
-pub static MATVEC_F16_SUBGROUP: Kernel = matvec_variant(
-    "matvec/f16/subgroup",
-    concat!(
-        "enable f16;\n",
-        shader!(
-            "weights_f16.wgsl",
-            "linear_common.wgsl",
-            "matvec_common.wgsl",
-            "matvec_subgroup.wgsl"
-        )
-    ),
-    Reduction::Subgroup,
-    true,
-);
-/// Matvec, packed f16 weights, subgroup reduction.
-pub static MATVEC_F16_PACKED_SUBGROUP: Kernel = matvec_variant(
-    "matvec/f16-packed/subgroup",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_subgroup.wgsl"
-    ),
-    Reduction::Subgroup,
-    false,
-);
-
-const fn matvec_batch_variant(
-    name: &'static str,
-    source: &'static str,
-    reduction: Reduction,
-    shader_f16: bool,
-) -> Kernel {
-    let subgroups = matches!(reduction, Reduction::Subgroup);
-    Kernel {
-        entry_point: if subgroups {
-            "matvec_batch_subgroup"
-        } else {
-            "matvec_batch"
-        },
-        ..matvec_variant(name, source, reduction, shader_f16)
-    }
+const fn matvec_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec", false, BINDINGS)
+}
+const fn matvec_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_subgroup", true, BINDINGS)
+}
+const fn matvec_batch_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_batch", false, BINDINGS)
+}
+const fn matvec_batch_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_batch_subgroup", true, BINDINGS)
+}
+const fn matvec_norm_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(
+        name,
+        source,
+        f16,
+        "matvec_norm_subgroup",
+        true,
+        NORM_BINDINGS,
+    )
 }
 
-/// Batched matvec, f32 weights, workgroup reduction.
-pub static MATVEC_BATCH_F32: Kernel = matvec_batch_variant(
-    "matvec-batch/f32/workgroup",
-    shader!(
-        "weights_f32.wgsl",
-        "linear_common.wgsl",
-        "matvec_batch_common.wgsl",
-        "matvec_batch_workgroup.wgsl"
+/// Matvec, by reduction ([`Reduction`] order) and weight format.
+pub static MATVEC: [[Kernel; 3]; 2] = [
+    format_variants!(
+        "matvec",
+        "/workgroup",
+        matvec_workgroup,
+        ["matvec_common.wgsl", "matvec_workgroup.wgsl"]
     ),
-    Reduction::Workgroup,
-    false,
-);
-/// Batched matvec, native f16 weights, workgroup reduction.
-pub static MATVEC_BATCH_F16: Kernel = matvec_batch_variant(
-    "matvec-batch/f16/workgroup",
-    concat!(
-        "enable f16;\n",
-        shader!(
-            "weights_f16.wgsl",
-            "linear_common.wgsl",
-            "matvec_batch_common.wgsl",
-            "matvec_batch_workgroup.wgsl"
-        )
+    format_variants!(
+        "matvec",
+        "/subgroup",
+        matvec_subgroup,
+        ["matvec_common.wgsl", "matvec_subgroup.wgsl"]
     ),
-    Reduction::Workgroup,
-    true,
-);
-/// Batched matvec, packed f16 weights, workgroup reduction.
-pub static MATVEC_BATCH_F16_PACKED: Kernel = matvec_batch_variant(
-    "matvec-batch/f16-packed/workgroup",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matvec_batch_common.wgsl",
-        "matvec_batch_workgroup.wgsl"
-    ),
-    Reduction::Workgroup,
-    false,
-);
-/// Batched matvec, f32 weights, subgroup reduction.
-pub static MATVEC_BATCH_F32_SUBGROUP: Kernel = matvec_batch_variant(
-    "matvec-batch/f32/subgroup",
-    shader!(
-        "weights_f32.wgsl",
-        "linear_common.wgsl",
-        "matvec_batch_common.wgsl",
-        "matvec_batch_subgroup.wgsl"
-    ),
-    Reduction::Subgroup,
-    false,
-);
-/// Batched matvec, native f16 weights, subgroup reduction.
-pub static MATVEC_BATCH_F16_SUBGROUP: Kernel = matvec_batch_variant(
-    "matvec-batch/f16/subgroup",
-    concat!(
-        "enable f16;\n",
-        shader!(
-            "weights_f16.wgsl",
-            "linear_common.wgsl",
-            "matvec_batch_common.wgsl",
-            "matvec_batch_subgroup.wgsl"
-        )
-    ),
-    Reduction::Subgroup,
-    true,
-);
-/// Batched matvec, packed f16 weights, subgroup reduction.
-pub static MATVEC_BATCH_F16_PACKED_SUBGROUP: Kernel = matvec_batch_variant(
-    "matvec-batch/f16-packed/subgroup",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matvec_batch_common.wgsl",
-        "matvec_batch_subgroup.wgsl"
-    ),
-    Reduction::Subgroup,
-    false,
-);
-const fn matvec_norm_variant(name: &'static str, source: &'static str, shader_f16: bool) -> Kernel {
-    Kernel {
-        entry_point: "matvec_norm_subgroup",
-        bindings: &[
-            PARAMS,
-            WEIGHT,
-            INPUT,
-            OUTPUT,
-            Binding {
-                index: 4,
-                name: "norm_weight",
-                access: Access::ReadOnly,
-            },
-        ],
-        ..matvec_variant(name, source, Reduction::Subgroup, shader_f16)
-    }
-}
+];
 
-/// RMSNorm + matvec, f32 weights (subgroups).
-pub static MATVEC_NORM_F32: Kernel = matvec_norm_variant(
-    "matvec-norm/f32/subgroup",
-    shader!(
-        "weights_f32.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_norm_subgroup.wgsl"
+/// Batched matvec, by reduction and weight format.
+pub static MATVEC_BATCH: [[Kernel; 3]; 2] = [
+    format_variants!(
+        "matvec-batch",
+        "/workgroup",
+        matvec_batch_workgroup,
+        ["matvec_batch_common.wgsl", "matvec_batch_workgroup.wgsl"]
     ),
-    false,
-);
-/// RMSNorm + matvec, native f16 weights (subgroups).
-pub static MATVEC_NORM_F16: Kernel = matvec_norm_variant(
-    "matvec-norm/f16/subgroup",
-    concat!(
-        "enable f16;\n",
-        shader!(
-            "weights_f16.wgsl",
-            "linear_common.wgsl",
-            "matvec_common.wgsl",
-            "matvec_norm_subgroup.wgsl"
-        )
+    format_variants!(
+        "matvec-batch",
+        "/subgroup",
+        matvec_batch_subgroup,
+        ["matvec_batch_common.wgsl", "matvec_batch_subgroup.wgsl"]
     ),
-    true,
-);
-/// RMSNorm + matvec, packed f16 weights (subgroups).
-pub static MATVEC_NORM_F16_PACKED: Kernel = matvec_norm_variant(
-    "matvec-norm/f16-packed/subgroup",
-    shader!(
-        "weights_f16_packed.wgsl",
-        "linear_common.wgsl",
-        "matvec_common.wgsl",
-        "matvec_norm_subgroup.wgsl"
-    ),
-    false,
+];
+
+/// RMSNorm + matvec (subgroups), by weight format.
+pub static MATVEC_NORM: [Kernel; 3] = format_variants!(
+    "matvec-norm",
+    "/subgroup",
+    matvec_norm_subgroup,
+    ["matvec_common.wgsl", "matvec_norm_subgroup.wgsl"]
 );
 
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
@@ -432,46 +279,74 @@ pub const MATVEC_BATCH_ROWS: u32 = 8;
 
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[
-    &MATVEC_BATCH_F32,
-    &MATVEC_BATCH_F16,
-    &MATVEC_BATCH_F16_PACKED,
-    &MATVEC_BATCH_F32_SUBGROUP,
-    &MATVEC_BATCH_F16_SUBGROUP,
-    &MATVEC_BATCH_F16_PACKED_SUBGROUP,
-    &MATVEC_NORM_F32,
-    &MATVEC_NORM_F16,
-    &MATVEC_NORM_F16_PACKED,
-    &MATMUL_F32,
-    &MATMUL_F16,
-    &MATMUL_F16_PACKED,
-    &MATVEC_F32,
-    &MATVEC_F16,
-    &MATVEC_F16_PACKED,
-    &MATVEC_F32_SUBGROUP,
-    &MATVEC_F16_SUBGROUP,
-    &MATVEC_F16_PACKED_SUBGROUP,
+    &MATMUL[0],
+    &MATMUL[1],
+    &MATMUL[2],
+    &MATVEC[0][0],
+    &MATVEC[0][1],
+    &MATVEC[0][2],
+    &MATVEC[1][0],
+    &MATVEC[1][1],
+    &MATVEC[1][2],
+    &MATVEC_BATCH[0][0],
+    &MATVEC_BATCH[0][1],
+    &MATVEC_BATCH[0][2],
+    &MATVEC_BATCH[1][0],
+    &MATVEC_BATCH[1][1],
+    &MATVEC_BATCH[1][2],
+    &MATVEC_NORM[0],
+    &MATVEC_NORM[1],
+    &MATVEC_NORM[2],
 ];
 
-/// Tiled matmul. Buffers: `weight [out_dim, in_dim]` in `format`, `input [.., in_dim]` f32,
-/// `output [rows, out_dim]` f32.
-pub fn matmul(format: WeightFormat, params: LinearParams) -> Dispatch {
-    let kernel = match format {
-        WeightFormat::F32 => &MATMUL_F32,
-        WeightFormat::F16 => &MATMUL_F16,
-        WeightFormat::F16Packed => &MATMUL_F16_PACKED,
-    };
-    let constants = kernel.default_constants();
-    let [threads_n, threads_m, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, threads_n * MATMUL_MICRO_TILE),
-            ceil_div(params.rows, threads_m * MATMUL_MICRO_TILE),
-            1,
-        ],
+/// The variant of `table` for `format`.
+fn by_format(table: &'static [Kernel; 3], format: WeightFormat) -> &'static Kernel {
+    match format {
+        WeightFormat::F32 => &table[0],
+        WeightFormat::F16 => &table[1],
+        WeightFormat::F16Packed => &table[2],
     }
+}
+
+fn by_reduction(table: &'static [[Kernel; 3]; 2], reduction: Reduction) -> &'static [Kernel; 3] {
+    match reduction {
+        Reduction::Workgroup => &table[0],
+        Reduction::Subgroup => &table[1],
+    }
+}
+
+fn bound<'b, B>(
+    kernel: &'static Kernel,
+    params: &LinearParams,
+    workgroups: [u32; 3],
+    buffers: crate::BufferList<'b, B>,
+) -> Bound<'b, B> {
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: params.words(),
+            workgroups,
+        },
+        buffers,
+    }
+}
+
+/// Tiled matmul: `weight [out_dim, in_dim]` in `format`, `input [.., in_dim]` f32,
+/// `output [rows, out_dim]` f32.
+pub fn matmul<'b, B>(
+    format: WeightFormat,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = by_format(&MATMUL, format);
+    let [threads_n, threads_m, _] = kernel.workgroup_size(&kernel.default_constants());
+    let workgroups = [
+        ceil_div(params.out_dim, threads_n * MATMUL_MICRO_TILE),
+        ceil_div(params.rows, threads_m * MATMUL_MICRO_TILE),
+        1,
+    ];
+    bound(kernel, &params, workgroups, buffers.in_order())
 }
 
 /// Whether [`matvec`] can compute this shape (vec4 loads need `in_dim % 4 == 0`).
@@ -479,71 +354,53 @@ pub fn matvec_supports(params: &LinearParams) -> bool {
     params.in_dim % 4 == 0 && params.in_dim > 0 && params.out_dim > 0
 }
 
-/// Matrix-vector product per row (decode). Same buffers as [`matmul`]; requires
-/// [`matvec_supports`]. At most 65535 rows.
-pub fn matvec(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
-    let kernel = match (format, reduction) {
-        (WeightFormat::F32, Reduction::Workgroup) => &MATVEC_F32,
-        (WeightFormat::F16, Reduction::Workgroup) => &MATVEC_F16,
-        (WeightFormat::F16Packed, Reduction::Workgroup) => &MATVEC_F16_PACKED,
-        (WeightFormat::F32, Reduction::Subgroup) => &MATVEC_F32_SUBGROUP,
-        (WeightFormat::F16, Reduction::Subgroup) => &MATVEC_F16_SUBGROUP,
-        (WeightFormat::F16Packed, Reduction::Subgroup) => &MATVEC_F16_PACKED_SUBGROUP,
-    };
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
-            params.rows,
-            1,
-        ],
-    }
+/// Matrix-vector product per row (decode); requires [`matvec_supports`]. At most 65535 rows.
+pub fn matvec<'b, B>(
+    format: WeightFormat,
+    reduction: Reduction,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = by_format(by_reduction(&MATVEC, reduction), format);
+    let workgroups = [
+        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+        params.rows,
+        1,
+    ];
+    bound(kernel, &params, workgroups, buffers.in_order())
 }
 
 /// Batched matrix-vector product: [`MATVEC_BATCH_ROWS`] rows per workgroup, each weight read once
-/// for all of them. Same buffers and requirements as [`matvec`].
-pub fn matvec_batch(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
-    let kernel = match (format, reduction) {
-        (WeightFormat::F32, Reduction::Workgroup) => &MATVEC_BATCH_F32,
-        (WeightFormat::F16, Reduction::Workgroup) => &MATVEC_BATCH_F16,
-        (WeightFormat::F16Packed, Reduction::Workgroup) => &MATVEC_BATCH_F16_PACKED,
-        (WeightFormat::F32, Reduction::Subgroup) => &MATVEC_BATCH_F32_SUBGROUP,
-        (WeightFormat::F16, Reduction::Subgroup) => &MATVEC_BATCH_F16_SUBGROUP,
-        (WeightFormat::F16Packed, Reduction::Subgroup) => &MATVEC_BATCH_F16_PACKED_SUBGROUP,
-    };
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
-            ceil_div(params.rows, MATVEC_BATCH_ROWS),
-            1,
-        ],
-    }
+/// for all of them. Same requirements as [`matvec`].
+pub fn matvec_batch<'b, B>(
+    format: WeightFormat,
+    reduction: Reduction,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = by_format(by_reduction(&MATVEC_BATCH, reduction), format);
+    let workgroups = [
+        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+        ceil_div(params.rows, MATVEC_BATCH_ROWS),
+        1,
+    ];
+    bound(kernel, &params, workgroups, buffers.in_order())
 }
 
-/// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weights `g`, epsilon `params.norm_eps`) fused
-/// into [`matvec`]: buffers `weight`, `input`, `output` as for [`matvec`], then `g [in_dim]` f32.
-/// Needs subgroups and [`matvec_supports`].
-pub fn matvec_norm(format: WeightFormat, params: LinearParams) -> Dispatch {
-    let kernel = match format {
-        WeightFormat::F32 => &MATVEC_NORM_F32,
-        WeightFormat::F16 => &MATVEC_NORM_F16,
-        WeightFormat::F16Packed => &MATVEC_NORM_F16_PACKED,
-    };
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
-            params.rows,
-            1,
-        ],
-    }
+/// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weight `norm_weight`, epsilon
+/// `params.norm_eps`) fused into [`matvec`]. Needs subgroups and [`matvec_supports`].
+pub fn matvec_norm<'b, B>(
+    format: WeightFormat,
+    params: LinearParams,
+    buffers: LinearNormBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = by_format(&MATVEC_NORM, format);
+    let workgroups = [
+        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+        params.rows,
+        1,
+    ];
+    bound(kernel, &params, workgroups, buffers.in_order())
 }
 
 /// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.
@@ -553,12 +410,17 @@ pub const MATVEC_BATCH_MAX_ROWS: u32 = 32;
 /// [`matvec_batch`] for up to [`MATVEC_BATCH_MAX_ROWS`] (both need `in_dim % 4 == 0`), else the
 /// tiled [`matmul`]. (The tensor-core [`crate::gemm_coop::gemm_coop`] depends on the device's
 /// tile, so the caller chooses it.)
-pub fn linear(format: WeightFormat, reduction: Reduction, params: LinearParams) -> Dispatch {
+pub fn linear<'b, B>(
+    format: WeightFormat,
+    reduction: Reduction,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
     if !matvec_supports(&params) || params.rows > MATVEC_BATCH_MAX_ROWS {
-        matmul(format, params)
+        matmul(format, params, buffers)
     } else if params.rows <= 1 {
-        matvec(format, reduction, params)
+        matvec(format, reduction, params, buffers)
     } else {
-        matvec_batch(format, reduction, params)
+        matvec_batch(format, reduction, params, buffers)
     }
 }

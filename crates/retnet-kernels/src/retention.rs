@@ -3,8 +3,7 @@
 //! `shaders/retention_common.wgsl` for the formulas and buffer layout.
 
 use crate::{
-    ceil_div, Access, Binding, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant,
-    ParamWords, PARAMS,
+    ceil_div, Bound, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
 };
 
 /// Where one of q, k, v or the output lives: element `c` of head `h` of token `t` is at
@@ -56,78 +55,124 @@ pub struct RetentionParams {
 
 impl RetentionParams {
     fn words(&self) -> ParamWords {
-        ParamWords::new(&[
-            self.tokens,
-            self.query_heads,
-            self.kv_heads,
-            self.key_dim,
-            self.value_dim,
-            self.start_pos,
-            self.q.offset,
-            self.q.stride,
-            self.k.offset,
-            self.k.stride,
-            self.v.offset,
-            self.v.stride,
-            self.out.offset,
-            self.out.stride,
-            u32::from(self.scale_by_decay_sum),
-        ])
+        RetentionBlock {
+            tokens: self.tokens,
+            query_heads: self.query_heads,
+            kv_heads: self.kv_heads,
+            key_dim: self.key_dim,
+            value_dim: self.value_dim,
+            start_pos: self.start_pos,
+            q_offset: self.q.offset,
+            q_stride: self.q.stride,
+            k_offset: self.k.offset,
+            k_stride: self.k.stride,
+            v_offset: self.v.offset,
+            v_stride: self.v.stride,
+            out_offset: self.out.offset,
+            out_stride: self.out.stride,
+            scale_by_decay_sum: u32::from(self.scale_by_decay_sum),
+            _pad: 0,
+        }
+        .words()
     }
 }
 
-const PARAMS_STRUCT: (&str, &[&str]) = (
-    "RetentionParams",
-    &[
-        "tokens",
-        "query_heads",
-        "kv_heads",
-        "key_dim",
-        "value_dim",
-        "start_pos",
-        "q_offset",
-        "q_stride",
-        "k_offset",
-        "k_stride",
-        "v_offset",
-        "v_stride",
-        "out_offset",
-        "out_stride",
-        "scale_by_decay_sum",
-        "_pad",
-    ],
-);
+param_block! {
+    /// The WGSL parameter block of every retention kernel.
+    pub(crate) struct RetentionBlock = "RetentionParams" {
+        tokens: u32,
+        query_heads: u32,
+        kv_heads: u32,
+        key_dim: u32,
+        value_dim: u32,
+        start_pos: u32,
+        q_offset: u32,
+        q_stride: u32,
+        k_offset: u32,
+        k_stride: u32,
+        v_offset: u32,
+        v_stride: u32,
+        out_offset: u32,
+        out_stride: u32,
+        scale_by_decay_sum: u32,
+        _pad: u32,
+    }
+}
 
-const Q: Binding = Binding {
-    index: 1,
-    name: "q",
-    access: Access::ReadOnly,
-};
-const K: Binding = Binding {
-    index: 2,
-    name: "k",
-    access: Access::ReadOnly,
-};
-const V: Binding = Binding {
-    index: 3,
-    name: "v",
-    access: Access::ReadOnly,
-};
-const LOG_DECAY: Binding = Binding {
-    index: 4,
-    name: "log_decay",
-    access: Access::ReadOnly,
-};
-const STATE: Binding = Binding {
-    index: 5,
-    name: "state",
-    access: Access::ReadWrite,
-};
-const OUTPUT: Binding = Binding {
-    index: 6,
-    name: "output",
-    access: Access::ReadWrite,
-};
+buffers! {
+    /// Buffers of [`parallel`]. q, k and v may be one buffer (the fused projection).
+    pub struct ParallelBuffers, bindings PARALLEL_BINDINGS {
+        1 q: ReadOnly,
+        2 k: ReadOnly,
+        3 v: ReadOnly,
+        /// `[H]` f32.
+        4 log_decay: ReadOnly,
+        6 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`chunkwise`] and [`recurrent`].
+    pub struct RetentionBuffers, bindings STATEFUL_BINDINGS {
+        1 q: ReadOnly,
+        2 k: ReadOnly,
+        3 v: ReadOnly,
+        4 log_decay: ReadOnly,
+        /// `[H, K, V]` f32, read and updated.
+        5 state: ReadWrite,
+        6 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`recurrent_batched`].
+    pub struct RecurrentBatchedBuffers, bindings BATCHED_BINDINGS {
+        1 q: ReadOnly,
+        2 k: ReadOnly,
+        3 v: ReadOnly,
+        4 log_decay: ReadOnly,
+        /// `[rows]` u32.
+        5 positions: ReadOnly,
+        /// `[rows]` u32.
+        6 slots: ReadOnly,
+        /// The pool, `[slots, H, K, V]` f32.
+        7 state: ReadWrite,
+        8 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`chunk_updates`].
+    pub struct ChunkUpdatesBuffers, bindings CHUNK_UPDATES_BINDINGS {
+        2 k: ReadOnly,
+        3 v: ReadOnly,
+        4 log_decay: ReadOnly,
+        /// [`chunk_states_len`] f32.
+        6 chunk_states: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`chunk_scan`].
+    pub struct ChunkScanBuffers, bindings CHUNK_SCAN_BINDINGS {
+        4 log_decay: ReadOnly,
+        /// `[H, K, V]` f32: the state before the span, then after it.
+        5 state: ReadWrite,
+        6 chunk_states: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`chunk_outputs`].
+    pub struct ChunkOutputsBuffers, bindings CHUNK_OUTPUTS_BINDINGS {
+        1 q: ReadOnly,
+        2 k: ReadOnly,
+        3 v: ReadOnly,
+        4 log_decay: ReadOnly,
+        5 chunk_states: ReadOnly,
+        6 output: ReadWrite,
+    }
+}
 
 /// Parallel form.
 pub static PARALLEL: Kernel = Kernel {
@@ -143,8 +188,8 @@ pub static PARALLEL: Kernel = Kernel {
         name: "BLOCK",
         default: 16,
     }],
-    bindings: &[PARAMS, Q, K, V, LOG_DECAY, OUTPUT],
-    params: PARAMS_STRUCT,
+    bindings: PARALLEL_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 /// Value columns per invocation in retention_parallel.wgsl (`COLUMNS_PER_INVOCATION`).
@@ -174,8 +219,8 @@ pub static CHUNKWISE: Kernel = Kernel {
             default: 256,
         },
     ],
-    bindings: &[PARAMS, Q, K, V, LOG_DECAY, STATE, OUTPUT],
-    params: PARAMS_STRUCT,
+    bindings: STATEFUL_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -199,8 +244,8 @@ pub static RECURRENT: Kernel = Kernel {
             default: 8,
         },
     ],
-    bindings: &[PARAMS, Q, K, V, LOG_DECAY, STATE, OUTPUT],
-    params: PARAMS_STRUCT,
+    bindings: STATEFUL_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -225,34 +270,8 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
             default: 8,
         },
     ],
-    bindings: &[
-        PARAMS,
-        Q,
-        K,
-        V,
-        LOG_DECAY,
-        Binding {
-            index: 5,
-            name: "positions",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 6,
-            name: "slots",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 7,
-            name: "state",
-            access: Access::ReadWrite,
-        },
-        Binding {
-            index: 8,
-            name: "output",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
+    bindings: BATCHED_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -266,18 +285,8 @@ pub static CHUNK_UPDATES: Kernel = Kernel {
         name: "CHUNK_SIZE",
         default: 64,
     }],
-    bindings: &[
-        PARAMS,
-        K,
-        V,
-        LOG_DECAY,
-        Binding {
-            index: 6,
-            name: "chunk_states",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
+    bindings: CHUNK_UPDATES_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -291,17 +300,8 @@ pub static CHUNK_SCAN: Kernel = Kernel {
         name: "CHUNK_SIZE",
         default: 64,
     }],
-    bindings: &[
-        PARAMS,
-        LOG_DECAY,
-        STATE,
-        Binding {
-            index: 6,
-            name: "chunk_states",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
+    bindings: CHUNK_SCAN_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -315,20 +315,8 @@ pub static CHUNK_OUTPUTS: Kernel = Kernel {
         name: "CHUNK_SIZE",
         default: 64,
     }],
-    bindings: &[
-        PARAMS,
-        Q,
-        K,
-        V,
-        LOG_DECAY,
-        Binding {
-            index: 5,
-            name: "chunk_states",
-            access: Access::ReadOnly,
-        },
-        OUTPUT,
-    ],
-    params: PARAMS_STRUCT,
+    bindings: CHUNK_OUTPUTS_BINDINGS,
+    params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -345,33 +333,43 @@ pub static KERNELS: &[&Kernel] = &[
 
 /// Parallel retention from a zero state (the state is neither read nor written).
 /// Buffers: q, k, v, `log_decay [H]`, output.
-pub fn parallel(params: RetentionParams) -> Dispatch {
+pub fn parallel<'b, B>(params: RetentionParams, buffers: ParallelBuffers<'b, B>) -> Bound<'b, B> {
     let kernel = &PARALLEL;
     let constants = kernel.default_constants();
     let [block, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.tokens, block),
-            params.query_heads,
-            ceil_div(params.value_dim, block * PARALLEL_COLUMNS_PER_INVOCATION),
-        ],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.tokens, block),
+                params.query_heads,
+                ceil_div(params.value_dim, block * PARALLEL_COLUMNS_PER_INVOCATION),
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
 /// Chunkwise retention with chunks of `chunk_size` tokens, continuing from and updating the state.
 /// Buffers: q, k, v, `log_decay [H]`, `state [H, K, V]`, output.
-pub fn chunkwise(params: RetentionParams, chunk_size: u32) -> Dispatch {
+pub fn chunkwise<'b, B>(
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: RetentionBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = &CHUNKWISE;
     let constants = with_chunk(kernel, chunk_size.max(1));
     let columns = constants.0[1];
-    Dispatch {
-        kernel,
-        constants,
-        params: params.words(),
-        workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: params.words(),
+            workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
@@ -413,35 +411,49 @@ pub fn chunk_states_len(params: &RetentionParams, chunk_size: u32) -> u64 {
 /// the other two passes): writes each chunk's own update of the state into
 /// `chunk_states` ([`chunk_states_len`] f32). Buffers: k, v, `log_decay [H]`, `chunk_states`.
 /// Follow with [`chunk_scan`].
-pub fn chunk_updates(params: RetentionParams, chunk_size: u32) -> Dispatch {
+pub fn chunk_updates<'b, B>(
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: ChunkUpdatesBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = &CHUNK_UPDATES;
     let chunk_size = parallel_chunk(chunk_size);
-    Dispatch {
-        kernel,
-        constants: with_chunk(kernel, chunk_size),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.key_dim, 64) * ceil_div(params.value_dim, 64),
-            params.tokens.div_ceil(chunk_size),
-            params.query_heads,
-        ],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: with_chunk(kernel, chunk_size),
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.key_dim, 64) * ceil_div(params.value_dim, 64),
+                params.tokens.div_ceil(chunk_size),
+                params.query_heads,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
 /// Chunk-parallel retention, pass 1b: turns the updates from [`chunk_updates`] into the state
 /// before each chunk, in place, and leaves the final state in `state`. Buffers: `log_decay [H]`,
 /// `state [H, K, V]`, `chunk_states`.
-pub fn chunk_scan(params: RetentionParams, chunk_size: u32) -> Dispatch {
+pub fn chunk_scan<'b, B>(
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: ChunkScanBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = &CHUNK_SCAN;
-    Dispatch {
-        kernel,
-        constants: with_chunk(kernel, parallel_chunk(chunk_size)),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.value_dim, 64),
-            params.key_dim,
-            params.query_heads,
-        ],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: with_chunk(kernel, parallel_chunk(chunk_size)),
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.value_dim, 64),
+                params.key_dim,
+                params.query_heads,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
@@ -458,32 +470,42 @@ pub fn chunk_outputs_workgroup_bytes(chunk_size: u32) -> u32 {
 /// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1,
 /// at most [`CHUNK_OUTPUTS_MAX_CHUNK`]). Buffers: q, k, v, `log_decay [H]`, `chunk_states`
 /// (from [`chunk_scan`]), output.
-pub fn chunk_outputs(params: RetentionParams, chunk_size: u32) -> Dispatch {
+pub fn chunk_outputs<'b, B>(
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: ChunkOutputsBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = &CHUNK_OUTPUTS;
     let chunk_size = parallel_chunk(chunk_size);
-    Dispatch {
-        kernel,
-        constants: with_chunk(kernel, chunk_size),
-        params: params.words(),
-        workgroups: [
-            ceil_div(params.value_dim, 64),
-            params.tokens.div_ceil(chunk_size),
-            params.query_heads,
-        ],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: with_chunk(kernel, chunk_size),
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.value_dim, 64),
+                params.tokens.div_ceil(chunk_size),
+                params.query_heads,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
 /// Recurrent retention, one token after another, continuing from and updating the state.
 /// Buffers: q, k, v, `log_decay [H]`, `state [H, K, V]`, output.
-pub fn recurrent(params: RetentionParams) -> Dispatch {
+pub fn recurrent<'b, B>(params: RetentionParams, buffers: RetentionBuffers<'b, B>) -> Bound<'b, B> {
     let kernel = &RECURRENT;
     let constants = kernel.default_constants();
     let [columns, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: params.words(),
-        workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: params.words(),
+            workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
@@ -517,7 +539,10 @@ pub struct RetentionBatchedParams {
 /// slot `slots[b]` of the pool by its token at absolute position `positions[b]`. Distinct rows must
 /// use distinct slots. Buffers: q, k, v, `log_decay [H]`, `positions [rows]` u32,
 /// `slots [rows]` u32, `state [slots, H, K, V]` f32 (the pool), output.
-pub fn recurrent_batched(params: RetentionBatchedParams) -> Dispatch {
+pub fn recurrent_batched<'b, B>(
+    params: RetentionBatchedParams,
+    buffers: RecurrentBatchedBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = &RECURRENT_BATCHED;
     let constants = kernel.default_constants();
     let [columns, _, _] = kernel.workgroup_size(&constants);
@@ -535,14 +560,17 @@ pub fn recurrent_batched(params: RetentionBatchedParams) -> Dispatch {
         scale_by_decay_sum: params.scale_by_decay_sum,
     }
     .words();
-    Dispatch {
-        kernel,
-        constants,
-        params: words,
-        workgroups: [
-            ceil_div(params.value_dim, columns),
-            params.query_heads,
-            params.rows,
-        ],
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: words,
+            workgroups: [
+                ceil_div(params.value_dim, columns),
+                params.query_heads,
+                params.rows,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }

@@ -1,8 +1,6 @@
-//! RMSNorm over rows: `y = x / sqrt(mean(x²) + eps) ⊙ w`, with or without the weight `w`.
+//! RMSNorm over rows: `y = x / sqrt(mean(x²) + eps) ⊙ w`.
 
-use crate::{
-    f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords, PARAMS,
-};
+use crate::{Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// Parameters of [`rms_norm`].
 #[derive(Clone, Copy, Debug)]
@@ -15,85 +13,61 @@ pub struct RmsNormParams {
     pub eps: f32,
 }
 
-const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
-    name: "WORKGROUP_SIZE",
-    default: 256,
-}];
-const PARAMS_STRUCT: (&str, &[&str]) = ("RmsNormParams", &["rows", "dim", "eps", "_pad"]);
-const SOURCE: &str = shader!("rms_norm.wgsl");
+param_block! {
+    /// The WGSL parameter block of [`rms_norm`].
+    pub(crate) struct RmsNormBlock = "RmsNormParams" { rows: u32, dim: u32, eps: f32, _pad: u32 }
+}
 
-/// With a weight `[dim]`.
+buffers! {
+    /// Buffers of [`rms_norm`].
+    pub struct RmsNormBuffers, bindings BINDINGS {
+        /// `[rows, dim]`.
+        1 input: ReadOnly,
+        /// `[dim]`.
+        2 norm_weight: ReadOnly,
+        /// `[rows, dim]` (not `input`).
+        3 output: ReadWrite,
+    }
+}
+
+/// With a weight `[dim]` (every RetNet norm has one; the unweighted variant was never used).
 pub static WEIGHTED: Kernel = Kernel {
     name: "rms_norm/weighted",
-    source: SOURCE,
+    source: shader!("rms_norm.wgsl"),
     entry_point: "rms_norm",
     workgroup_size: [
         Dim::Constant("WORKGROUP_SIZE"),
         Dim::Fixed(1),
         Dim::Fixed(1),
     ],
-    constants: CONSTANTS,
-    bindings: &[
-        PARAMS,
-        Binding {
-            index: 1,
-            name: "input",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 2,
-            name: "norm_weight",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 3,
-            name: "output",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
-    requires: Features::NONE,
-};
-
-/// Without a weight.
-pub static UNWEIGHTED: Kernel = Kernel {
-    name: "rms_norm/unweighted",
-    source: SOURCE,
-    entry_point: "rms_norm_unweighted",
-    workgroup_size: [
-        Dim::Constant("WORKGROUP_SIZE"),
-        Dim::Fixed(1),
-        Dim::Fixed(1),
-    ],
-    constants: CONSTANTS,
-    bindings: &[
-        PARAMS,
-        Binding {
-            index: 1,
-            name: "input",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 3,
-            name: "output",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
+    constants: &[OverrideConstant {
+        name: "WORKGROUP_SIZE",
+        default: 256,
+    }],
+    bindings: BINDINGS,
+    params: RmsNormBlock::STRUCT,
     requires: Features::NONE,
 };
 
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&WEIGHTED, &UNWEIGHTED];
+pub static KERNELS: &[&Kernel] = &[&WEIGHTED];
 
-/// RMSNorm of each row. Buffers: `input [rows, dim]`, then `norm_weight [dim]` if `weighted`,
-/// then `output [rows, dim]` (must not be `input`).
-pub fn rms_norm(weighted: bool, params: RmsNormParams) -> Dispatch {
-    let kernel = if weighted { &WEIGHTED } else { &UNWEIGHTED };
-    Dispatch {
-        kernel,
-        constants: kernel.default_constants(),
-        params: ParamWords::new(&[params.rows, params.dim, f(params.eps)]),
-        workgroups: [params.rows, 1, 1],
+/// RMSNorm of each row of `input` into `output`, times `norm_weight`.
+pub fn rms_norm<'b, B>(params: RmsNormParams, buffers: RmsNormBuffers<'b, B>) -> Bound<'b, B> {
+    let kernel = &WEIGHTED;
+    let block = RmsNormBlock {
+        rows: params.rows,
+        dim: params.dim,
+        eps: params.eps,
+        _pad: 0,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups: [params.rows, 1, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }

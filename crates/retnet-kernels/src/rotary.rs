@@ -1,9 +1,6 @@
 //! Rotary position embedding in place, both pairings, then a scale.
 
-use crate::{
-    ceil_div, f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
-    PARAMS,
-};
+use crate::{ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// Which elements of a head form a rotated pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,45 +35,39 @@ const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
     default: 64,
 }];
-const BINDINGS: &[Binding] = &[
-    PARAMS,
-    Binding {
-        index: 1,
-        name: "theta",
-        access: Access::ReadOnly,
-    },
-    Binding {
-        index: 2,
-        name: "x",
-        access: Access::ReadWrite,
-    },
-];
-const PARAMS_STRUCT: (&str, &[&str]) = (
-    "RotaryParams",
-    &[
-        "tokens",
-        "heads",
-        "head_dim",
-        "start_pos",
-        "row_stride",
-        "col_offset",
-        "scale",
-        "_pad",
-    ],
-);
+buffers! {
+    /// Buffers of [`rotary`].
+    pub struct RotaryBuffers, bindings BINDINGS {
+        /// Angles `[head_dim / 2]`.
+        1 theta: ReadOnly,
+        /// The rows rotated in place (e.g. the q|k|v|g projection).
+        2 x: ReadWrite,
+    }
+}
 
-/// [`BINDINGS`] plus `positions` (one u32 per row), for the batched variants.
-#[allow(clippy::indexing_slicing)] // constant indices into a constant array: checked at compile time
-const BATCHED_BINDINGS: &[Binding] = &[
-    BINDINGS[0],
-    BINDINGS[1],
-    BINDINGS[2],
-    Binding {
-        index: 3,
-        name: "positions",
-        access: Access::ReadOnly,
-    },
-];
+buffers! {
+    /// Buffers of [`rotary_batched`].
+    pub struct RotaryBatchedBuffers, bindings BATCHED_BINDINGS {
+        1 theta: ReadOnly,
+        2 x: ReadWrite,
+        /// Position of each row, u32.
+        3 positions: ReadOnly,
+    }
+}
+
+param_block! {
+    /// The WGSL parameter block of every variant.
+    pub(crate) struct RotaryBlock = "RotaryParams" {
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        start_pos: u32,
+        row_stride: u32,
+        col_offset: u32,
+        scale: f32,
+        _pad: u32,
+    }
+}
 
 const fn variant(
     name: &'static str,
@@ -94,7 +85,7 @@ const fn variant(
         ],
         constants: CONSTANTS,
         bindings,
-        params: PARAMS_STRUCT,
+        params: RotaryBlock::STRUCT,
         requires: Features::NONE,
     }
 }
@@ -121,30 +112,39 @@ pub static KERNELS: &[&Kernel] = &[&INTERLEAVED, &HALVES, &INTERLEAVED_BATCHED, 
 
 /// Rotates in place. Buffers: `theta [head_dim / 2]` f32 (angle per pair and position),
 /// `x` f32 (read and written).
-pub fn rotary(style: RotaryStyle, params: RotaryParams) -> Dispatch {
+pub fn rotary<'b, B>(
+    style: RotaryStyle,
+    params: RotaryParams,
+    buffers: RotaryBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = match style {
         RotaryStyle::Interleaved => &INTERLEAVED,
         RotaryStyle::Halves => &HALVES,
     };
     let constants = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: ParamWords::new(&[
-            params.tokens,
-            params.heads,
-            params.head_dim,
-            params.start_pos,
-            params.row_stride,
-            params.col_offset,
-            f(params.scale),
-        ]),
-        workgroups: [
-            ceil_div(params.heads * (params.head_dim / 2), x),
-            params.tokens,
-            1,
-        ],
+    let block = RotaryBlock {
+        tokens: params.tokens,
+        heads: params.heads,
+        head_dim: params.head_dim,
+        start_pos: params.start_pos,
+        row_stride: params.row_stride,
+        col_offset: params.col_offset,
+        scale: params.scale,
+        _pad: 0,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: block.words(),
+            workgroups: [
+                ceil_div(params.heads * (params.head_dim / 2), x),
+                params.tokens,
+                1,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }
 
@@ -168,29 +168,39 @@ pub struct RotaryBatchedParams {
 
 /// Rotates in place, row b at absolute position `positions[b]` (batched decode). Buffers:
 /// `theta [head_dim / 2]` f32, `x` f32 (read and written), `positions [rows]` u32.
-pub fn rotary_batched(style: RotaryStyle, params: RotaryBatchedParams) -> Dispatch {
+pub fn rotary_batched<'b, B>(
+    style: RotaryStyle,
+    params: RotaryBatchedParams,
+    buffers: RotaryBatchedBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = match style {
         RotaryStyle::Interleaved => &INTERLEAVED_BATCHED,
         RotaryStyle::Halves => &HALVES_BATCHED,
     };
     let constants = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
-    Dispatch {
-        kernel,
-        constants,
-        params: ParamWords::new(&[
-            params.rows,
-            params.heads,
-            params.head_dim,
-            0, // start_pos: unused, positions come from the buffer
-            params.row_stride,
-            params.col_offset,
-            f(params.scale),
-        ]),
-        workgroups: [
-            ceil_div(params.heads * (params.head_dim / 2), x),
-            params.rows,
-            1,
-        ],
+    let block = RotaryBlock {
+        tokens: params.rows,
+        heads: params.heads,
+        head_dim: params.head_dim,
+        // Unused: positions come from the buffer.
+        start_pos: 0,
+        row_stride: params.row_stride,
+        col_offset: params.col_offset,
+        scale: params.scale,
+        _pad: 0,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: block.words(),
+            workgroups: [
+                ceil_div(params.heads * (params.head_dim / 2), x),
+                params.rows,
+                1,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }

@@ -23,10 +23,12 @@
 //!
 //! ```ignore
 //! let mut step = device.sequence("decode");
-//! step.dispatch(embedding::gather(format, EmbeddingParams { tokens: 1, .. }),
-//!               &[&table, &next_token, &hidden])?;     // reads the previous step's choice
+//! // The embedding reads the previous step's choice: `ids: &next_token`.
+//! step.dispatch(embedding::gather(format, EmbeddingParams { tokens: 1, .. }, buffers))?;
 //! // … the layers and the head, into `logits` …
-//! step.dispatch(sampling::sample(params), &[&logits, &state, &next_token, &generated])?;
+//! let buffers = SampleBuffers { logits: &logits, state: &state, next_token: &next_token,
+//!                               generated: &generated };
+//! step.dispatch(sampling::sample(params, buffers))?;
 //! step.submit()?;
 //! // every `capacity` steps (or at the end): device.read_u32(&generated, 0, capacity)
 //! ```
@@ -41,9 +43,7 @@
 //! greedy; + ≤ 10 for top-k, + ≤ 11 for top-p, + 1–2 for the draw). On llvmpipe, which stops a
 //! shader after 65535 loop iterations in all, that bounds the vocabulary to about 690k.
 
-use crate::{
-    f, Access, Binding, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords, PARAMS,
-};
+use crate::{Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
 
 /// Words of `state` before the history ring.
 pub const STATE_HEADER: usize = 4;
@@ -77,23 +77,37 @@ pub struct SampleParams {
     pub capacity: u32,
 }
 
-const PARAMS_STRUCT: (&str, &[&str]) = (
-    "SampleParams",
-    &[
-        "vocab",
-        "logits_offset",
-        "temperature",
-        "top_k",
-        "top_p",
-        "repeat_penalty",
-        "seed_lo",
-        "seed_hi",
-        "history_window",
-        "capacity",
-        "_pad0",
-        "_pad1",
-    ],
-);
+param_block! {
+    /// The WGSL parameter block of [`sample`].
+    pub(crate) struct SampleBlock = "SampleParams" {
+        vocab: u32,
+        logits_offset: u32,
+        temperature: f32,
+        top_k: u32,
+        top_p: f32,
+        repeat_penalty: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        history_window: u32,
+        capacity: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+buffers! {
+    /// Buffers of [`sample`] (see the module's table).
+    pub struct SampleBuffers, bindings BINDINGS {
+        /// The logits row `[vocab]` at `logits_offset`.
+        1 logits: ReadOnly,
+        /// [`state_len`] u32: draw index, tokens pushed, the history ring.
+        2 state: ReadWrite,
+        /// `[1]` u32: the chosen id.
+        3 next_token: ReadWrite,
+        /// `[capacity]` u32: draw n at `n % capacity`.
+        4 generated: ReadWrite,
+    }
+}
 
 /// The sampling kernel.
 pub static SAMPLE: Kernel = Kernel {
@@ -109,30 +123,8 @@ pub static SAMPLE: Kernel = Kernel {
         name: "WORKGROUP_SIZE",
         default: 256,
     }],
-    bindings: &[
-        PARAMS,
-        Binding {
-            index: 1,
-            name: "logits",
-            access: Access::ReadOnly,
-        },
-        Binding {
-            index: 2,
-            name: "state",
-            access: Access::ReadWrite,
-        },
-        Binding {
-            index: 3,
-            name: "next_token",
-            access: Access::ReadWrite,
-        },
-        Binding {
-            index: 4,
-            name: "generated",
-            access: Access::ReadWrite,
-        },
-    ],
-    params: PARAMS_STRUCT,
+    bindings: BINDINGS,
+    params: SampleBlock::STRUCT,
     requires: Features::NONE,
 };
 
@@ -141,23 +133,28 @@ pub static KERNELS: &[&Kernel] = &[&SAMPLE];
 
 /// One draw. Buffers: `logits`, `state` ([`state_len`] words), `next_token` (1 word),
 /// `generated` (`capacity` words). A window over [`MAX_HISTORY_WINDOW`] is clamped.
-pub fn sample(params: SampleParams) -> Dispatch {
-    Dispatch {
-        kernel: &SAMPLE,
-        constants: SAMPLE.default_constants(),
-        params: ParamWords::new(&[
-            params.vocab,
-            params.logits_offset,
-            f(params.temperature),
-            params.top_k,
-            f(params.top_p),
-            f(params.repeat_penalty),
-            params.seed as u32,
-            (params.seed >> 32) as u32,
-            params.history_window.min(MAX_HISTORY_WINDOW),
-            params.capacity,
-        ]),
-        workgroups: [1, 1, 1],
+pub fn sample<'b, B>(params: SampleParams, buffers: SampleBuffers<'b, B>) -> Bound<'b, B> {
+    let block = SampleBlock {
+        vocab: params.vocab,
+        logits_offset: params.logits_offset,
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        repeat_penalty: params.repeat_penalty,
+        seed_lo: params.seed as u32,
+        seed_hi: (params.seed >> 32) as u32,
+        history_window: params.history_window.min(MAX_HISTORY_WINDOW),
+        capacity: params.capacity,
+        ..Default::default()
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel: &SAMPLE,
+            constants: SAMPLE.default_constants(),
+            params: block.words(),
+            workgroups: [1, 1, 1],
+        },
+        buffers: buffers.in_order(),
     }
 }
 

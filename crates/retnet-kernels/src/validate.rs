@@ -1,6 +1,6 @@
 //! naga validation of a kernel variant, plus checks that its description matches its source.
 
-use crate::{Access, Dim, Features, Kernel};
+use crate::{Access, Dim, Features, Kernel, Scalar};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Why a kernel variant is not valid.
@@ -113,24 +113,39 @@ pub fn validate(kernel: &Kernel, features: Features) -> Result<ValidationReport,
     let naga::TypeInner::Struct { members, span } = &ty.inner else {
         return mismatch("binding 0 is not a struct".into());
     };
-    let fields: Vec<_> = members
+    // Names, order and types (u32 or f32), as `param_block!` declared them.
+    let fields: Vec<(String, Option<Scalar>)> = members
         .iter()
-        .map(|m| m.name.clone().unwrap_or_default())
+        .map(|m| {
+            let scalar = match module.types[m.ty].inner {
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Uint,
+                    width: 4,
+                }) => Some(Scalar::U32),
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Float,
+                    width: 4,
+                }) => Some(Scalar::F32),
+                _ => None,
+            };
+            (m.name.clone().unwrap_or_default(), scalar)
+        })
         .collect();
-    let (struct_name, described_fields) = kernel.params;
-    if ty.name.as_deref() != Some(struct_name) || fields != described_fields {
+    let described: Vec<(String, Option<Scalar>)> = kernel
+        .params
+        .fields
+        .iter()
+        .map(|&(name, scalar)| (name.to_string(), Some(scalar)))
+        .collect();
+    if ty.name.as_deref() != Some(kernel.params.name) || fields != described {
         return mismatch(format!(
-            "params struct {:?} {fields:?}, described {struct_name} {described_fields:?}",
-            ty.name
+            "params struct {:?} {fields:?}, described {} {described:?}",
+            ty.name, kernel.params.name
         ));
     }
-    if u64::from(*span) != kernel.params_size()
-        || members
-            .iter()
-            .any(|m| module.types[m.ty].inner.size(module.to_ctx()) != 4)
-    {
+    if u64::from(*span) != kernel.params_size() {
         return mismatch(format!(
-            "params struct is not {} 32-bit words",
+            "params struct is {span} bytes, not {} 32-bit words",
             fields.len()
         ));
     }

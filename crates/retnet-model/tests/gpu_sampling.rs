@@ -132,16 +132,17 @@ impl<'d> Sampler<'d> {
     fn run(&self, logits: &GpuBuffer, offsets: &[u32]) {
         let mut sequence = self.device.sequence("sampling test");
         for &offset in offsets {
-            let dispatch = gpu::sample(SampleParams {
+            let params = SampleParams {
                 logits_offset: offset,
                 ..self.params
-            });
-            sequence
-                .dispatch(
-                    dispatch,
-                    &[logits, &self.state, &self.next, &self.generated],
-                )
-                .unwrap();
+            };
+            let buffers = gpu::SampleBuffers {
+                logits,
+                state: &self.state,
+                next_token: &self.next,
+                generated: &self.generated,
+            };
+            sequence.dispatch(gpu::sample(params, buffers)).unwrap();
         }
         sequence.submit().unwrap();
     }

@@ -4,7 +4,7 @@ use crate::buffer::{next_id, GpuBuffer};
 use crate::cache::{Caches, ParamArena};
 use crate::device::Device;
 use crate::error::RuntimeError;
-use retnet_kernels::{Access, ConstantValues, Dispatch, Kernel, MAX_PARAM_WORDS};
+use retnet_kernels::{Access, Bound, ConstantValues, Kernel, MAX_PARAM_WORDS};
 
 struct RecordedDispatch {
     kernel: &'static Kernel,
@@ -45,13 +45,10 @@ impl Device {
 }
 
 impl Sequence<'_> {
-    /// Appends a dispatch; `buffers` are bound at the kernel's bindings after the parameter
-    /// block, in binding order ([`Kernel::resource_bindings`]).
-    pub fn dispatch(
-        &mut self,
-        dispatch: Dispatch,
-        buffers: &[&GpuBuffer],
-    ) -> Result<(), RuntimeError> {
+    /// Appends a dispatch with its buffers, as a kernel constructor of `retnet-kernels` made
+    /// it (buffers named, in binding order).
+    pub fn dispatch(&mut self, bound: Bound<'_, GpuBuffer>) -> Result<(), RuntimeError> {
+        let Bound { dispatch, buffers } = bound;
         let kernel = dispatch.kernel;
         let features = self.device.features();
         if !features.contains(kernel.requires) {
@@ -69,7 +66,7 @@ impl Sequence<'_> {
                 got: buffers.len(),
             });
         }
-        for (i, (binding, buffer)) in bindings.iter().zip(buffers).enumerate() {
+        for (i, (binding, buffer)) in bindings.iter().zip(buffers.iter()).enumerate() {
             let bound_again = buffers
                 .iter()
                 .enumerate()

@@ -1,7 +1,7 @@
 //! Every non-retention kernel against a straightforward f64 CPU computation.
 //!
 //! Tolerances (error relative to the largest |reference|, see `common::max_relative_error`):
-//! - data movement and single products (gather × scale, residual add): 1e-6, a few f32 roundings;
+//! - data movement and single products (gather × scale): 1e-6, a few f32 roundings;
 //! - reductions in f32 (norms over ≤ 1000 values, dot products over ≤ 1024 terms): 1e-5; the
 //!   rounding error of an n-term f32 sum is ~√n·6e-8 typically and stays well under 1e-5 here;
 //! - f16 weights: the reference uses the same f16-rounded weights, so the f32 tolerances apply.
@@ -16,22 +16,24 @@
 mod common;
 
 use common::{assert_close, device, read, round_f16, to_f64, Rng};
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
-    gated_activation, Activation, GatedActivationParams,
+    gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_runtime::kernels::linear::{matmul, matvec, LinearParams, Reduction};
-use retnet_runtime::kernels::residual::residual_add;
+use retnet_runtime::kernels::head_norm_gate::{
+    head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
+    HeadNormGateParams,
+};
+use retnet_runtime::kernels::linear::{matmul, matvec, LinearBuffers, LinearParams, Reduction};
 use retnet_runtime::kernels::retention::Strided;
-use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
-use retnet_runtime::kernels::rotary::{rotary, RotaryParams, RotaryStyle};
-use retnet_runtime::kernels::{Dispatch, WeightFormat};
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
+use retnet_runtime::kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
+use retnet_runtime::kernels::{Bound, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, WeightData};
 
-fn run(device: &Device, dispatch: Dispatch, buffers: &[&GpuBuffer]) {
+fn run(device: &Device, bound: Bound<'_, GpuBuffer>) {
     let mut sequence = device.sequence("test");
-    sequence.dispatch(dispatch, buffers).expect("dispatch");
+    sequence.dispatch(bound).expect("dispatch");
     sequence.submit().expect("submit");
 }
 
@@ -72,8 +74,15 @@ fn embedding_gather_matches_cpu() {
         };
         run(
             device,
-            gather(format, params),
-            &[&weights.buffer, &ids_buffer, &out],
+            gather(
+                format,
+                params,
+                GatherBuffers {
+                    weight: &weights.buffer,
+                    token_ids: &ids_buffer,
+                    output: &out,
+                },
+            ),
         );
         let stored = as_stored(&table, format);
         let reference: Vec<f64> = ids
@@ -124,18 +133,20 @@ fn rms_norm_matches_cpu() {
             dim: dim as u32,
             eps,
         };
-        run(device, rms_norm(true, params), &[&xb, &wb, &out]);
+        run(
+            device,
+            rms_norm(
+                params,
+                RmsNormBuffers {
+                    input: &xb,
+                    norm_weight: &wb,
+                    output: &out,
+                },
+            ),
+        );
         let reference = rms_norm_reference(&x, Some(&w), rows, dim, f64::from(eps));
         assert_close(
             &format!("rms_norm {rows}x{dim}"),
-            &read(device, &out, rows * dim),
-            &reference,
-            1e-5,
-        );
-        run(device, rms_norm(false, params), &[&xb, &out]);
-        let reference = rms_norm_reference(&x, None, rows, dim, f64::from(eps));
-        assert_close(
-            &format!("rms_norm unweighted {rows}x{dim}"),
             &read(device, &out, rows * dim),
             &reference,
             1e-5,
@@ -166,13 +177,28 @@ fn linear_reference(x: &[f32], w: &[f32], y0: &[f32], params: &LinearParams) -> 
     out
 }
 
-fn check_linear(
-    device: &Device,
-    rng: &mut Rng,
-    params: LinearParams,
-    make: &dyn Fn(WeightFormat, LinearParams) -> Dispatch,
-    what: &str,
-) {
+/// The linear kernel under test.
+#[derive(Clone, Copy)]
+enum Linear {
+    Matmul,
+    Matvec(Reduction),
+}
+
+impl Linear {
+    fn bound<'b>(
+        self,
+        format: WeightFormat,
+        params: LinearParams,
+        buffers: LinearBuffers<'b, GpuBuffer>,
+    ) -> Bound<'b, GpuBuffer> {
+        match self {
+            Linear::Matmul => matmul(format, params, buffers),
+            Linear::Matvec(reduction) => matvec(format, reduction, params, buffers),
+        }
+    }
+}
+
+fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Linear, what: &str) {
     let (i, o) = (params.in_dim as usize, params.out_dim as usize);
     let x_rows = params.x_row_start as usize + params.rows as usize;
     let x = rng.vec(x_rows * i);
@@ -184,7 +210,12 @@ fn check_linear(
             .upload_weights_as("w", WeightData::F32(&w), format)
             .unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
-        run(device, make(format, params), &[&weights.buffer, &xb, &y]);
+        let buffers = LinearBuffers {
+            weight: &weights.buffer,
+            input: &xb,
+            output: &y,
+        };
+        run(device, kernel.bound(format, params, buffers));
         let reference = linear_reference(&x, &as_stored(&w, format), &y0, &params);
         let label = format!(
             "{what} {format:?} rows {} in {i} out {o} {:?}",
@@ -209,7 +240,7 @@ fn matmul_matches_cpu_for_odd_and_untiled_shapes() {
             device,
             &mut rng,
             LinearParams::new(rows, i, o),
-            &matmul,
+            Linear::Matmul,
             "matmul",
         );
     }
@@ -218,7 +249,7 @@ fn matmul_matches_cpu_for_odd_and_untiled_shapes() {
         accumulate: Some(1.5),
         ..LinearParams::new(4, 20, 9)
     };
-    check_linear(device, &mut rng, fused, &matmul, "matmul");
+    check_linear(device, &mut rng, fused, Linear::Matmul, "matmul");
 }
 
 #[test]
@@ -230,7 +261,7 @@ fn matvec_matches_cpu_with_both_reductions() {
         reductions.push(Reduction::Subgroup);
     }
     for reduction in reductions {
-        let make = move |format, params| matvec(format, reduction, params);
+        let make = Linear::Matvec(reduction);
         for (rows, i, o) in [
             (1, 4, 1),
             (1, 8, 5),
@@ -242,7 +273,7 @@ fn matvec_matches_cpu_with_both_reductions() {
                 device,
                 &mut rng,
                 LinearParams::new(rows, i, o),
-                &make,
+                make,
                 &format!("matvec {reduction:?}"),
             );
         }
@@ -255,7 +286,7 @@ fn matvec_matches_cpu_with_both_reductions() {
             device,
             &mut rng,
             last_token,
-            &make,
+            make,
             &format!("matvec {reduction:?}"),
         );
     }
@@ -309,7 +340,10 @@ fn rotary_matches_cpu_in_both_styles_at_large_positions() {
             };
             let xb = device.upload_f32("x", &x).unwrap();
             let tb = device.upload_f32("theta", &theta).unwrap();
-            run(device, rotary(style, params), &[&tb, &xb]);
+            run(
+                device,
+                rotary(style, params, RotaryBuffers { theta: &tb, x: &xb }),
+            );
             let reference = rotary_reference(&x, &theta, style, &params);
             // Angle reduction and sin/cos in f32: ~1e-7 absolute, so 1e-6 relative to max.
             assert_close(
@@ -378,9 +412,30 @@ fn head_norm_gate_matches_cpu() {
                 }
             }
             if weighted {
-                run(device, head_norm_gate(true, params), &[&ib, &gb, &wb, &out]);
+                run(
+                    device,
+                    head_norm_gate(
+                        params,
+                        HeadNormGateBuffers {
+                            input: &ib,
+                            gate: &gb,
+                            norm_weight: &wb,
+                            output: &out,
+                        },
+                    ),
+                );
             } else {
-                run(device, head_norm_gate(false, params), &[&ib, &gb, &out]);
+                run(
+                    device,
+                    head_norm_gate_unweighted(
+                        params,
+                        HeadGateBuffers {
+                            input: &ib,
+                            gate: &gb,
+                            output: &out,
+                        },
+                    ),
+                );
             }
             let label = format!("head_norm_gate weighted={weighted} {tokens}x{heads}x{v}");
             assert_close(
@@ -424,8 +479,15 @@ fn gated_activation_matches_cpu_with_exact_gelu() {
     for activation in [Activation::Silu, Activation::Gelu] {
         run(
             device,
-            gated_activation(activation, params),
-            &[&buffer, &buffer, &out],
+            gated_activation(
+                activation,
+                params,
+                GatedActivationBuffers {
+                    act_input: &buffer,
+                    linear_input: &buffer,
+                    output: &out,
+                },
+            ),
         );
         let gpu = read(device, &out, tokens * width);
         let mut worst = 0.0f64;
@@ -444,32 +506,5 @@ fn gated_activation_matches_cpu_with_exact_gelu() {
         }
         eprintln!("{activation:?}: max |error|/(|x|+1) = {worst:.2e}");
         assert!(worst <= 2e-7, "{activation:?}: error {worst:.2e}");
-    }
-}
-
-#[test]
-fn residual_add_matches_cpu() {
-    let Some(device) = device() else { return };
-    let mut rng = Rng::new(8);
-    for count in [1usize, 1000, 70_001] {
-        let x = rng.vec(count);
-        let r = rng.vec(count);
-        let (xb, rb) = (
-            device.upload_f32("x", &x).unwrap(),
-            device.upload_f32("r", &r).unwrap(),
-        );
-        let alpha = 1.25f32;
-        run(device, residual_add(count as u32, alpha), &[&xb, &rb]);
-        let reference: Vec<f64> = x
-            .iter()
-            .zip(&r)
-            .map(|(&a, &b)| f64::from(alpha) * f64::from(a) + f64::from(b))
-            .collect();
-        assert_close(
-            &format!("residual_add {count}"),
-            &read(device, &xb, count),
-            &reference,
-            1e-6,
-        );
     }
 }

@@ -20,19 +20,21 @@ mod common;
 
 use common::{assert_close, device, read, to_f64, Rng};
 use retnet_runtime::kernels::retention::{
-    recurrent, recurrent_batched, RetentionBatchedParams, RetentionParams, Strided,
+    recurrent, recurrent_batched, RecurrentBatchedBuffers, RetentionBatchedParams,
+    RetentionBuffers, RetentionParams, Strided,
 };
 use retnet_runtime::kernels::rotary::{
-    rotary, rotary_batched, RotaryBatchedParams, RotaryParams, RotaryStyle,
+    rotary, rotary_batched, RotaryBatchedBuffers, RotaryBatchedParams, RotaryBuffers, RotaryParams,
+    RotaryStyle,
 };
-use retnet_runtime::kernels::Dispatch;
+use retnet_runtime::kernels::Bound;
 use retnet_runtime::{Device, GpuBuffer};
 
 const TOLERANCE: f64 = 2e-5;
 
-fn run(device: &Device, dispatch: Dispatch, buffers: &[&GpuBuffer]) {
+fn run(device: &Device, bound: Bound<'_, GpuBuffer>) {
     let mut sequence = device.sequence("batched test");
-    sequence.dispatch(dispatch, buffers).expect("dispatch");
+    sequence.dispatch(bound).expect("dispatch");
     sequence.submit().expect("submit");
 }
 
@@ -84,8 +86,15 @@ fn rotary_batched_equals_rotary_at_each_rows_position() {
             let positions_buffer = device.upload_u32("positions", positions).unwrap();
             run(
                 device,
-                rotary_batched(style, params),
-                &[&theta_buffer, &batched, &positions_buffer],
+                rotary_batched(
+                    style,
+                    params,
+                    RotaryBatchedBuffers {
+                        theta: &theta_buffer,
+                        x: &batched,
+                        positions: &positions_buffer,
+                    },
+                ),
             );
             let batched = read(device, &batched, x.len());
 
@@ -103,8 +112,14 @@ fn rotary_batched_equals_rotary_at_each_rows_position() {
                 };
                 run(
                     device,
-                    rotary(style, alone),
-                    &[&theta_buffer, &alone_buffer],
+                    rotary(
+                        style,
+                        alone,
+                        RotaryBuffers {
+                            theta: &theta_buffer,
+                            x: &alone_buffer,
+                        },
+                    ),
                 );
             }
             let alone = read(device, &alone_buffer, x.len());
@@ -316,17 +331,19 @@ fn check_batched_recurrent(
             let out_buffer = device.create_storage_f32("out", out_len).unwrap();
             run(
                 device,
-                recurrent_batched(shape.batched_params(b, scale_by_decay_sum)),
-                &[
-                    &fused_buffer,
-                    &fused_buffer,
-                    &fused_buffer,
-                    &log_decay_buffer,
-                    &positions_buffer,
-                    &slots_buffer,
-                    &pool_buffer,
-                    &out_buffer,
-                ],
+                recurrent_batched(
+                    shape.batched_params(b, scale_by_decay_sum),
+                    RecurrentBatchedBuffers {
+                        q: &fused_buffer,
+                        k: &fused_buffer,
+                        v: &fused_buffer,
+                        log_decay: &log_decay_buffer,
+                        positions: &positions_buffer,
+                        slots: &slots_buffer,
+                        state: &pool_buffer,
+                        output: &out_buffer,
+                    },
+                ),
             );
             let out = read(device, &out_buffer, out_len);
 
@@ -337,15 +354,17 @@ fn check_batched_recurrent(
                     .unwrap();
                 run(
                     device,
-                    recurrent(shape.alone_params(row, position, scale_by_decay_sum)),
-                    &[
-                        &fused_buffer,
-                        &fused_buffer,
-                        &fused_buffer,
-                        &log_decay_buffer,
-                        &alone_states[sequence],
-                        &alone_out,
-                    ],
+                    recurrent(
+                        shape.alone_params(row, position, scale_by_decay_sum),
+                        RetentionBuffers {
+                            q: &fused_buffer,
+                            k: &fused_buffer,
+                            v: &fused_buffer,
+                            log_decay: &log_decay_buffer,
+                            state: &alone_states[sequence],
+                            output: &alone_out,
+                        },
+                    ),
                 );
                 let alone = read(device, &alone_out, shape.out_width());
                 let batched = &out[2 + row * shape.out_stride()..][..shape.out_width()];
@@ -511,15 +530,17 @@ fn batched_steps_after_prefills_of_different_lengths_match_the_whole_recurrence(
             };
             run(
                 device,
-                recurrent(params),
-                &[
-                    &fused_buffer,
-                    &fused_buffer,
-                    &fused_buffer,
-                    &log_decay_buffer,
-                    &state,
-                    &out,
-                ],
+                recurrent(
+                    params,
+                    RetentionBuffers {
+                        q: &fused_buffer,
+                        k: &fused_buffer,
+                        v: &fused_buffer,
+                        log_decay: &log_decay_buffer,
+                        state: &state,
+                        output: &out,
+                    },
+                ),
             );
         }
         for t in 0..n {
@@ -559,17 +580,19 @@ fn batched_steps_after_prefills_of_different_lengths_match_the_whole_recurrence(
         let out_buffer = device.create_storage_f32("out", out_len).unwrap();
         run(
             device,
-            recurrent_batched(shape.batched_params(slots.len(), scale_by_decay_sum)),
-            &[
-                &fused_buffer,
-                &fused_buffer,
-                &fused_buffer,
-                &log_decay_buffer,
-                &positions_buffer,
-                &slots_buffer,
-                &pool_buffer,
-                &out_buffer,
-            ],
+            recurrent_batched(
+                shape.batched_params(slots.len(), scale_by_decay_sum),
+                RecurrentBatchedBuffers {
+                    q: &fused_buffer,
+                    k: &fused_buffer,
+                    v: &fused_buffer,
+                    log_decay: &log_decay_buffer,
+                    positions: &positions_buffer,
+                    slots: &slots_buffer,
+                    state: &pool_buffer,
+                    output: &out_buffer,
+                },
+            ),
         );
         let out = read(device, &out_buffer, out_len);
         for (row, &position) in positions.iter().enumerate() {

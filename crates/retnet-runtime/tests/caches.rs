@@ -10,17 +10,32 @@
 mod common;
 
 use common::{device, read, Rng};
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
-    gated_activation, Activation, GatedActivationParams,
+    gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_runtime::kernels::linear::{linear, LinearParams, Reduction};
-use retnet_runtime::kernels::residual::residual_add;
-use retnet_runtime::kernels::retention::{recurrent, RetentionParams, Strided};
-use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
-use retnet_runtime::kernels::rotary::{rotary, RotaryParams, RotaryStyle};
+use retnet_runtime::kernels::head_norm_gate::{
+    head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateParams,
+};
+use retnet_runtime::kernels::linear::{linear, LinearBuffers, LinearParams, Reduction};
+use retnet_runtime::kernels::retention::{recurrent, RetentionBuffers, RetentionParams, Strided};
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
+use retnet_runtime::kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
+use retnet_runtime::kernels::{Bound, BufferList};
 use retnet_runtime::{Device, DeviceOptions, GpuBuffer, RuntimeError, WeightData, Weights};
+
+/// The buffers of `y = x · wᵀ`.
+fn linear_buffers<'b>(
+    w: &'b Weights,
+    input: &'b GpuBuffer,
+    output: &'b GpuBuffer,
+) -> LinearBuffers<'b, GpuBuffer> {
+    LinearBuffers {
+        weight: &w.buffer,
+        input,
+        output,
+    }
+}
 
 /// A one-layer RetNet decode step's worth of buffers (fla-like: fused q|k|v|g projection).
 struct Toy {
@@ -108,18 +123,26 @@ impl Toy {
             dim: d,
             scale: 1.0,
         };
-        s.dispatch(
-            gather(self.embed.format, embed),
-            &[&self.embed.buffer, &self.token, &self.x],
-        )?;
+        let buffers = GatherBuffers {
+            weight: &self.embed.buffer,
+            token_ids: &self.token,
+            output: &self.x,
+        };
+        s.dispatch(gather(self.embed.format, embed, buffers))?;
         let norm = RmsNormParams {
             rows: 1,
             dim: d,
             eps: 1e-6,
         };
-        s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
-        let qkvg = linear(self.qkvg.format, reduction, LinearParams::new(1, d, row));
-        s.dispatch(qkvg, &[&self.qkvg.buffer, &self.h, &self.proj])?;
+        let normed = RmsNormBuffers {
+            input: &self.x,
+            norm_weight: &self.norm,
+            output: &self.h,
+        };
+        s.dispatch(rms_norm(norm, normed))?;
+        let buffers = linear_buffers(&self.qkvg, &self.h, &self.proj);
+        let qkvg = LinearParams::new(1, d, row);
+        s.dispatch(linear(self.qkvg.format, reduction, qkvg, buffers))?;
         for (offset, scale) in [(0, 1.0 / (k as f32).sqrt()), (heads * k, 1.0)] {
             let params = RotaryParams {
                 tokens: 1,
@@ -130,10 +153,11 @@ impl Toy {
                 col_offset: offset,
                 scale,
             };
-            s.dispatch(
-                rotary(RotaryStyle::Halves, params),
-                &[&self.theta, &self.proj],
-            )?;
+            let buffers = RotaryBuffers {
+                theta: &self.theta,
+                x: &self.proj,
+            };
+            s.dispatch(rotary(RotaryStyle::Halves, params, buffers))?;
         }
         let retention = RetentionParams {
             tokens: 1,
@@ -158,10 +182,15 @@ impl Toy {
             scale_by_decay_sum: false,
         };
         let p = &self.proj;
-        s.dispatch(
-            recurrent(retention),
-            &[p, p, p, &self.log_decay, &self.state, &self.attn],
-        )?;
+        let buffers = RetentionBuffers {
+            q: p,
+            k: p,
+            v: p,
+            log_decay: &self.log_decay,
+            state: &self.state,
+            output: &self.attn,
+        };
+        s.dispatch(recurrent(retention, buffers))?;
         let gate = HeadNormGateParams {
             tokens: 1,
             heads,
@@ -174,21 +203,22 @@ impl Toy {
             },
             out: Strided::dense(heads * v),
         };
-        s.dispatch(
-            head_norm_gate(false, gate),
-            &[&self.attn, &self.proj, &self.gated],
-        )?;
+        let buffers = HeadGateBuffers {
+            input: &self.attn,
+            gate: &self.proj,
+            output: &self.gated,
+        };
+        s.dispatch(head_norm_gate_unweighted(gate, buffers))?;
         let out = LinearParams {
             accumulate: Some(1.0),
             ..LinearParams::new(1, heads * v, d)
         };
-        s.dispatch(
-            linear(self.out_proj.format, reduction, out),
-            &[&self.out_proj.buffer, &self.gated, &self.x],
-        )?;
-        s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
-        let up = linear(self.up.format, reduction, LinearParams::new(1, d, 2 * ffn));
-        s.dispatch(up, &[&self.up.buffer, &self.h, &self.ffn_in])?;
+        let buffers = linear_buffers(&self.out_proj, &self.gated, &self.x);
+        s.dispatch(linear(self.out_proj.format, reduction, out, buffers))?;
+        s.dispatch(rms_norm(norm, normed))?;
+        let buffers = linear_buffers(&self.up, &self.h, &self.ffn_in);
+        let up = LinearParams::new(1, d, 2 * ffn);
+        s.dispatch(linear(self.up.format, reduction, up, buffers))?;
         let act = GatedActivationParams {
             tokens: 1,
             width: ffn,
@@ -199,20 +229,23 @@ impl Toy {
             },
             out: Strided::dense(ffn),
         };
-        s.dispatch(
-            gated_activation(Activation::Silu, act),
-            &[&self.ffn_in, &self.ffn_in, &self.ffn_act],
-        )?;
-        let down = linear(self.down.format, reduction, LinearParams::new(1, ffn, d));
-        s.dispatch(down, &[&self.down.buffer, &self.ffn_act, &self.h])?;
-        s.dispatch(residual_add(d, 1.0), &[&self.x, &self.h])?;
-        s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
-        let head = linear(
-            self.embed.format,
-            reduction,
-            LinearParams::new(1, d, self.vocab),
-        );
-        s.dispatch(head, &[&self.embed.buffer, &self.h, &self.logits])?;
+        let buffers = GatedActivationBuffers {
+            act_input: &self.ffn_in,
+            linear_input: &self.ffn_in,
+            output: &self.ffn_act,
+        };
+        s.dispatch(gated_activation(Activation::Silu, act, buffers))?;
+        // x ← x + down(act), the residual fused into the projection as the model does.
+        let down = LinearParams {
+            accumulate: Some(1.0),
+            ..LinearParams::new(1, ffn, d)
+        };
+        let buffers = linear_buffers(&self.down, &self.ffn_act, &self.x);
+        s.dispatch(linear(self.down.format, reduction, down, buffers))?;
+        s.dispatch(rms_norm(norm, normed))?;
+        let buffers = linear_buffers(&self.embed, &self.h, &self.logits);
+        let head = LinearParams::new(1, d, self.vocab);
+        s.dispatch(linear(self.embed.format, reduction, head, buffers))?;
         s.submit()?;
         Ok(())
     }
@@ -252,19 +285,31 @@ fn bind_groups_of_dropped_buffers_are_forgotten() {
     }
     // A device of its own: the shared one's cache changes under concurrent tests.
     let device = &pollster::block_on(Device::new(&DeviceOptions::default())).unwrap();
-    let x = device.upload_f32("x", &[1.0; 8]).unwrap();
+    let x = device.upload_f32("x", &[2.0; 8]).unwrap();
+    let y = device.create_storage_f32("y", 8).unwrap();
     let before = device.cached_bind_groups();
     {
-        let r = device.upload_f32("r", &[2.0; 8]).unwrap();
-        let mut s = device.sequence("add");
-        s.dispatch(residual_add(8, 1.0), &[&x, &r]).unwrap();
+        let g = device.upload_f32("g", &[3.0; 8]).unwrap();
+        let mut s = device.sequence("norm");
+        let params = RmsNormParams {
+            rows: 1,
+            dim: 8,
+            eps: 0.0,
+        };
+        let buffers = RmsNormBuffers {
+            input: &x,
+            norm_weight: &g,
+            output: &y,
+        };
+        s.dispatch(rms_norm(params, buffers)).unwrap();
         s.submit().unwrap();
         assert!(device.cached_bind_groups() > before);
     }
-    // `r` is dropped: the next submit forgets its bind group.
+    // `g` is dropped: the next submit forgets its bind group.
     device.sequence("empty").submit().unwrap();
     assert_eq!(device.cached_bind_groups(), before);
-    assert_eq!(read(device, &x, 8), vec![3.0; 8]);
+    // x / rms(x) · g = 1 · 3.
+    assert_eq!(read(device, &y, 8), vec![3.0; 8]);
 }
 
 #[test]
@@ -272,19 +317,35 @@ fn misuse_is_reported_clearly() {
     let Some(device) = device() else { return };
     let x = device.upload_f32("x", &[1.0; 4]).unwrap();
     let mut s = device.sequence("misuse");
-    let wrong_count = s.dispatch(residual_add(4, 1.0), &[&x]);
+    let params = RmsNormParams {
+        rows: 1,
+        dim: 4,
+        eps: 1e-6,
+    };
+    let aliased = RmsNormBuffers {
+        input: &x,
+        norm_weight: &x,
+        output: &x,
+    };
+    let bound = rms_norm(params, aliased);
+    // Only a kernel's own constructor names its buffers; a list by position (the xtask's
+    // probes of kernels built outside the kernel crate) is checked for its length.
+    let wrong_count = s.dispatch(Bound {
+        buffers: BufferList::new(&[&x]),
+        ..bound
+    });
     assert!(matches!(
         wrong_count,
         Err(RuntimeError::WrongBufferCount {
-            expected: 2,
+            expected: 3,
             got: 1,
             ..
         })
     ));
-    let aliased = s.dispatch(residual_add(4, 1.0), &[&x, &x]);
+    let aliased = s.dispatch(bound);
     assert!(matches!(
         aliased,
-        Err(RuntimeError::AliasedOutput { binding: 1, .. })
+        Err(RuntimeError::AliasedOutput { binding: 3, .. })
     ));
 
     let options = DeviceOptions {

@@ -18,9 +18,8 @@ mod common;
 
 use common::{assert_close, device, read, Rng};
 use retnet_runtime::kernels::retention::{
-    chunkwise, parallel, recurrent, RetentionParams, Strided,
+    chunkwise, parallel, recurrent, ParallelBuffers, RetentionBuffers, RetentionParams, Strided,
 };
-use retnet_runtime::kernels::Dispatch;
 use retnet_runtime::{Device, GpuBuffer};
 
 const TOLERANCE: f64 = 2e-5;
@@ -156,24 +155,40 @@ fn buffers(device: &Device, shape: &Shape, fused: &[f32], log_decay: &[f32]) -> 
     }
 }
 
-fn record(device: &Device, b: &Buffers, dispatches: &[Dispatch]) {
+/// One retention dispatch over the test's buffers.
+#[derive(Clone, Copy)]
+enum Form {
+    Parallel(RetentionParams),
+    Chunkwise(RetentionParams, u32),
+    Recurrent(RetentionParams),
+}
+
+fn record(device: &Device, b: &Buffers, forms: &[Form]) {
     let mut sequence = device.sequence("retention");
-    for &dispatch in dispatches {
-        if dispatch.kernel.name == "retention/parallel" {
-            sequence
-                .dispatch(
-                    dispatch,
-                    &[&b.fused, &b.fused, &b.fused, &b.log_decay, &b.out],
-                )
-                .unwrap();
-        } else {
-            sequence
-                .dispatch(
-                    dispatch,
-                    &[&b.fused, &b.fused, &b.fused, &b.log_decay, &b.state, &b.out],
-                )
-                .unwrap();
-        }
+    let stateful = RetentionBuffers {
+        q: &b.fused,
+        k: &b.fused,
+        v: &b.fused,
+        log_decay: &b.log_decay,
+        state: &b.state,
+        output: &b.out,
+    };
+    for &form in forms {
+        let bound = match form {
+            Form::Parallel(params) => {
+                let buffers = ParallelBuffers {
+                    q: &b.fused,
+                    k: &b.fused,
+                    v: &b.fused,
+                    log_decay: &b.log_decay,
+                    output: &b.out,
+                };
+                parallel(params, buffers)
+            }
+            Form::Chunkwise(params, chunk) => chunkwise(params, chunk, stateful),
+            Form::Recurrent(params) => recurrent(params, stateful),
+        };
+        sequence.dispatch(bound).unwrap();
     }
     sequence.submit().unwrap();
 }
@@ -194,7 +209,7 @@ fn check_all_forms(
         let out_len = shape.tokens * shape.out_width();
         let label = format!("{shape:?} scale_by_decay_sum={scale_by_decay_sum}");
 
-        record(device, &b, &[parallel(params)]);
+        record(device, &b, &[Form::Parallel(params)]);
         assert_close(
             &format!("parallel {label}"),
             &read(device, &b.out, out_len),
@@ -205,7 +220,7 @@ fn check_all_forms(
         for &chunk in chunk_sizes {
             device.clear(&b.state);
             device.clear(&b.out);
-            record(device, &b, &[chunkwise(params, chunk)]);
+            record(device, &b, &[Form::Chunkwise(params, chunk)]);
             assert_close(
                 &format!("chunkwise({chunk}) {label}"),
                 &read(device, &b.out, out_len),
@@ -223,7 +238,7 @@ fn check_all_forms(
 
         device.clear(&b.state);
         device.clear(&b.out);
-        record(device, &b, &[recurrent(params)]);
+        record(device, &b, &[Form::Recurrent(params)]);
         assert_close(
             &format!("recurrent {label}"),
             &read(device, &b.out, out_len),
@@ -325,7 +340,11 @@ fn chunkwise_then_recurrent_steps_then_chunkwise_equals_one_parallel_pass() {
         record(
             device,
             &b,
-            &[parallel(shape.params(0, shape.tokens, scale_by_decay_sum))],
+            &[Form::Parallel(shape.params(
+                0,
+                shape.tokens,
+                scale_by_decay_sum,
+            ))],
         );
         let parallel_out = read(device, &b.out, out_len);
         assert_close("parallel", &parallel_out, &expected, TOLERANCE);
@@ -336,19 +355,22 @@ fn chunkwise_then_recurrent_steps_then_chunkwise_equals_one_parallel_pass() {
         record(
             device,
             &b,
-            &[chunkwise(shape.params(0, 37, scale_by_decay_sum), 16)],
+            &[Form::Chunkwise(shape.params(0, 37, scale_by_decay_sum), 16)],
         );
         for t in 37..42 {
             record(
                 device,
                 &b,
-                &[recurrent(shape.params(t, 1, scale_by_decay_sum))],
+                &[Form::Recurrent(shape.params(t, 1, scale_by_decay_sum))],
             );
         }
         record(
             device,
             &b,
-            &[chunkwise(shape.params(42, 58, scale_by_decay_sum), 32)],
+            &[Form::Chunkwise(
+                shape.params(42, 58, scale_by_decay_sum),
+                32,
+            )],
         );
         let label = format!("prefill+steps+prefill scale_by_decay_sum={scale_by_decay_sum}");
         let pieced = read(device, &b.out, out_len);

@@ -9,20 +9,28 @@
 
 use super::reference::{self as cpu, Layout, Rng};
 use super::Row;
-use retnet_kernels::embedding::{gather, EmbeddingParams};
-use retnet_kernels::gated_activation::{gated_activation, Activation, GatedActivationParams};
+use retnet_kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
+use retnet_kernels::gated_activation::{
+    gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
+};
 use retnet_kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
-use retnet_kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_kernels::linear::{self, matmul, matvec, matvec_batch, LinearParams, Reduction};
-use retnet_kernels::residual::residual_add;
-use retnet_kernels::retention::{self, RetentionParams, Strided};
-use retnet_kernels::rms_norm::{rms_norm, RmsNormParams};
-use retnet_kernels::rotary::{rotary, RotaryParams, RotaryStyle};
-use retnet_kernels::{Dispatch, WeightFormat};
+use retnet_kernels::head_norm_gate::{
+    head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
+    HeadNormGateParams,
+};
+use retnet_kernels::linear::{
+    self, matmul, matvec, matvec_batch, LinearBuffers, LinearNormBuffers, LinearParams, Reduction,
+};
+use retnet_kernels::retention::{
+    self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, RetentionParams, Strided,
+};
+use retnet_kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
+use retnet_kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
+use retnet_kernels::{Bound, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
 use std::time::Instant;
 
-/// Data movement and a single product per value (gather × scale, α·x + r): at most two f32
+/// Data movement and a single product per value (gather × scale): at most two f32
 /// roundings, 2·2^-24 ≈ 1.2e-7; 1e-6 leaves room for an FMA-less device.
 const MOVE_TOLERANCE: f64 = 1e-6;
 /// RMSNorm and the per-head norm: an f32 sum of up to 8191 squares (tree-reduced: error
@@ -78,10 +86,10 @@ fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
     }
 }
 
-fn submit(device: &Device, dispatches: &[(Dispatch, &[&GpuBuffer])]) -> Result<(), RuntimeError> {
+fn submit(device: &Device, dispatches: &[Bound<'_, GpuBuffer>]) -> Result<(), RuntimeError> {
     let mut sequence = device.sequence("verify");
-    for (dispatch, buffers) in dispatches {
-        sequence.dispatch(*dispatch, buffers)?;
+    for bound in dispatches {
+        sequence.dispatch(*bound)?;
     }
     sequence.submit()?;
     Ok(())
@@ -136,7 +144,6 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
     rotaries(&mut rows);
     head_norm_gates(&mut rows);
     gated_activations(&mut rows);
-    residual_adds(&mut rows);
     retentions(&mut rows);
     rows.rows
 }
@@ -171,7 +178,15 @@ fn embedding(rows: &mut Rows<'_>) {
                 };
                 submit(
                     device,
-                    &[(gather(format, params), &[&weights.buffer, &id_buffer, &out])],
+                    &[gather(
+                        format,
+                        params,
+                        GatherBuffers {
+                            weight: &weights.buffer,
+                            token_ids: &id_buffer,
+                            output: &out,
+                        },
+                    )],
                 )?;
                 let reference = cpu::embedding(&as_stored(&table, format), dim, &ids, scale);
                 let gpu = read(device, &out, tokens * dim)?;
@@ -199,12 +214,8 @@ fn rms_norms(rows: &mut Rows<'_>) {
         let weight: Vec<f32> = rng.vec(dim).iter().map(|v| 1.0 + 0.5 * v).collect();
         let eps = if index % 2 == 0 { 1e-5 } else { 1e-6 };
         let shape = format!("rows={count} d={dim} eps={eps:.0e}");
-        for weighted in [true, false] {
-            let case = if weighted {
-                "rms_norm/weighted"
-            } else {
-                "rms_norm/unweighted"
-            };
+        {
+            let case = "rms_norm/weighted";
             rows.add(case, &shape, |device| {
                 let input = device.upload_f32("x", &x)?;
                 let w = device.upload_f32("w", &weight)?;
@@ -214,13 +225,13 @@ fn rms_norms(rows: &mut Rows<'_>) {
                     dim: dim as u32,
                     eps,
                 };
-                let buffers: Vec<&GpuBuffer> = if weighted {
-                    vec![&input, &w, &out]
-                } else {
-                    vec![&input, &out]
+                let buffers = RmsNormBuffers {
+                    input: &input,
+                    norm_weight: &w,
+                    output: &out,
                 };
-                submit(device, &[(rms_norm(weighted, params), &buffers)])?;
-                let reference = cpu::rms_norm(&x, dim, weighted.then_some(&weight[..]), eps);
+                submit(device, &[rms_norm(params, buffers)])?;
+                let reference = cpu::rms_norm(&x, dim, Some(&weight[..]), eps);
                 let gpu = read(device, &out, count * dim)?;
                 Ok(vec![Row::compare(
                     case,
@@ -313,22 +324,29 @@ fn linear_case(
         rows.add(&case, &shape, |device| {
             let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
             let input = device.upload_f32("x", &x)?;
-            let (dispatch, x_seen) = match (kernel, coop) {
-                (LinearKernel::Matmul, _) => (matmul(format, params), x.clone()),
+            let y = device.upload_f32("y", &y0)?;
+            let buffers = LinearBuffers {
+                weight: &weights.buffer,
+                input: &input,
+                output: &y,
+            };
+            let (bound, x_seen) = match (kernel, coop) {
+                (LinearKernel::Matmul, _) => (matmul(format, params, buffers), x.clone()),
                 (LinearKernel::Matvec(reduction), _) => {
-                    (matvec(format, reduction, params), x.clone())
+                    (matvec(format, reduction, params, buffers), x.clone())
                 }
                 (LinearKernel::MatvecBatch(reduction), _) => {
-                    (matvec_batch(format, reduction, params), x.clone())
+                    (matvec_batch(format, reduction, params, buffers), x.clone())
                 }
                 // The tensor cores multiply f16 inputs: the reference rounds X as they do.
-                (LinearKernel::Coop, Some(shape)) => (gemm_coop(shape, params), cpu::round_f16(&x)),
+                (LinearKernel::Coop, Some(shape)) => {
+                    (gemm_coop(shape, params, buffers), cpu::round_f16(&x))
+                }
                 (LinearKernel::Coop, None) => {
                     return Ok(vec![Row::skip(&case, &shape, "no cooperative matrices")]);
                 }
             };
-            let y = device.upload_f32("y", &y0)?;
-            submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+            submit(device, &[bound])?;
             let gpu = read(device, &y, n_rows * o)?;
             let reference = cpu::linear(&cpu::Linear {
                 x: &x_seen,
@@ -384,8 +402,13 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
             let input = device.upload_f32("x", &x)?;
             let norm = device.upload_f32("g", &g)?;
             let y = device.create_storage_f32("y", n_rows * o)?;
-            let dispatch = linear::matvec_norm(format, params);
-            submit(device, &[(dispatch, &[&weights.buffer, &input, &y, &norm])])?;
+            let buffers = LinearNormBuffers {
+                weight: &weights.buffer,
+                input: &input,
+                output: &y,
+                norm_weight: &norm,
+            };
+            submit(device, &[linear::matvec_norm(format, params, buffers)])?;
             let rows_used = &x[start * i..];
             let normalized: Vec<f32> = cpu::rms_norm(rows_used, i, Some(&g), params.norm_eps)
                 .iter()
@@ -588,7 +611,14 @@ fn rotaries(rows: &mut Rows<'_>) {
                 };
                 submit(
                     device,
-                    &[(rotary(style, params), &[&theta_buffer, &buffer])],
+                    &[rotary(
+                        style,
+                        params,
+                        RotaryBuffers {
+                            theta: &theta_buffer,
+                            x: &buffer,
+                        },
+                    )],
                 )?;
                 let reference = cpu::rotary(
                     &x,
@@ -669,12 +699,23 @@ fn head_norm_gates(rows: &mut Rows<'_>) {
                 let gb = device.upload_f32("g", &gate)?;
                 let wb = device.upload_f32("w", &weight)?;
                 let out = device.create_storage_f32("out", tokens * width)?;
-                let buffers: Vec<&GpuBuffer> = if weighted {
-                    vec![&ib, &gb, &wb, &out]
+                let bound = if weighted {
+                    let buffers = HeadNormGateBuffers {
+                        input: &ib,
+                        gate: &gb,
+                        norm_weight: &wb,
+                        output: &out,
+                    };
+                    head_norm_gate(params, buffers)
                 } else {
-                    vec![&ib, &gb, &out]
+                    let buffers = HeadGateBuffers {
+                        input: &ib,
+                        gate: &gb,
+                        output: &out,
+                    };
+                    head_norm_gate_unweighted(params, buffers)
                 };
-                submit(device, &[(head_norm_gate(weighted, params), &buffers)])?;
+                submit(device, &[bound])?;
                 let reference = cpu::head_norm_gate(
                     &input,
                     input_layout,
@@ -737,9 +778,14 @@ fn gated_activations(rows: &mut Rows<'_>) {
                 };
                 submit(
                     device,
-                    &[(
-                        gated_activation(activation, params),
-                        &[&buffer, &buffer, &out],
+                    &[gated_activation(
+                        activation,
+                        params,
+                        GatedActivationBuffers {
+                            act_input: &buffer,
+                            linear_input: &buffer,
+                            output: &out,
+                        },
                     )],
                 )?;
                 let mut reference = Vec::with_capacity(tokens * width);
@@ -764,38 +810,6 @@ fn gated_activations(rows: &mut Rows<'_>) {
                 )])
             });
         }
-    }
-}
-
-fn residual_adds(rows: &mut Rows<'_>) {
-    // 16 777 217 elements need more than 65535 workgroups of 256 along x: the 2-D grid.
-    let mut counts = vec![1usize, 1000, 70_001];
-    if !rows.quick {
-        counts.push(65_535 * 256 + 1);
-    }
-    for (index, count) in counts.into_iter().enumerate() {
-        let shape = format!("n={count} α=1.25");
-        rows.add("residual_add", &shape, |device| {
-            let mut rng = Rng::new(800 + index as u64);
-            let x = rng.vec(count);
-            let r = rng.vec(count);
-            let xb = device.upload_f32("x", &x)?;
-            let rb = device.upload_f32("r", &r)?;
-            submit(device, &[(residual_add(count as u32, 1.25), &[&xb, &rb])])?;
-            let reference: Vec<f64> = x
-                .iter()
-                .zip(&r)
-                .map(|(&a, &b)| 1.25 * f64::from(a) + f64::from(b))
-                .collect();
-            let gpu = read(device, &xb, count)?;
-            Ok(vec![Row::compare(
-                "residual_add",
-                &shape,
-                &gpu,
-                &reference,
-                MOVE_TOLERANCE,
-            )])
-        });
     }
 }
 
@@ -1069,36 +1083,43 @@ impl RetentionBuffers {
         device.clear(&self.out);
     }
 
-    /// Records and submits the dispatches (each a retention form) in one sequence.
-    fn run(&self, device: &Device, dispatches: &[Dispatch]) -> Result<(), RuntimeError> {
-        let with_state: [&GpuBuffer; 6] = [
-            &self.data,
-            &self.data,
-            &self.data,
-            &self.log_decay,
-            &self.state,
-            &self.out,
-        ];
-        let without_state: [&GpuBuffer; 5] = [
-            &self.data,
-            &self.data,
-            &self.data,
-            &self.log_decay,
-            &self.out,
-        ];
-        let list: Vec<(Dispatch, &[&GpuBuffer])> = dispatches
+    /// Records and submits the forms in one sequence, on these buffers.
+    fn run(&self, device: &Device, forms: &[Form]) -> Result<(), RuntimeError> {
+        let stateful = retention::RetentionBuffers {
+            q: &self.data,
+            k: &self.data,
+            v: &self.data,
+            log_decay: &self.log_decay,
+            state: &self.state,
+            output: &self.out,
+        };
+        let list: Vec<Bound<'_, GpuBuffer>> = forms
             .iter()
-            .map(|&d| {
-                let buffers: &[&GpuBuffer] = if std::ptr::eq(d.kernel, &retention::PARALLEL) {
-                    &without_state
-                } else {
-                    &with_state
-                };
-                (d, buffers)
+            .map(|&form| match form {
+                Form::Parallel(params) => {
+                    let buffers = retention::ParallelBuffers {
+                        q: &self.data,
+                        k: &self.data,
+                        v: &self.data,
+                        log_decay: &self.log_decay,
+                        output: &self.out,
+                    };
+                    retention::parallel(params, buffers)
+                }
+                Form::Chunkwise(params, chunk) => retention::chunkwise(params, chunk, stateful),
+                Form::Recurrent(params) => retention::recurrent(params, stateful),
             })
             .collect();
         submit(device, &list)
     }
+}
+
+/// One retention dispatch of a verify case.
+#[derive(Clone, Copy)]
+enum Form {
+    Parallel(RetentionParams),
+    Chunkwise(RetentionParams, u32),
+    Recurrent(RetentionParams),
 }
 
 fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u64) {
@@ -1139,7 +1160,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
     let tolerance = retention_tolerance(&case, &[], 1);
     rows.add("retention/parallel", &shape, |device| {
         buffers.reset(device);
-        buffers.run(device, &[retention::parallel(params)])?;
+        buffers.run(device, &[Form::Parallel(params)])?;
         let gpu = read_outputs(device, &buffers.out, &case)?;
         Ok(vec![Row::compare(
             "retention/parallel",
@@ -1171,7 +1192,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
         rows.add(&name, &shape, |device| {
             buffers.reset(device);
-            buffers.run(device, &[retention::chunkwise(params, chunk)])?;
+            buffers.run(device, &[Form::Chunkwise(params, chunk)])?;
             let expected = (&expected[..], &expected_state[..]);
             outputs_and_state(device, &buffers, &case, &name, &shape, expected, tolerance)
         });
@@ -1201,17 +1222,36 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
             submit(
                 device,
                 &[
-                    (
-                        retention::chunk_updates(params, chunk),
-                        &[&b.data, &b.data, &b.log_decay, &states],
+                    retention::chunk_updates(
+                        params,
+                        chunk,
+                        ChunkUpdatesBuffers {
+                            k: &b.data,
+                            v: &b.data,
+                            log_decay: &b.log_decay,
+                            chunk_states: &states,
+                        },
                     ),
-                    (
-                        retention::chunk_scan(params, chunk),
-                        &[&b.log_decay, &b.state, &states],
+                    retention::chunk_scan(
+                        params,
+                        chunk,
+                        ChunkScanBuffers {
+                            log_decay: &b.log_decay,
+                            state: &b.state,
+                            chunk_states: &states,
+                        },
                     ),
-                    (
-                        retention::chunk_outputs(params, chunk),
-                        &[&b.data, &b.data, &b.data, &b.log_decay, &states, &b.out],
+                    retention::chunk_outputs(
+                        params,
+                        chunk,
+                        ChunkOutputsBuffers {
+                            q: &b.data,
+                            k: &b.data,
+                            v: &b.data,
+                            log_decay: &b.log_decay,
+                            chunk_states: &states,
+                            output: &b.out,
+                        },
                     ),
                 ],
             )?;
@@ -1224,7 +1264,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
     let tolerance = retention_tolerance(&case, &log_decay, 1);
     rows.add("retention/recurrent", &shape, |device| {
         buffers.reset(device);
-        buffers.run(device, &[retention::recurrent(params)])?;
+        buffers.run(device, &[Form::Recurrent(params)])?;
         let expected = (&expected[..], &expected_state[..]);
         outputs_and_state(
             device,
@@ -1259,15 +1299,15 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
                 buffers.reset(device);
                 buffers.run(
                     device,
-                    &[retention::chunkwise(case.params(0, prefill, scale), b1)],
+                    &[Form::Chunkwise(case.params(0, prefill, scale), b1)],
                 )?;
                 for t in prefill..prefill + steps {
-                    buffers.run(device, &[retention::recurrent(case.params(t, 1, scale))])?;
+                    buffers.run(device, &[Form::Recurrent(case.params(t, 1, scale))])?;
                 }
                 let rest = prefill + steps;
                 buffers.run(
                     device,
-                    &[retention::chunkwise(
+                    &[Form::Chunkwise(
                         case.params(rest, case.tokens - rest, scale),
                         b2,
                     )],
@@ -1313,11 +1353,11 @@ fn chunkwise_split(
     );
     rows.add(&name, &shape, |device| {
         buffers.reset(device);
-        let dispatches: Vec<Dispatch> = (0..case.tokens)
+        let dispatches: Vec<Form> = (0..case.tokens)
             .step_by(piece)
             .map(|first| {
                 let count = piece.min(case.tokens - first);
-                retention::chunkwise(case.params(first, count, scale), chunk)
+                Form::Chunkwise(case.params(first, count, scale), chunk)
             })
             .collect();
         buffers.run(device, &dispatches)?;

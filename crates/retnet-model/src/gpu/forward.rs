@@ -2,17 +2,26 @@
 //! [`Sequence`], one method per stage (embeddings, the retention and FFN sub-layers of each
 //! layer, the output head).
 
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
-use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
-use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
-use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
-use retnet_runtime::kernels::linear::{
-    self, linear, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+use retnet_runtime::kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
+use retnet_runtime::kernels::gated_activation::{
+    self, gated_activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_runtime::kernels::retention::{self, RetentionBatchedParams, RetentionParams, Strided};
-use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormParams};
+use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
+use retnet_runtime::kernels::head_norm_gate::{
+    head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
+    HeadNormGateParams,
+};
+use retnet_runtime::kernels::linear::{
+    self, linear, LinearBuffers, LinearNormBuffers, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+};
+use retnet_runtime::kernels::retention::{
+    self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, ParallelBuffers,
+    RecurrentBatchedBuffers, RetentionBatchedParams, RetentionBuffers, RetentionParams, Strided,
+};
+use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_runtime::kernels::rotary::{
-    self, rotary, rotary_batched, RotaryBatchedParams, RotaryParams,
+    self, rotary, rotary_batched, RotaryBatchedBuffers, RotaryBatchedParams, RotaryBuffers,
+    RotaryParams,
 };
 use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{GpuBuffer, Sequence, Weights};
@@ -203,7 +212,12 @@ impl Recorder<'_> {
         g: &GpuBuffer,
         output: &GpuBuffer,
     ) -> Result<()> {
-        seq.dispatch(rms_norm(true, self.norm()), &[input, g, output])?;
+        let buffers = RmsNormBuffers {
+            input,
+            norm_weight: g,
+            output,
+        };
+        seq.dispatch(rms_norm(self.norm(), buffers))?;
         Ok(())
     }
 
@@ -234,10 +248,13 @@ impl Recorder<'_> {
         let s = self.s;
         if self.fuse_norms {
             params.norm_eps = self.model.config.norm_eps;
-            seq.dispatch(
-                linear::matvec_norm(w.format, params),
-                &[&w.buffer, &s.x, output, g],
-            )?;
+            let buffers = LinearNormBuffers {
+                weight: &w.buffer,
+                input: &s.x,
+                output,
+                norm_weight: g,
+            };
+            seq.dispatch(linear::matvec_norm(w.format, params, buffers))?;
             Ok(())
         } else {
             self.rms_norm(seq, &s.x, g, &s.h)?;
@@ -255,10 +272,12 @@ impl Recorder<'_> {
             scale: c.embed_scale,
         };
         let out = if m.embed_norm.is_some() { &s.h } else { &s.x };
-        seq.dispatch(
-            gather(m.embed.format, params),
-            &[&m.embed.buffer, token_ids, out],
-        )?;
+        let buffers = GatherBuffers {
+            weight: &m.embed.buffer,
+            token_ids,
+            output: out,
+        };
+        seq.dispatch(gather(m.embed.format, params, buffers))?;
         if let Some(g) = &m.embed_norm {
             self.rms_norm(seq, &s.h, g, &s.x)?;
         }
@@ -333,10 +352,12 @@ impl Recorder<'_> {
             },
             out: Strided::dense(f),
         };
-        seq.dispatch(
-            gated_activation(act, params),
-            &[&s.ffn_in, &s.ffn_in, &s.ffn_mid],
-        )?;
+        let buffers = GatedActivationBuffers {
+            act_input: &s.ffn_in,
+            linear_input: &s.ffn_in,
+            output: &s.ffn_mid,
+        };
+        seq.dispatch(gated_activation(act, params, buffers))?;
         let dims = (c.ffn_dim, c.d_model);
         self.proj(
             seq,
@@ -386,17 +407,22 @@ fn project(
     output: &GpuBuffer,
     params: LinearParams,
 ) -> Result<()> {
-    let dispatch = match model.tensor_cores {
+    let buffers = LinearBuffers {
+        weight: &w.buffer,
+        input,
+        output,
+    };
+    let bound = match model.tensor_cores {
         Some(shape)
             if w.format == WeightFormat::F16
                 && params.rows > MATVEC_BATCH_MAX_ROWS
                 && gemm_coop_supports(shape.tile, &params) =>
         {
-            gemm_coop(shape, params)
+            gemm_coop(shape, params, buffers)
         }
-        _ => linear(w.format, model.reduction, params),
+        _ => linear(w.format, model.reduction, params, buffers),
     };
-    seq.dispatch(dispatch, &[&w.buffer, input, output])?;
+    seq.dispatch(bound)?;
     Ok(())
 }
 
@@ -434,7 +460,11 @@ fn record_retention(
                     col_offset,
                     scale,
                 };
-                seq.dispatch(rotary(style, params), &[&model.rotary_theta, &s.qkvg])?;
+                let buffers = RotaryBuffers {
+                    theta: &model.rotary_theta,
+                    x: &s.qkvg,
+                };
+                seq.dispatch(rotary(style, params, buffers))?;
             }
             Rows::Batch { positions, .. } => {
                 let params = RotaryBatchedParams {
@@ -445,10 +475,12 @@ fn record_retention(
                     col_offset,
                     scale,
                 };
-                seq.dispatch(
-                    rotary_batched(style, params),
-                    &[&model.rotary_theta, &s.qkvg, positions],
-                )?;
+                let buffers = RotaryBatchedBuffers {
+                    theta: &model.rotary_theta,
+                    x: &s.qkvg,
+                    positions,
+                };
+                seq.dispatch(rotary_batched(style, params, buffers))?;
             }
         }
     }
@@ -481,15 +513,26 @@ fn record_retention(
             let state = states
                 .get(index)
                 .ok_or_else(|| ModelError::invalid("a state per layer"))?;
+            let stateful = RetentionBuffers {
+                q: qkv,
+                k: qkv,
+                v: qkv,
+                log_decay: &model.log_decay,
+                state,
+                output: &s.retained,
+            };
             match form {
-                RetentionForm::Parallel => seq.dispatch(
-                    retention::parallel(params),
-                    &[qkv, qkv, qkv, &model.log_decay, &s.retained],
-                )?,
-                RetentionForm::Recurrent => seq.dispatch(
-                    retention::recurrent(params),
-                    &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-                )?,
+                RetentionForm::Parallel => {
+                    let buffers = ParallelBuffers {
+                        q: qkv,
+                        k: qkv,
+                        v: qkv,
+                        log_decay: &model.log_decay,
+                        output: &s.retained,
+                    };
+                    seq.dispatch(retention::parallel(params, buffers))?
+                }
+                RetentionForm::Recurrent => seq.dispatch(retention::recurrent(params, stateful))?,
                 RetentionForm::Chunkwise { chunk_size } => {
                     let chunk = (*chunk_size).min(model.max_chunk);
                     let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
@@ -498,24 +541,31 @@ fn record_retention(
                         // each chunk, then every chunk's outputs at once.
                         Some(states) if t.div_ceil(parallel_chunk) <= s.chunk_capacity => {
                             let chunk = parallel_chunk as u32;
-                            seq.dispatch(
-                                retention::chunk_updates(params, chunk),
-                                &[qkv, qkv, &model.log_decay, states],
-                            )?;
-                            seq.dispatch(
-                                retention::chunk_scan(params, chunk),
-                                &[&model.log_decay, state, states],
-                            )?;
-                            seq.dispatch(
-                                retention::chunk_outputs(params, chunk),
-                                &[qkv, qkv, qkv, &model.log_decay, states, &s.retained],
-                            )?;
+                            let updates = ChunkUpdatesBuffers {
+                                k: qkv,
+                                v: qkv,
+                                log_decay: &model.log_decay,
+                                chunk_states: states,
+                            };
+                            seq.dispatch(retention::chunk_updates(params, chunk, updates))?;
+                            let scan = ChunkScanBuffers {
+                                log_decay: &model.log_decay,
+                                state,
+                                chunk_states: states,
+                            };
+                            seq.dispatch(retention::chunk_scan(params, chunk, scan))?;
+                            let outputs = ChunkOutputsBuffers {
+                                q: qkv,
+                                k: qkv,
+                                v: qkv,
+                                log_decay: &model.log_decay,
+                                chunk_states: states,
+                                output: &s.retained,
+                            };
+                            seq.dispatch(retention::chunk_outputs(params, chunk, outputs))?;
                         }
                         // One workgroup per head and column slice walks the chunks in order.
-                        _ => seq.dispatch(
-                            retention::chunkwise(params, chunk as u32),
-                            &[qkv, qkv, qkv, &model.log_decay, state, &s.retained],
-                        )?,
+                        _ => seq.dispatch(retention::chunkwise(params, chunk as u32, stateful))?,
                     }
                 }
             }
@@ -540,19 +590,17 @@ fn record_retention(
             let pool = pools
                 .get(index)
                 .ok_or_else(|| ModelError::invalid("a state pool per layer"))?;
-            seq.dispatch(
-                retention::recurrent_batched(params),
-                &[
-                    qkv,
-                    qkv,
-                    qkv,
-                    &model.log_decay,
-                    positions,
-                    slots,
-                    pool,
-                    &s.retained,
-                ],
-            )?;
+            let buffers = RecurrentBatchedBuffers {
+                q: qkv,
+                k: qkv,
+                v: qkv,
+                log_decay: &model.log_decay,
+                positions,
+                slots,
+                state: pool,
+                output: &s.retained,
+            };
+            seq.dispatch(retention::recurrent_batched(params, buffers))?;
         }
     }
     let params = HeadNormGateParams {
@@ -565,11 +613,23 @@ fn record_retention(
         out: Strided::dense(c.value_width() as u32),
     };
     match &layer.head_norm {
-        Some(w) => seq.dispatch(
-            head_norm_gate(true, params),
-            &[&s.retained, qkv, w, &s.gated],
-        )?,
-        None => seq.dispatch(head_norm_gate(false, params), &[&s.retained, qkv, &s.gated])?,
+        Some(w) => {
+            let buffers = HeadNormGateBuffers {
+                input: &s.retained,
+                gate: qkv,
+                norm_weight: w,
+                output: &s.gated,
+            };
+            seq.dispatch(head_norm_gate(params, buffers))?
+        }
+        None => {
+            let buffers = HeadGateBuffers {
+                input: &s.retained,
+                gate: qkv,
+                output: &s.gated,
+            };
+            seq.dispatch(head_norm_gate_unweighted(params, buffers))?
+        }
     }
     Ok(())
 }

@@ -62,15 +62,13 @@ impl GpuSession {
             crate::reference::check_advance(self.position, 1)?;
             let s = &self.scratch;
             let mut seq = dev.sequence("retnet decode step");
-            seq.dispatch(
-                sampling::sample(sample_params),
-                &[
-                    &s.logits,
-                    &sampler.state,
-                    &sampler.next_token,
-                    &sampler.generated,
-                ],
-            )?;
+            let buffers = sampling::SampleBuffers {
+                logits: &s.logits,
+                state: &sampler.state,
+                next_token: &sampler.next_token,
+                generated: &sampler.generated,
+            };
+            seq.dispatch(sampling::sample(sample_params, buffers))?;
             let last = i + 1 == count;
             if !last {
                 let rows = Rows::Sequence {
