@@ -362,7 +362,7 @@ async fn probes(device: &Device, effort: Effort, out: &mut Vec<Measure>) -> Resu
     let sink = device
         .create_storage("mma sink", subgroups * 4 * u64::from(t * t) * 4)
         .map_err(err)?;
-    let per = run_probe(device, &source, &factors.buffer, &sink, groups, effort).await?;
+    let per = run_probe(device, &source, factors.buffer(), &sink, groups, effort).await?;
     out.push(Measure {
         section: "peak",
         case: format!("coop multiply-add {t}×{t}×{t} f16→f32"),
@@ -428,7 +428,7 @@ async fn gemms(
             ));
             for (kernel, dispatch) in kernels {
                 let list: Vec<_> = (0..effort.count)
-                    .map(|_| (dispatch, vec![&weights.buffer, &x, &y]))
+                    .map(|_| (dispatch, vec![weights.buffer(), &x, &y]))
                     .collect();
                 let per = time(device, &list, &y, effort).await?;
                 out.push(Measure {
@@ -472,7 +472,7 @@ async fn matvecs(
         let dispatch = matvec(format, reduction, params);
         let independent: Vec<_> = outputs
             .iter()
-            .map(|y| (dispatch, vec![&weights.buffer, &x, y]))
+            .map(|y| (dispatch, vec![weights.buffer(), &x, y]))
             .collect();
         // Dependent: each reads what the previous one wrote (two buffers in turn).
         let pair = [&outputs[0], &outputs[1]];
@@ -480,7 +480,7 @@ async fn matvecs(
             .map(|i| {
                 (
                     dispatch,
-                    vec![&weights.buffer, pair[i % 2], pair[(i + 1) % 2]],
+                    vec![weights.buffer(), pair[i % 2], pair[(i + 1) % 2]],
                 )
             })
             .collect();

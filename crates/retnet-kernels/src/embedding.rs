@@ -38,7 +38,19 @@ const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
     default: 256,
 }];
-const PARAMS_STRUCT: (&str, &[&str]) = ("EmbeddingParams", &["tokens", "dim", "scale", "_pad"]);
+const PARAMS_STRUCT: (&str, &[&str]) = (
+    "EmbeddingParams",
+    &[
+        "tokens",
+        "dim",
+        "scale",
+        "first_row",
+        "rows",
+        "_pad1",
+        "_pad2",
+        "_pad3",
+    ],
+);
 
 const fn variant(name: &'static str, source: &'static str, requires: Features) -> Kernel {
     Kernel {
@@ -85,6 +97,18 @@ pub static KERNELS: &[&Kernel] = &[&GATHER_F32, &GATHER_F16, &GATHER_F16_PACKED]
 /// Gathers rows of a table stored in `format`.
 /// Buffers: `table [vocab, dim]`, `token_ids [tokens] u32`, `output [tokens, dim] f32`.
 pub fn gather(format: WeightFormat, params: EmbeddingParams) -> Dispatch {
+    gather_rows(format, params, 0, u32::MAX)
+}
+
+/// [`gather`] from one part of a table split by rows: the table buffer holds rows
+/// `[first_row, first_row + rows)`; the output rows of tokens outside them are not written (the
+/// dispatches of the other parts write them).
+pub fn gather_rows(
+    format: WeightFormat,
+    params: EmbeddingParams,
+    first_row: u32,
+    rows: u32,
+) -> Dispatch {
     let kernel = match format {
         WeightFormat::F32 => &GATHER_F32,
         WeightFormat::F16 => &GATHER_F16,
@@ -95,7 +119,7 @@ pub fn gather(format: WeightFormat, params: EmbeddingParams) -> Dispatch {
     Dispatch {
         kernel,
         constants,
-        params: ParamWords::new(&[params.tokens, params.dim, f(params.scale)]),
+        params: ParamWords::new(&[params.tokens, params.dim, f(params.scale), first_row, rows]),
         workgroups: [ceil_div(params.dim, x), params.tokens, 1],
     }
 }

@@ -22,6 +22,11 @@ pub struct LinearParams {
     pub accumulate: Option<f32>,
     /// RMSNorm epsilon of [`matvec_norm`] (ignored by the other kernels).
     pub norm_eps: f32,
+    /// First column of Y written: output `o` of this product is column `y_col_start + o` of Y
+    /// (a matrix split by rows computes its columns part by part, [`LinearParams::row_block`]).
+    pub y_col_start: u32,
+    /// Elements per row of Y; 0 means `out_dim` (Y holds exactly this product's columns).
+    pub y_row_stride: u32,
 }
 
 impl LinearParams {
@@ -34,6 +39,30 @@ impl LinearParams {
             x_row_start: 0,
             accumulate: None,
             norm_eps: 0.0,
+            y_col_start: 0,
+            y_row_stride: 0,
+        }
+    }
+
+    /// Elements per row of Y.
+    pub fn y_stride(&self) -> u32 {
+        if self.y_row_stride == 0 {
+            self.out_dim
+        } else {
+            self.y_row_stride
+        }
+    }
+
+    /// The part of this product computed by rows `[first_row, first_row + rows)` of W, held as
+    /// a matrix of their own: `rows` outputs, written to columns `first_row ..` of the same Y.
+    /// Each output is the same dot product as in the whole product, so parts give the whole's
+    /// values bit for bit.
+    pub fn row_block(&self, first_row: u32, rows: u32) -> LinearParams {
+        LinearParams {
+            out_dim: rows,
+            y_col_start: self.y_col_start + first_row,
+            y_row_stride: self.y_stride(),
+            ..*self
         }
     }
 
@@ -50,6 +79,8 @@ impl LinearParams {
             accumulate,
             f(alpha),
             f(self.norm_eps),
+            self.y_col_start,
+            self.y_stride(),
         ])
     }
 }
@@ -100,7 +131,11 @@ pub(crate) const PARAMS_STRUCT: (&str, &[&str]) = (
         "accumulate",
         "alpha",
         "norm_eps",
+        "y_col_start",
+        "y_stride",
         "_pad1",
+        "_pad2",
+        "_pad3",
     ],
 );
 

@@ -73,7 +73,7 @@ fn embedding_gather_matches_cpu() {
         run(
             device,
             gather(format, params),
-            &[&weights.buffer, &ids_buffer, &out],
+            &[weights.buffer(), &ids_buffer, &out],
         );
         let stored = as_stored(&table, format);
         let reference: Vec<f64> = ids
@@ -184,7 +184,7 @@ fn check_linear(
             .upload_weights_as("w", WeightData::F32(&w), format)
             .unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
-        run(device, make(format, params), &[&weights.buffer, &xb, &y]);
+        run(device, make(format, params), &[weights.buffer(), &xb, &y]);
         let reference = linear_reference(&x, &as_stored(&w, format), &y0, &params);
         let label = format!(
             "{what} {format:?} rows {} in {i} out {o} {:?}",

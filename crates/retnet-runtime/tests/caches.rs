@@ -110,7 +110,7 @@ impl Toy {
         };
         s.dispatch(
             gather(self.embed.format, embed),
-            &[&self.embed.buffer, &self.token, &self.x],
+            &[self.embed.buffer(), &self.token, &self.x],
         )?;
         let norm = RmsNormParams {
             rows: 1,
@@ -119,7 +119,7 @@ impl Toy {
         };
         s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
         let qkvg = linear(self.qkvg.format, reduction, LinearParams::new(1, d, row));
-        s.dispatch(qkvg, &[&self.qkvg.buffer, &self.h, &self.proj])?;
+        s.dispatch(qkvg, &[self.qkvg.buffer(), &self.h, &self.proj])?;
         for (offset, scale) in [(0, 1.0 / (k as f32).sqrt()), (heads * k, 1.0)] {
             let params = RotaryParams {
                 tokens: 1,
@@ -184,11 +184,11 @@ impl Toy {
         };
         s.dispatch(
             linear(self.out_proj.format, reduction, out),
-            &[&self.out_proj.buffer, &self.gated, &self.x],
+            &[self.out_proj.buffer(), &self.gated, &self.x],
         )?;
         s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
         let up = linear(self.up.format, reduction, LinearParams::new(1, d, 2 * ffn));
-        s.dispatch(up, &[&self.up.buffer, &self.h, &self.ffn_in])?;
+        s.dispatch(up, &[self.up.buffer(), &self.h, &self.ffn_in])?;
         let act = GatedActivationParams {
             tokens: 1,
             width: ffn,
@@ -204,7 +204,7 @@ impl Toy {
             &[&self.ffn_in, &self.ffn_in, &self.ffn_act],
         )?;
         let down = linear(self.down.format, reduction, LinearParams::new(1, ffn, d));
-        s.dispatch(down, &[&self.down.buffer, &self.ffn_act, &self.h])?;
+        s.dispatch(down, &[self.down.buffer(), &self.ffn_act, &self.h])?;
         s.dispatch(residual_add(d, 1.0), &[&self.x, &self.h])?;
         s.dispatch(rms_norm(true, norm), &[&self.x, &self.norm, &self.h])?;
         let head = linear(
@@ -212,7 +212,7 @@ impl Toy {
             reduction,
             LinearParams::new(1, d, self.vocab),
         );
-        s.dispatch(head, &[&self.embed.buffer, &self.h, &self.logits])?;
+        s.dispatch(head, &[self.embed.buffer(), &self.h, &self.logits])?;
         s.submit()?;
         Ok(())
     }

@@ -171,7 +171,10 @@ fn embedding(rows: &mut Rows<'_>) {
                 };
                 submit(
                     device,
-                    &[(gather(format, params), &[&weights.buffer, &id_buffer, &out])],
+                    &[(
+                        gather(format, params),
+                        &[weights.buffer(), &id_buffer, &out],
+                    )],
                 )?;
                 let reference = cpu::embedding(&as_stored(&table, format), dim, &ids, scale);
                 let gpu = read(device, &out, tokens * dim)?;
@@ -328,7 +331,7 @@ fn linear_case(
                 }
             };
             let y = device.upload_f32("y", &y0)?;
-            submit(device, &[(dispatch, &[&weights.buffer, &input, &y])])?;
+            submit(device, &[(dispatch, &[weights.buffer(), &input, &y])])?;
             let gpu = read(device, &y, n_rows * o)?;
             let reference = cpu::linear(&cpu::Linear {
                 x: &x_seen,
@@ -385,7 +388,10 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
             let norm = device.upload_f32("g", &g)?;
             let y = device.create_storage_f32("y", n_rows * o)?;
             let dispatch = linear::matvec_norm(format, params);
-            submit(device, &[(dispatch, &[&weights.buffer, &input, &y, &norm])])?;
+            submit(
+                device,
+                &[(dispatch, &[weights.buffer(), &input, &y, &norm])],
+            )?;
             let rows_used = &x[start * i..];
             let normalized: Vec<f32> = cpu::rms_norm(rows_used, i, Some(&g), params.norm_eps)
                 .iter()

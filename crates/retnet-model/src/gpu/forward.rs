@@ -2,7 +2,7 @@
 //! [`Sequence`], one method per stage (embeddings, the retention and FFN sub-layers of each
 //! layer, the output head).
 
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams};
+use retnet_runtime::kernels::embedding::EmbeddingParams;
 use retnet_runtime::kernels::gated_activation::{self, gated_activation, GatedActivationParams};
 use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
 use retnet_runtime::kernels::head_norm_gate::{head_norm_gate, HeadNormGateParams};
@@ -234,10 +234,13 @@ impl Recorder<'_> {
         let s = self.s;
         if self.fuse_norms {
             params.norm_eps = self.model.config.norm_eps;
-            seq.dispatch(
-                linear::matvec_norm(w.format, params),
-                &[&w.buffer, &s.x, output, g],
-            )?;
+            // One dispatch per row block of W (one unless W is over a binding).
+            for (block, part) in w.linear_parts(params) {
+                seq.dispatch(
+                    linear::matvec_norm(w.format, part),
+                    &[block, &s.x, output, g],
+                )?;
+            }
             Ok(())
         } else {
             self.rms_norm(seq, &s.x, g, &s.h)?;
@@ -255,10 +258,10 @@ impl Recorder<'_> {
             scale: c.embed_scale,
         };
         let out = if m.embed_norm.is_some() { &s.h } else { &s.x };
-        seq.dispatch(
-            gather(m.embed.format, params),
-            &[&m.embed.buffer, token_ids, out],
-        )?;
+        // One dispatch per row block of the table (one unless it is over a binding).
+        for (table, dispatch) in m.embed.gather_parts(params) {
+            seq.dispatch(dispatch, &[table, token_ids, out])?;
+        }
         if let Some(g) = &m.embed_norm {
             self.rms_norm(seq, &s.h, g, &s.x)?;
         }
@@ -386,17 +389,21 @@ fn project(
     output: &GpuBuffer,
     params: LinearParams,
 ) -> Result<()> {
-    let dispatch = match model.tensor_cores {
-        Some(shape)
-            if w.format == WeightFormat::F16
-                && params.rows > MATVEC_BATCH_MAX_ROWS
-                && gemm_coop_supports(shape.tile, &params) =>
-        {
-            gemm_coop(shape, params)
-        }
-        _ => linear(w.format, model.reduction, params),
-    };
-    seq.dispatch(dispatch, &[&w.buffer, input, output])?;
+    // One product per row block of W (one unless W is over a binding), each writing its
+    // columns of the output.
+    for (block, params) in w.linear_parts(params) {
+        let dispatch = match model.tensor_cores {
+            Some(shape)
+                if w.format == WeightFormat::F16
+                    && params.rows > MATVEC_BATCH_MAX_ROWS
+                    && gemm_coop_supports(shape.tile, &params) =>
+            {
+                gemm_coop(shape, params)
+            }
+            _ => linear(w.format, model.reduction, params),
+        };
+        seq.dispatch(dispatch, &[block, input, output])?;
+    }
     Ok(())
 }
 
