@@ -73,8 +73,10 @@ impl GpuBuffer {
 /// [`Weights::gather_parts`]); an unsplit matrix is one block and one dispatch, as before.
 #[derive(Debug)]
 pub struct Weights {
-    /// The row blocks, in row order (at least one).
-    pub(crate) blocks: Vec<RowBlock>,
+    /// The first row block (the whole matrix unless it is split)...
+    pub(crate) first: RowBlock,
+    /// ...and the others, in row order.
+    pub(crate) more: Vec<RowBlock>,
     /// Values per row. Weights uploaded flat ([`Device::upload_weights`]) are seen as one row.
     pub(crate) row_len: usize,
     /// Its format; pick kernel variants with it.
@@ -101,42 +103,40 @@ impl Weights {
         format: WeightFormat,
     ) -> Self {
         Weights {
-            blocks: vec![RowBlock {
+            first: RowBlock {
                 buffer,
                 first_row: 0,
                 rows,
-            }],
+            },
+            more: Vec::new(),
             row_len,
             format,
         }
     }
 
     /// The row blocks, in row order; one unless the matrix is larger than a binding.
-    pub fn blocks(&self) -> &[RowBlock] {
-        &self.blocks
+    pub fn blocks(&self) -> impl Iterator<Item = &RowBlock> + '_ {
+        std::iter::once(&self.first).chain(&self.more)
     }
 
     /// The first block's buffer: the whole matrix unless it is split ([`Weights::is_split`]).
     pub fn buffer(&self) -> &GpuBuffer {
-        // Never empty: every constructor makes at least one block.
-        &self.blocks[0].buffer
+        &self.first.buffer
     }
 
     /// The first block's buffer, owned (the whole matrix unless it is split).
     pub fn into_buffer(self) -> GpuBuffer {
-        let mut blocks = self.blocks;
-        // Never empty: every constructor makes at least one block.
-        blocks.swap_remove(0).buffer
+        self.first.buffer
     }
 
     /// Whether the matrix is held in more than one row block.
     pub fn is_split(&self) -> bool {
-        self.blocks.len() > 1
+        !self.more.is_empty()
     }
 
     /// Bytes of all the blocks' buffers.
     pub fn size(&self) -> u64 {
-        self.blocks.iter().map(|b| b.buffer.size()).sum()
+        self.blocks().map(|b| b.buffer.size()).sum()
     }
 
     /// `Y = X · Wᵀ` as one product per row block: each block's buffer with `params` restricted
@@ -147,7 +147,7 @@ impl Weights {
         params: LinearParams,
     ) -> impl Iterator<Item = (&GpuBuffer, LinearParams)> + '_ {
         let split = self.is_split();
-        self.blocks.iter().map(move |b| {
+        self.blocks().map(move |b| {
             let part = if split {
                 params.row_block(b.first_row, b.rows)
             } else {
@@ -166,7 +166,7 @@ impl Weights {
     ) -> impl Iterator<Item = (&GpuBuffer, Dispatch)> + '_ {
         let split = self.is_split();
         let format = self.format;
-        self.blocks.iter().map(move |b| {
+        self.blocks().map(move |b| {
             let dispatch = if split {
                 gather_rows(format, params, b.first_row, b.rows)
             } else {

@@ -79,22 +79,27 @@ impl Device {
         if aligned <= max_rows {
             per_block = aligned;
         }
-        let mut blocks = Vec::with_capacity(parts as usize);
-        let mut first = 0u64;
-        while first < rows as u64 {
+        let block = |first: u64| -> Result<RowBlock, RuntimeError> {
             let n = per_block.min(rows as u64 - first);
             let block_label = format!("{label} rows {first}..{}", first + n);
-            let buffer = self.create_storage(&block_label, n * row_bytes)?;
-            blocks.push(RowBlock {
-                buffer,
-                // Both below `rows`, a u32.
+            Ok(RowBlock {
+                buffer: self.create_storage(&block_label, n * row_bytes)?,
+                // Both at most `rows`, a u32.
                 first_row: first as u32,
                 rows: n as u32,
-            });
-            first += n;
+            })
+        };
+        let first = block(0)?;
+        let mut more = Vec::with_capacity((parts as usize).saturating_sub(1));
+        let mut next = u64::from(first.rows);
+        while next < rows as u64 {
+            let b = block(next)?;
+            next += u64::from(b.rows);
+            more.push(b);
         }
         Ok(Weights {
-            blocks,
+            first,
+            more,
             row_len,
             format,
         })
@@ -220,8 +225,7 @@ impl<'a> WeightWriter<'a> {
         let mut kept = Vec::with_capacity(targets.len());
         for &(weights, values) in targets {
             let capacity: usize = weights
-                .blocks
-                .iter()
+                .blocks()
                 .map(|b| b.rows as usize * weights.row_len)
                 .sum();
             if weights.format != format || values > capacity {
@@ -233,7 +237,7 @@ impl<'a> WeightWriter<'a> {
                 )));
             }
             let mut left = values;
-            for block in &weights.blocks {
+            for block in weights.blocks() {
                 let take = left.min(block.rows as usize * weights.row_len);
                 if take > 0 {
                     kept.push((&block.buffer, take));
