@@ -76,8 +76,8 @@ fn stage(slot: u32, row_base: u32, col_base: u32, k0: u32, lid: u32) {
 
 // α·Y of the tile at (row, col), for blocks wholly inside Y.
 fn initial_tile(row: u32, col: u32) -> TileC {
-    let index = row * params.out_dim + col;
-    return params.alpha * coopLoadT<TileC>(&output[index], params.out_dim);
+    let index = output_index(row, col);
+    return params.alpha * coopLoadT<TileC>(&output[index], params.y_stride);
 }
 
 // Writes one accumulator tile of an edge block: through the subgroup's tile of workgroup memory,
@@ -91,7 +91,7 @@ fn store_bounded(tile: TileC, row0: u32, col0: u32, owned: bool, subgroup: u32, 
             let row = row0 + e / TILE;
             let col = col0 + e % TILE;
             if row < params.rows && col < params.out_dim {
-                store_output(row * params.out_dim + col, edge_tiles[at + e]);
+                store_output(output_index(row, col), edge_tiles[at + e]);
             }
         }
     }
@@ -128,9 +128,10 @@ fn gemm_coop(
     let col_base = ((id % per_group) / group_rows) * BLOCK_N;
 
     // Stored straight from the accumulators: the whole block inside Y, one sub-block per
-    // subgroup, rows 16-byte aligned.
+    // subgroup, rows and the first column 16-byte aligned.
+    let stride = params.y_stride;
     let direct = count == SUB_BLOCKS && row_base + BLOCK_M <= params.rows
-        && col_base + BLOCK_N <= n && n % 4u == 0u;
+        && col_base + BLOCK_N <= n && stride % 4u == 0u && params.y_col_start % 4u == 0u;
     let rounds = (SUB_BLOCKS + count - 1u) / count;
     let steps = (params.in_dim + K_STEP - 1u) / K_STEP;
 
@@ -235,38 +236,38 @@ fn gemm_coop(
         }
 
         if direct {
-            let at_y00 = r0 * n + c0;
-            coopStoreT(y00, &output[at_y00], n);
-            let at_y01 = r0 * n + c1;
-            coopStoreT(y01, &output[at_y01], n);
-            let at_y02 = r0 * n + c2;
-            coopStoreT(y02, &output[at_y02], n);
-            let at_y03 = r0 * n + c3;
-            coopStoreT(y03, &output[at_y03], n);
-            let at_y10 = r1 * n + c0;
-            coopStoreT(y10, &output[at_y10], n);
-            let at_y11 = r1 * n + c1;
-            coopStoreT(y11, &output[at_y11], n);
-            let at_y12 = r1 * n + c2;
-            coopStoreT(y12, &output[at_y12], n);
-            let at_y13 = r1 * n + c3;
-            coopStoreT(y13, &output[at_y13], n);
-            let at_y20 = r2 * n + c0;
-            coopStoreT(y20, &output[at_y20], n);
-            let at_y21 = r2 * n + c1;
-            coopStoreT(y21, &output[at_y21], n);
-            let at_y22 = r2 * n + c2;
-            coopStoreT(y22, &output[at_y22], n);
-            let at_y23 = r2 * n + c3;
-            coopStoreT(y23, &output[at_y23], n);
-            let at_y30 = r3 * n + c0;
-            coopStoreT(y30, &output[at_y30], n);
-            let at_y31 = r3 * n + c1;
-            coopStoreT(y31, &output[at_y31], n);
-            let at_y32 = r3 * n + c2;
-            coopStoreT(y32, &output[at_y32], n);
-            let at_y33 = r3 * n + c3;
-            coopStoreT(y33, &output[at_y33], n);
+            let at_y00 = output_index(r0, c0);
+            coopStoreT(y00, &output[at_y00], stride);
+            let at_y01 = output_index(r0, c1);
+            coopStoreT(y01, &output[at_y01], stride);
+            let at_y02 = output_index(r0, c2);
+            coopStoreT(y02, &output[at_y02], stride);
+            let at_y03 = output_index(r0, c3);
+            coopStoreT(y03, &output[at_y03], stride);
+            let at_y10 = output_index(r1, c0);
+            coopStoreT(y10, &output[at_y10], stride);
+            let at_y11 = output_index(r1, c1);
+            coopStoreT(y11, &output[at_y11], stride);
+            let at_y12 = output_index(r1, c2);
+            coopStoreT(y12, &output[at_y12], stride);
+            let at_y13 = output_index(r1, c3);
+            coopStoreT(y13, &output[at_y13], stride);
+            let at_y20 = output_index(r2, c0);
+            coopStoreT(y20, &output[at_y20], stride);
+            let at_y21 = output_index(r2, c1);
+            coopStoreT(y21, &output[at_y21], stride);
+            let at_y22 = output_index(r2, c2);
+            coopStoreT(y22, &output[at_y22], stride);
+            let at_y23 = output_index(r2, c3);
+            coopStoreT(y23, &output[at_y23], stride);
+            let at_y30 = output_index(r3, c0);
+            coopStoreT(y30, &output[at_y30], stride);
+            let at_y31 = output_index(r3, c1);
+            coopStoreT(y31, &output[at_y31], stride);
+            let at_y32 = output_index(r3, c2);
+            coopStoreT(y32, &output[at_y32], stride);
+            let at_y33 = output_index(r3, c3);
+            coopStoreT(y33, &output[at_y33], stride);
         } else {
             store_bounded(y00, r0, c0, owned, subgroup, lane, lanes);
             store_bounded(y01, r0, c1, owned, subgroup, lane, lanes);

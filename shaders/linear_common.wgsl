@@ -13,10 +13,21 @@ struct LinearParams {
     alpha: f32,
     // RMSNorm epsilon of matvec_norm_subgroup.wgsl (unused elsewhere).
     norm_eps: f32,
+    // Where output o of row r goes: Y[r * y_stride + y_col_start + o]. A matrix split by rows
+    // into several buffers runs once per part, each writing its columns of the one Y.
+    y_col_start: u32,
+    y_stride: u32,
     _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: LinearParams;
+
+// Index in Y of output `column` (0 ≤ column < out_dim) of row `row`.
+fn output_index(row: u32, column: u32) -> u32 {
+    return row * params.y_stride + params.y_col_start + column;
+}
 
 fn store_output(index: u32, value: f32) {
     if params.accumulate != 0u {

@@ -86,7 +86,7 @@ fn store_micro_row(row: u32, col: u32, values: vec4<f32>) {
     for (var n = 0u; n < MICRO; n++) {
         let c = col + n * THREADS_N;
         if c < params.out_dim {
-            store_output(row * params.out_dim + c, values[n]);
+            store_output(output_index(row, c), values[n]);
         }
     }
 }

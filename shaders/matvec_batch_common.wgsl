@@ -66,6 +66,6 @@ fn store_batch_sum(s: u32, first_output: u32, first_row: u32, value: f32) {
     let row = first_row + s / OUTPUTS_PER_WORKGROUP;
     let column = first_output + s % OUTPUTS_PER_WORKGROUP;
     if row < params.rows && column < params.out_dim {
-        store_output(row * params.out_dim + column, value);
+        store_output(output_index(row, column), value);
     }
 }

@@ -50,6 +50,6 @@ fn matvec_norm_subgroup(
             sum_squares += subgroup_sums[4u * WORKGROUP_SIZE + s];
         }
         let inverse_rms = 1.0 / sqrt(sum_squares / f32(params.in_dim) + params.norm_eps);
-        store_output(wid.y * params.out_dim + first_output + lane, sum * inverse_rms);
+        store_output(output_index(wid.y, first_output + lane), sum * inverse_rms);
     }
 }

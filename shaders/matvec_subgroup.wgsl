@@ -29,6 +29,6 @@ fn matvec_subgroup(
         for (var s = 0u; s < subgroups; s++) {
             sum += subgroup_sums[lane * WORKGROUP_SIZE + s];
         }
-        store_output(wid.y * params.out_dim + first_output + lane, sum);
+        store_output(output_index(wid.y, first_output + lane), sum);
     }
 }

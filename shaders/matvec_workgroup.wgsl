@@ -22,6 +22,6 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
     if lane < OUTPUTS_PER_WORKGROUP && first_output + lane < params.out_dim {
-        store_output(wid.y * params.out_dim + first_output + lane, partial_sums[lane * WORKGROUP_SIZE]);
+        store_output(output_index(wid.y, first_output + lane), partial_sums[lane * WORKGROUP_SIZE]);
     }
 }

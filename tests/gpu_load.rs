@@ -250,8 +250,6 @@ impl retnet::model::WeightSource for ZeroSource<'_> {
 }
 
 #[test]
-#[ignore = "not implemented yet: splitting a matrix by rows needs an output column offset in the \
-            linear kernels (issue 11 §1); until then such a matrix is refused with BufferTooLarge"]
 fn matrices_over_the_binding_limit_are_split_by_rows() {
     // A binding limit of 256 KiB (as if the adapter were that small) splits every matrix of the
     // wide model into 2 to 4 row blocks (the 1000 × 256 f32 embeddings and head: 1000 KB), while

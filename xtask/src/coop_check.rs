@@ -178,7 +178,7 @@ async fn chain_probe(device: &Device, shape: CoopShape) -> Result<Vec<(String, f
     let sink = device
         .create_storage_f32("chain probe sink", 4 * t * t)
         .map_err(err)?;
-    let got = run_one(device, &source, &factors.buffer, &sink, 4 * t * t).await?;
+    let got = run_one(device, &source, factors.buffer(), &sink, 4 * t * t).await?;
     let want: Vec<f64> = (0..t * t)
         .map(|i| {
             let (r, c) = (i / t, i % t);
@@ -258,7 +258,7 @@ async fn tile_probe(
     let sink = device
         .create_storage_f32("tile probe sink", 4 * t * t)
         .map_err(err)?;
-    let got = run_one(device, &source, &factors.buffer, &sink, 4 * t * t).await?;
+    let got = run_one(device, &source, factors.buffer(), &sink, 4 * t * t).await?;
     let a64: Vec<f64> = a.iter().map(|h| f64::from(h.to_f32())).collect();
     let at64: Vec<f64> = (0..t * t).map(|i| a64[(i % t) * t + i / t]).collect();
     let label = format!("pad {pad}, offset {offset}");
@@ -407,7 +407,7 @@ fn upload_x(
         Ok(device
             .upload_weights_as("x16", WeightData::F16(&halves), WeightFormat::F16)
             .map_err(err)?
-            .buffer)
+            .into_buffer())
     } else {
         device.upload_f32("x", x).map_err(err)
     }
@@ -536,7 +536,7 @@ async fn gemm_error(
     sequence
         .dispatch(Bound {
             dispatch,
-            buffers: BufferList::new(&[&weights.buffer, &xb, &y]),
+            buffers: BufferList::new(&[weights.buffer(), &xb, &y]),
         })
         .map_err(err)?;
     sequence.submit().map_err(err)?;
@@ -574,7 +574,7 @@ async fn gemm_time(
             sequence
                 .dispatch(Bound {
                     dispatch,
-                    buffers: BufferList::new(&[&weights.buffer, &x, &y]),
+                    buffers: BufferList::new(&[weights.buffer(), &x, &y]),
                 })
                 .map_err(err)?;
         }

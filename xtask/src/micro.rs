@@ -362,7 +362,7 @@ async fn probes(device: &Device, effort: Effort, out: &mut Vec<Measure>) -> Resu
     let sink = device
         .create_storage("mma sink", subgroups * 4 * u64::from(t * t) * 4)
         .map_err(err)?;
-    let per = run_probe(device, &source, &factors.buffer, &sink, groups, effort).await?;
+    let per = run_probe(device, &source, factors.buffer(), &sink, groups, effort).await?;
     out.push(Measure {
         section: "peak",
         case: format!("coop multiply-add {t}×{t}×{t} f16→f32"),
@@ -413,7 +413,7 @@ async fn gemms(
                 .create_storage_f32("y", (rows * out_dim) as usize)
                 .map_err(err)?;
             let buffers = LinearBuffers {
-                weight: &weights.buffer,
+                weight: weights.buffer(),
                 input: &x,
                 output: &y,
             };
@@ -474,7 +474,7 @@ async fn matvecs(
             .map_err(err)?;
         let product = |input, output| {
             let buffers = LinearBuffers {
-                weight: &weights.buffer,
+                weight: weights.buffer(),
                 input,
                 output,
             };

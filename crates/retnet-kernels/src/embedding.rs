@@ -30,7 +30,16 @@ buffers! {
 
 param_block! {
     /// The WGSL parameter block of [`gather`].
-    pub(crate) struct EmbeddingBlock = "EmbeddingParams" { tokens: u32, dim: u32, scale: f32, _pad: u32 }
+    pub(crate) struct EmbeddingBlock = "EmbeddingParams" {
+        tokens: u32,
+        dim: u32,
+        scale: f32,
+        first_row: u32,
+        rows: u32,
+        _pad1: u32,
+        _pad2: u32,
+        _pad3: u32,
+    }
 }
 
 const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
@@ -87,6 +96,19 @@ pub fn gather<'b, B>(
     params: EmbeddingParams,
     buffers: GatherBuffers<'b, B>,
 ) -> Bound<'b, B> {
+    gather_rows(format, params, 0, u32::MAX, buffers)
+}
+
+/// [`gather`] from one part of a table split by rows: the `weight` buffer holds rows
+/// `[first_row, first_row + rows)`; the output rows of tokens outside them are not written (the
+/// dispatches of the other parts write them).
+pub fn gather_rows<'b, B>(
+    format: WeightFormat,
+    params: EmbeddingParams,
+    first_row: u32,
+    rows: u32,
+    buffers: GatherBuffers<'b, B>,
+) -> Bound<'b, B> {
     let kernel = match format {
         WeightFormat::F32 => &GATHER_F32,
         WeightFormat::F16 => &GATHER_F16,
@@ -94,17 +116,19 @@ pub fn gather<'b, B>(
     };
     let constants: ConstantValues = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
+    let block = EmbeddingBlock {
+        tokens: params.tokens,
+        dim: params.dim,
+        scale: params.scale,
+        first_row,
+        rows,
+        ..Default::default()
+    };
     Bound {
         dispatch: Dispatch {
             kernel,
             constants,
-            params: EmbeddingBlock {
-                tokens: params.tokens,
-                dim: params.dim,
-                scale: params.scale,
-                _pad: 0,
-            }
-            .words(),
+            params: block.words(),
             workgroups: [ceil_div(params.dim, x), params.tokens, 1],
         },
         buffers: buffers.in_order(),

@@ -22,6 +22,11 @@ pub struct LinearParams {
     pub accumulate: Option<f32>,
     /// RMSNorm epsilon of [`matvec_norm`] (ignored by the other kernels).
     pub norm_eps: f32,
+    /// First column of Y written: output `o` of this product is column `y_col_start + o` of Y
+    /// (a matrix split by rows computes its columns part by part, [`LinearParams::row_block`]).
+    pub y_col_start: u32,
+    /// Elements per row of Y; 0 means `out_dim` (Y holds exactly this product's columns).
+    pub y_row_stride: u32,
 }
 
 impl LinearParams {
@@ -34,6 +39,30 @@ impl LinearParams {
             x_row_start: 0,
             accumulate: None,
             norm_eps: 0.0,
+            y_col_start: 0,
+            y_row_stride: 0,
+        }
+    }
+
+    /// Elements per row of Y.
+    pub fn y_stride(&self) -> u32 {
+        if self.y_row_stride == 0 {
+            self.out_dim
+        } else {
+            self.y_row_stride
+        }
+    }
+
+    /// The part of this product computed by rows `[first_row, first_row + rows)` of W, held as
+    /// a matrix of their own: `rows` outputs, written to columns `first_row ..` of the same Y.
+    /// Each output is the same dot product as in the whole product, so parts give the whole's
+    /// values bit for bit.
+    pub fn row_block(&self, first_row: u32, rows: u32) -> LinearParams {
+        LinearParams {
+            out_dim: rows,
+            y_col_start: self.y_col_start + first_row,
+            y_row_stride: self.y_stride(),
+            ..*self
         }
     }
 
@@ -50,7 +79,9 @@ impl LinearParams {
             accumulate,
             alpha,
             norm_eps: self.norm_eps,
-            _pad1: 0,
+            y_col_start: self.y_col_start,
+            y_stride: self.y_stride(),
+            ..Default::default()
         }
         .words()
     }
@@ -66,7 +97,11 @@ param_block! {
         accumulate: u32,
         alpha: f32,
         norm_eps: f32,
+        y_col_start: u32,
+        y_stride: u32,
         _pad1: u32,
+        _pad2: u32,
+        _pad3: u32,
     }
 }
 

@@ -4,7 +4,9 @@
 use crate::device::Device;
 use crate::error::RuntimeError;
 use half::f16;
-use retnet_kernels::WeightFormat;
+use retnet_kernels::embedding::{gather, gather_rows, EmbeddingParams, GatherBuffers};
+use retnet_kernels::linear::LinearParams;
+use retnet_kernels::{Bound, WeightFormat};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,13 +67,119 @@ impl GpuBuffer {
     }
 }
 
-/// A weight matrix on the GPU and how it is stored.
+/// A weight matrix on the GPU and how it is stored: one buffer, or, where the matrix is larger
+/// than one storage binding may be, several row blocks of whole rows, each its own buffer
+/// ([`Device::create_matrix`]). Kernels run once per block ([`Weights::linear_parts`],
+/// [`Weights::gather_parts`]); an unsplit matrix is one block and one dispatch, as before.
 #[derive(Debug)]
 pub struct Weights {
-    /// The data.
-    pub buffer: GpuBuffer,
+    /// The first row block (the whole matrix unless it is split)...
+    pub(crate) first: RowBlock,
+    /// ...and the others, in row order.
+    pub(crate) more: Vec<RowBlock>,
+    /// Values per row. Weights uploaded flat ([`Device::upload_weights`]) are seen as one row.
+    pub(crate) row_len: usize,
     /// Its format; pick kernel variants with it.
     pub format: WeightFormat,
+}
+
+/// Rows `[first_row, first_row + rows)` of a weight matrix, in a buffer of their own.
+#[derive(Debug)]
+pub struct RowBlock {
+    /// The rows' values, row-major from the block's first row.
+    pub buffer: GpuBuffer,
+    /// The matrix row the buffer starts with.
+    pub first_row: u32,
+    /// Rows in the block.
+    pub rows: u32,
+}
+
+impl Weights {
+    /// Weights in one buffer.
+    pub(crate) fn whole(
+        buffer: GpuBuffer,
+        rows: u32,
+        row_len: usize,
+        format: WeightFormat,
+    ) -> Self {
+        Weights {
+            first: RowBlock {
+                buffer,
+                first_row: 0,
+                rows,
+            },
+            more: Vec::new(),
+            row_len,
+            format,
+        }
+    }
+
+    /// The row blocks, in row order; one unless the matrix is larger than a binding.
+    pub fn blocks(&self) -> impl Iterator<Item = &RowBlock> + '_ {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+
+    /// The first block's buffer: the whole matrix unless it is split ([`Weights::is_split`]).
+    pub fn buffer(&self) -> &GpuBuffer {
+        &self.first.buffer
+    }
+
+    /// The first block's buffer, owned (the whole matrix unless it is split).
+    pub fn into_buffer(self) -> GpuBuffer {
+        self.first.buffer
+    }
+
+    /// Whether the matrix is held in more than one row block.
+    pub fn is_split(&self) -> bool {
+        !self.more.is_empty()
+    }
+
+    /// Bytes of all the blocks' buffers.
+    pub fn size(&self) -> u64 {
+        self.blocks().map(|b| b.buffer.size()).sum()
+    }
+
+    /// `Y = X · Wᵀ` as one product per row block: each block's buffer with `params` restricted
+    /// to its rows ([`LinearParams::row_block`]: its columns of the same Y). `params` describe
+    /// the whole matrix; an unsplit matrix gives them back unchanged.
+    pub fn linear_parts(
+        &self,
+        params: LinearParams,
+    ) -> impl Iterator<Item = (&GpuBuffer, LinearParams)> + '_ {
+        let split = self.is_split();
+        self.blocks().map(move |b| {
+            let part = if split {
+                params.row_block(b.first_row, b.rows)
+            } else {
+                params
+            };
+            (&b.buffer, part)
+        })
+    }
+
+    /// The embedding gather from this table into `output`, one dispatch per row block (each
+    /// writes the rows of the tokens in its block). An unsplit table gives the plain [`gather`].
+    pub fn gather_parts<'b>(
+        &'b self,
+        params: EmbeddingParams,
+        token_ids: &'b GpuBuffer,
+        output: &'b GpuBuffer,
+    ) -> impl Iterator<Item = Bound<'b, GpuBuffer>> + 'b {
+        let split = self.is_split();
+        let format = self.format;
+        self.blocks().map(move |b| {
+            let buffers = GatherBuffers {
+                weight: &b.buffer,
+                token_ids,
+                output,
+            };
+            if split {
+                gather_rows(format, params, b.first_row, b.rows, buffers)
+            } else {
+                gather(format, params, buffers)
+            }
+        })
+    }
 }
 
 /// Host weights to upload.
@@ -279,7 +387,11 @@ impl Device {
                 self.upload_f16(label, &halves)?
             }
         };
-        Ok(Weights { buffer, format })
+        let len = match data {
+            WeightData::F32(values) => values.len(),
+            WeightData::F16(values) => values.len(),
+        };
+        Ok(Weights::whole(buffer, 1, len, format))
     }
 
     /// Overwrites f32 values starting at element `offset` (ordered before later submissions).

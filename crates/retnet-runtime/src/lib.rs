@@ -42,7 +42,7 @@ mod upload;
 pub use auto::{
     choose_backend, is_software_adapter, AutoBackend, AutoChoice, SOFTWARE_ADAPTER_NAMES,
 };
-pub use buffer::{GpuBuffer, WeightData, Weights};
+pub use buffer::{GpuBuffer, RowBlock, WeightData, Weights};
 pub use cache::CacheStats;
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
 pub use error::RuntimeError;

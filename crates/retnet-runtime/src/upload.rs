@@ -12,25 +12,97 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use retnet_kernels::WeightFormat;
 
-use crate::buffer::{GpuBuffer, Weights};
+use crate::buffer::{GpuBuffer, RowBlock, Weights};
 use crate::device::Device;
 use crate::error::RuntimeError;
 
 /// Bytes converted on the host before they are handed to the queue.
 const STAGE_BYTES: usize = 4 << 20;
 
+/// Rows per block are rounded to a multiple of this where the limit allows, so that blocks
+/// start on whole tiles of the matmul (64 columns of Y) and on 16-byte boundaries of Y.
+const BLOCK_ROW_GRANULE: u64 = 64;
+
 impl Device {
-    /// A zero-filled weight buffer for `len` values in `format`, to fill with a
-    /// [`WeightWriter`]. Checked against the adapter's binding and buffer limits.
+    /// A zero-filled weight matrix of `rows` × `row_len` values in `format`, to fill with a
+    /// [`WeightWriter`]. A matrix larger than one storage binding (or one buffer) of the adapter
+    /// is split into row blocks of whole rows, as few as fit, of equal size but the last; only
+    /// a single row over the limit is refused ([`RuntimeError::BufferTooLarge`]).
     pub fn create_weights(
         &self,
         label: &str,
-        len: usize,
+        rows: usize,
+        row_len: usize,
         format: WeightFormat,
     ) -> Result<Weights, RuntimeError> {
         self.check_format(format)?;
-        let buffer = self.create_storage(label, len as u64 * format.element_size())?;
-        Ok(Weights { buffer, format })
+        let too_many = |what: &str| RuntimeError::Wgpu(format!("weights {label:?}: {what}"));
+        let rows32 = u32::try_from(rows).map_err(|_| too_many("more rows than a u32 counts"))?;
+        let row_bytes = (row_len as u64)
+            .checked_mul(format.element_size())
+            .ok_or_else(|| too_many("a row's bytes overflow"))?;
+        let total = row_bytes
+            .checked_mul(rows as u64)
+            .ok_or_else(|| too_many("the matrix's bytes overflow"))?;
+        let limits = self.limits();
+        // Buffers are padded to 16 bytes, so a block must fit the limit after padding.
+        let limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            / 16
+            * 16;
+        if total <= limit || rows <= 1 {
+            let buffer = self.create_storage(label, total)?;
+            return Ok(Weights::whole(buffer, rows32, row_len, format));
+        }
+        let max_rows = limit / row_bytes.max(1);
+        if max_rows == 0 {
+            // Not even one row fits a binding: no split helps.
+            let (limit, max) = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
+                (
+                    "max_storage_buffer_binding_size",
+                    limits.max_storage_buffer_binding_size,
+                )
+            } else {
+                ("max_buffer_size", limits.max_buffer_size)
+            };
+            return Err(RuntimeError::BufferTooLarge {
+                label: format!("{label} (one row)"),
+                size: row_bytes,
+                limit,
+                max,
+            });
+        }
+        let parts = (rows as u64).div_ceil(max_rows);
+        let mut per_block = (rows as u64).div_ceil(parts);
+        let aligned = per_block.next_multiple_of(BLOCK_ROW_GRANULE);
+        if aligned <= max_rows {
+            per_block = aligned;
+        }
+        let block = |first: u64| -> Result<RowBlock, RuntimeError> {
+            let n = per_block.min(rows as u64 - first);
+            let block_label = format!("{label} rows {first}..{}", first + n);
+            Ok(RowBlock {
+                buffer: self.create_storage(&block_label, n * row_bytes)?,
+                // Both at most `rows`, a u32.
+                first_row: first as u32,
+                rows: n as u32,
+            })
+        };
+        let first = block(0)?;
+        let mut more = Vec::with_capacity((parts as usize).saturating_sub(1));
+        let mut next = u64::from(first.rows);
+        while next < rows as u64 {
+            let b = block(next)?;
+            next += u64::from(b.rows);
+            more.push(b);
+        }
+        Ok(Weights {
+            first,
+            more,
+            row_len,
+            format,
+        })
     }
 
     pub(crate) fn check_format(&self, format: WeightFormat) -> Result<(), RuntimeError> {
@@ -124,10 +196,11 @@ impl Future for WorkDone<'_> {
     }
 }
 
-/// Fills one or more weight buffers front to back with f32 values, converted to the buffers'
-/// format a few MiB at a time and queued with `write_buffer`. The buffers are the row blocks of
-/// one matrix (or one buffer); values may arrive in pieces of any size, and boundaries need not
-/// fall on 4-byte words (an odd count of halves is carried into the next write).
+/// Fills one or more weight matrices front to back with f32 values, converted to their format a
+/// few MiB at a time and queued with `write_buffer`. A matrix split into row blocks is filled
+/// block after block: values may arrive in pieces of any size, across block boundaries, and
+/// boundaries need not fall on 4-byte words (an odd count of halves is carried into the next
+/// write; each block's buffer starts on a word of its own).
 pub struct WeightWriter<'a> {
     device: &'a Device,
     format: WeightFormat,
@@ -145,24 +218,31 @@ pub struct WeightWriter<'a> {
 }
 
 impl<'a> WeightWriter<'a> {
-    /// A writer of `targets` in order: `(weights, values)`, all of one format, each at least
-    /// `values` long.
+    /// A writer of `targets` in order: `(weights, values)`, all of one format, each holding at
+    /// least `values` (its first `values`, row-major, are written).
     pub fn new(device: &'a Device, targets: &[(&'a Weights, usize)]) -> Result<Self, RuntimeError> {
         let format = targets.first().map_or(WeightFormat::F32, |(w, _)| w.format);
         let mut kept = Vec::with_capacity(targets.len());
         for &(weights, values) in targets {
-            let bytes = values as u64 * format.element_size();
-            if weights.format != format || bytes > weights.buffer.size() {
+            let capacity: usize = weights
+                .blocks()
+                .map(|b| b.rows as usize * weights.row_len)
+                .sum();
+            if weights.format != format || values > capacity {
                 return Err(RuntimeError::Wgpu(format!(
-                    "weights {:?}: {values} {} values do not fit its {} bytes of {}",
-                    weights.buffer.label(),
+                    "weights {:?}: {values} {} values do not fit its {capacity} of {}",
+                    weights.buffer().label(),
                     format.name(),
-                    weights.buffer.size(),
                     weights.format.name(),
                 )));
             }
-            if values > 0 {
-                kept.push((&weights.buffer, values));
+            let mut left = values;
+            for block in weights.blocks() {
+                let take = left.min(block.rows as usize * weights.row_len);
+                if take > 0 {
+                    kept.push((&block.buffer, take));
+                }
+                left -= take;
             }
         }
         Ok(Self {

@@ -16,15 +16,19 @@
 mod common;
 
 use common::{assert_close, device, read, round_f16, to_f64, Rng};
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
+use retnet_runtime::kernels::embedding::{gather, gather_rows, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
+use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports, CoopShape};
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
     HeadNormGateParams,
 };
-use retnet_runtime::kernels::linear::{matmul, matvec, LinearBuffers, LinearParams, Reduction};
+use retnet_runtime::kernels::linear::{
+    matmul, matvec, matvec_batch, matvec_norm, LinearBuffers, LinearNormBuffers, LinearParams,
+    Reduction,
+};
 use retnet_runtime::kernels::retention::Strided;
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_runtime::kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
@@ -78,7 +82,7 @@ fn embedding_gather_matches_cpu() {
                 format,
                 params,
                 GatherBuffers {
-                    weight: &weights.buffer,
+                    weight: weights.buffer(),
                     token_ids: &ids_buffer,
                     output: &out,
                 },
@@ -182,6 +186,9 @@ fn linear_reference(x: &[f32], w: &[f32], y0: &[f32], params: &LinearParams) -> 
 enum Linear {
     Matmul,
     Matvec(Reduction),
+    MatvecBatch(Reduction),
+    MatvecNorm,
+    Coop(CoopShape),
 }
 
 impl Linear {
@@ -194,6 +201,31 @@ impl Linear {
         match self {
             Linear::Matmul => matmul(format, params, buffers),
             Linear::Matvec(reduction) => matvec(format, reduction, params, buffers),
+            Linear::MatvecBatch(reduction) => matvec_batch(format, reduction, params, buffers),
+            Linear::Coop(shape) => gemm_coop(shape, params, buffers),
+            Linear::MatvecNorm => unreachable!("matvec-norm takes a norm weight: bound_norm"),
+        }
+    }
+
+    /// Like [`Linear::bound`]; matvec-norm also binds the norm's weight `g`.
+    fn bound_with_norm<'b>(
+        self,
+        format: WeightFormat,
+        params: LinearParams,
+        buffers: LinearBuffers<'b, GpuBuffer>,
+        g: &'b GpuBuffer,
+    ) -> Bound<'b, GpuBuffer> {
+        match self {
+            Linear::MatvecNorm => {
+                let buffers = LinearNormBuffers {
+                    weight: buffers.weight,
+                    input: buffers.input,
+                    output: buffers.output,
+                    norm_weight: g,
+                };
+                matvec_norm(format, params, buffers)
+            }
+            other => other.bound(format, params, buffers),
         }
     }
 }
@@ -211,7 +243,7 @@ fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Li
             .unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
         let buffers = LinearBuffers {
-            weight: &weights.buffer,
+            weight: weights.buffer(),
             input: &xb,
             output: &y,
         };
@@ -226,6 +258,190 @@ fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Li
             &read(device, &y, params.rows as usize * o),
             &reference,
             1e-5,
+        );
+    }
+}
+
+/// `(what, kernel, rows)` for every linear kernel this device runs, at a row count it takes.
+type LinearCase = (String, Linear, u32);
+
+fn linear_cases(device: &Device) -> Vec<LinearCase> {
+    let mut cases: Vec<LinearCase> = vec![("matmul".into(), Linear::Matmul, 37)];
+    let mut reductions = vec![Reduction::Workgroup];
+    if device.features().subgroups {
+        reductions.push(Reduction::Subgroup);
+    }
+    for reduction in reductions {
+        cases.push((
+            format!("matvec {reduction:?}"),
+            Linear::Matvec(reduction),
+            1,
+        ));
+        cases.push((
+            format!("matvec-batch {reduction:?}"),
+            Linear::MatvecBatch(reduction),
+            11,
+        ));
+    }
+    if device.features().subgroups {
+        cases.push(("matvec-norm".into(), Linear::MatvecNorm, 1));
+    }
+    if let Some(shape) = device.coop_shape() {
+        // f16 weights only (the kernel reads native halves); 70 rows: a partial block.
+        cases.push((
+            format!("gemm-coop {:?}", shape.tile),
+            Linear::Coop(shape),
+            70,
+        ));
+    }
+    cases
+}
+
+/// A matrix split by rows (as one over the binding limit is): each block in its own buffer,
+/// dispatched with `LinearParams::row_block`, writes its columns of the one Y at the full row
+/// stride, for every linear kernel, with and without the fused residual; the columns of the
+/// blocks not run are left as they were.
+#[test]
+fn linear_kernels_write_row_blocks_at_their_column_offset() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(11);
+    let (i, o) = (64usize, 150usize);
+    // Uneven blocks, one of them not a multiple of any tile or of 4 columns.
+    let bounds = [0usize, 64, 101, 150];
+    let norm_weight: Vec<f32> = rng.vec(i).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let gb = device.upload_f32("g", &norm_weight).unwrap();
+    let eps = 1e-5f32;
+    for (what, make, rows) in linear_cases(device) {
+        let normed = what == "matvec-norm";
+        let coop = what.starts_with("gemm-coop");
+        for accumulate in [None, Some(0.75)] {
+            let params = LinearParams {
+                x_row_start: 1,
+                accumulate,
+                norm_eps: eps,
+                ..LinearParams::new(rows, i as u32, o as u32)
+            };
+            let x = rng.vec((rows as usize + 1) * i);
+            let w = rng.vec(o * i);
+            let y0 = rng.vec(rows as usize * o);
+            let xb = device.upload_f32("x", &x).unwrap();
+            // The reference sees x as the kernel does: normalized first for matvec-norm.
+            let x_ref: Vec<f32> = if normed {
+                let mut n = x.clone();
+                for row in n.chunks_mut(i) {
+                    let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / i as f64;
+                    let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+                    for (v, &g) in row.iter_mut().zip(&norm_weight) {
+                        *v = (f64::from(*v) * inv * f64::from(g)) as f32;
+                    }
+                }
+                n
+            } else {
+                x.clone()
+            };
+            let formats = if coop {
+                vec![WeightFormat::F16]
+            } else {
+                formats(device)
+            };
+            for format in formats {
+                let stored = as_stored(&w, format);
+                let blocks: Vec<_> = bounds
+                    .windows(2)
+                    .map(|b| {
+                        let rows_of = WeightData::F32(&w[b[0] * i..b[1] * i]);
+                        let buffer = device.upload_weights_as("w block", rows_of, format);
+                        (b[0] as u32, (b[1] - b[0]) as u32, buffer.unwrap())
+                    })
+                    .collect();
+                let dispatch_block = |y: &GpuBuffer, first: u32, n: u32, wb: &GpuBuffer| {
+                    let part = params.row_block(first, n);
+                    assert!(!coop || gemm_coop_supports(device.coop_shape().unwrap().tile, &part));
+                    let buffers = LinearBuffers {
+                        weight: wb,
+                        input: &xb,
+                        output: y,
+                    };
+                    run(device, make.bound_with_norm(format, part, buffers, &gb));
+                };
+                let label = format!("{what} {format:?} rows {rows} {accumulate:?}");
+                let y = device.upload_f32("y", &y0).unwrap();
+                for (first, n, wb) in &blocks {
+                    dispatch_block(&y, *first, *n, wb.buffer());
+                }
+                let reference = linear_reference(&x_ref, &stored, &y0, &params);
+                let got = read(device, &y, rows as usize * o);
+                // gemm-coop rounds X to f16 as it stages it.
+                let tolerance = if coop { 3e-3 } else { 1e-5 };
+                assert_close(&label, &got, &reference, tolerance);
+
+                // Only the middle block: its columns change, the others keep Y's values.
+                let y = device.upload_f32("y", &y0).unwrap();
+                let (first, n, wb) = &blocks[1];
+                dispatch_block(&y, *first, *n, wb.buffer());
+                let got = read(device, &y, rows as usize * o);
+                for r in 0..rows as usize {
+                    for c in 0..o {
+                        let at = r * o + c;
+                        if c < bounds[1] || c >= bounds[2] {
+                            assert_eq!(got[at].to_bits(), y0[at].to_bits(), "{label}: ({r}, {c})");
+                        } else {
+                            let err = (f64::from(got[at]) - reference[at]).abs();
+                            assert!(
+                                err < 1e-2,
+                                "{label}: ({r}, {c}) {} vs {}",
+                                got[at],
+                                reference[at]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An embedding table split by rows: each part writes the rows of the tokens it holds, and
+/// together they give the whole table's gather.
+#[test]
+fn embedding_gather_over_row_blocks_matches_cpu() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(12);
+    let (vocab, dim) = (40usize, 12usize);
+    let table = rng.vec(vocab * dim);
+    let ids: Vec<u32> = vec![39, 0, 16, 17, 15, 16, 3];
+    let bounds = [0usize, 16, 17, 40];
+    let scale = 0.5f32;
+    let params = EmbeddingParams {
+        tokens: ids.len() as u32,
+        dim: dim as u32,
+        scale,
+    };
+    for format in formats(device) {
+        let ids_buffer = device.upload_u32("ids", &ids).unwrap();
+        let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
+        for b in bounds.windows(2) {
+            let part = WeightData::F32(&table[b[0] * dim..b[1] * dim]);
+            let weights = device.upload_weights_as("part", part, format).unwrap();
+            let buffers = GatherBuffers {
+                weight: weights.buffer(),
+                token_ids: &ids_buffer,
+                output: &out,
+            };
+            let (first, rows) = (b[0] as u32, (b[1] - b[0]) as u32);
+            run(device, gather_rows(format, params, first, rows, buffers));
+        }
+        let stored = as_stored(&table, format);
+        let reference: Vec<f64> = ids
+            .iter()
+            .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))
+            .map(|(id, c)| f64::from(stored[id * dim + c]) * f64::from(scale))
+            .collect();
+        assert_close(
+            &format!("split embedding {format:?}"),
+            &read(device, &out, ids.len() * dim),
+            &reference,
+            1e-6,
         );
     }
 }

@@ -31,7 +31,7 @@ fn linear_buffers<'b>(
     output: &'b GpuBuffer,
 ) -> LinearBuffers<'b, GpuBuffer> {
     LinearBuffers {
-        weight: &w.buffer,
+        weight: w.buffer(),
         input,
         output,
     }
@@ -124,7 +124,7 @@ impl Toy {
             scale: 1.0,
         };
         let buffers = GatherBuffers {
-            weight: &self.embed.buffer,
+            weight: self.embed.buffer(),
             token_ids: &self.token,
             output: &self.x,
         };

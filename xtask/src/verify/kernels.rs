@@ -182,7 +182,7 @@ fn embedding(rows: &mut Rows<'_>) {
                         format,
                         params,
                         GatherBuffers {
-                            weight: &weights.buffer,
+                            weight: weights.buffer(),
                             token_ids: &id_buffer,
                             output: &out,
                         },
@@ -326,7 +326,7 @@ fn linear_case(
             let input = device.upload_f32("x", &x)?;
             let y = device.upload_f32("y", &y0)?;
             let buffers = LinearBuffers {
-                weight: &weights.buffer,
+                weight: weights.buffer(),
                 input: &input,
                 output: &y,
             };
@@ -403,7 +403,7 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
             let norm = device.upload_f32("g", &g)?;
             let y = device.create_storage_f32("y", n_rows * o)?;
             let buffers = LinearNormBuffers {
-                weight: &weights.buffer,
+                weight: weights.buffer(),
                 input: &input,
                 output: &y,
                 norm_weight: &norm,

@@ -2,7 +2,7 @@
 //! [`Sequence`], one method per stage (embeddings, the retention and FFN sub-layers of each
 //! layer, the output head).
 
-use retnet_runtime::kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
+use retnet_runtime::kernels::embedding::EmbeddingParams;
 use retnet_runtime::kernels::gated_activation::{
     self, gated_activation, GatedActivationBuffers, GatedActivationParams,
 };
@@ -248,13 +248,16 @@ impl Recorder<'_> {
         let s = self.s;
         if self.fuse_norms {
             params.norm_eps = self.model.config.norm_eps;
-            let buffers = LinearNormBuffers {
-                weight: &w.buffer,
-                input: &s.x,
-                output,
-                norm_weight: g,
-            };
-            seq.dispatch(linear::matvec_norm(w.format, params, buffers))?;
+            // One dispatch per row block of W (one unless W is over a binding).
+            for (block, part) in w.linear_parts(params) {
+                let buffers = LinearNormBuffers {
+                    weight: block,
+                    input: &s.x,
+                    output,
+                    norm_weight: g,
+                };
+                seq.dispatch(linear::matvec_norm(w.format, part, buffers))?;
+            }
             Ok(())
         } else {
             self.rms_norm(seq, &s.x, g, &s.h)?;
@@ -272,12 +275,10 @@ impl Recorder<'_> {
             scale: c.embed_scale,
         };
         let out = if m.embed_norm.is_some() { &s.h } else { &s.x };
-        let buffers = GatherBuffers {
-            weight: &m.embed.buffer,
-            token_ids,
-            output: out,
-        };
-        seq.dispatch(gather(m.embed.format, params, buffers))?;
+        // One dispatch per row block of the table (one unless it is over a binding).
+        for part in m.embed.gather_parts(params, token_ids, out) {
+            seq.dispatch(part)?;
+        }
         if let Some(g) = &m.embed_norm {
             self.rms_norm(seq, &s.h, g, &s.x)?;
         }
@@ -407,22 +408,26 @@ fn project(
     output: &GpuBuffer,
     params: LinearParams,
 ) -> Result<()> {
-    let buffers = LinearBuffers {
-        weight: &w.buffer,
-        input,
-        output,
-    };
-    let bound = match model.tensor_cores {
-        Some(shape)
-            if w.format == WeightFormat::F16
-                && params.rows > MATVEC_BATCH_MAX_ROWS
-                && gemm_coop_supports(shape.tile, &params) =>
-        {
-            gemm_coop(shape, params, buffers)
-        }
-        _ => linear(w.format, model.reduction, params, buffers),
-    };
-    seq.dispatch(bound)?;
+    // One product per row block of W (one unless W is over a binding), each writing its
+    // columns of the output.
+    for (block, params) in w.linear_parts(params) {
+        let buffers = LinearBuffers {
+            weight: block,
+            input,
+            output,
+        };
+        let bound = match model.tensor_cores {
+            Some(shape)
+                if w.format == WeightFormat::F16
+                    && params.rows > MATVEC_BATCH_MAX_ROWS
+                    && gemm_coop_supports(shape.tile, &params) =>
+            {
+                gemm_coop(shape, params, buffers)
+            }
+            _ => linear(w.format, model.reduction, params, buffers),
+        };
+        seq.dispatch(bound)?;
+    }
     Ok(())
 }
 

@@ -55,8 +55,15 @@ impl Uploader<'_> {
             .ok_or_else(|| ModelError::invalid(format!("the model has no tensor {role:?}")))
     }
 
-    /// One weight matrix made of the rows of `roles`, in order.
-    async fn matrix(&mut self, label: &str, roles: &[TensorRole]) -> Result<Weights> {
+    /// One weight matrix of rows `row_len` values long made of the rows of `roles`, in order.
+    /// A matrix larger than one binding is held in row blocks ([`Device::create_weights`]); the
+    /// writer carries each tensor's values across their boundaries.
+    async fn matrix(
+        &mut self,
+        label: &str,
+        roles: &[TensorRole],
+        row_len: usize,
+    ) -> Result<Weights> {
         let mut values = 0;
         for &role in roles {
             values = self
@@ -64,7 +71,14 @@ impl Uploader<'_> {
                 .checked_add(values)
                 .ok_or_else(|| ModelError::invalid(format!("the weights of {label} overflow")))?;
         }
-        let weights = self.device.create_weights(label, values, self.format)?;
+        if row_len == 0 || values % row_len != 0 {
+            return Err(ModelError::invalid(format!(
+                "the weights of {label} ({values} values) are not rows of {row_len}"
+            )));
+        }
+        let weights = self
+            .device
+            .create_weights(label, values / row_len, row_len, self.format)?;
         let mut writer = WeightWriter::new(self.device, &[(&weights, values)])?;
         for &role in roles {
             let mut pieces = self.reader.piece(role)?;
@@ -219,7 +233,8 @@ pub(crate) async fn upload(
         total,
         progress,
     };
-    let embed = up.matrix("embed_tokens", &[TensorRole::Embed]).await?;
+    let d = config.d_model;
+    let embed = up.matrix("embed_tokens", &[TensorRole::Embed], d).await?;
     let embed_norm = up.optional_vector("embed_norm", TensorRole::EmbedNorm)?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..up.config.num_layers {
@@ -228,20 +243,28 @@ pub(crate) async fn upload(
         layers.push(GpuLayer {
             retention_norm: up.vector("retention_norm", role(T::RetentionNorm))?,
             qkvg: up
-                .matrix("q|k|v|g", &[role(T::Q), role(T::K), role(T::V), role(T::G)])
+                .matrix(
+                    "q|k|v|g",
+                    &[role(T::Q), role(T::K), role(T::V), role(T::G)],
+                    d,
+                )
                 .await?,
-            out_proj: up.matrix("out_proj", &[role(T::Out)]).await?,
+            out_proj: up
+                .matrix("out_proj", &[role(T::Out)], config.value_width())
+                .await?,
             head_norm: up.optional_vector("head_norm", role(T::HeadNorm))?,
             ffn_norm: up.vector("ffn_norm", role(T::FfnNorm))?,
             ffn_in: up
-                .matrix("ffn act|lin", &[role(T::FfnAct), role(T::FfnLin)])
+                .matrix("ffn act|lin", &[role(T::FfnAct), role(T::FfnLin)], d)
                 .await?,
-            ffn_down: up.matrix("ffn_down", &[role(T::FfnDown)]).await?,
+            ffn_down: up
+                .matrix("ffn_down", &[role(T::FfnDown)], config.ffn_dim)
+                .await?,
         });
     }
     let final_norm = up.optional_vector("final_norm", TensorRole::FinalNorm)?;
     let head = match source.len(TensorRole::Head) {
-        Some(_) => Some(up.matrix("head", &[TensorRole::Head]).await?),
+        Some(_) => Some(up.matrix("head", &[TensorRole::Head], d).await?),
         None => None,
     };
     let log_decay = up.vector("log_decay", TensorRole::LogDecay)?;

@@ -255,19 +255,19 @@ impl GpuModel {
             .iter()
             .map(|l| {
                 l.retention_norm.size()
-                    + l.qkvg.buffer.size()
-                    + l.out_proj.buffer.size()
+                    + l.qkvg.size()
+                    + l.out_proj.size()
                     + optional(&l.head_norm)
                     + l.ffn_norm.size()
-                    + l.ffn_in.buffer.size()
-                    + l.ffn_down.buffer.size()
+                    + l.ffn_in.size()
+                    + l.ffn_down.size()
             })
             .sum();
         layers
-            + p.embed.buffer.size()
+            + p.embed.size()
             + optional(&p.embed_norm)
             + optional(&p.final_norm)
-            + p.head.as_ref().map_or(0, |h| h.buffer.size())
+            + p.head.as_ref().map_or(0, Weights::size)
             + p.log_decay.size()
             + p.rotary_theta.size()
     }
