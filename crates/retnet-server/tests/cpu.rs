@@ -200,6 +200,8 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert_eq!(r.status, 413);
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(get(addr, "/nowhere").status, 404);
+    // Every error answer of a completion route is counted, rejected bodies included.
+    assert_eq!(metric(addr, "request_errors_total"), 11.0);
     assert_eq!(get(addr, "/health").status, 200);
     let models = get(addr, "/v1/models").json();
     assert_eq!(models["data"][0]["id"], "retnet-shakespeare");
