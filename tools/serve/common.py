@@ -43,19 +43,29 @@ class Server:
         with urllib.request.urlopen(self.url + path, timeout=60) as r:
             return r.status, r.read().decode()
 
-    def metric(self, name):
+    def metrics(self):
+        """`/metrics` as {name: value}, names without `retnet_`, labels kept (`backend_info{…}`)."""
         _, text = self.get("/metrics")
+        values = {}
         for line in text.splitlines():
-            if line.startswith(f"retnet_{name} "):
-                return float(line.split()[1])
-        raise KeyError(name)
+            if line.startswith("retnet_"):
+                name, value = line.rsplit(" ", 1)
+                values[name.removeprefix("retnet_")] = float(value)
+        return values
+
+    def metric(self, name):
+        return self.metrics()[name]
 
 
-def generate(prompt, max_tokens, backend="cpu"):
-    """What `retnet generate --temperature 0` prints for this prompt."""
+def generate(prompt, max_tokens, backend="cpu", *sampling):
+    """The bytes `retnet generate --temperature 0` (or with the SAMPLING options instead)
+    prints for this prompt."""
+    sampling = list(sampling) or ["--temperature", "0"]
     out = subprocess.run(
-        [retnet_binary(), "generate", "--backend", backend, "--temperature", "0",
+        [retnet_binary(), "generate", "--backend", backend, *sampling,
          "--prompt", prompt, "--max-tokens", str(max_tokens)],
-        capture_output=True, check=True,
+        capture_output=True,
     )
-    return out.stdout.decode()
+    if out.returncode != 0:
+        raise RuntimeError(f"retnet generate failed ({out.returncode}): {out.stderr.decode()}")
+    return out.stdout

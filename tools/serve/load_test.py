@@ -11,12 +11,15 @@ alone. Prints a Markdown table of aggregate throughput against batch size (BENCH
 
 import argparse
 import concurrent.futures
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import openai
 
-from common import Server
+from common import ROOT, Server
 
 PROMPTS = ["ROMEO:", "JULIET:", "HAMLET:", "KING LEAR:", "OTHELLO:", "MACBETH:", "PORTIA:",
            "First Citizen:", "BRUTUS:", "CLEOPATRA:", "PROSPERO:", "FALSTAFF:"]
@@ -66,16 +69,21 @@ def main():
                 results = list(pool.map(lambda r: stream(client, r), requests))
             seconds = time.perf_counter() - start
         for i, (text, tokens, finish, _) in enumerate(results):
-            assert tokens == args.max_tokens and finish == "length", (i, tokens, finish)
-            assert text == solo[i], f"request {i} under batch {b}: {text!r} != solo {solo[i]!r}"
+            if tokens != args.max_tokens or finish != "length":
+                sys.exit(f"FAILED: request {i} under batch {b}: {tokens} tokens, {finish}")
+            if text != solo[i]:
+                sys.exit(f"FAILED: request {i} under batch {b}: {text!r} != solo {solo[i]!r}")
         total = args.clients * args.max_tokens
         ttft = sorted(r[3] for r in results)
         rows.append((b, total / seconds, ttft[len(ttft) // 2]))
         print(f"batch {b}: {args.clients} streams x {args.max_tokens} tokens in {seconds:.2f} s "
               f"= {total / seconds:.1f} tok/s; every output equals its solo run", flush=True)
 
-    print(f"\nMachine: {platform.machine()}, {platform.processor() or 'cpu'}; backend "
-          f"{args.backend}; {args.clients} concurrent streaming clients x {args.max_tokens} tokens\n")
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; backend {args.backend}; commit {commit or '?'}; "
+          f"{args.clients} concurrent streaming clients x {args.max_tokens} tokens\n")
     print("| --max-batch | aggregate tok/s | median time to first token |")
     print("|---:|---:|---:|")
     for b, rate, ttft in rows:

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use retnet_server::backend::{CpuSource, GpuSource};
+use retnet_model::FastCpuModel;
+use retnet_server::backend::{CpuSource, FastCpuSource, GpuSource};
 use retnet_server::engine::EngineOptions;
 
 use crate::commands::Weights;
@@ -12,11 +13,12 @@ use crate::CliError;
 /// Where the server computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServeBackend {
-    /// The GPU if an adapter is found, else the CPU reference.
+    /// A hardware GPU adapter if there is one, else the CPU engine.
     Auto,
     /// The GPU path (wgpu).
     Gpu,
-    /// The exact CPU reference.
+    /// The CPU engine `retnet generate --backend cpu` runs (the fast one; the exact reference
+    /// for hybrid checkpoints).
     Cpu,
 }
 
@@ -79,12 +81,18 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
     let backend = if gpu.is_some() { "gpu" } else { "cpu" };
     let router = match gpu {
         Some(gpu) => retnet_server::router(GpuSource(gpu), tokenizer, &model_id, options),
-        None => retnet_server::router(
-            CpuSource(source.cpu_model()?),
-            tokenizer,
-            &model_id,
-            options,
-        ),
+        None => {
+            // The engine `retnet generate --backend cpu` runs, so that a completion is its
+            // output by construction: the fast one, the reference for hybrid checkpoints.
+            let model = source.cpu_model()?;
+            if model.config().is_hybrid() {
+                retnet_server::router(CpuSource(model), tokenizer, &model_id, options)
+            } else {
+                let fast = FastCpuSource(FastCpuModel::new(&model)?);
+                drop(model);
+                retnet_server::router(fast, tokenizer, &model_id, options)
+            }
+        }
     }
     .map_err(|e| CliError::BadArgument(format!("cannot start the engine: {e}")))?;
     let runtime = retnet_server::tokio::runtime::Builder::new_multi_thread()

@@ -106,6 +106,11 @@ impl FastCpuModel {
         &self.config
     }
 
+    /// The fingerprint of the weights it was packed from (the [`CpuModel`]'s).
+    pub fn fingerprint(&self) -> &WeightsFingerprint {
+        &self.fingerprint
+    }
+
     /// Bytes of packed weight matrices (the embedding table and norms excluded).
     pub fn weight_bytes(&self) -> usize {
         let layers: usize = self

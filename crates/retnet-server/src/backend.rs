@@ -3,7 +3,8 @@
 //! construction lives here, so that a change of their signatures touches this file only.
 
 use retnet_model::{
-    CpuEngine, CpuModel, Engine, GpuModel, GpuSession, ModelConfig, Result, WeightsFingerprint,
+    CpuEngine, CpuModel, Engine, FastCpuEngine, FastCpuModel, GpuModel, GpuSession, ModelConfig,
+    Result, WeightsFingerprint,
 };
 
 /// A model on some backend that makes independent sequences (one per request).
@@ -25,7 +26,36 @@ pub trait EngineSource: Send + 'static {
     fn parallel_steps(&self) -> bool;
 }
 
-/// The exact CPU reference: one [`CpuEngine`] per sequence.
+/// The fast CPU engine, the one `retnet generate --backend cpu` runs: one [`FastCpuEngine`] per
+/// sequence (each also spreads its own work over rayon's threads).
+pub struct FastCpuSource(pub FastCpuModel);
+
+impl EngineSource for FastCpuSource {
+    type Engine<'a> = FastCpuEngine<'a>;
+
+    fn engine(&self) -> Result<FastCpuEngine<'_>> {
+        Ok(self.0.session())
+    }
+
+    fn config(&self) -> &ModelConfig {
+        self.0.config()
+    }
+
+    fn fingerprint(&self) -> &WeightsFingerprint {
+        self.0.fingerprint()
+    }
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn parallel_steps(&self) -> bool {
+        true
+    }
+}
+
+/// The exact CPU reference (f64): one [`CpuEngine`] per sequence. `retnet serve` uses it only
+/// for what the fast engine cannot run (hybrid checkpoints), as `retnet generate` does.
 pub struct CpuSource(pub CpuModel);
 
 impl EngineSource for CpuSource {

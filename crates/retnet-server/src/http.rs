@@ -179,9 +179,10 @@ enum Kind {
 
 async fn completions(
     State(app): State<Arc<App>>,
-    ApiJson(request): ApiJson<CompletionRequest>,
+    request: Result<ApiJson<CompletionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let result = async {
+        let ApiJson(request) = request?;
         check_model(&app, request.common.model.as_deref())?;
         let checked = request.common.check(&[])?;
         let prompt = request.prompt()?;
@@ -193,9 +194,10 @@ async fn completions(
 
 async fn chat(
     State(app): State<Arc<App>>,
-    ApiJson(request): ApiJson<ChatRequest>,
+    request: Result<ApiJson<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let result = async {
+        let ApiJson(request) = request?;
         check_model(&app, request.common.model.as_deref())?;
         let checked = request.common.check(&[api::CHAT_STOP])?;
         let prompt = request.prompt()?;
@@ -205,6 +207,8 @@ async fn chat(
     count_error(&app, result)
 }
 
+/// Counts an error answer in `retnet_request_errors_total` (bodies that are not JSON, or too
+/// large, included: the handlers take their rejection as a value).
 fn count_error(app: &App, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
     if result.is_err() {
         app.shared.metrics.request_errors.fetch_add(1, Relaxed);

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use retnet_model::session::PREFILL_PIECE;
-use retnet_model::SamplingParams;
-use retnet_server::backend::CpuSource;
+use retnet_model::{FastCpuModel, SamplingParams};
+use retnet_server::backend::{CpuSource, FastCpuSource};
 use serde_json::json;
 
 const SPEECH: &str =
@@ -75,6 +75,75 @@ fn concurrent_completions_equal_solo_runs_and_sampling_is_seeded() {
         );
     }
     assert!(metric(addr, "generated_tokens_total") >= 72.0);
+}
+
+/// What `retnet serve --backend cpu` runs: the fast engine, as `retnet generate --backend cpu`
+/// does. Concurrent greedy and seeded requests, and a prompt resumed from a cached prefix, give
+/// exactly what a lone `Generator` on that engine gives.
+#[test]
+fn the_fast_cpu_engine_serves_exactly_what_it_generates() {
+    let model = cpu_model();
+    let fast = FastCpuModel::new(&model).unwrap();
+    let addr = start(
+        FastCpuSource(fast.clone()),
+        tokenizer(&model),
+        options(3, 16, 64),
+    );
+    let tok = tokenizer(&model);
+    let seeded = SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        top_p: 0.9,
+        repeat_penalty: 1.1,
+        seed: 99,
+    };
+    let long = long_prompt(2 * PREFILL_PIECE + 30, "KING:");
+    let cases = [
+        ("ROMEO:\n".to_string(), SamplingParams::greedy(), 24, true),
+        ("JULIET:\nO Romeo".to_string(), seeded, 20, false),
+        (long.clone(), SamplingParams::greedy(), 12, true),
+        ("First Citizen:".to_string(), seeded, 16, true),
+    ];
+    let body = |prompt: &str, p: &SamplingParams, n: usize, stream: bool| {
+        json!({
+            "prompt": prompt, "max_tokens": n, "temperature": p.temperature, "top_k": p.top_k,
+            "top_p": p.top_p, "repeat_penalty": p.repeat_penalty, "seed": p.seed,
+            "stream": stream,
+        })
+    };
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|(prompt, p, n, stream)| {
+            let body = body(prompt, p, *n, *stream);
+            std::thread::spawn(move || completion_text(&post(addr, "/v1/completions", &body)))
+        })
+        .collect();
+    for ((prompt, params, n, _), handle) in cases.iter().zip(handles) {
+        let want = reference_on(fast.session(), &tok, prompt, params, *n);
+        assert_eq!(handle.join().unwrap(), want, "prompt {prompt:?}");
+    }
+    // The long prompt's piece states were cached: its extension resumes from them, exactly.
+    let extended = format!("{long}\nQUEEN:");
+    let r = post(
+        addr,
+        "/v1/completions",
+        &body(&extended, &SamplingParams::greedy(), 8, false),
+    );
+    assert_eq!(
+        r.json()["usage"]["prompt_tokens_details"]["cached_tokens"],
+        2 * PREFILL_PIECE
+    );
+    assert_eq!(
+        completion_text(&r),
+        reference_on(
+            fast.session(),
+            &tok,
+            &extended,
+            &SamplingParams::greedy(),
+            8
+        )
+    );
+    assert_eq!(metric(addr, "prefix_cache_hits_total"), 1.0);
 }
 
 #[test]
@@ -200,6 +269,8 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert_eq!(r.status, 413);
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(get(addr, "/nowhere").status, 404);
+    // Every error answer of a completion route is counted, rejected bodies included.
+    assert_eq!(metric(addr, "request_errors_total"), 11.0);
     assert_eq!(get(addr, "/health").status, 200);
     let models = get(addr, "/v1/models").json();
     assert_eq!(models["data"][0]["id"], "retnet-shakespeare");
