@@ -47,7 +47,7 @@ const CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     default: 256,
 }];
 
-const fn variant(name: &'static str, source: &'static str, requires: Features) -> Kernel {
+const fn variant(name: &'static str, source: &'static str, shader_f16: bool) -> Kernel {
     Kernel {
         name,
         source,
@@ -60,34 +60,15 @@ const fn variant(name: &'static str, source: &'static str, requires: Features) -
         constants: CONSTANTS,
         bindings: BINDINGS,
         params: EmbeddingBlock::STRUCT,
-        requires,
+        requires: Features::new(shader_f16, false, false),
     }
 }
 
-/// Table in f32.
-pub static GATHER_F32: Kernel = variant(
-    "embedding_gather/f32",
-    shader!("weights_f32.wgsl", "embedding.wgsl"),
-    Features::NONE,
-);
-/// Table in f16, native.
-pub static GATHER_F16: Kernel = variant(
-    "embedding_gather/f16",
-    concat!(
-        "enable f16;\n",
-        shader!("weights_f16.wgsl", "embedding.wgsl")
-    ),
-    Features::new(true, false, false),
-);
-/// Table in f16, packed in u32.
-pub static GATHER_F16_PACKED: Kernel = variant(
-    "embedding_gather/f16-packed",
-    shader!("weights_f16_packed.wgsl", "embedding.wgsl"),
-    Features::NONE,
-);
+/// The gather, by weight format (f32, f16, f16-packed).
+pub static GATHER: [Kernel; 3] =
+    format_variants!("embedding_gather", "", variant, ["embedding.wgsl"]);
 
-/// All variants.
-pub static KERNELS: &[&Kernel] = &[&GATHER_F32, &GATHER_F16, &GATHER_F16_PACKED];
+pub static KERNELS: &[&Kernel] = &[&GATHER[0], &GATHER[1], &GATHER[2]];
 
 /// Gathers rows of a table stored in `format`.
 /// Buffers: `table [vocab, dim]`, `token_ids [tokens] u32`, `output [tokens, dim] f32`.
@@ -110,9 +91,9 @@ pub fn gather_rows<'b, B>(
     buffers: GatherBuffers<'b, B>,
 ) -> Bound<'b, B> {
     let kernel = match format {
-        WeightFormat::F32 => &GATHER_F32,
-        WeightFormat::F16 => &GATHER_F16,
-        WeightFormat::F16Packed => &GATHER_F16_PACKED,
+        WeightFormat::F32 => &GATHER[0],
+        WeightFormat::F16 => &GATHER[1],
+        WeightFormat::F16Packed => &GATHER[2],
     };
     let constants: ConstantValues = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);

@@ -21,6 +21,33 @@ macro_rules! shader {
     };
 }
 
+/// The three weight formats' variants of one kernel, in the order f32, f16, f16-packed:
+/// `make(name, source, shader_f16)` for each, where the source is the format's accessors
+/// (`weights_*.wgsl`, `weight_at` for the same kernel body) followed by `files`. Every variant
+/// that reads a weight matrix is made here: adding a format or a kernel is one line, and no
+/// source list is written out by hand.
+macro_rules! format_variants {
+    ($family:literal, $suffix:literal, $make:ident, [$($file:literal),+ $(,)?]) => {
+        [
+            $make(
+                concat!($family, "/f32", $suffix),
+                shader!("weights_f32.wgsl", $($file),+),
+                false,
+            ),
+            $make(
+                concat!($family, "/f16", $suffix),
+                concat!("enable f16;\n", shader!("weights_f16.wgsl", $($file),+)),
+                true,
+            ),
+            $make(
+                concat!($family, "/f16-packed", $suffix),
+                shader!("weights_f16_packed.wgsl", $($file),+),
+                false,
+            ),
+        ]
+    };
+}
+
 #[macro_use]
 mod bind;
 pub mod attention;

@@ -149,35 +149,6 @@ buffers! {
     }
 }
 
-/// The three weight formats' variants of one linear kernel, from its WGSL files (after the
-/// format's accessors and `linear_common.wgsl`), in the order f32, f16, f16-packed:
-/// `make(name, source, shader_f16)` for each. Every linear variant is made here, so adding a
-/// format or a kernel is one line, and no source list is written out by hand.
-macro_rules! format_variants {
-    ($family:literal, $suffix:literal, $make:ident, [$($file:literal),+ $(,)?]) => {
-        [
-            $make(
-                concat!($family, "/f32", $suffix),
-                shader!("weights_f32.wgsl", "linear_common.wgsl", $($file),+),
-                false,
-            ),
-            $make(
-                concat!($family, "/f16", $suffix),
-                concat!(
-                    "enable f16;\n",
-                    shader!("weights_f16.wgsl", "linear_common.wgsl", $($file),+)
-                ),
-                true,
-            ),
-            $make(
-                concat!($family, "/f16-packed", $suffix),
-                shader!("weights_f16_packed.wgsl", "linear_common.wgsl", $($file),+),
-                false,
-            ),
-        ]
-    };
-}
-
 const MATMUL_CONSTANTS: &[OverrideConstant] = &[
     OverrideConstant {
         name: "THREADS_N",
@@ -213,7 +184,12 @@ const fn matmul_variant(name: &'static str, source: &'static str, shader_f16: bo
 }
 
 /// Tiled matmul, by weight format.
-pub static MATMUL: [Kernel; 3] = format_variants!("matmul", "", matmul_variant, ["matmul.wgsl"]);
+pub static MATMUL: [Kernel; 3] = format_variants!(
+    "matmul",
+    "",
+    matmul_variant,
+    ["linear_common.wgsl", "matmul.wgsl"]
+);
 
 const MATVEC_CONSTANTS: &[OverrideConstant] = &[OverrideConstant {
     name: "WORKGROUP_SIZE",
@@ -275,13 +251,21 @@ pub static MATVEC: [[Kernel; 3]; 2] = [
         "matvec",
         "/workgroup",
         matvec_workgroup,
-        ["matvec_common.wgsl", "matvec_workgroup.wgsl"]
+        [
+            "linear_common.wgsl",
+            "matvec_common.wgsl",
+            "matvec_workgroup.wgsl"
+        ]
     ),
     format_variants!(
         "matvec",
         "/subgroup",
         matvec_subgroup,
-        ["matvec_common.wgsl", "matvec_subgroup.wgsl"]
+        [
+            "linear_common.wgsl",
+            "matvec_common.wgsl",
+            "matvec_subgroup.wgsl"
+        ]
     ),
 ];
 
@@ -291,13 +275,21 @@ pub static MATVEC_BATCH: [[Kernel; 3]; 2] = [
         "matvec-batch",
         "/workgroup",
         matvec_batch_workgroup,
-        ["matvec_batch_common.wgsl", "matvec_batch_workgroup.wgsl"]
+        [
+            "linear_common.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_workgroup.wgsl"
+        ]
     ),
     format_variants!(
         "matvec-batch",
         "/subgroup",
         matvec_batch_subgroup,
-        ["matvec_batch_common.wgsl", "matvec_batch_subgroup.wgsl"]
+        [
+            "linear_common.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_subgroup.wgsl"
+        ]
     ),
 ];
 
@@ -306,7 +298,11 @@ pub static MATVEC_NORM: [Kernel; 3] = format_variants!(
     "matvec-norm",
     "/subgroup",
     matvec_norm_subgroup,
-    ["matvec_common.wgsl", "matvec_norm_subgroup.wgsl"]
+    [
+        "linear_common.wgsl",
+        "matvec_common.wgsl",
+        "matvec_norm_subgroup.wgsl"
+    ]
 );
 
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
