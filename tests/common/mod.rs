@@ -168,3 +168,25 @@ pub fn edit_state_file(
         .collect();
     safetensors::serialize(views, Some(metadata)).unwrap()
 }
+
+pub use retnet_testkit::GPU_F32_TOLERANCE;
+
+/// [`retnet_testkit::f16_weights_tolerance`] of a loaded model's matrices.
+pub fn f16_weights_tolerance(model: &retnet::CpuModel) -> f64 {
+    let w = model.weights();
+    let mut matrices = vec![&w.embed];
+    matrices.extend(w.head.as_ref());
+    for layer in &w.layers {
+        matrices.extend([
+            &layer.q_proj,
+            &layer.k_proj,
+            &layer.v_proj,
+            &layer.g_proj,
+            &layer.out_proj,
+            &layer.ffn_act,
+            &layer.ffn_lin,
+            &layer.ffn_down,
+        ]);
+    }
+    retnet_testkit::f16_weights_tolerance(w.layers.len(), matrices.into_iter().map(|m| &m.data[..]))
+}

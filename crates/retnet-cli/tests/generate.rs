@@ -151,9 +151,10 @@ fn a_state_from_another_model_is_refused() {
         // docs/errors.md C18 (and L33): exit code 3, one line, the state check's own words.
         assert_eq!(o.status.code(), Some(3), "{backend}: {stderr}");
         assert!(o.stdout.is_empty(), "{backend}: generated text anyway");
+        // (stderr also holds the `seed:` and `engine:` lines, and Mesa's XDG_RUNTIME_DIR note.)
         let errors: Vec<&str> = stderr
             .lines()
-            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+            .filter(|l| l.starts_with("error") && !l.contains("XDG_RUNTIME_DIR"))
             .collect();
         assert_eq!(errors.len(), 1, "{backend}: {stderr}");
         assert!(
