@@ -169,6 +169,7 @@ pub fn edit_state_file(
     safetensors::serialize(views, Some(metadata)).unwrap()
 }
 
+#[allow(unused_imports)]
 pub use retnet_testkit::GPU_F32_TOLERANCE;
 
 /// [`retnet_testkit::f16_weights_tolerance`] of a loaded model's matrices.
