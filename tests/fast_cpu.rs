@@ -14,8 +14,8 @@ use retnet::{CpuModel, RetentionForm};
 /// rows on unseen checkpoints while still catching any modelling error (the ablations of
 /// tools/fixtures/reference_f64.py are all above 1e-4).
 const ORACLE_TOLERANCE: f64 = 1e-5;
-/// Against the peers: the parity bar of tests/parity.rs.
-const PEER_TOLERANCE: f64 = 1e-4;
+/// Against the peers: the parity bar of tests/parity.rs (measured worst 1.29e-6, ×~8).
+const PEER_TOLERANCE: f64 = 1e-5;
 
 #[test]
 fn every_fixture_matches_the_oracle_and_the_peer() {

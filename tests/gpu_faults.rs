@@ -1,7 +1,7 @@
 //! GPU limits and faults come back as typed errors, promptly, never as hangs or aborts; and a
 //! new device, model and session work after a lost one (issue 6 §4, `docs/errors.md` G rows).
 //!
-//! Needs a wgpu adapter (lavapipe in CI); `RETNET_SKIP_GPU_TESTS=1` skips explicitly.
+//! Needs a wgpu adapter (lavapipe in CI); the adapter policy is `retnet_testkit::gpu`'s.
 
 mod common;
 
@@ -12,22 +12,12 @@ use common::*;
 use retnet::model::{
     GpuBatch, GpuModel, GpuOptions, LayerWeights, Linear, LogitRows, ModelWeights,
 };
-use retnet::runtime::{wgpu, Device, DeviceOptions, RuntimeError};
+use retnet::runtime::{wgpu, RuntimeError};
 use retnet::{CpuModel, ModelConfig, ModelError, RetentionForm};
+use retnet_testkit::gpu::new_device as device;
 
 /// A fault must be reported within this time (a hang would block forever).
 const PROMPT: Duration = Duration::from_secs(20);
-
-fn device() -> Option<Arc<Device>> {
-    if std::env::var_os("RETNET_SKIP_GPU_TESTS").is_some() {
-        eprintln!("RETNET_SKIP_GPU_TESTS is set: skipping GPU tests");
-        return None;
-    }
-    match pollster::block_on(Device::from_env()) {
-        Ok(d) => Some(Arc::new(d)),
-        Err(e) => panic!("{e} (set RETNET_SKIP_GPU_TESTS=1 to skip GPU tests)"),
-    }
-}
 
 fn is_lost(e: &ModelError) -> bool {
     matches!(e, ModelError::Gpu(RuntimeError::DeviceLost { .. }))
@@ -47,8 +37,7 @@ fn recovers(model: &CpuModel, tokens: &[u32]) {
     let want = model
         .logits(tokens, RetentionForm::Chunkwise { chunk_size: 16 })
         .unwrap();
-    let err = rel_max_err(&got, &want);
-    assert!(err < 1e-3, "logits after recovery: {err:.2e}");
+    assert_close_f32("logits after recovery", &got, &want, GPU_F32_TOLERANCE);
 }
 
 #[test]
@@ -260,12 +249,11 @@ fn a_batch_over_the_binding_limit_is_refused() {
 /// rows) is refused by name when the model is put on the GPU.
 #[test]
 fn a_weight_row_over_the_binding_limit_is_refused() {
-    if device().is_none() {
-        return;
-    }
-    let mut options = DeviceOptions::from_env().unwrap();
+    let mut options = retnet_testkit::gpu::env_options();
     options.max_storage_binding_size = Some(256);
-    let device = Arc::new(pollster::block_on(Device::new(&options)).unwrap());
+    let Some(device) = retnet_testkit::gpu::new_device_with(&options) else {
+        return;
+    };
     let model = random_model(10, 128);
     let error = GpuModel::new(Arc::clone(&device), &model, GpuOptions::default())
         .map(|_| ())

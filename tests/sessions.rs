@@ -115,29 +115,57 @@ fn a_state_in_memory_is_the_state_file_and_resumes_the_same() {
         seed: 5,
         ..SamplingParams::default()
     };
+    let prompt = [4u32, 2, 9];
     let mut session = CpuSession::new(CpuEngine::new(&model));
-    block_on(session.prefill(&[4, 2])).unwrap();
-    block_on(session.next_token(&params)).unwrap();
+    block_on(session.prefill(&prompt)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("state.safetensors");
     block_on(session.save(&path)).unwrap();
     let bytes = block_on(session.save_bytes()).unwrap();
-    // The same file format (metadata order aside: safetensors writes a hash map).
     let (config, weights) = (model.config(), model.fingerprint());
     let from_disk = state_file::load_state(&path, config, weights).unwrap();
     let in_memory =
         state_file::state_from_bytes(Path::new("state"), &bytes, config, weights).unwrap();
+    // The same file format (metadata order aside: safetensors writes a hash map).
     assert!(
         from_disk == in_memory,
         "the state in memory differs from the file"
     );
+    // Both are written by one function, so that equality alone says nothing about their
+    // content: the saved state must be the state the reference computes independently for the
+    // same tokens, and its logits the reference's last row.
+    let mut want = model.new_state();
+    let logits = model
+        .forward(&prompt, &mut want, retnet::RetentionForm::Recurrent)
+        .unwrap();
+    assert_eq!(in_memory.position, prompt.len());
+    assert_eq!(in_memory.layers.len(), want.layers.len());
+    for (i, (got, want)) in in_memory.layers.iter().zip(&want.layers).enumerate() {
+        // Forms vs each other: measured ≤ 1e-7 on the fixtures (docs/testing.md).
+        assert_close_f32(&format!("layer {i} state"), got, want, 1e-6);
+    }
+    let vocab = config.vocab_size;
+    let last = in_memory
+        .last_logits
+        .as_ref()
+        .expect("no pending token: logits kept");
+    assert_close_f32("last logits", last, &logits[logits.len() - vocab..], 1e-6);
 
+    // Resumed from the file or from the bytes, a session continues exactly as the one that
+    // was saved (not merely as each other).
     let mut from_file = CpuSession::load(CpuEngine::new(&model), &path).unwrap();
     let mut from_bytes = CpuSession::load_bytes(CpuEngine::new(&model), "state", &bytes).unwrap();
-    for _ in 0..5 {
+    for step in 0..5 {
+        let want = block_on(session.next_token(&params)).unwrap();
         assert_eq!(
             block_on(from_bytes.next_token(&params)).unwrap(),
-            block_on(from_file.next_token(&params)).unwrap()
+            want,
+            "step {step}"
+        );
+        assert_eq!(
+            block_on(from_file.next_token(&params)).unwrap(),
+            want,
+            "step {step}"
         );
     }
     let e = CpuSession::load_bytes(CpuEngine::new(&model), "state", &bytes[..40])

@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+/// The error measure of every comparison (max|got − want| / max|want|, +∞ on any non-finite
+/// value on either side) and the assertion built on it.
+#[allow(unused_imports)]
+pub use retnet_testkit::{assert_close_f32, rel_max_err};
+
 /// `tests/fixtures`.
 pub fn fixtures_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -51,22 +56,6 @@ pub fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     (view.shape().to_vec(), values)
-}
-
-/// max|got − want| / max|want|: the error measure of the parity tests.
-pub fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let num = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .fold(0.0, f64::max);
-    let den = want.iter().map(|b| (*b as f64).abs()).fold(0.0, f64::max);
-    assert!(den > 0.0, "reference is all zeros");
-    if got.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    num / den
 }
 
 /// A copy of a fixture in a fresh temporary directory.
@@ -178,4 +167,27 @@ pub fn edit_state_file(
         })
         .collect();
     safetensors::serialize(views, Some(metadata)).unwrap()
+}
+
+#[allow(unused_imports)]
+pub use retnet_testkit::GPU_F32_TOLERANCE;
+
+/// [`retnet_testkit::f16_weights_tolerance`] of a loaded model's matrices.
+pub fn f16_weights_tolerance(model: &retnet::CpuModel) -> f64 {
+    let w = model.weights();
+    let mut matrices = vec![&w.embed];
+    matrices.extend(w.head.as_ref());
+    for layer in &w.layers {
+        matrices.extend([
+            &layer.q_proj,
+            &layer.k_proj,
+            &layer.v_proj,
+            &layer.g_proj,
+            &layer.out_proj,
+            &layer.ffn_act,
+            &layer.ffn_lin,
+            &layer.ffn_down,
+        ]);
+    }
+    retnet_testkit::f16_weights_tolerance(w.layers.len(), matrices.into_iter().map(|m| &m.data[..]))
 }

@@ -24,6 +24,7 @@
 //! Timings are wall-clock around calls that end with a read-back (so each includes the GPU's
 //! work); each measurement is preceded by a warm-up that compiles every pipeline it uses.
 
+use retnet_testkit::Rng;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -362,28 +363,6 @@ where
     })))
 }
 
-/// A cheap, seedable uniform generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-a, a).
-    fn uniform(&mut self, a: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * unit - 1.0) * a
-    }
-}
-
 /// Weights of std 0.02 (uniform), norms of 1, decays and angles from the formulas.
 fn random_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
     // Uniform on [-a, a] has std a/√3.
@@ -392,7 +371,7 @@ fn random_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
         out_features,
         in_features,
         data: (0..out_features * in_features)
-            .map(|_| rng.uniform(a))
+            .map(|_| rng.uniform() * a)
             .collect(),
     };
     let c = config;

@@ -6,6 +6,9 @@ use std::process::Output;
 
 mod common;
 use common::retnet_command;
+/// max|got − want| / max|want|, +∞ on any non-finite value on either side (a fold with
+/// `f64::max` from 0.0 would score all-NaN logits 0).
+use retnet_testkit::rel_max_err;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -30,16 +33,6 @@ fn read_logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     (view.shape().to_vec(), values)
-}
-
-fn rel_max_err(got: &[f32], want: &[f32]) -> f64 {
-    let num = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs() as f64)
-        .fold(0.0, f64::max);
-    let den = want.iter().map(|b| b.abs() as f64).fold(0.0, f64::max);
-    num / den
 }
 
 #[test]

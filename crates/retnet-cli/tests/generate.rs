@@ -106,6 +106,22 @@ fn sampling_is_reproducible_with_a_seed_and_resumable() {
     assert_eq!([first, second].concat(), a);
 }
 
+/// A copy of the byte model with one knob changed: the same tokenizer (so the refusal cannot
+/// come from it), another model.
+fn byte_model_with_other_eps() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(byte_model()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config = tmp.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["layernorm_eps"] = serde_json::json!(1e-3);
+    std::fs::write(&config, json.to_string()).unwrap();
+    tmp
+}
+
 #[test]
 fn a_state_from_another_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -118,23 +134,35 @@ fn a_state_from_another_model_is_refused() {
         "--save-state",
         state.to_str().unwrap(),
     ]);
-    let other = fixture("fla_basic");
-    let o = retnet(&[
-        "generate",
-        "--model",
-        other.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--load-state",
-        state.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    // fla_basic has no tokenizer; either refusal is a clean one-line error.
-    assert!(
-        stderr.starts_with("error: ") && stderr.lines().count() == 1,
-        "{stderr}"
-    );
+    let other = byte_model_with_other_eps();
+    for backend in ["cpu", "gpu"] {
+        let o = retnet(&[
+            "generate",
+            "--model",
+            other.path().to_str().unwrap(),
+            "--backend",
+            backend,
+            "--max-tokens",
+            "2",
+            "--load-state",
+            state.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        // docs/errors.md C18 (and L33): exit code 3, one line, the state check's own words.
+        assert_eq!(o.status.code(), Some(3), "{backend}: {stderr}");
+        assert!(o.stdout.is_empty(), "{backend}: generated text anyway");
+        // (stderr also holds the `seed:` and `engine:` lines, and Mesa's XDG_RUNTIME_DIR note.)
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error") && !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{backend}: {stderr}");
+        assert!(
+            errors[0].starts_with("error: ")
+                && errors[0].contains("this state belongs to another model"),
+            "{backend}: {stderr}"
+        );
+    }
 }
 
 #[test]

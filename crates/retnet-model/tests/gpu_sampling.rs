@@ -21,9 +21,9 @@ use retnet_runtime::kernels::sampling::{
     self as gpu, initial_state, state_draws, state_history, state_len, SampleParams,
     DEFAULT_HISTORY_WINDOW,
 };
-use retnet_runtime::{Device, DeviceOptions, GpuBuffer, RuntimeError};
+use retnet_runtime::{Device, GpuBuffer};
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 const VOCABS: [usize; 5] = [1, 7, 256, 32000, 50257];
@@ -47,47 +47,27 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// The device shared by every test, or `None` when there is no adapter at all.
-fn device() -> Option<&'static Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| {
-            let options = DeviceOptions::from_env().expect("RETNET_* variables");
-            match block_on(Device::new(&options)) {
-                Ok(device) => {
-                    let info = device.adapter_info();
-                    eprintln!("testing on {} ({:?})", info.name, info.backend);
-                    Some(device)
-                }
-                Err(RuntimeError::NoAdapter { .. }) => {
-                    eprintln!("SKIPPED: no GPU adapter (apt-get install mesa-vulkan-drivers)");
-                    None
-                }
-                Err(e) => panic!("device creation failed: {e}"),
-            }
-        })
-        .as_ref()
-}
+use retnet_testkit::gpu::device;
 
-/// splitmix64.
-struct Rng(u64);
+/// The test kit's generator, with this file's shapes of logits.
+struct Rng(retnet_testkit::Rng);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(retnet_testkit::Rng::new(seed))
+    }
+
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.unit()
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.below(n as u64) as usize
     }
 
     /// A row of logits of one of several shapes: uniform of various spreads, roughly Gaussian,
@@ -253,7 +233,7 @@ fn the_history_window_is_the_cpu_sessions() {
 #[test]
 fn greedy_equals_argmax_exactly_including_ties() {
     let Some(device) = device() else { return };
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for vocab in VOCABS {
         let count = if vocab > 10_000 { 24 } else { 96 };
         let mut rows: Vec<Vec<f32>> = (0..count).map(|r| rng.logits(vocab, r)).collect();
@@ -286,7 +266,7 @@ fn greedy_equals_argmax_exactly_including_ties() {
 #[test]
 fn seeded_draws_agree_with_the_cpu() {
     let Some(device) = device() else { return };
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     // (temperature, top-k, top-p, penalty)
     let settings: [(f32, u32, f32, f32); 7] = [
         (1.0, 0, 1.0, 1.0),
@@ -347,7 +327,7 @@ fn seeded_draws_agree_with_the_cpu() {
 #[test]
 fn a_vocabulary_of_256k_works() {
     let Some(device) = device() else { return };
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let vocab = 262_144 + 3;
     let rows: Vec<Vec<f32>> = (0..4).map(|r| rng.logits(vocab, r + 1)).collect();
     for (temperature, top_k, top_p, penalty) in [
@@ -376,7 +356,7 @@ fn top_k_and_top_p_keep_exactly_the_cpu_candidates() {
     // Many draws from one row with the candidates' union compared: a threshold off by one token
     // would show as a token the CPU never picks (or a missing one).
     let Some(device) = device() else { return };
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let vocab = 300;
     let row = rng.logits(vocab, 1);
     for (top_k, top_p) in [(7, 1.0), (0, 0.6), (20, 0.8), (1, 1.0)] {
@@ -417,7 +397,7 @@ fn top_k_and_top_p_keep_exactly_the_cpu_candidates() {
 #[test]
 fn the_draw_counter_history_and_outputs_advance_on_the_gpu() {
     let Some(device) = device() else { return };
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let vocab = 256;
     let row = rng.logits(vocab, 0);
     let logits = device.upload_f32("logits", &row).unwrap();
@@ -526,7 +506,7 @@ fn the_penalty_applies_once_to_tokens_in_the_history_only() {
 #[test]
 fn the_same_seed_gives_the_same_sequence() {
     let Some(device) = device() else { return };
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let vocab = 32000;
     let rows: Vec<Vec<f32>> = (0..4).map(|r| rng.logits(vocab, r)).collect();
     let p = SampleParams {
@@ -569,12 +549,11 @@ fn one_token_vocabulary_always_gives_zero() {
 fn recording_the_step_again_creates_no_gpu_object() {
     // A device of its own: the counters count every object of the device, and the other tests
     // run concurrently on the shared one.
-    if device().is_none() {
+    let Some(device) = retnet_testkit::gpu::new_device() else {
         return;
-    }
-    let options = DeviceOptions::from_env().unwrap();
-    let device = &block_on(Device::new(&options)).unwrap();
-    let mut rng = Rng(6);
+    };
+    let device = &*device;
+    let mut rng = Rng::new(6);
     let vocab = 256;
     let logits = device.upload_f32("logits", &rng.logits(vocab, 0)).unwrap();
     let p = SampleParams {

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{assert_close, device, read, round_f16, to_f64, Rng};
+use common::{assert_close, device, read, reference, round_f16, Rng};
 use retnet_runtime::kernels::embedding::{gather, gather_rows, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
@@ -103,24 +103,6 @@ fn embedding_gather_matches_cpu() {
     }
 }
 
-fn rms_norm_reference(
-    x: &[f32],
-    weight: Option<&[f32]>,
-    rows: usize,
-    dim: usize,
-    eps: f64,
-) -> Vec<f64> {
-    let mut out = Vec::with_capacity(rows * dim);
-    for row in x.chunks(dim).take(rows) {
-        let mean_square = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
-        let inv = 1.0 / (mean_square + eps).sqrt();
-        for (c, &v) in row.iter().enumerate() {
-            out.push(f64::from(v) * inv * weight.map_or(1.0, |w| f64::from(w[c])));
-        }
-    }
-    out
-}
-
 #[test]
 fn rms_norm_matches_cpu() {
     let Some(device) = device() else { return };
@@ -148,7 +130,7 @@ fn rms_norm_matches_cpu() {
                 },
             ),
         );
-        let reference = rms_norm_reference(&x, Some(&w), rows, dim, f64::from(eps));
+        let reference = reference::rms_norm(&x, dim, Some(&w), eps);
         assert_close(
             &format!("rms_norm {rows}x{dim}"),
             &read(device, &out, rows * dim),
@@ -158,27 +140,18 @@ fn rms_norm_matches_cpu() {
     }
 }
 
-/// Y[r] = alpha·Y0[r] + X[x_row_start + r]·Wᵀ in f64.
+/// Y[r] = alpha·Y0[r] + X[x_row_start + r]·Wᵀ in f64 (the test kit's reference).
 fn linear_reference(x: &[f32], w: &[f32], y0: &[f32], params: &LinearParams) -> Vec<f64> {
-    let (i, o) = (params.in_dim as usize, params.out_dim as usize);
-    let mut out = Vec::new();
-    for r in 0..params.rows as usize {
-        let xr = &x[(params.x_row_start as usize + r) * i..][..i];
-        for n in 0..o {
-            let dot: f64 = xr
-                .iter()
-                .zip(&w[n * i..][..i])
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            out.push(
-                params
-                    .accumulate
-                    .map_or(0.0, |alpha| f64::from(alpha) * f64::from(y0[r * o + n]))
-                    + dot,
-            );
-        }
-    }
-    out
+    reference::linear(&reference::Linear {
+        x,
+        weight: w,
+        y0,
+        rows: params.rows as usize,
+        in_dim: params.in_dim as usize,
+        out_dim: params.out_dim as usize,
+        x_row_start: params.x_row_start as usize,
+        accumulate: params.accumulate,
+    })
 }
 
 /// The linear kernel under test.
@@ -510,25 +483,18 @@ fn matvec_matches_cpu_with_both_reductions() {
 
 /// Rotates like PyTorch: the angle is the f32 product f32(position)·θ, then cos/sin in f64.
 fn rotary_reference(x: &[f32], theta: &[f32], style: RotaryStyle, p: &RotaryParams) -> Vec<f64> {
-    let mut out = to_f64(x);
-    let k = p.head_dim as usize;
-    for t in 0..p.tokens as usize {
-        for h in 0..p.heads as usize {
-            let base = p.col_offset as usize + t * p.row_stride as usize + h * k;
-            for (i, &th) in theta.iter().enumerate() {
-                let angle = f64::from((p.start_pos as usize + t) as f32 * th);
-                let (a, b) = match style {
-                    RotaryStyle::Interleaved => (base + 2 * i, base + 2 * i + 1),
-                    RotaryStyle::Halves => (base + i, base + k / 2 + i),
-                };
-                let (xa, xb) = (f64::from(x[a]), f64::from(x[b]));
-                let s = f64::from(p.scale);
-                out[a] = (xa * angle.cos() - xb * angle.sin()) * s;
-                out[b] = (xb * angle.cos() + xa * angle.sin()) * s;
-            }
-        }
-    }
-    out
+    reference::rotary(
+        x,
+        theta,
+        style == RotaryStyle::Interleaved,
+        p.tokens as usize,
+        p.heads as usize,
+        p.head_dim as usize,
+        p.start_pos as usize,
+        p.row_stride as usize,
+        p.col_offset as usize,
+        p.scale,
+    )
 }
 
 #[test]
@@ -572,10 +538,6 @@ fn rotary_matches_cpu_in_both_styles_at_large_positions() {
     }
 }
 
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
-}
-
 #[test]
 fn head_norm_gate_matches_cpu() {
     let Some(device) = device() else { return };
@@ -614,19 +576,23 @@ fn head_norm_gate_matches_cpu() {
         );
         let out = device.create_storage_f32("out", tokens * width).unwrap();
         for weighted in [true, false] {
-            let mut reference = Vec::new();
-            for t in 0..tokens {
-                for h in 0..heads {
-                    let o = &input[t * (width + 3) + h * v..][..v];
-                    let ms = o.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / v as f64;
-                    let inv = 1.0 / (ms + f64::from(eps)).sqrt();
-                    for c in 0..v {
-                        let g = f64::from(gate[2 + t * (width + 5) + h * v + c]);
-                        let w = if weighted { f64::from(weight[c]) } else { 1.0 };
-                        reference.push(f64::from(o[c]) * inv * w * silu(g));
-                    }
-                }
-            }
+            let reference = reference::head_norm_gate(
+                &input,
+                reference::Layout {
+                    offset: 0,
+                    stride: width + 3,
+                },
+                &gate,
+                reference::Layout {
+                    offset: 2,
+                    stride: width + 5,
+                },
+                weighted.then_some(&weight[..]),
+                tokens,
+                heads,
+                v,
+                eps,
+            );
             if weighted {
                 run(
                     device,
@@ -711,8 +677,8 @@ fn gated_activation_matches_cpu_with_exact_gelu() {
             for i in 0..width {
                 let a = f64::from(fused[t * 2 * width + i]);
                 let reference = match activation {
-                    Activation::Silu => silu(a),
-                    Activation::Gelu => 0.5 * a * (1.0 + libm::erf(a / std::f64::consts::SQRT_2)),
+                    Activation::Silu => reference::silu(a),
+                    Activation::Gelu => reference::gelu(a),
                 };
                 // Elementwise: |error| ≤ 2e-7·(|a| + 1) combines the erfc fit (< 1.2e-7 relative)
                 // with f32 rounding of x, x² and exp (|x| ≤ 8).

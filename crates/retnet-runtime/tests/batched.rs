@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::reference::log_decay_f32;
 use common::{assert_close, device, read, to_f64, Rng};
 use retnet_runtime::kernels::retention::{
     recurrent, recurrent_batched, RecurrentBatchedBuffers, RetentionBatchedParams,
@@ -48,11 +49,6 @@ fn assert_same_bits(what: &str, batched: &[f32], alone: &[f32]) {
             "{what}: element {i} differs: batched {a:e}, alone {b:e}"
         );
     }
-}
-
-/// log γ for head h as both peers compute it, in f32: log(1 − 2^(−5−h)) (0 for h ≥ 20).
-fn log_decay_f32(h: usize) -> f32 {
-    (1.0f32 - 2f32.powi(-5 - h as i32)).ln()
 }
 
 /// Positions of up to 8 sequences: from a fresh one (0) to well past any chunk (70000: rotary

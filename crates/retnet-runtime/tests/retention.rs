@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::reference::{self, log_decay_f32};
 use common::{assert_close, device, read, Rng};
 use retnet_runtime::kernels::retention::{
     chunkwise, parallel, recurrent, ParallelBuffers, RetentionBuffers, RetentionParams, Strided,
@@ -83,56 +84,30 @@ impl Shape {
     }
 }
 
-/// The recurrent definition in f64: S_n = γ S_{n−1} + k_nᵀ v_n, P_n = q_n S_n (÷ sqrt(c_n)).
-/// Returns the outputs [T, H·V] and the final state [H, K, V].
+/// The recurrent definition in f64 (the test kit's): outputs [T, H·V], final state [H, K, V].
 fn reference(
     shape: &Shape,
     fused: &[f32],
     log_decay: &[f32],
     scale_by_decay_sum: bool,
 ) -> (Vec<f64>, Vec<f64>) {
-    let Shape {
-        tokens,
-        query_heads,
-        kv_heads,
-        key_dim: kd,
-        value_dim: vd,
-    } = *shape;
-    let group = query_heads / kv_heads;
-    let mut state = vec![0.0f64; shape.state_len()];
-    let mut out = vec![0.0f64; tokens * shape.out_width()];
-    for t in 0..tokens {
-        let row = &fused[t * shape.row()..][..shape.row()];
-        for h in 0..query_heads {
-            let kvh = h / group;
-            let gamma = f64::from(log_decay[h]).exp();
-            let q = &row[h * kd..][..kd];
-            let k = &row[shape.k_offset() + kvh * kd..][..kd];
-            let v = &row[shape.v_offset() + kvh * vd..][..vd];
-            let s = &mut state[h * kd * vd..][..kd * vd];
-            for r in 0..kd {
-                for c in 0..vd {
-                    s[r * vd + c] = gamma * s[r * vd + c] + f64::from(k[r]) * f64::from(v[c]);
-                }
-            }
-            let decay_sum: f64 = (0..=t).map(|i| gamma.powi(i as i32)).sum();
-            let scale = if scale_by_decay_sum {
-                1.0 / decay_sum.sqrt()
-            } else {
-                1.0
-            };
-            for c in 0..vd {
-                let p: f64 = (0..kd).map(|r| f64::from(q[r]) * s[r * vd + c]).sum();
-                out[t * shape.out_width() + h * vd + c] = p * scale;
-            }
-        }
-    }
-    (out, state)
-}
-
-/// log γ for head h as both peers compute it, in f32: log(1 − 2^(−5−h)) (0 for h ≥ 20).
-fn log_decay_f32(h: usize) -> f32 {
-    (1.0f32 - 2f32.powi(-5 - h as i32)).ln()
+    let at = |offset| reference::Layout {
+        offset,
+        stride: shape.row(),
+    };
+    reference::retention(&reference::Retention {
+        data: fused,
+        q: at(0),
+        k: at(shape.k_offset()),
+        v: at(shape.v_offset()),
+        tokens: shape.tokens,
+        query_heads: shape.query_heads,
+        kv_heads: shape.kv_heads,
+        key_dim: shape.key_dim,
+        value_dim: shape.value_dim,
+        log_decay,
+        scale_by_decay_sum,
+    })
 }
 
 struct Buffers {

@@ -661,11 +661,15 @@ mod tests {
     /// The recurrent harness at 2,000 tokens: GPU and CPU stay within tolerance of f64.
     #[test]
     fn recurrent_run_matches_f64() {
-        if std::env::var_os("RETNET_SKIP_GPU_TESTS").is_some() {
+        // The test kit's adapter policy: skips (with a message) or fails without an adapter.
+        if retnet_testkit::gpu::device().is_none() {
             return;
         }
+        // At 2,000 tokens the drift measured on lavapipe is ~7e-7 (GPU and CPU vs f64); 1e-5
+        // is ×~14 of it and 1000× tighter than the command's default for million-token runs.
         let options = Options {
             tokens: 2_000,
+            tolerance: 1e-5,
             ..Options::default()
         };
         let report = recurrent(&options).expect("the run completes");
@@ -676,10 +680,15 @@ mod tests {
     /// Chunkwise prefill of 1,024 tokens equals 1,024 decode steps.
     #[test]
     fn chunkwise_prefill_matches_decode() {
-        if std::env::var_os("RETNET_SKIP_GPU_TESTS").is_some() {
+        // The test kit's adapter policy: skips (with a message) or fails without an adapter.
+        if retnet_testkit::gpu::device().is_none() {
             return;
         }
-        let report = chunkwise_check(&Options::default(), 1_024).expect("the run completes");
+        let options = Options {
+            tolerance: 1e-5,
+            ..Options::default()
+        };
+        let report = chunkwise_check(&options, 1_024).expect("the run completes");
         println!("{}", report.table);
         assert!(report.pass, "{:?}", report.failures);
     }

@@ -7,7 +7,7 @@
 //! justification. Inputs are uniform in [-1, 1) unless said otherwise; f16 weights are compared
 //! with a reference that uses the same f16-rounded values, so only the f32 arithmetic is measured.
 
-use super::reference::{self as cpu, Layout, Rng};
+use super::reference::{self as cpu, Layout};
 use super::Row;
 use retnet_kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
 use retnet_kernels::gated_activation::{
@@ -28,6 +28,7 @@ use retnet_kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
 use retnet_kernels::{Bound, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
+use retnet_testkit::Rng;
 use std::time::Instant;
 
 /// Data movement and a single product per value (gather × scale): at most two f32
@@ -82,7 +83,7 @@ fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'stat
 fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
     match format {
         WeightFormat::F32 => values.to_vec(),
-        WeightFormat::F16 | WeightFormat::F16Packed => cpu::round_f16(values),
+        WeightFormat::F16 | WeightFormat::F16Packed => retnet_testkit::round_f16(values),
     }
 }
 
@@ -158,7 +159,9 @@ fn embedding(rows: &mut Rows<'_>) {
     for (index, (vocab, dim, tokens, scale)) in shapes.into_iter().enumerate() {
         let mut rng = Rng::new(100 + index as u64);
         let table = rng.vec(vocab * dim);
-        let mut ids: Vec<u32> = (0..tokens).map(|_| rng.below(vocab as u32)).collect();
+        let mut ids: Vec<u32> = (0..tokens)
+            .map(|_| rng.below(vocab as u64) as u32)
+            .collect();
         ids[0] = vocab as u32 - 1;
         let shape = format!("vocab={vocab} d={dim} T={tokens} scale={scale:.3}");
         for format in WeightFormat::ALL {
@@ -339,9 +342,10 @@ fn linear_case(
                     (matvec_batch(format, reduction, params, buffers), x.clone())
                 }
                 // The tensor cores multiply f16 inputs: the reference rounds X as they do.
-                (LinearKernel::Coop, Some(shape)) => {
-                    (gemm_coop(shape, params, buffers), cpu::round_f16(&x))
-                }
+                (LinearKernel::Coop, Some(shape)) => (
+                    gemm_coop(shape, params, buffers),
+                    retnet_testkit::round_f16(&x),
+                ),
                 (LinearKernel::Coop, None) => {
                     return Ok(vec![Row::skip(&case, &shape, "no cooperative matrices")]);
                 }

@@ -1,60 +1,7 @@
 //! f64 CPU computations of what each kernel computes, written from the formulas
 //! (/work/shared/docs/retnet-spec.md and the kernels' documentation), independently of the
-//! shaders and of the runtime's tests. Inputs are the f32 values the GPU receives, widened.
-
-/// Deterministic values (splitmix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1), exactly representable in f32.
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    /// `len` uniform values.
-    pub fn vec(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| self.uniform()).collect()
-    }
-
-    /// An integer below `bound`.
-    pub fn below(&mut self, bound: u32) -> u32 {
-        (self.next_u64() % u64::from(bound.max(1))) as u32
-    }
-}
-
-/// (max |gpu − ref|, max |gpu − ref| / max |ref|).
-pub fn errors(gpu: &[f32], reference: &[f64]) -> (f64, f64) {
-    let scale = reference
-        .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs()))
-        .max(f64::MIN_POSITIVE);
-    let max_abs = gpu
-        .iter()
-        .zip(reference)
-        .map(|(&g, &r)| (f64::from(g) - r).abs())
-        .fold(0.0, f64::max);
-    (max_abs, max_abs / scale)
-}
-
-/// Rounds through f16, as f16 weights are stored.
-pub fn round_f16(values: &[f32]) -> Vec<f32> {
-    values
-        .iter()
-        .map(|&v| half::f16::from_f32(v).to_f32())
-        .collect()
-}
+//! shaders. Inputs are the f32 values the GPU receives, widened. The one copy: the kernel tests
+//! of `retnet-runtime` and `cargo xtask verify` both compare against these.
 
 pub fn silu(x: f64) -> f64 {
     x / (1.0 + (-x).exp())

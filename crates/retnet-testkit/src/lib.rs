@@ -1,0 +1,61 @@
+//! Helpers shared by every test of the workspace and by `cargo xtask verify` (dev-only, never
+//! published):
+//!
+//! - [`Rng`]: the one seeded generator (splitmix64), so a seed means the same data everywhere;
+//! - [`gpu`]: the one adapter policy (`RETNET_REQUIRE_GPU`, `RETNET_SKIP_GPU_TESTS`);
+//! - [`compare`]: error measures and assertions that fail on any non-finite value, on either
+//!   side;
+//! - [`reference`]: f64 computations of what each kernel computes, written from the spec
+//!   (/work/shared/docs/retnet-spec.md), independently of the shaders and of the runtime.
+//!
+//! See `docs/testing.md` for the tolerances and what they catch.
+#![allow(clippy::indexing_slicing)]
+
+pub mod compare;
+pub mod gpu;
+pub mod reference;
+mod rng;
+
+pub use compare::{
+    assert_close, assert_close_f32, assert_finite_and_differ, errors, max_relative_error,
+    rel_max_err, to_f64,
+};
+pub use rng::Rng;
+
+/// Rounds through f16, as f16 weights are stored.
+pub fn round_f16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// f16's unit roundoff, 2^-11: the largest relative error of rounding one value to f16.
+pub const F16_UNIT_ROUNDOFF: f64 = 1.0 / 2048.0;
+/// Tolerance of the GPU with f32 weights against the CPU reference (and the peers), whole model:
+/// the GPU accumulates in f32 where the reference uses f64; measured worst 1.4e-6 over the
+/// retention fixtures in every form on lavapipe, ×~7 (docs/testing.md).
+pub const GPU_F32_TOLERANCE: f64 = 1e-5;
+
+/// The tolerance of a whole model run with its weight matrices rounded to f16, derived from
+/// f16's unit roundoff u = 2^-11: each matrix on the path from a token to its logits (per layer
+/// the q|k|v|g, out, act|lin and down projections, plus the embedding and the head) perturbs the
+/// logits by at most ~u relative, to first order, so the bound is u × `layers`·4 + 2, plus
+/// [`GPU_F32_TOLERANCE`]. A checkpoint whose `matrices` are all exactly representable in f16
+/// (stored f16, or bf16 within f16's range) loses nothing to the rounding: it gets
+/// [`GPU_F32_TOLERANCE`]. Measured on the fixtures: 1.65e-3 against a bound of 4.9e-3
+/// (torchscale_24heads_syncdoth, 2 layers), 8.8e-4 against 4.9e-3 (fla_basic); the exact ones
+/// 1.3e-6.
+pub fn f16_weights_tolerance<'a>(
+    layers: usize,
+    matrices: impl IntoIterator<Item = &'a [f32]>,
+) -> f64 {
+    let exact = |m: &[f32]| m.iter().all(|&v| half::f16::from_f32(v).to_f32() == v);
+    if matrices.into_iter().all(exact) {
+        return GPU_F32_TOLERANCE;
+    }
+    F16_UNIT_ROUNDOFF * (4 * layers + 2) as f64 + GPU_F32_TOLERANCE
+}
+
+/// f32's unit roundoff, 2^-24.
+pub const F32_UNIT_ROUNDOFF: f64 = 1.0 / 16_777_216.0;
