@@ -36,54 +36,39 @@ use retnet_model::{
 use retnet_runtime::Device;
 use serde_json::{json, Value};
 
-const USAGE: &str = "cargo xtask bench [--preset NAME] [--quick] [--micro] [--json FILE] \
-                     [--contexts N,N,..]\n  presets: retnet_base, retnet_medium, retnet_xl, \
-                     fla_retnet_1.3b, test (tiny, for lavapipe); default: all but test; --quick: \
-                     retnet_xl with fewer steps; --micro: the kernels alone (retnet_xl's shapes \
-                     unless --preset); --contexts: decode latency after prefills of these lengths";
-
 /// Command-line options of `cargo xtask bench`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Options {
-    /// Only this preset.
+    /// Only this preset: retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b, or test (tiny,
+    /// for lavapipe). Default: all but test.
+    #[arg(long, value_name = "NAME", value_parser = parse_preset)]
     pub preset: Option<String>,
     /// retnet_xl only (unless `--preset`), fewer steps and repetitions.
+    #[arg(long)]
     pub quick: bool,
     /// Also write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
     /// Context lengths at which to measure decode latency (after a real prefill).
+    #[arg(long, value_name = "N,N,..", value_delimiter = ',')]
     pub contexts: Vec<usize>,
-    /// The kernels alone ([`crate::micro`]) instead of the model.
+    /// The kernels alone ([`crate::micro`]; retnet_xl's shapes unless `--preset`) instead of the
+    /// model.
+    #[arg(long)]
     pub micro: bool,
 }
 
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options, String> {
-        let mut options = Options::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                "--micro" => options.micro = true,
-                "--json" => options.json = Some(args.next().ok_or("--json needs a file")?.clone()),
-                "--contexts" => {
-                    let list = args.next().ok_or("--contexts needs lengths")?;
-                    options.contexts = list
-                        .split(',')
-                        .map(|n| n.trim().parse::<usize>().map_err(|e| format!("{n:?}: {e}")))
-                        .collect::<Result<_, _>>()?;
-                }
-                "--preset" => {
-                    let name = args.next().ok_or("--preset needs a name")?;
-                    if preset(name).is_none() {
-                        return Err(format!("unknown preset {name:?}\n{USAGE}"));
-                    }
-                    options.preset = Some(name.clone());
-                }
-                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-            }
+/// A preset's name, if there is such a preset.
+fn parse_preset(name: &str) -> Result<String, String> {
+    match preset(name) {
+        Some(_) => Ok(name.to_string()),
+        None => {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+            Err(format!(
+                "unknown preset {name:?} (presets: {})",
+                names.join(", ")
+            ))
         }
-        Ok(options)
     }
 }
 
@@ -836,9 +821,20 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let args = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        let o = Options::parse(&args(&["--quick", "--json", "x.json"])).unwrap();
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let parse =
+            |s: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(s.iter().copied()));
+        let o = parse(&["--quick", "--json", "x.json", "--contexts", "1,8"])
+            .unwrap()
+            .options;
         assert!(o.quick && o.json.as_deref() == Some("x.json"));
-        assert!(Options::parse(&args(&["--preset", "nope"])).is_err());
+        assert_eq!(o.contexts, vec![1, 8]);
+        assert!(parse(&["--preset", "nope"]).is_err());
+        assert!(parse(&["--preset", "test"]).is_ok());
     }
 }

@@ -22,38 +22,40 @@ mod web;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask shaders\n       cargo xtask verify [--quick] [--json FILE]\n       cargo xtask bench [--preset NAME] [--quick] [--micro] [--json FILE]\n       cargo xtask long-context [--tokens N] [--chunkwise-check N] [--model DIR] [--seed S] [--tolerance X] [--no-cpu] [--cpu-tokens N] [--json FILE]\n       cargo xtask web [--dev]";
+use clap::{Parser, Subcommand};
+
+/// The project's own tasks: `cargo xtask <task>`.
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Validate every shader variant with naga and translate it to SPIR-V, MSL, HLSL and WGSL.
+    Shaders,
+    /// Every GPU kernel and the whole model against f64 and CPU references.
+    Verify(verify::Options),
+    /// Decode, prefill, time to first token and memory of the whole model; `--micro`: kernels.
+    Bench(bench::Options),
+    /// The WebAssembly build of retnet-web and its JavaScript glue in web/pkg.
+    Web {
+        /// A debug build.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// A long recurrent run against f64, or chunkwise prefill against decode.
+    LongContext(long_context::Options),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("shaders") if args.len() == 1 => shaders::run(),
-        Some("verify") => match verify::Options::parse(&args[1..]) {
-            Ok(options) => verify::run(&options),
-            Err(message) => {
-                eprintln!("{message}\n{USAGE}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("bench") => match bench::Options::parse(&args[1..]) {
-            Ok(options) => bench::run(&options),
-            Err(message) => {
-                eprintln!("{message}\n{USAGE}");
-                ExitCode::FAILURE
-            }
-        },
-        Some("web") if args.len() == 1 => web::run(false),
-        Some("web") if args.get(1..) == Some(&["--dev".to_string()]) => web::run(true),
-        Some("long-context") => match long_context::Options::parse(&args[1..]) {
-            Ok(options) => long_context::run(&options),
-            Err(message) => {
-                eprintln!("{message}\n{USAGE}");
-                ExitCode::FAILURE
-            }
-        },
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::FAILURE
-        }
+    match Cli::parse().task {
+        Task::Shaders => shaders::run(),
+        Task::Verify(options) => verify::run(&options),
+        Task::Bench(options) => bench::run(&options),
+        Task::Web { dev } => web::run(dev),
+        Task::LongContext(options) => long_context::run(&options),
     }
 }

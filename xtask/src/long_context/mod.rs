@@ -30,9 +30,6 @@ use retnet_model::{CpuModel, GpuModel, GpuOptions, LogitRows, RetentionForm};
 use retnet_runtime::Device;
 use serde_json::{json, Value};
 
-const USAGE: &str = "cargo xtask long-context [--tokens N] [--chunkwise-check N] [--model DIR] \
-                     [--seed S] [--tolerance X] [--no-cpu] [--cpu-tokens N] [--json FILE]";
-
 /// Logit drift (max |x − f64| / max |f64| of one position's logits) beyond which the run fails.
 /// f32 state over a long context: the γ = 1 heads sum up to a million terms, each addition
 /// rounding to half an ulp of the running sum (relative 2^-24 · √n as a random walk, n·2^-24 at
@@ -40,24 +37,44 @@ const USAGE: &str = "cargo xtask long-context [--tokens N] [--chunkwise-check N]
 pub const DEFAULT_TOLERANCE: f64 = 1e-2;
 
 /// Command-line options.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Tokens of the recurrent run.
+    /// Tokens of the recurrent run (`_` separators allowed).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = count)]
     pub tokens: usize,
     /// Run the chunkwise-vs-decode check over this many tokens instead.
+    #[arg(long, value_name = "N", value_parser = count)]
     pub chunkwise_check: Option<usize>,
     /// Model directory.
+    #[arg(long, value_name = "DIR", default_value_os_t = default_model())]
     pub model: PathBuf,
     /// Seed of the token stream.
+    #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
     /// Logit drift tolerance.
+    #[arg(long, value_name = "X", default_value_t = DEFAULT_TOLERANCE)]
     pub tolerance: f64,
     /// Leave out the CpuModel (f32) run (it is the slowest of the three).
+    #[arg(long)]
     pub no_cpu: bool,
     /// Run the CpuModel (f32) only over the first this many tokens (positions beyond show "-").
+    #[arg(long, value_name = "N", value_parser = count)]
     pub cpu_tokens: Option<usize>,
     /// Also write the report here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
+}
+
+/// A count of at least 1, `_` separators allowed (`1_000_000`).
+fn count(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
 }
 
 impl Default for Options {
@@ -85,45 +102,6 @@ fn default_model() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(relative)
-    }
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options, String> {
-        let mut options = Options::default();
-        let mut args = args.iter();
-        let number = |value: Option<&String>, flag: &str| -> Result<usize, String> {
-            let text = value.ok_or(format!("{flag} needs a number"))?;
-            let n: usize = text
-                .replace('_', "")
-                .parse()
-                .map_err(|_| format!("{flag}: {text:?} is not a number"))?;
-            if n == 0 {
-                return Err(format!("{flag} must be at least 1"));
-            }
-            Ok(n)
-        };
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--tokens" => options.tokens = number(args.next(), "--tokens")?,
-                "--chunkwise-check" => {
-                    options.chunkwise_check = Some(number(args.next(), "--chunkwise-check")?)
-                }
-                "--model" => options.model = args.next().ok_or("--model needs a directory")?.into(),
-                "--seed" => options.seed = number(args.next(), "--seed")? as u64,
-                "--tolerance" => {
-                    let text = args.next().ok_or("--tolerance needs a number")?;
-                    options.tolerance = text
-                        .parse()
-                        .map_err(|_| format!("--tolerance: {text:?} is not a number"))?;
-                }
-                "--no-cpu" => options.no_cpu = true,
-                "--cpu-tokens" => options.cpu_tokens = Some(number(args.next(), "--cpu-tokens")?),
-                "--json" => options.json = Some(args.next().ok_or("--json needs a file")?.clone()),
-                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-            }
-        }
-        Ok(options)
     }
 }
 

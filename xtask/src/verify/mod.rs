@@ -16,30 +16,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Command-line options of `cargo xtask verify`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Options {
     /// A representative subset, for CI.
+    #[arg(long)]
     pub quick: bool,
     /// Also write the rows as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
-}
-
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options, String> {
-        let mut options = Options::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                "--json" => {
-                    let path = args.next().ok_or("--json needs a file name")?;
-                    options.json = Some(path.clone());
-                }
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        Ok(options)
-    }
 }
 
 /// The verdict of one row.
