@@ -235,13 +235,15 @@ pub static RECURRENT: Kernel = Kernel {
         Dim::Fixed(1),
     ],
     constants: &[
+        // 8 columns × 32 slices: 4× the workgroups of 32 × 8 and a quarter of the dependent
+        // chain per invocation (docs/perf-notes.md, "Recurrent retention").
         OverrideConstant {
             name: "COLUMNS",
-            default: 32,
+            default: 8,
         },
         OverrideConstant {
             name: "SLICES",
-            default: 8,
+            default: 32,
         },
     ],
     bindings: STATEFUL_BINDINGS,
@@ -261,13 +263,15 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
         Dim::Fixed(1),
     ],
     constants: &[
+        // 8 columns × 32 slices: 4× the workgroups of 32 × 8 and a quarter of the dependent
+        // chain per invocation (docs/perf-notes.md, "Recurrent retention").
         OverrideConstant {
             name: "COLUMNS",
-            default: 32,
+            default: 8,
         },
         OverrideConstant {
             name: "SLICES",
-            default: 8,
+            default: 32,
         },
     ],
     bindings: BATCHED_BINDINGS,
