@@ -594,6 +594,21 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_reads_every_variants_workgroup_memory_as_naga_lays_it_out() {
+        // `crate::workgroup_bytes` evaluates override-sized arrays itself (the runtime has no
+        // naga backend to run `process_overrides` with); here against naga's own resolution.
+        for kernel in crate::all_kernels() {
+            let values = kernel.default_constants();
+            assert_eq!(
+                crate::workgroup_bytes(kernel, &values).expect("readable"),
+                workgroup_bytes(kernel, values),
+                "{}",
+                kernel.name
+            );
+        }
+    }
+
+    #[test]
     fn chunked_retention_workgroup_memory_is_what_the_runtime_budgets() {
         use crate::retention::{chunk_outputs_workgroup_bytes, chunkwise_workgroup_bytes};
         let budgets = [

@@ -77,12 +77,12 @@ impl CoopTile {
         8 * self.side()
     }
 
-    /// Bytes of workgroup memory the variant declares: two staging buffers of X and W rows
-    /// (`2 · 2 · BLOCK · (K_STEP + 8)` halves), one f32 tile per subgroup, the subgroup count.
+    /// Bytes of workgroup memory the variant declares (two staging buffers of X and W rows, one
+    /// f32 tile per subgroup, the subgroup count), read from naga's IR of the shader
+    /// ([`crate::workgroup_bytes`]); a shader naga could not read counts as too large.
     pub fn workgroup_bytes(self) -> u32 {
-        let t = self.side();
-        let stride = 2 * t + 8;
-        2 * 2 * self.block() * stride * 2 + SUB_BLOCKS * t * t * 4 + 4
+        let kernel = self.kernel();
+        crate::workgroup_bytes(kernel, &kernel.default_constants()).unwrap_or(u32::MAX)
     }
 
     /// Whether naga writes this variant in `language` as code that language's compiler takes:

@@ -57,6 +57,7 @@ pub mod embedding;
 pub mod gated_activation;
 pub mod gemm_coop;
 pub mod head_norm_gate;
+mod layout;
 pub mod linear;
 pub mod retention;
 pub mod rms_norm;
@@ -67,6 +68,7 @@ mod validate;
 pub use bind::{
     buffer_count_matches, Bound, BufferList, ParamScalar, ParamsStruct, Scalar, MAX_BUFFERS,
 };
+pub use layout::workgroup_bytes;
 pub use validate::{validate, ValidationError, ValidationReport};
 
 /// Adapter features a kernel may need (and a device may offer).

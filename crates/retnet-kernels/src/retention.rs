@@ -377,18 +377,13 @@ pub fn chunkwise<'b, B>(
     }
 }
 
-/// Bytes of workgroup memory [`chunkwise`] declares for chunks of `chunk_size` tokens: the
-/// scores (C²), the value tile (C × COLUMNS) and the decay powers (C + 1), all f32. The runtime
-/// picks the largest chunk whose memory fits the adapter (WebGPU guarantees only 16 KiB); the
-/// `backends` tests check this against naga's layout of the shader.
+/// Bytes of workgroup memory [`chunkwise`] declares for chunks of `chunk_size` tokens, read
+/// from naga's IR of the shader ([`crate::workgroup_bytes`]). The runtime picks the largest chunk
+/// whose memory fits the adapter (WebGPU guarantees only 16 KiB). A shader naga could not read
+/// (the crate's tests rule that out) counts as too large.
 pub fn chunkwise_workgroup_bytes(chunk_size: u32) -> u32 {
-    let columns = CHUNKWISE
-        .constants
-        .iter()
-        .find(|c| c.name == "COLUMNS")
-        .map_or(0, |c| c.default);
-    let c = chunk_size.max(1);
-    (c * c + c * columns + c + 1) * 4
+    crate::workgroup_bytes(&CHUNKWISE, &with_chunk(&CHUNKWISE, chunk_size.max(1)))
+        .unwrap_or(u32::MAX)
 }
 
 /// The kernel's default constants with `CHUNK_SIZE` set.
@@ -464,11 +459,11 @@ pub fn chunk_scan<'b, B>(
 /// Largest chunk [`chunk_outputs`] takes.
 pub const CHUNK_OUTPUTS_MAX_CHUNK: u32 = 64;
 
-/// Workgroup memory [`chunk_outputs`] needs for a chunk size (q and k slices, a state slice,
-/// scores, v columns).
+/// Workgroup memory [`chunk_outputs`] declares for a chunk size, read from naga's IR (as
+/// [`chunkwise_workgroup_bytes`]).
 pub fn chunk_outputs_workgroup_bytes(chunk_size: u32) -> u32 {
-    let c = chunk_size;
-    4 * (2 * c * 17 + 16 * 64 + c * c + c * 64)
+    let chunk = parallel_chunk(chunk_size);
+    crate::workgroup_bytes(&CHUNK_OUTPUTS, &with_chunk(&CHUNK_OUTPUTS, chunk)).unwrap_or(u32::MAX)
 }
 
 /// Chunk-parallel retention, pass 2: the outputs of every chunk (same `chunk_size` as pass 1,

@@ -960,11 +960,9 @@ fn retention_tolerance(case: &RetentionCase, log_decays: &[f32], step: usize) ->
     base + survival * 2f64.powi(-23)
 }
 
-/// Workgroup memory of the chunkwise kernel for a chunk size (scores, v columns, decay powers).
+/// Workgroup memory of the chunkwise kernel for a chunk size, as the runtime budgets it.
 fn chunkwise_workgroup_bytes(chunk: u32) -> u64 {
-    let columns = u64::from(retention::CHUNKWISE.default_constants().0[1]);
-    let chunk = u64::from(chunk);
-    4 * (chunk * chunk + chunk * columns + chunk + 1)
+    u64::from(retention::chunkwise_workgroup_bytes(chunk))
 }
 
 /// Mesa's llvmpipe (lavapipe) ends every loop of an invocation once that invocation has run

@@ -58,8 +58,8 @@ pub struct GpuOptions {
     pub weights: WeightPrecision,
 }
 
-/// Largest chunk the chunkwise kernel is given: its workgroup memory grows as C² + 65·C floats
-/// (`retention::chunkwise_workgroup_bytes`).
+/// Largest chunk the chunkwise kernel is given: its workgroup memory grows with C²
+/// (`retention::chunkwise_workgroup_bytes`, read from the shader).
 const MAX_GPU_CHUNK: u32 = 64;
 /// Tokens per recorded span in prefill: bounds activation memory and per-dispatch grid sizes.
 const MAX_SPAN: usize = 2048;
