@@ -13,9 +13,9 @@
 @group(0) @binding(8) var<storage, read_write> output: array<f32>;
 
 // Value columns per workgroup (one per invocation along x).
-override COLUMNS: u32 = 8u;
+override COLUMNS: u32 = 32u;
 // Invocations per column (along y).
-override SLICES: u32 = 32u;
+override SLICES: u32 = 8u;
 
 var<workgroup> partial_sums: array<f32, COLUMNS * SLICES>;
 

@@ -236,7 +236,8 @@ pub static RECURRENT: Kernel = Kernel {
     ],
     constants: &[
         // 8 columns × 32 slices: 4× the workgroups of 32 × 8 and a quarter of the dependent
-        // chain per invocation (docs/perf-notes.md, "Recurrent retention").
+        // chain per invocation (docs/perf-notes.md, "Recurrent retention": 553 → 369 µs per
+        // decode step of retnet_xl on the H200).
         OverrideConstant {
             name: "COLUMNS",
             default: 8,
@@ -263,15 +264,16 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
         Dim::Fixed(1),
     ],
     constants: &[
-        // 8 columns × 32 slices: 4× the workgroups of 32 × 8 and a quarter of the dependent
-        // chain per invocation (docs/perf-notes.md, "Recurrent retention").
+        // 32 columns × 8 slices: a batch already fills the GPU (one grid layer per sequence),
+        // and whole 128-byte rows per warp read the pool fastest (8 × 32: 880 → 1,276 µs per
+        // batch-8 step on the H200, docs/perf-notes.md).
         OverrideConstant {
             name: "COLUMNS",
-            default: 8,
+            default: 32,
         },
         OverrideConstant {
             name: "SLICES",
-            default: 32,
+            default: 8,
         },
     ],
     bindings: BATCHED_BINDINGS,

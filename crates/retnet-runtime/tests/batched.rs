@@ -4,8 +4,10 @@
 //! - `rotary/*-batched` must give the same bits as the unbatched rotary run on each row alone at
 //!   that row's position (same arithmetic, only the position's source differs), and match the
 //!   f64 reference within 1e-6 (as in basic_kernels.rs).
-//! - `retention/recurrent-batched` must give the same bits as the unbatched recurrent kernel run
-//!   on each sequence alone (same order of operations), leave the pool's other slots untouched,
+//! - `retention/recurrent-batched` must update each state exactly as the unbatched recurrent
+//!   kernel run on each sequence alone (same bits), give its outputs within the rounding of
+//!   another summation order (8 slices there, 32 in the single kernel), leave the pool's other
+//!   slots untouched,
 //!   and match an f64 recurrence within 2e-5 (the tolerance of retention.rs; 1e-4 after a
 //!   1000-token prefill, see that test).
 // Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
@@ -32,6 +34,9 @@ use retnet_runtime::kernels::Bound;
 use retnet_runtime::{Device, GpuBuffer};
 
 const TOLERANCE: f64 = 2e-5;
+/// Batched and single recurrent outputs: the same products summed in another order (see the
+/// comparison).
+const SUM_ORDER_TOLERANCE: f64 = 1.5e-5;
 
 fn run(device: &Device, bound: Bound<'_, GpuBuffer>) {
     let mut sequence = device.sequence("batched test");
@@ -366,7 +371,17 @@ fn check_batched_recurrent(
                 let batched = &out[2 + row * shape.out_stride()..][..shape.out_width()];
                 let what =
                     format!("{label} step {step} row {row} (sequence {sequence} at {position})");
-                assert_same_bits(&format!("{what} output vs alone"), batched, &alone);
+                // The state update is the same per entry in both kernels (bits compared below);
+                // the output's q·S sum is split over 8 slices in the batched kernel and 32 in the
+                // single one: the same terms in another order, at most ~K·2⁻²⁴ apart relative to
+                // the largest output, 256 · 6e-8 = 1.5e-5 for the widest K here.
+                let alone64: Vec<f64> = alone.iter().map(|&v| f64::from(v)).collect();
+                assert_close(
+                    &format!("{what} output vs alone"),
+                    batched,
+                    &alone64,
+                    SUM_ORDER_TOLERANCE,
+                );
                 let reference = reference_step(
                     &shape,
                     &fused[row * shape.row()..][..shape.row()],
