@@ -280,7 +280,7 @@ fn matrices_over_the_binding_limit_are_split_by_rows() {
         let want = cpu.logits(&tokens[..36], RetentionForm::Recurrent).unwrap();
         let tolerance = match weights {
             WeightPrecision::F32 => GPU_F32_TOLERANCE,
-            WeightPrecision::F16 => f16_weights_tolerance(&cpu),
+            WeightPrecision::F16 => f16_weights_tolerance(&cpu, split.uses_tensor_cores()),
         };
         assert_close_f32(
             &format!("{weights:?}: split model vs the CPU reference"),

@@ -173,7 +173,8 @@ pub fn edit_state_file(
 pub use retnet_testkit::GPU_F32_TOLERANCE;
 
 /// [`retnet_testkit::f16_weights_tolerance`] of a loaded model's matrices.
-pub fn f16_weights_tolerance(model: &retnet::CpuModel) -> f64 {
+/// `tensor_cores`: the GPU model runs its projections on the tensor cores (f16 inputs).
+pub fn f16_weights_tolerance(model: &retnet::CpuModel, tensor_cores: bool) -> f64 {
     let w = model.weights();
     let mut matrices = vec![&w.embed];
     matrices.extend(w.head.as_ref());
@@ -189,5 +190,9 @@ pub fn f16_weights_tolerance(model: &retnet::CpuModel) -> f64 {
             &layer.ffn_down,
         ]);
     }
-    retnet_testkit::f16_weights_tolerance(w.layers.len(), matrices.into_iter().map(|m| &m.data[..]))
+    retnet_testkit::f16_weights_tolerance(
+        w.layers.len(),
+        matrices.into_iter().map(|m| &m.data[..]),
+        tensor_cores,
+    )
 }

@@ -18,7 +18,7 @@ const CONTINUATION_TOLERANCE: f64 = retnet_testkit::GPU_F32_TOLERANCE;
 
 /// f16 weights: the bound from f16's unit roundoff for this model's matrices
 /// ([`retnet_testkit::f16_weights_tolerance`]).
-fn f16_tolerance(cpu: &CpuModel) -> f64 {
+fn f16_tolerance(cpu: &CpuModel, gpu: &GpuModel) -> f64 {
     let w = cpu.weights();
     let mut matrices = vec![&w.embed];
     matrices.extend(w.head.as_ref());
@@ -34,7 +34,11 @@ fn f16_tolerance(cpu: &CpuModel) -> f64 {
             &l.ffn_down,
         ]);
     }
-    retnet_testkit::f16_weights_tolerance(w.layers.len(), matrices.into_iter().map(|m| &m.data[..]))
+    retnet_testkit::f16_weights_tolerance(
+        w.layers.len(),
+        matrices.into_iter().map(|m| &m.data[..]),
+        gpu.uses_tensor_cores(),
+    )
 }
 
 /// `tests/fixtures` of the current directory when run from the repository root (also a copied
@@ -160,10 +164,7 @@ fn fixture_rows(
     let reference_time = started.elapsed();
     let peer = peer_logits(dir)?;
 
-    for (precision, tolerance) in [
-        (WeightPrecision::F32, F32_TOLERANCE),
-        (WeightPrecision::F16, f16_tolerance(&cpu)),
-    ] {
+    for precision in [WeightPrecision::F32, WeightPrecision::F16] {
         let label = format!("{precision:?}").to_lowercase();
         if precision == WeightPrecision::F16 && !device.supports_half_weights() {
             rows.push(Row::skip(
@@ -175,6 +176,10 @@ fn fixture_rows(
         }
         let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions { weights: precision })
             .map_err(|e| e.to_string())?;
+        let tolerance = match precision {
+            WeightPrecision::F32 => F32_TOLERANCE,
+            WeightPrecision::F16 => f16_tolerance(&cpu, &gpu),
+        };
         for (form, form_name) in forms(quick) {
             let started = Instant::now();
             let got = pollster::block_on(gpu.logits(&tokens, form));
@@ -216,7 +221,10 @@ fn fixture_rows(
     let batch_rows = batch_row(device, &cpu, &tokens, precision, &reference)
         .map_err(|e| format!("batched decode: {e}"))?;
     let tolerance = if precision == WeightPrecision::F16 {
-        f16_tolerance(&cpu)
+        // The sequences are prefilled through the same projections as the rows above.
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions { weights: precision })
+            .map_err(|e| e.to_string())?;
+        f16_tolerance(&cpu, &gpu)
     } else {
         F32_TOLERANCE
     };
