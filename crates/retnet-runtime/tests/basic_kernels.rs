@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{assert_close, device, read, reference, round_f16, Rng};
+use common::{assert_close, device, read, reference, round_f16, shapes, Rng, Set};
 use retnet_runtime::kernels::embedding::{gather, gather_rows, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
@@ -61,45 +61,50 @@ fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
 fn embedding_gather_matches_cpu() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(1);
-    let (vocab, dim) = (37usize, 19usize);
-    let table = rng.vec(vocab * dim);
-    let ids: Vec<u32> = vec![0, 36, 5, 5, 17];
-    let scale = 1.7f32;
-    for format in formats(device) {
-        let weights = device
-            .upload_weights_as("table", WeightData::F32(&table), format)
-            .unwrap();
-        let ids_buffer = device.upload_u32("ids", &ids).unwrap();
-        let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
-        let params = EmbeddingParams {
-            tokens: ids.len() as u32,
-            dim: dim as u32,
-            scale,
-        };
-        run(
-            device,
-            gather(
-                format,
-                params,
-                GatherBuffers {
-                    weight: weights.buffer(),
-                    token_ids: &ids_buffer,
-                    output: &out,
-                },
-            ),
-        );
-        let stored = as_stored(&table, format);
-        let reference: Vec<f64> = ids
-            .iter()
-            .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))
-            .map(|(id, c)| f64::from(stored[id * dim + c]) * f64::from(scale))
+    for shape in shapes::embedding(Set::Quick) {
+        let (vocab, dim, scale) = (shape.vocab, shape.dim, shape.scale);
+        let table = rng.vec(vocab * dim);
+        // The last row among random ones.
+        let mut ids: Vec<u32> = (0..shape.tokens)
+            .map(|_| rng.below(vocab as u64) as u32)
             .collect();
-        assert_close(
-            &format!("embedding {format:?}"),
-            &read(device, &out, ids.len() * dim),
-            &reference,
-            1e-6,
-        );
+        ids[0] = vocab as u32 - 1;
+        for format in formats(device) {
+            let weights = device
+                .upload_weights_as("table", WeightData::F32(&table), format)
+                .unwrap();
+            let ids_buffer = device.upload_u32("ids", &ids).unwrap();
+            let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
+            let params = EmbeddingParams {
+                tokens: ids.len() as u32,
+                dim: dim as u32,
+                scale,
+            };
+            run(
+                device,
+                gather(
+                    format,
+                    params,
+                    GatherBuffers {
+                        weight: weights.buffer(),
+                        token_ids: &ids_buffer,
+                        output: &out,
+                    },
+                ),
+            );
+            let stored = as_stored(&table, format);
+            let reference: Vec<f64> = ids
+                .iter()
+                .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))
+                .map(|(id, c)| f64::from(stored[id * dim + c]) * f64::from(scale))
+                .collect();
+            assert_close(
+                &format!("embedding {format:?} {shape:?}"),
+                &read(device, &out, ids.len() * dim),
+                &reference,
+                1e-6,
+            );
+        }
     }
 }
 
@@ -107,10 +112,10 @@ fn embedding_gather_matches_cpu() {
 fn rms_norm_matches_cpu() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(2);
-    for (rows, dim) in [(1, 1), (3, 7), (2, 300), (4, 1000)] {
+    for shape in shapes::rms_norm(Set::Quick) {
+        let (rows, dim, eps) = (shape.rows, shape.dim, shape.eps);
         let x = rng.vec(rows * dim);
         let w: Vec<f32> = rng.vec(dim).iter().map(|v| 1.0 + 0.5 * v).collect();
-        let eps = 1e-5f32;
         let xb = device.upload_f32("x", &x).unwrap();
         let wb = device.upload_f32("w", &w).unwrap();
         let out = device.create_storage_f32("out", rows * dim).unwrap();
@@ -270,7 +275,8 @@ fn linear_cases(device: &Device) -> Vec<LinearCase> {
     cases
 }
 
-/// A matrix split by rows (as one over the binding limit is): each block in its own buffer,
+/// A matrix split by rows (as one over the binding limit is); its own shape (the row blocks only
+/// make sense here, verify does not split matrices): each block in its own buffer,
 /// dispatched with `LinearParams::row_block`, writes its columns of the one Y at the full row
 /// stride, for every linear kernel, with and without the fused residual; the columns of the
 /// blocks not run are left as they were.
@@ -374,7 +380,7 @@ fn linear_kernels_write_row_blocks_at_their_column_offset() {
     }
 }
 
-/// An embedding table split by rows: each part writes the rows of the tokens it holds, and
+/// An embedding table split by rows (its own shape, as above): each part writes the rows of the tokens it holds, and
 /// together they give the whole table's gather.
 #[test]
 fn embedding_gather_over_row_blocks_matches_cpu() {
@@ -424,21 +430,9 @@ fn matmul_matches_cpu_for_odd_and_untiled_shapes() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(3);
     // Tiles are 64×64 with 16-wide K slices: these shapes exercise partial tiles on every axis.
-    for (rows, i, o) in [(1, 7, 5), (5, 33, 17), (70, 65, 130), (3, 256, 64)] {
-        check_linear(
-            device,
-            &mut rng,
-            LinearParams::new(rows, i, o),
-            Linear::Matmul,
-            "matmul",
-        );
+    for case in shapes::matmul(Set::Quick) {
+        check_linear(device, &mut rng, case.params, Linear::Matmul, "matmul");
     }
-    let fused = LinearParams {
-        x_row_start: 2,
-        accumulate: Some(1.5),
-        ..LinearParams::new(4, 20, 9)
-    };
-    check_linear(device, &mut rng, fused, Linear::Matmul, "matmul");
 }
 
 #[test]
@@ -451,33 +445,27 @@ fn matvec_matches_cpu_with_both_reductions() {
     }
     for reduction in reductions {
         let make = Linear::Matvec(reduction);
-        for (rows, i, o) in [
-            (1, 4, 1),
-            (1, 8, 5),
-            (1, 64, 33),
-            (3, 260, 70),
-            (1, 1024, 9),
-        ] {
-            check_linear(
-                device,
-                &mut rng,
-                LinearParams::new(rows, i, o),
-                make,
-                &format!("matvec {reduction:?}"),
-            );
+        for case in shapes::matvec(Set::Quick) {
+            let what = format!("matvec {reduction:?} {}", case.what);
+            check_linear(device, &mut rng, case.params, make, &what);
         }
-        let last_token = LinearParams {
-            x_row_start: 4,
-            accumulate: Some(0.5),
-            ..LinearParams::new(1, 12, 7)
-        };
-        check_linear(
-            device,
-            &mut rng,
-            last_token,
-            make,
-            &format!("matvec {reduction:?}"),
-        );
+    }
+}
+
+#[test]
+fn matvec_batch_matches_cpu_with_both_reductions() {
+    let Some(device) = device() else { return };
+    let mut rng = Rng::new(8);
+    let mut reductions = vec![Reduction::Workgroup];
+    if device.features().subgroups {
+        reductions.push(Reduction::Subgroup);
+    }
+    for reduction in reductions {
+        let make = Linear::MatvecBatch(reduction);
+        for case in shapes::matvec_batch(Set::Quick) {
+            let what = format!("matvec-batch {reduction:?} {}", case.what);
+            check_linear(device, &mut rng, case.params, make, &what);
+        }
     }
 }
 
@@ -501,15 +489,22 @@ fn rotary_reference(x: &[f32], theta: &[f32], style: RotaryStyle, p: &RotaryPara
 fn rotary_matches_cpu_in_both_styles_at_large_positions() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(5);
-    let (tokens, heads, k) = (5u32, 3u32, 10u32);
-    // Rows hold q (3 heads) after 7 other columns and before 4 more: a strided column range.
-    let row_stride = 7 + heads * k + 4;
-    let theta: Vec<f32> = (0..k / 2)
-        .map(|i| 1.0 / 10000f32.powf(i as f32 / (k / 2 - 1) as f32))
-        .collect();
     for style in [RotaryStyle::Interleaved, RotaryStyle::Halves] {
-        // 5000: angles of thousands of radians, where unreduced GPU sin/cos lose accuracy.
-        for start_pos in [0, 1, 5000] {
+        // Positions of 5000 and more: angles of thousands of radians, where unreduced GPU sin/cos
+        // lose accuracy.
+        for shape in shapes::rotary(Set::Quick) {
+            let (tokens, heads, k) = (
+                shape.tokens as u32,
+                shape.heads as u32,
+                shape.head_dim as u32,
+            );
+            let start_pos = shape.start_pos as u32;
+            // Rows hold q (`heads` heads) after 7 other columns and before 4 more: a strided
+            // column range.
+            let row_stride = 7 + heads * k + 4;
+            let theta: Vec<f32> = (0..k / 2)
+                .map(|i| 1.0 / 10000f32.powf(i as f32 / ((k / 2).max(2) - 1) as f32))
+                .collect();
             let x = rng.vec((tokens * row_stride) as usize);
             let params = RotaryParams {
                 tokens,
@@ -543,7 +538,8 @@ fn head_norm_gate_matches_cpu() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(6);
     // V = 300 exceeds the workgroup (128): several values per invocation.
-    for (tokens, heads, v) in [(1usize, 1usize, 5usize), (3, 3, 67), (2, 2, 300)] {
+    for shape in shapes::head_norm_gate(Set::Quick) {
+        let (tokens, heads, v) = (shape.tokens, shape.heads, shape.value_dim);
         let width = heads * v;
         // Input rows padded by 3, gate a column range after 2 columns in rows of width + 5.
         let input = rng.vec(tokens * (width + 3));
@@ -634,59 +630,61 @@ fn head_norm_gate_matches_cpu() {
 fn gated_activation_matches_cpu_with_exact_gelu() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(7);
-    let (tokens, width) = (3usize, 301usize);
-    // One fused buffer [tokens, 2·width]: a in the first half, l in the second.
-    let mut fused = rng.vec(tokens * 2 * width);
-    for t in 0..tokens {
-        for i in 0..width {
-            fused[t * 2 * width + i] *= 8.0; // a spans [-8, 8): both tails of gelu.
-            fused[t * 2 * width + width + i] = 1.0; // l = 1 isolates the activation's error.
-        }
-    }
-    let buffer = device.upload_f32("a|l", &fused).unwrap();
-    let out = device.create_storage_f32("out", tokens * width).unwrap();
-    let params = GatedActivationParams {
-        tokens: tokens as u32,
-        width: width as u32,
-        act: Strided {
-            offset: 0,
-            stride: (2 * width) as u32,
-        },
-        linear: Strided {
-            offset: width as u32,
-            stride: (2 * width) as u32,
-        },
-        out: Strided::dense(width as u32),
-    };
-    for activation in [Activation::Silu, Activation::Gelu] {
-        run(
-            device,
-            gated_activation(
-                activation,
-                params,
-                GatedActivationBuffers {
-                    act_input: &buffer,
-                    linear_input: &buffer,
-                    output: &out,
-                },
-            ),
-        );
-        let gpu = read(device, &out, tokens * width);
-        let mut worst = 0.0f64;
+    for shape in shapes::gated_activation(Set::Quick) {
+        let (tokens, width) = (shape.tokens, shape.width);
+        // One fused buffer [tokens, 2·width]: a in the first half, l in the second.
+        let mut fused = rng.vec(tokens * 2 * width);
         for t in 0..tokens {
             for i in 0..width {
-                let a = f64::from(fused[t * 2 * width + i]);
-                let reference = match activation {
-                    Activation::Silu => reference::silu(a),
-                    Activation::Gelu => reference::gelu(a),
-                };
-                // Elementwise: |error| ≤ 2e-7·(|a| + 1) combines the erfc fit (< 1.2e-7 relative)
-                // with f32 rounding of x, x² and exp (|x| ≤ 8).
-                let error = (f64::from(gpu[t * width + i]) - reference).abs() / (a.abs() + 1.0);
-                worst = worst.max(error);
+                fused[t * 2 * width + i] *= 8.0; // a spans [-8, 8): both tails of gelu.
+                fused[t * 2 * width + width + i] = 1.0; // l = 1 isolates the activation's error.
             }
         }
-        eprintln!("{activation:?}: max |error|/(|x|+1) = {worst:.2e}");
-        assert!(worst <= 2e-7, "{activation:?}: error {worst:.2e}");
+        let buffer = device.upload_f32("a|l", &fused).unwrap();
+        let out = device.create_storage_f32("out", tokens * width).unwrap();
+        let params = GatedActivationParams {
+            tokens: tokens as u32,
+            width: width as u32,
+            act: Strided {
+                offset: 0,
+                stride: (2 * width) as u32,
+            },
+            linear: Strided {
+                offset: width as u32,
+                stride: (2 * width) as u32,
+            },
+            out: Strided::dense(width as u32),
+        };
+        for activation in [Activation::Silu, Activation::Gelu] {
+            run(
+                device,
+                gated_activation(
+                    activation,
+                    params,
+                    GatedActivationBuffers {
+                        act_input: &buffer,
+                        linear_input: &buffer,
+                        output: &out,
+                    },
+                ),
+            );
+            let gpu = read(device, &out, tokens * width);
+            let mut worst = 0.0f64;
+            for t in 0..tokens {
+                for i in 0..width {
+                    let a = f64::from(fused[t * 2 * width + i]);
+                    let reference = match activation {
+                        Activation::Silu => reference::silu(a),
+                        Activation::Gelu => reference::gelu(a),
+                    };
+                    // Elementwise: |error| ≤ 2e-7·(|a| + 1) combines the erfc fit (< 1.2e-7 relative)
+                    // with f32 rounding of x, x² and exp (|x| ≤ 8).
+                    let error = (f64::from(gpu[t * width + i]) - reference).abs() / (a.abs() + 1.0);
+                    worst = worst.max(error);
+                }
+            }
+            eprintln!("{activation:?} {shape:?}: max |error|/(|x|+1) = {worst:.2e}");
+            assert!(worst <= 2e-7, "{activation:?} {shape:?}: error {worst:.2e}");
+        }
     }
 }

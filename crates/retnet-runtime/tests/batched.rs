@@ -1,5 +1,7 @@
 //! Batched decode: B sequences, each at its own position with its own state slot in a pool,
 //! advanced by one token each in one dispatch per kernel.
+//! Its shapes are its own, not the shared tables' (`retnet_testkit::shapes`): bit equality with
+//! the unbatched kernels only makes sense here (verify checks the batched model decode instead).
 //!
 //! - `rotary/*-batched` must give the same bits as the unbatched rotary run on each row alone at
 //!   that row's position (same arithmetic, only the position's source differs), and match the

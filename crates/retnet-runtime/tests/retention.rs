@@ -2,7 +2,7 @@
 //! carried across calls (chunkwise, then recurrent steps, then chunkwise = one parallel pass).
 //!
 //! Tolerance 2e-5 relative to the largest |reference| output (or state entry): every output is a
-//! sum of up to T·(K + 1) f32 products (T ≤ 100, K ≤ 33 here), whose rounding error is
+//! sum of up to T·(K + 1) f32 products (T ≤ 100, K ≤ 33 in the quick set), whose rounding error is
 //! ~√(T·K)·6e-8 ≈ 4e-6 typically; the decay powers γ^n (f32 exp of n·log γ, or repeated f32
 //! multiplication in the recurrent form) add ~n·6e-8 relative. The reference uses the same f32
 //! log γ values, widened.
@@ -17,7 +17,7 @@
 mod common;
 
 use common::reference::{self, log_decay_f32};
-use common::{assert_close, device, read, Rng};
+use common::{assert_close, device, read, shapes, Rng, Set};
 use retnet_runtime::kernels::retention::{
     chunkwise, parallel, recurrent, ParallelBuffers, RetentionBuffers, RetentionParams, Strided,
 };
@@ -230,71 +230,33 @@ fn check_all_forms(
     }
 }
 
+/// The quick set of the shared retention table (`retnet_testkit::shapes::retention`): one token
+/// and one head, grouped heads with K ≠ V over many partial chunks, γ = 1 and γ = 1 − 2^-24
+/// heads, odd widths (K = 33, V = 67 over two column tiles), V above 256; each at both settings
+/// of the ÷sqrt(c_n) scale.
 #[test]
-fn single_token_single_head() {
+fn every_form_matches_the_recurrence_on_the_quick_shapes() {
     let Some(device) = device() else { return };
-    let shape = Shape {
-        tokens: 1,
-        query_heads: 1,
-        kv_heads: 1,
-        key_dim: 8,
-        value_dim: 8,
-    };
-    check_all_forms(device, shape, &[log_decay_f32(0)], &[16], 11);
+    for (index, case) in shapes::retention(Set::Quick).into_iter().enumerate() {
+        let shape = Shape {
+            tokens: case.tokens,
+            query_heads: case.query_heads,
+            kv_heads: case.kv_heads,
+            key_dim: case.key_dim,
+            value_dim: case.value_dim,
+        };
+        let log_decay = case.decay.log_decays(case.query_heads);
+        check_all_forms(
+            device,
+            shape,
+            &log_decay,
+            case.chunk_sizes,
+            11 + index as u64,
+        );
+    }
 }
 
-#[test]
-fn many_chunks_grouped_heads_key_and_value_widths_differ_gamma_one() {
-    let Some(device) = device() else { return };
-    // 100 tokens: 7 chunks of 16 (the last partial), 4 of 32. Heads: γ = 1 − 2^-5, γ = 1 exactly
-    // (log γ = 0, as heads ≥ 20 round to), γ = 1 − 2^-8, γ = 1 − 2^-24 (log γ ≈ −6e-8, where a
-    // naive (1 − γ^(n+1))/(1 − γ) loses every digit).
-    let shape = Shape {
-        tokens: 100,
-        query_heads: 4,
-        kv_heads: 2,
-        key_dim: 12,
-        value_dim: 20,
-    };
-    let log_decay = [log_decay_f32(0), 0.0, log_decay_f32(3), log_decay_f32(19)];
-    assert!(log_decay[3] != 0.0 && log_decay[3].abs() < 1e-7);
-    check_all_forms(device, shape, &log_decay, &[16, 32], 12);
-}
-
-#[test]
-fn odd_widths_and_more_value_columns_than_a_workgroup_tile() {
-    let Some(device) = device() else { return };
-    // K = 33 is not a multiple of the 16-wide tiles; V = 67 spans two 64-column tiles (chunkwise)
-    // and two 64-column tiles of the parallel form.
-    let shape = Shape {
-        tokens: 40,
-        query_heads: 2,
-        kv_heads: 1,
-        key_dim: 33,
-        value_dim: 67,
-    };
-    check_all_forms(
-        device,
-        shape,
-        &[log_decay_f32(1), log_decay_f32(6)],
-        &[16],
-        13,
-    );
-}
-
-#[test]
-fn value_width_above_256() {
-    let Some(device) = device() else { return };
-    let shape = Shape {
-        tokens: 20,
-        query_heads: 1,
-        kv_heads: 1,
-        key_dim: 16,
-        value_dim: 300,
-    };
-    check_all_forms(device, shape, &[log_decay_f32(2)], &[8], 14);
-}
-
+/// Its own case (the runtime's; verify carries the state across calls in every retention case).
 #[test]
 fn chunkwise_then_recurrent_steps_then_chunkwise_equals_one_parallel_pass() {
     let Some(device) = device() else { return };

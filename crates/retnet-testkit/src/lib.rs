@@ -6,7 +6,9 @@
 //! - [`compare`]: error measures and assertions that fail on any non-finite value, on either
 //!   side;
 //! - [`reference`]: f64 computations of what each kernel computes, written from the spec
-//!   (/work/shared/docs/retnet-spec.md), independently of the shaders and of the runtime.
+//!   (/work/shared/docs/retnet-spec.md), independently of the shaders and of the runtime;
+//! - [`shapes`]: the one table of shapes per kernel family, a quick subset (`cargo test`,
+//!   `cargo xtask verify --quick`) and the full set (`cargo xtask verify`).
 //!
 //! See `docs/testing.md` for the tolerances and what they catch.
 #![allow(clippy::indexing_slicing)]
@@ -15,6 +17,7 @@ pub mod compare;
 pub mod gpu;
 pub mod reference;
 mod rng;
+pub mod shapes;
 
 pub use compare::{
     assert_close, assert_close_f32, assert_finite_and_differ, errors, max_relative_error,

@@ -28,6 +28,7 @@ use retnet_kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
 use retnet_kernels::{Bound, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
+use retnet_testkit::shapes::{self, Decay, RetentionShape, Set};
 use retnet_testkit::Rng;
 use std::time::Instant;
 
@@ -104,6 +105,8 @@ fn read(device: &Device, buffer: &GpuBuffer, len: usize) -> Result<Vec<f32>, Run
 struct Rows<'d> {
     device: &'d Device,
     quick: bool,
+    /// The cases of the shared tables ([`shapes`]) this run takes.
+    set: Set,
     rows: Vec<Row>,
 }
 
@@ -137,6 +140,7 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
     let mut rows = Rows {
         device,
         quick,
+        set: if quick { Set::Quick } else { Set::Full },
         rows: Vec::new(),
     };
     embedding(&mut rows);
@@ -150,13 +154,13 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
 }
 
 fn embedding(rows: &mut Rows<'_>) {
-    // (vocab, dim, tokens, scale): a width of 1, widths that are not multiples of the 256-wide
-    // workgroup, torchscale's sqrt(d) scale, a 32k vocabulary.
-    let mut shapes = vec![(37, 19, 5, 1.7f32), (1000, 1027, 16, (1027f32).sqrt())];
-    if !rows.quick {
-        shapes.extend([(50, 1, 3, 1.0), (32000, 256, 64, 16.0)]);
-    }
-    for (index, (vocab, dim, tokens, scale)) in shapes.into_iter().enumerate() {
+    for (index, shape) in shapes::embedding(rows.set).into_iter().enumerate() {
+        let shapes::EmbeddingShape {
+            vocab,
+            dim,
+            tokens,
+            scale,
+        } = shape;
         let mut rng = Rng::new(100 + index as u64);
         let table = rng.vec(vocab * dim);
         let mut ids: Vec<u32> = (0..tokens)
@@ -206,16 +210,11 @@ fn embedding(rows: &mut Rows<'_>) {
 }
 
 fn rms_norms(rows: &mut Rows<'_>) {
-    // (rows, dim): width 1, odd widths, more than one pass of the 256-wide workgroup.
-    let mut shapes = vec![(1, 1), (3, 7), (4, 1000), (2, 4097)];
-    if !rows.quick {
-        shapes.extend([(2, 300), (64, 2048), (5, 8191)]);
-    }
-    for (index, (count, dim)) in shapes.into_iter().enumerate() {
+    for (index, shape) in shapes::rms_norm(rows.set).into_iter().enumerate() {
+        let (count, dim, eps) = (shape.rows, shape.dim, shape.eps);
         let mut rng = Rng::new(200 + index as u64);
         let x: Vec<f32> = rng.vec(count * dim).iter().map(|v| 3.0 * v).collect();
         let weight: Vec<f32> = rng.vec(dim).iter().map(|v| 1.0 + 0.5 * v).collect();
-        let eps = if index % 2 == 0 { 1e-5 } else { 1e-6 };
         let shape = format!("rows={count} d={dim} eps={eps:.0e}");
         {
             let case = "rms_norm/weighted";
@@ -441,56 +440,25 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
 }
 
 fn linears(rows: &mut Rows<'_>) {
-    // Tiles are 64×64 outputs with 16-wide K slices: every shape but (3, 256, 64) has partial
-    // tiles; (64, 4096, 64) is a long reduction.
-    let mut matmuls = vec![(1, 7, 5), (70, 65, 130), (3, 256, 64)];
-    if !rows.quick {
-        matmuls.extend([
-            (5, 33, 17),
-            (257, 129, 65),
-            (128, 1024, 300),
-            (300, 512, 515),
-            (64, 4096, 64),
-        ]);
-    }
-    for (index, (r, i, o)) in matmuls.into_iter().enumerate() {
-        let params = LinearParams::new(r, i, o);
-        linear_case(rows, LinearKernel::Matmul, params, 300 + index as u64, "");
-    }
-    let fused = LinearParams {
-        x_row_start: 2,
-        accumulate: Some(1.5),
-        ..LinearParams::new(4, 20, 9)
-    };
-    linear_case(rows, LinearKernel::Matmul, fused, 350, "residual fused");
-
-    // matvec needs in_dim % 4 == 0; 4 outputs per workgroup, so odd out_dim leaves a partial one.
-    let mut matvecs = vec![(1, 4, 1), (3, 260, 70), (1, 1024, 9)];
-    if !rows.quick {
-        matvecs.extend([(1, 8, 5), (1, 64, 33), (4, 4096, 130), (1, 2048, 515)]);
+    for (index, case) in shapes::matmul(rows.set).into_iter().enumerate() {
+        let seed = 300 + index as u64;
+        linear_case(rows, LinearKernel::Matmul, case.params, seed, case.what);
     }
     for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let kernel = LinearKernel::Matvec(reduction);
-        for (index, &(r, i, o)) in matvecs.iter().enumerate() {
-            let params = LinearParams::new(r, i, o);
-            linear_case(rows, kernel, params, 400 + index as u64, "");
+        for (index, case) in shapes::matvec(rows.set).into_iter().enumerate() {
+            let kernel = LinearKernel::Matvec(reduction);
+            linear_case(rows, kernel, case.params, 400 + index as u64, case.what);
         }
-        let last_token = LinearParams {
-            x_row_start: 4,
-            accumulate: Some(0.5),
-            ..LinearParams::new(1, 12, 7)
-        };
-        linear_case(rows, kernel, last_token, 450, "residual fused");
-        if !rows.quick {
-            // The logits head: the last token of a 7-token prefill against a 32k vocabulary.
-            let head = LinearParams {
-                x_row_start: 6,
-                ..LinearParams::new(1, 512, 32003)
-            };
-            linear_case(rows, kernel, head, 460, "logits head");
+    }
+    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
+        for (index, case) in shapes::matvec_batch(rows.set).into_iter().enumerate() {
+            let kernel = LinearKernel::MatvecBatch(reduction);
+            linear_case(rows, kernel, case.params, 470 + index as u64, case.what);
         }
     }
 
+    // The fused-norm matvec and the tensor-core GEMM are verify's only (the runtime tests run
+    // them on row blocks alone), so their shapes stay here.
     // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case.
     let mut normed = vec![(1, 8, 5, 0), (1, 256, 70, 0)];
     if !rows.quick {
@@ -503,26 +471,6 @@ fn linears(rows: &mut Rows<'_>) {
             ..LinearParams::new(r, i, o)
         };
         matvec_norm_case(rows, params, 480 + index as u64);
-    }
-
-    // Batched matvec: 8 rows per workgroup, so 2, 8, 9 and 21 rows cover a partial block, one
-    // whole block, and blocks after the first.
-    let mut batched = vec![(2, 12, 5), (8, 256, 70), (9, 64, 33)];
-    if !rows.quick {
-        batched.extend([(21, 1024, 130), (32, 2048, 515)]);
-    }
-    for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        let kernel = LinearKernel::MatvecBatch(reduction);
-        for (index, &(r, i, o)) in batched.iter().enumerate() {
-            let params = LinearParams::new(r, i, o);
-            linear_case(rows, kernel, params, 470 + index as u64, "");
-        }
-        let fused = LinearParams {
-            x_row_start: 3,
-            accumulate: Some(0.5),
-            ..LinearParams::new(10, 16, 9)
-        };
-        linear_case(rows, kernel, fused, 490, "residual fused");
     }
 
     // Tensor cores: blocks of 8 × 8 tiles (64 × 64 outputs with 8×8 tiles, 128 × 128 with
@@ -559,19 +507,9 @@ fn linears(rows: &mut Rows<'_>) {
 }
 
 fn rotaries(rows: &mut Rows<'_>) {
-    // (tokens, heads, K, start_pos): K = 2 (one pair), K not a multiple of 4, large positions
-    // where unreduced GPU sin/cos would lose every digit, and positions past 411,774 where the
-    // reduction's k·(2π high part) is no longer exact without splitting k.
-    let mut shapes = vec![
-        (5, 3, 10, 0),
-        (5, 3, 10, 5000),
-        (3, 8, 64, 100_000),
-        (3, 2, 4, 1_000_000),
-    ];
-    if !rows.quick {
-        shapes.extend([(4, 1, 2, 1), (33, 12, 128, 4000), (2, 2, 256, 65_000)]);
-    }
-    for (index, (tokens, heads, k, start_pos)) in shapes.into_iter().enumerate() {
+    for (index, shape) in shapes::rotary(rows.set).into_iter().enumerate() {
+        let (tokens, heads, k, start_pos) =
+            (shape.tokens, shape.heads, shape.head_dim, shape.start_pos);
         for style in [RotaryStyle::Interleaved, RotaryStyle::Halves] {
             let interleaved = style == RotaryStyle::Interleaved;
             let half = k / 2;
@@ -650,13 +588,8 @@ fn rotaries(rows: &mut Rows<'_>) {
 }
 
 fn head_norm_gates(rows: &mut Rows<'_>) {
-    // (tokens, heads, V): V = 300 and 1000 exceed the 128-wide workgroup, V = 432 is
-    // torchscale's preset.
-    let mut shapes = vec![(1, 1, 5), (3, 3, 67), (2, 2, 300)];
-    if !rows.quick {
-        shapes.extend([(4, 8, 432), (17, 2, 1000)]);
-    }
-    for (index, (tokens, heads, v)) in shapes.into_iter().enumerate() {
+    for (index, shape) in shapes::head_norm_gate(rows.set).into_iter().enumerate() {
+        let (tokens, heads, v) = (shape.tokens, shape.heads, shape.value_dim);
         let width = heads * v;
         let mut rng = Rng::new(600 + index as u64);
         // Input rows padded by 3; the gate a column range after 2 columns in rows of width + 5.
@@ -745,11 +678,8 @@ fn head_norm_gates(rows: &mut Rows<'_>) {
 }
 
 fn gated_activations(rows: &mut Rows<'_>) {
-    let mut shapes = vec![(3, 301)];
-    if !rows.quick {
-        shapes.extend([(1, 1), (17, 2816)]);
-    }
-    for (index, (tokens, width)) in shapes.into_iter().enumerate() {
+    for (index, shape) in shapes::gated_activation(rows.set).into_iter().enumerate() {
+        let (tokens, width) = (shape.tokens, shape.width);
         let mut rng = Rng::new(700 + index as u64);
         // One fused buffer [tokens, 2·width]: a (×8, both tails of gelu) then l.
         let mut fused = rng.vec(tokens * 2 * width);
@@ -817,42 +747,6 @@ fn gated_activations(rows: &mut Rows<'_>) {
     }
 }
 
-/// The decay of each head.
-#[derive(Clone, Copy, Debug)]
-enum Decay {
-    /// γ_h = 1 − 2^(−5−h), the peers' formula.
-    Peers,
-    /// γ = 1 exactly for every head (heads ≥ 20 of large models): no decay, the state is a
-    /// running sum over the whole context.
-    One,
-    /// Cycling through 1 − 2^-5, 1, 1 − 2^-8 and 1 − 2^-24 (log γ ≈ −6e-8, where a naive
-    /// (1 − γ^(n+1))/(1 − γ) loses every digit).
-    Mixed,
-}
-
-impl Decay {
-    fn log_decays(self, heads: usize) -> Vec<f32> {
-        (0..heads)
-            .map(|h| match self {
-                Decay::Peers => cpu::log_decay_f32(h),
-                Decay::One => 0.0,
-                Decay::Mixed => [cpu::log_decay_f32(0), 0.0, cpu::log_decay_f32(3)]
-                    .get(h % 4)
-                    .copied()
-                    .unwrap_or_else(|| cpu::log_decay_f32(19)),
-            })
-            .collect()
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Decay::Peers => "γ=1-2^(-5-h)",
-            Decay::One => "γ=1",
-            Decay::Mixed => "γ mixed incl. 1 and 1-2^-24",
-        }
-    }
-}
-
 /// One retention problem, all three forms.
 #[derive(Clone, Copy, Debug)]
 struct RetentionCase {
@@ -863,6 +757,20 @@ struct RetentionCase {
     value_dim: usize,
     decay: Decay,
     chunk_sizes: &'static [u32],
+}
+
+impl From<RetentionShape> for RetentionCase {
+    fn from(shape: RetentionShape) -> Self {
+        RetentionCase {
+            tokens: shape.tokens,
+            query_heads: shape.query_heads,
+            kv_heads: shape.kv_heads,
+            key_dim: shape.key_dim,
+            value_dim: shape.value_dim,
+            decay: shape.decay,
+            chunk_sizes: shape.chunk_sizes,
+        }
+    }
 }
 
 impl RetentionCase {
@@ -1379,69 +1287,22 @@ fn chunkwise_split(
 }
 
 fn retentions(rows: &mut Rows<'_>) {
-    let case =
-        |tokens, query_heads, kv_heads, key_dim, value_dim, decay, chunk_sizes| RetentionCase {
-            tokens,
-            query_heads,
-            kv_heads,
-            key_dim,
-            value_dim,
-            decay,
-            chunk_sizes,
-        };
-    // (case, with ÷sqrt(c_n) scale, in the quick subset)
-    let all: Vec<(RetentionCase, bool, bool)> = vec![
-        // One token, one head: every form degenerates to k·v·q.
-        (case(1, 1, 1, 8, 8, Decay::Peers, &[1, 16]), false, true),
-        (case(1, 1, 1, 8, 8, Decay::Peers, &[16]), true, false),
-        (case(2, 2, 2, 4, 3, Decay::Mixed, &[1, 32]), true, false),
-        // Grouped heads (4 query heads on 2 kv heads), K ≠ V, many partial chunks.
-        (
-            case(17, 4, 2, 12, 20, Decay::Mixed, &[1, 7, 16, 32]),
-            true,
-            true,
-        ),
-        (case(17, 4, 2, 12, 20, Decay::Mixed, &[7, 16]), false, false),
-        // Odd widths: K = 33 is not a multiple of the 16-wide tiles, V = 67 spans two column
-        // tiles of the parallel and chunkwise forms.
-        (
-            case(100, 2, 1, 33, 67, Decay::Peers, &[16, 64, 32]),
-            false,
-            true,
-        ),
-        (case(100, 2, 1, 33, 67, Decay::Peers, &[48, 1]), true, false),
-        // V above 256, 8 query heads on one kv head, no decay.
-        (
-            case(515, 8, 1, 16, 300, Decay::One, &[32, 64, 48]),
-            true,
-            false,
-        ),
-        // Long contexts: T = 4096 through every form.
-        (
-            case(4096, 4, 2, 12, 20, Decay::Mixed, &[16, 64, 7]),
-            true,
-            true,
-        ),
-        (
-            case(4096, 4, 2, 12, 20, Decay::Mixed, &[32, 48]),
-            false,
-            false,
-        ),
-        (
-            case(4096, 2, 2, 33, 67, Decay::One, &[16, 64, 32]),
-            false,
-            false,
-        ),
-        (
-            case(4096, 2, 1, 64, 48, Decay::Peers, &[16, 64, 32]),
-            true,
-            false,
-        ),
-    ];
-    for (index, (case, scale, in_quick)) in all.into_iter().enumerate() {
-        if rows.quick && !in_quick {
-            continue;
-        }
-        retention_case(rows, case, scale, 900 + index as u64);
+    let mut all = shapes::retention(rows.set);
+    if rows.quick {
+        // Verify's own: the quick run also takes the first long context (T = 4096) of the full
+        // table, which needs the loop-limit splitting and position-dependent tolerance above.
+        all.extend(
+            shapes::retention(Set::Full)
+                .into_iter()
+                .find(|shape| shape.tokens == 4096),
+        );
+    }
+    for (index, shape) in all.into_iter().enumerate() {
+        retention_case(
+            rows,
+            RetentionCase::from(shape),
+            shape.scale,
+            900 + index as u64,
+        );
     }
 }
