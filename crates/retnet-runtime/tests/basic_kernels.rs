@@ -492,7 +492,12 @@ fn rotary_matches_cpu_in_both_styles_at_large_positions() {
     for style in [RotaryStyle::Interleaved, RotaryStyle::Halves] {
         // Positions of 5000 and more: angles of thousands of radians, where unreduced GPU sin/cos
         // lose accuracy.
-        for shape in shapes::rotary(Set::Quick) {
+        // Past position 10^5 the angle reduction's error grows with the position: verify bounds
+        // those rows with its position-dependent tolerance, this test's 1e-6 stops at 10^5.
+        for shape in shapes::rotary(Set::Quick)
+            .into_iter()
+            .filter(|s| s.start_pos <= 100_000)
+        {
             let (tokens, heads, k) = (
                 shape.tokens as u32,
                 shape.heads as u32,
