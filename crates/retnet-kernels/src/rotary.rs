@@ -1,6 +1,8 @@
 //! Rotary position embedding in place, both pairings, then a scale.
 
-use crate::{ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant};
+use crate::{
+    ceil_div, Binding, Bound, BufferList, Dim, Dispatch, Features, Kernel, OverrideConstant,
+};
 
 /// Which elements of a head form a rotated pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,8 +123,6 @@ pub fn rotary<'b, B>(
         RotaryStyle::Interleaved => &INTERLEAVED,
         RotaryStyle::Halves => &HALVES,
     };
-    let constants = kernel.default_constants();
-    let [x, _, _] = kernel.workgroup_size(&constants);
     let block = RotaryBlock {
         tokens: params.tokens,
         heads: params.heads,
@@ -133,18 +133,29 @@ pub fn rotary<'b, B>(
         scale: params.scale,
         _pad: 0,
     };
+    launch(kernel, block, buffers.in_order())
+}
+
+/// The dispatch of either variant: one invocation per rotated pair, one grid row per token.
+fn launch<'b, B>(
+    kernel: &'static Kernel,
+    block: RotaryBlock,
+    buffers: BufferList<'b, B>,
+) -> Bound<'b, B> {
+    let constants = kernel.default_constants();
+    let [x, _, _] = kernel.workgroup_size(&constants);
     Bound {
         dispatch: Dispatch {
             kernel,
             constants,
             params: block.words(),
             workgroups: [
-                ceil_div(params.heads * (params.head_dim / 2), x),
-                params.tokens,
+                ceil_div(block.heads * (block.head_dim / 2), x),
+                block.tokens,
                 1,
             ],
         },
-        buffers: buffers.in_order(),
+        buffers,
     }
 }
 
@@ -177,8 +188,6 @@ pub fn rotary_batched<'b, B>(
         RotaryStyle::Interleaved => &INTERLEAVED_BATCHED,
         RotaryStyle::Halves => &HALVES_BATCHED,
     };
-    let constants = kernel.default_constants();
-    let [x, _, _] = kernel.workgroup_size(&constants);
     let block = RotaryBlock {
         tokens: params.rows,
         heads: params.heads,
@@ -190,17 +199,5 @@ pub fn rotary_batched<'b, B>(
         scale: params.scale,
         _pad: 0,
     };
-    Bound {
-        dispatch: Dispatch {
-            kernel,
-            constants,
-            params: block.words(),
-            workgroups: [
-                ceil_div(params.heads * (params.head_dim / 2), x),
-                params.rows,
-                1,
-            ],
-        },
-        buffers: buffers.in_order(),
-    }
+    launch(kernel, block, buffers.in_order())
 }

@@ -240,16 +240,21 @@ fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Li
     }
 }
 
+/// The matvec reductions this device runs.
+fn reductions(device: &Device) -> Vec<Reduction> {
+    let mut reductions = vec![Reduction::Workgroup];
+    if device.features().subgroups {
+        reductions.push(Reduction::Subgroup);
+    }
+    reductions
+}
+
 /// `(what, kernel, rows)` for every linear kernel this device runs, at a row count it takes.
 type LinearCase = (String, Linear, u32);
 
 fn linear_cases(device: &Device) -> Vec<LinearCase> {
     let mut cases: Vec<LinearCase> = vec![("matmul".into(), Linear::Matmul, 37)];
-    let mut reductions = vec![Reduction::Workgroup];
-    if device.features().subgroups {
-        reductions.push(Reduction::Subgroup);
-    }
-    for reduction in reductions {
+    for reduction in reductions(device) {
         cases.push((
             format!("matvec {reduction:?}"),
             Linear::Matvec(reduction),
@@ -439,11 +444,7 @@ fn matmul_matches_cpu_for_odd_and_untiled_shapes() {
 fn matvec_matches_cpu_with_both_reductions() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(4);
-    let mut reductions = vec![Reduction::Workgroup];
-    if device.features().subgroups {
-        reductions.push(Reduction::Subgroup);
-    }
-    for reduction in reductions {
+    for reduction in reductions(device) {
         let make = Linear::Matvec(reduction);
         for case in shapes::matvec(Set::Quick) {
             let what = format!("matvec {reduction:?} {}", case.what);
@@ -456,11 +457,7 @@ fn matvec_matches_cpu_with_both_reductions() {
 fn matvec_batch_matches_cpu_with_both_reductions() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(8);
-    let mut reductions = vec![Reduction::Workgroup];
-    if device.features().subgroups {
-        reductions.push(Reduction::Subgroup);
-    }
-    for reduction in reductions {
+    for reduction in reductions(device) {
         let make = Linear::MatvecBatch(reduction);
         for case in shapes::matvec_batch(Set::Quick) {
             let what = format!("matvec-batch {reduction:?} {}", case.what);
