@@ -1,0 +1,405 @@
+//! Attention kernels (hybrid checkpoints' softmax-attention layers) against causal softmax
+//! attention computed in f64: the tiled prefill (full and windowed, with earlier positions in
+//! the cache ring, grouped kv heads, head dims that are not powers of two), the split decode
+//! over a long cache, and the cache append.
+//!
+//! Tolerance 2e-5 relative to the largest |reference| output: each output is a convex
+//! combination of values, with weights from f32 dot products of ≤ 128 terms (~1e-6 relative
+//! error in each score, which perturbs a weight by the same relative amount) and an online
+//! rescaling by f32 exp (≤ a few ulp per step).
+// Test code: clippy.toml allows these in #[test] functions; the helpers here are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::{assert_close, device, read, Rng};
+use retnet_runtime::kernels::attention::{
+    decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
+    KvAppendBuffers, KvAppendParams, PrefillBuffers,
+};
+use retnet_runtime::{Device, GpuBuffer};
+
+const TOLERANCE: f64 = 2e-5;
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+}
+
+impl Shape {
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn scale(&self) -> f32 {
+        // Peakier than head_dim^-½ so that the softmax is far from uniform.
+        3.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Keys and values of every position (absolute), as rows `[k (kv_width), 1 pad, v, 2 pads]`.
+struct History {
+    rows: Vec<f32>,
+    stride: usize,
+}
+
+impl History {
+    fn new(shape: &Shape, positions: usize, rng: &mut Rng) -> Self {
+        let stride = 2 * shape.kv_width() + 3;
+        Self {
+            rows: rng.vec(positions * stride),
+            stride,
+        }
+    }
+    fn key(&self, shape: &Shape, m: usize, kv_head: usize) -> &[f32] {
+        &self.rows[m * self.stride + kv_head * shape.head_dim..][..shape.head_dim]
+    }
+    fn value(&self, shape: &Shape, m: usize, kv_head: usize) -> &[f32] {
+        &self.rows[m * self.stride + shape.kv_width() + 1 + kv_head * shape.head_dim..]
+            [..shape.head_dim]
+    }
+}
+
+/// f64 causal softmax attention of queries at positions `start..start + count` (rows of
+/// `q_width` values, row n at n·q_stride + 2) over the history.
+fn reference(
+    shape: &Shape,
+    history: &History,
+    q: &[f32],
+    q_stride: usize,
+    start: usize,
+    count: usize,
+) -> Vec<f64> {
+    let d = shape.head_dim;
+    let mut out = Vec::with_capacity(count * shape.q_width());
+    for n in 0..count {
+        let p = start + n;
+        let lo = shape.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        for h in 0..shape.heads {
+            let kvh = h / (shape.heads / shape.kv_heads);
+            let qh = &q[n * q_stride + 2 + h * d..][..d];
+            let scores: Vec<f64> = (lo..=p)
+                .map(|m| {
+                    let k = history.key(shape, m, kvh);
+                    qh.iter()
+                        .zip(k)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * shape.scale() as f64
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for j in 0..d {
+                let sum: f64 = (lo..=p)
+                    .zip(&weights)
+                    .map(|(m, w)| w * history.value(shape, m, kvh)[j] as f64)
+                    .sum();
+                out.push(sum / total);
+            }
+        }
+    }
+    out
+}
+
+fn params(
+    shape: &Shape,
+    start: usize,
+    queries: usize,
+    ring: usize,
+    q_stride: usize,
+) -> AttentionParams {
+    AttentionParams {
+        queries: queries as u32,
+        heads: shape.heads as u32,
+        kv_heads: shape.kv_heads as u32,
+        head_dim: shape.head_dim as u32,
+        start_pos: start as u32,
+        window: shape.window.map(|w| w as u32),
+        ring: ring as u32,
+        scale: shape.scale(),
+        q_stride: q_stride as u32,
+        q_offset: 2,
+        out_stride: shape.q_width() as u32,
+        out_offset: 0,
+    }
+}
+
+/// Appends positions `start..start + count` of the history into the cache ring.
+fn append(
+    device: &Device,
+    shape: &Shape,
+    history: &History,
+    cache: &GpuBuffer,
+    start: usize,
+    count: usize,
+    ring: usize,
+) {
+    let src = device
+        .upload_f32(
+            "kv rows",
+            &history.rows[start * history.stride..][..count * history.stride],
+        )
+        .unwrap();
+    let mut sequence = device.sequence("kv append");
+    let params = KvAppendParams {
+        tokens: count as u32,
+        kv_width: shape.kv_width() as u32,
+        start_pos: start as u32,
+        ring: ring as u32,
+        k_stride: history.stride as u32,
+        k_offset: 0,
+        v_stride: history.stride as u32,
+        v_offset: shape.kv_width() as u32 + 1,
+    };
+    let buffers = KvAppendBuffers { src: &src, cache };
+    sequence.dispatch(kv_append(params, buffers)).unwrap();
+    sequence.submit().unwrap();
+}
+
+/// Prefills positions 0..before in one call, then `count` more in a second call (so that the
+/// second call reads earlier positions from the ring), and checks the second call's outputs.
+fn check_prefill(device: &Device, shape: Shape, before: usize, count: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let history = History::new(&shape, before + count, &mut rng);
+    let ring = match shape.window {
+        Some(w) => w - 1 + count.max(before),
+        None => before + count,
+    };
+    let cache = device
+        .create_storage_f32("cache", ring * 2 * shape.kv_width())
+        .unwrap();
+    let q_stride = shape.q_width() + 5;
+    let out = device
+        .create_storage_f32("out", count.max(before) * shape.q_width())
+        .unwrap();
+    for (start, span) in [(0, before), (before, count)] {
+        if span == 0 {
+            continue;
+        }
+        let q = rng.vec(span * q_stride);
+        let q_buffer = device.upload_f32("q", &q).unwrap();
+        append(device, &shape, &history, &cache, start, span, ring);
+        let mut sequence = device.sequence("attention");
+        let buffers = PrefillBuffers {
+            q: &q_buffer,
+            cache: &cache,
+            out: &out,
+        };
+        let bound = prefill(params(&shape, start, span, ring, q_stride), buffers).unwrap();
+        sequence.dispatch(bound).unwrap();
+        sequence.submit().unwrap();
+        let got = read(device, &out, span * shape.q_width());
+        let want = reference(&shape, &history, &q, q_stride, start, span);
+        assert_close(
+            &format!("prefill {shape:?} positions {start}..{}", start + span),
+            &got,
+            &want,
+            TOLERANCE,
+        );
+    }
+}
+
+#[test]
+fn prefill_full_and_windowed_with_grouped_heads() {
+    let Some(device) = device() else { return };
+    let shapes = [
+        Shape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            window: None,
+        },
+        Shape {
+            heads: 3,
+            kv_heads: 1,
+            head_dim: 40,
+            window: None,
+        },
+        Shape {
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 16,
+            window: Some(7),
+        },
+        Shape {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 12,
+            window: Some(70),
+        },
+        Shape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 128,
+            window: Some(33),
+        },
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        // Spans of more than 64 queries (two query tiles), keys over several key tiles.
+        check_prefill(device, shape, 37, 90, 11 + i as u64);
+        check_prefill(device, shape, 0, 5, 21 + i as u64);
+    }
+}
+
+#[test]
+fn split_decode_over_a_long_cache() {
+    let Some(device) = device() else { return };
+    for (i, (shape, position, keys_per_split)) in [
+        (
+            Shape {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 16,
+                window: None,
+            },
+            3000,
+            256,
+        ),
+        (
+            Shape {
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 72,
+                window: None,
+            },
+            700,
+            100,
+        ),
+        (
+            Shape {
+                heads: 4,
+                kv_heads: 1,
+                head_dim: 8,
+                window: Some(300),
+            },
+            2500,
+            64,
+        ),
+        (
+            Shape {
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 8,
+                window: None,
+            },
+            0,
+            256,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut rng = Rng::new(50 + i as u64);
+        let history = History::new(&shape, position + 1, &mut rng);
+        let ring = shape.window.unwrap_or(position + 1);
+        let cache = device
+            .create_storage_f32("cache", ring * 2 * shape.kv_width())
+            .unwrap();
+        // The history in spans, as decode would have left it (the last position included).
+        let mut at = 0;
+        while at <= position {
+            let span = (position + 1 - at).min(ring);
+            append(device, &shape, &history, &cache, at, span, ring);
+            at += span;
+        }
+        let q_stride = shape.q_width() + 5;
+        let q = rng.vec(q_stride);
+        let q_buffer = device.upload_f32("q", &q).unwrap();
+        let p = params(&shape, position, 1, ring, q_stride);
+        let scratch = device
+            .create_storage_f32("partial", decode_scratch_len(&p, keys_per_split) as usize)
+            .unwrap();
+        let out = device.create_storage_f32("out", shape.q_width()).unwrap();
+        let buffers = DecodeBuffers {
+            q: &q_buffer,
+            cache: &cache,
+            partial: &scratch,
+            out: &out,
+        };
+        let [split, combine] = decode(p, keys_per_split, buffers).unwrap();
+        let mut sequence = device.sequence("decode");
+        sequence.dispatch(split).unwrap();
+        sequence.dispatch(combine).unwrap();
+        sequence.submit().unwrap();
+        let got = read(device, &out, shape.q_width());
+        let want = reference(&shape, &history, &q, q_stride, position, 1);
+        assert_close(
+            &format!("decode {shape:?} at {position}, {keys_per_split} keys per split"),
+            &got,
+            &want,
+            TOLERANCE,
+        );
+    }
+}
+
+/// Shape checks only: the kernels refuse before touching any buffer.
+fn prefill_of(p: AttentionParams) -> Result<(), String> {
+    let buffers = PrefillBuffers {
+        q: &(),
+        cache: &(),
+        out: &(),
+    };
+    prefill(p, buffers).map(drop).map_err(|e| e.to_string())
+}
+
+fn decode_of(p: AttentionParams, keys_per_split: u32) -> Result<(), String> {
+    let buffers = DecodeBuffers {
+        q: &(),
+        cache: &(),
+        partial: &(),
+        out: &(),
+    };
+    decode(p, keys_per_split, buffers)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn shapes_the_kernels_cannot_run_are_refused() {
+    let shape = Shape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        window: Some(8),
+    };
+    assert!(prefill_of(params(&shape, 10, 4, 11, 40)).is_ok());
+    assert!(
+        prefill_of(params(&shape, 10, 4, 10, 40)).is_err(),
+        "ring below w - 1 + queries"
+    );
+    let full = Shape {
+        window: None,
+        ..shape
+    };
+    assert!(
+        prefill_of(params(&full, 10, 4, 13, 40)).is_err(),
+        "ring below the positions"
+    );
+    let odd = Shape {
+        kv_heads: 3,
+        ..shape
+    };
+    assert!(prefill_of(params(&odd, 0, 1, 8, 40)).is_err());
+    let wide = Shape {
+        head_dim: 512,
+        ..shape
+    };
+    assert!(prefill_of(params(&wide, 0, 1, 8, 4096)).is_err());
+    assert!(decode_of(params(&wide, 0, 1, 8, 4096), 64).is_ok());
+    assert!(
+        decode_of(params(&shape, 0, 2, 9, 40), 64).is_err(),
+        "decode takes one query"
+    );
+}

@@ -1,0 +1,221 @@
+//! The attention kernels of hybrid checkpoints (`retnet_kernels::attention`) against causal
+//! softmax attention in f64: tiled prefill (full, windowed, earlier positions read from the
+//! cache ring, grouped kv heads) and split decode over long caches.
+//!
+//! Tolerance 2e-5 of max |ref|: outputs are convex combinations of values whose weights come
+//! from f32 dot products of ≤ 128 terms (~1e-6 relative per score) and an online rescaling by
+//! f32 exp; measured ≤ 1e-6 on lavapipe (crates/retnet-runtime/tests/attention.rs).
+
+use super::reference::Rng;
+use super::Row;
+use retnet_kernels::attention::{
+    decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
+    KvAppendBuffers, KvAppendParams, PrefillBuffers,
+};
+use retnet_runtime::Device;
+
+const ATTENTION_TOLERANCE: f64 = 2e-5;
+
+#[derive(Clone, Copy)]
+struct Case {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    window: Option<usize>,
+    /// Positions already cached.
+    before: usize,
+    /// Queries of the checked call (1: split decode).
+    queries: usize,
+    keys_per_split: usize,
+}
+
+impl Case {
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn ring(&self) -> usize {
+        let end = self.before + self.queries;
+        match self.window {
+            Some(w) => (w - 1 + self.queries).min(end),
+            None => end,
+        }
+    }
+    fn shape(&self) -> String {
+        format!(
+            "H={}/{} D={} {} cached={} T={}",
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.window
+                .map_or("full".to_string(), |w| format!("window {w}")),
+            self.before,
+            self.queries
+        )
+    }
+}
+
+/// f64 attention of the last `queries` positions over `kv` rows `[k (kv_width), v]`.
+fn reference(case: &Case, kv: &[f32], q: &[f32], scale: f64) -> Vec<f64> {
+    let (d, kvw) = (case.head_dim, case.kv_width());
+    let mut out = Vec::with_capacity(case.queries * case.q_width());
+    for n in 0..case.queries {
+        let p = case.before + n;
+        let lo = case.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        for h in 0..case.heads {
+            let kvh = h / (case.heads / case.kv_heads);
+            let qh = q.get(n * case.q_width() + h * d..).unwrap_or(&[]);
+            let scores: Vec<f64> = (lo..=p)
+                .map(|m| {
+                    let k = kv.get(m * 2 * kvw + kvh * d..).unwrap_or(&[]);
+                    qh.iter()
+                        .zip(k)
+                        .take(d)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for j in 0..d {
+                let sum: f64 = (lo..=p)
+                    .zip(&weights)
+                    .map(|(m, w)| {
+                        let at = m * 2 * kvw + kvw + kvh * d + j;
+                        w * kv.get(at).copied().map_or(f64::NAN, f64::from)
+                    })
+                    .sum();
+                out.push(sum / total);
+            }
+        }
+    }
+    out
+}
+
+fn run(device: &Device, case: &Case, seed: u64) -> Result<Row, Box<dyn std::error::Error>> {
+    let name = if case.queries == 1 && case.before > 0 {
+        "attention/decode-split"
+    } else {
+        "attention/prefill"
+    };
+    let mut rng = Rng::new(seed);
+    let end = case.before + case.queries;
+    let kvw = case.kv_width();
+    let kv = rng.vec(end * 2 * kvw);
+    let q = rng.vec(case.queries * case.q_width());
+    let ring = case.ring();
+    let scale = 3.0 / (case.head_dim as f32).sqrt();
+    let cache = device.create_storage_f32("cache", ring * 2 * kvw)?;
+    let src = device.upload_f32("kv", &kv)?;
+    let q_buffer = device.upload_f32("q", &q)?;
+    let out = device.create_storage_f32("out", case.queries * case.q_width())?;
+    let params = AttentionParams {
+        queries: case.queries as u32,
+        heads: case.heads as u32,
+        kv_heads: case.kv_heads as u32,
+        head_dim: case.head_dim as u32,
+        start_pos: case.before as u32,
+        window: case.window.map(|w| w as u32),
+        ring: ring as u32,
+        scale,
+        q_stride: case.q_width() as u32,
+        q_offset: 0,
+        out_stride: case.q_width() as u32,
+        out_offset: 0,
+    };
+    // The history in spans no longer than the ring, then this call's attention.
+    let mut sequence = device.sequence("verify attention");
+    let mut at = 0;
+    while at < end {
+        let span = (end - at).min(ring);
+        let append = KvAppendParams {
+            tokens: span as u32,
+            kv_width: kvw as u32,
+            start_pos: at as u32,
+            ring: ring as u32,
+            k_stride: 2 * kvw as u32,
+            k_offset: (at * 2 * kvw) as u32,
+            v_stride: 2 * kvw as u32,
+            v_offset: (at * 2 * kvw + kvw) as u32,
+        };
+        let buffers = KvAppendBuffers {
+            src: &src,
+            cache: &cache,
+        };
+        sequence.dispatch(kv_append(append, buffers))?;
+        at += span;
+    }
+    let scratch;
+    if name == "attention/decode-split" {
+        scratch = device.create_storage_f32(
+            "partial",
+            decode_scratch_len(&params, case.keys_per_split as u32) as usize,
+        )?;
+        let buffers = DecodeBuffers {
+            q: &q_buffer,
+            cache: &cache,
+            partial: &scratch,
+            out: &out,
+        };
+        let [split, combine] = decode(params, case.keys_per_split as u32, buffers)?;
+        sequence.dispatch(split)?;
+        sequence.dispatch(combine)?;
+    } else {
+        let buffers = PrefillBuffers {
+            q: &q_buffer,
+            cache: &cache,
+            out: &out,
+        };
+        sequence.dispatch(prefill(params, buffers)?)?;
+    }
+    sequence.submit()?;
+    let gpu = pollster::block_on(device.read_f32(&out, 0, case.queries * case.q_width()))?;
+    let want = reference(case, &kv, &q, f64::from(scale));
+    Ok(Row::compare(
+        name,
+        case.shape(),
+        &gpu,
+        &want,
+        ATTENTION_TOLERANCE,
+    ))
+}
+
+/// The attention rows (`quick`: a representative subset).
+pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
+    let case = |heads, kv_heads, head_dim, window, before, queries, keys_per_split| Case {
+        heads,
+        kv_heads,
+        head_dim,
+        window,
+        before,
+        queries,
+        keys_per_split,
+    };
+    let mut cases = vec![
+        case(4, 2, 16, None, 0, 70, 0),
+        case(4, 4, 8, Some(7), 30, 50, 0),
+        case(2, 1, 64, None, 1000, 1, 256),
+        case(4, 2, 8, Some(128), 3000, 1, 64),
+    ];
+    if !quick {
+        cases.extend([
+            case(3, 1, 40, Some(33), 100, 129, 0),
+            case(2, 2, 128, None, 17, 64, 0),
+            case(8, 1, 72, None, 20_000, 1, 1024),
+            case(2, 2, 256, Some(512), 5000, 1, 128),
+        ]);
+    }
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            run(device, c, 700 + i as u64).unwrap_or_else(|e| {
+                Row::fail("attention", c.shape(), format!("runtime error: {e}"))
+            })
+        })
+        .collect()
+}
