@@ -4,6 +4,8 @@
 //! append. Full attention and sliding windows, grouped key/value heads. See
 //! `shaders/attention_common.wgsl` for the cache layout and the visible keys of each query.
 //!
+//! Before them, [`qkv_prep`] adds the q/k/v biases and norms the query and key heads.
+//!
 //! Portable path only (no subgroups, no cooperative matrices).
 
 use crate::{ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, ParamWords};
@@ -190,6 +192,34 @@ buffers! {
     }
 }
 
+param_block! {
+    /// The WGSL parameter block of [`qkv_prep`].
+    pub(crate) struct QkvPrepBlock = "QkvPrepParams" {
+        rows: u32,
+        row_stride: u32,
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        has_bias: u32,
+        has_norm: u32,
+        eps: f32,
+    }
+}
+
+buffers! {
+    /// Buffers of [`qkv_prep`]. Where the layer has no bias (or no norm) any buffer may stand
+    /// in for it: the kernel does not read it.
+    pub struct QkvPrepBuffers, bindings QKV_PREP_BINDINGS {
+        /// The projected rows `[rows, row_stride]`: q (heads·head_dim), k, v (kv_heads·head_dim
+        /// each) from column 0, f32, updated in place.
+        1 x: ReadWrite,
+        /// q|k|v biases `[(heads + 2·kv_heads)·head_dim]`, f32.
+        2 bias: ReadOnly,
+        /// The query heads' norm weight `[head_dim]`, then the key heads', f32.
+        3 norm: ReadOnly,
+    }
+}
+
 buffers! {
     /// Buffers of [`kv_append`].
     pub struct KvAppendBuffers, bindings KV_APPEND_BINDINGS {
@@ -273,8 +303,33 @@ pub static KV_APPEND: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+/// The q/k/v biases and q/k norms.
+pub static QKV_PREP: Kernel = Kernel {
+    name: "attention/qkv-prep",
+    source: shader!("attention_qkv_prep.wgsl"),
+    entry_point: "attention_qkv_prep",
+    workgroup_size: [
+        Dim::Constant("WORKGROUP_SIZE"),
+        Dim::Fixed(1),
+        Dim::Fixed(1),
+    ],
+    constants: &[crate::OverrideConstant {
+        name: "WORKGROUP_SIZE",
+        default: 64,
+    }],
+    bindings: QKV_PREP_BINDINGS,
+    params: QkvPrepBlock::STRUCT,
+    requires: Features::NONE,
+};
+
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&PREFILL, &DECODE_SPLIT, &DECODE_COMBINE, &KV_APPEND];
+pub static KERNELS: &[&Kernel] = &[
+    &PREFILL,
+    &DECODE_SPLIT,
+    &DECODE_COMBINE,
+    &KV_APPEND,
+    &QKV_PREP,
+];
 
 /// Attention of `queries` queries against the cache (whose slots for this call's positions are
 /// already written). Buffers: `q` f32, `cache` f32, `out` f32.
@@ -397,6 +452,49 @@ pub fn kv_append<'b, B>(params: KvAppendParams, buffers: KvAppendBuffers<'b, B>)
             constants,
             params: block.words(),
             workgroups: [ceil_div(params.kv_width, x), params.tokens, 1],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
+/// Parameters of [`qkv_prep`].
+#[derive(Clone, Copy, Debug)]
+pub struct QkvPrepParams {
+    /// Rows (at most 65535).
+    pub rows: u32,
+    /// Elements between consecutive rows.
+    pub row_stride: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads.
+    pub kv_heads: u32,
+    /// Dim per head.
+    pub head_dim: u32,
+    /// Whether to add the biases.
+    pub bias: bool,
+    /// `Some(ε)`: RMS-norm each query and key head (ε added to the mean square).
+    pub norm_eps: Option<f32>,
+}
+
+/// Adds an attention layer's q/k/v biases to its projected rows and RMS-norms its query and
+/// key heads, in place (the steps between the projection and rotary).
+pub fn qkv_prep<'b, B>(params: QkvPrepParams, buffers: QkvPrepBuffers<'b, B>) -> Bound<'b, B> {
+    let block = QkvPrepBlock {
+        rows: params.rows,
+        row_stride: params.row_stride,
+        heads: params.heads,
+        kv_heads: params.kv_heads,
+        head_dim: params.head_dim,
+        has_bias: u32::from(params.bias),
+        has_norm: u32::from(params.norm_eps.is_some()),
+        eps: params.norm_eps.unwrap_or(0.0),
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel: &QKV_PREP,
+            constants: QKV_PREP.default_constants(),
+            params: block.words(),
+            workgroups: [params.heads + 2 * params.kv_heads, params.rows, 1],
         },
         buffers: buffers.in_order(),
     }

@@ -1,7 +1,7 @@
 //! Attention kernels (hybrid checkpoints' softmax-attention layers) against causal softmax
 //! attention computed in f64: the tiled prefill (full and windowed, with earlier positions in
 //! the cache ring, grouped kv heads, head dims that are not powers of two), the split decode
-//! over a long cache, and the cache append.
+//! over a long cache, the cache append, and the q/k/v biases and q/k norms before them.
 //!
 //! Tolerance 2e-5 relative to the largest |reference| output: each output is a convex
 //! combination of values, with weights from f32 dot products of ≤ 128 terms (~1e-6 relative
@@ -18,9 +18,10 @@
 mod common;
 
 use common::{assert_close, device, read, Rng};
+use retnet_runtime::kernels::attention::qkv_prep;
 use retnet_runtime::kernels::attention::{
     decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
-    KvAppendBuffers, KvAppendParams, PrefillBuffers,
+    KvAppendBuffers, KvAppendParams, PrefillBuffers, QkvPrepBuffers, QkvPrepParams,
 };
 use retnet_runtime::{Device, GpuBuffer};
 
@@ -402,4 +403,94 @@ fn shapes_the_kernels_cannot_run_are_refused() {
         decode_of(params(&shape, 0, 2, 9, 40), 64).is_err(),
         "decode takes one query"
     );
+}
+
+/// f64 of what `qkv_prep` computes: biases added to q, k and v, then each query and key head
+/// RMS-normed over its values times its weight.
+fn qkv_prep_reference(
+    x: &[f32],
+    stride: usize,
+    (heads, kv_heads, dim): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    norm: Option<(&[f32], f32)>,
+) -> Vec<f64> {
+    let slots = heads + 2 * kv_heads;
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for row in out.chunks_exact_mut(stride) {
+        for slot in 0..slots {
+            let head = &mut row[slot * dim..][..dim];
+            if let Some(b) = bias {
+                for (e, &be) in head.iter_mut().zip(&b[slot * dim..]) {
+                    *e += be as f64;
+                }
+            }
+            if let Some((w, eps)) = norm {
+                if slot < heads + kv_heads {
+                    let w = &w[if slot < heads { 0 } else { dim }..][..dim];
+                    let mean_sq = head.iter().map(|e| e * e).sum::<f64>() / dim as f64;
+                    let inv = 1.0 / (mean_sq + eps as f64).sqrt();
+                    for (e, &we) in head.iter_mut().zip(w) {
+                        *e *= inv * we as f64;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn qkv_prep_adds_biases_and_norms_query_and_key_heads() {
+    let Some(device) = device() else { return };
+    // (heads, kv_heads, head_dim): head dims below, at and above the workgroup width.
+    for (i, (heads, kv_heads, dim)) in [(4, 2, 8), (3, 1, 72), (2, 2, 130)].into_iter().enumerate()
+    {
+        for (bias, norm) in [(true, false), (false, true), (true, true)] {
+            let mut rng = Rng::new(90 + i as u64);
+            let rows = 5;
+            let width = (heads + 2 * kv_heads) * dim;
+            let stride = width + 3;
+            let x = rng.vec(rows * stride);
+            let b = rng.vec(width);
+            // Norm weights away from zero, and rows scaled so the norm matters.
+            let w: Vec<f32> = rng.vec(2 * dim).iter().map(|v| 1.0 + v).collect();
+            let x: Vec<f32> = x.iter().map(|v| 4.0 * v).collect();
+            let eps = 1e-5;
+            let x_buffer = device.upload_f32("x", &x).unwrap();
+            let b_buffer = device.upload_f32("bias", &b).unwrap();
+            let w_buffer = device.upload_f32("norm", &w).unwrap();
+            let params = QkvPrepParams {
+                rows: rows as u32,
+                row_stride: stride as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                head_dim: dim as u32,
+                bias,
+                norm_eps: norm.then_some(eps),
+            };
+            let buffers = QkvPrepBuffers {
+                x: &x_buffer,
+                bias: &b_buffer,
+                norm: &w_buffer,
+            };
+            let mut sequence = device.sequence("qkv prep");
+            sequence.dispatch(qkv_prep(params, buffers)).unwrap();
+            sequence.submit().unwrap();
+            let got = read(device, &x_buffer, rows * stride);
+            let want = qkv_prep_reference(
+                &x,
+                stride,
+                (heads, kv_heads, dim),
+                bias.then_some(&b[..]),
+                norm.then_some((&w[..], eps)),
+            );
+            // f32 sums of ≤ 130 squares and one bias add: a few ulp.
+            assert_close(
+                &format!("qkv prep H={heads}/{kv_heads} D={dim} bias={bias} norm={norm}"),
+                &got,
+                &want,
+                1e-6,
+            );
+        }
+    }
 }

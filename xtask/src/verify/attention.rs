@@ -6,13 +6,13 @@
 //! from f32 dot products of ≤ 128 terms (~1e-6 relative per score) and an online rescaling by
 //! f32 exp; measured ≤ 1e-6 on lavapipe (crates/retnet-runtime/tests/attention.rs).
 
-use super::reference::Rng;
 use super::Row;
 use retnet_kernels::attention::{
     decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
     KvAppendBuffers, KvAppendParams, PrefillBuffers,
 };
 use retnet_runtime::Device;
+use retnet_testkit::Rng;
 
 const ATTENTION_TOLERANCE: f64 = 2e-5;
 

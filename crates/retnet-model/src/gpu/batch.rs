@@ -3,6 +3,7 @@
 use retnet_runtime::GpuBuffer;
 
 use super::forward::{record_forward, Logits, Rows, Scratch};
+use super::kv_cache::KvCaches;
 use super::{state, GpuModel, GpuSession};
 use crate::error::{ModelError, Result};
 use crate::reference::check_tokens;
@@ -11,10 +12,14 @@ use crate::reference::check_tokens;
 ///
 /// Each sequence owns a slot of a per-layer state pool (`[slots, H, K, V]` f32). Sequences are
 /// prefilled alone in a [`GpuSession`], then [`GpuBatch::insert`]ed (their state copied on the
-/// GPU); they may be at different positions, and any subset may step together.
+/// GPU); they may be at different positions, and any subset may step together. In a hybrid
+/// checkpoint each slot also holds its sequence's key/value caches, and the attention layers
+/// run row by row against them.
 pub struct GpuBatch {
     model: GpuModel,
     pools: Vec<GpuBuffer>,
+    /// Each occupied slot's key/value caches (no GPU buffers for a pure RetNet model).
+    caches: Vec<Option<KvCaches>>,
     /// Position of the sequence in each slot; `None` for a free slot.
     slots: Vec<Option<usize>>,
     positions_buffer: GpuBuffer,
@@ -36,6 +41,7 @@ impl GpuBatch {
         Ok(Self {
             model: model.clone(),
             pools,
+            caches: (0..capacity).map(|_| None).collect(),
             slots: vec![None; capacity],
             positions_buffer: dev.create_storage("batch positions", (capacity * 4) as u64)?,
             slots_buffer: dev.create_storage("batch slots", (capacity * 4) as u64)?,
@@ -48,7 +54,13 @@ impl GpuBatch {
 
     /// Bytes of GPU memory this batch holds (state pools, slot tables, activations).
     pub fn buffer_bytes(&self) -> u64 {
-        let pools: u64 = self.pools.iter().map(GpuBuffer::size).sum();
+        let pools: u64 = self.pools.iter().map(GpuBuffer::size).sum::<u64>()
+            + self
+                .caches
+                .iter()
+                .flatten()
+                .map(KvCaches::bytes)
+                .sum::<u64>();
         pools + self.positions_buffer.size() + self.slots_buffer.size() + self.scratch.bytes()
     }
 
@@ -64,17 +76,21 @@ impl GpuBatch {
                 "a session of another model cannot join this batch",
             ));
         }
-        state::copy_slots(self.model.parts(), &session.states, 0, &self.pools, slot);
-        if let Some(s) = self.slots.get_mut(slot) {
+        let parts = self.model.parts();
+        let caches = session.caches.duplicate(parts, session.position)?;
+        state::copy_slots(parts, &session.states, 0, &self.pools, slot);
+        if let (Some(s), Some(c)) = (self.slots.get_mut(slot), self.caches.get_mut(slot)) {
             *s = Some(session.position);
+            *c = Some(caches);
         }
         Ok(slot)
     }
 
     /// Frees a slot.
     pub fn remove(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
+        if let (Some(s), Some(c)) = (self.slots.get_mut(slot), self.caches.get_mut(slot)) {
             *s = None;
+            *c = None;
         }
     }
 
@@ -88,8 +104,12 @@ impl GpuBatch {
         let position = self
             .position(slot)
             .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
+        let parts = self.model.parts();
         let mut session = GpuSession::new(self.model.clone())?;
-        state::copy_slots(self.model.parts(), &self.pools, slot, &session.states, 0);
+        state::copy_slots(parts, &self.pools, slot, &session.states, 0);
+        if let Some(Some(caches)) = self.caches.get(slot) {
+            session.caches = caches.duplicate(parts, position)?;
+        }
         session.position = position;
         Ok(session)
     }
@@ -116,6 +136,12 @@ impl GpuBatch {
             self.row_tokens.push(token);
         }
         check_tokens(&self.row_tokens, c.vocab_size)?;
+        for (&slot, &position) in self.row_slots.iter().zip(&self.row_positions) {
+            if let Some(Some(caches)) = self.caches.get_mut(slot as usize) {
+                // Allocates only when a full-attention cache grows (once per growth block).
+                caches.reserve(parts, position as usize, 1)?;
+            }
+        }
         let dev = &parts.device;
         dev.write_u32(&self.positions_buffer, 0, &self.row_positions);
         dev.write_u32(&self.slots_buffer, 0, &self.row_slots);
@@ -123,6 +149,9 @@ impl GpuBatch {
             positions: &self.positions_buffer,
             slots: &self.slots_buffer,
             pools: &self.pools,
+            caches: &self.caches,
+            host_positions: &self.row_positions,
+            host_slots: &self.row_slots,
         };
         let s = &self.scratch;
         dev.write_u32(&s.token_ids, 0, &self.row_tokens);

@@ -1,7 +1,11 @@
 //! The recorder: the whole model over a span of tokens as kernel dispatches in one
-//! [`Sequence`], one method per stage (embeddings, the retention and FFN sub-layers of each
-//! layer, the output head).
+//! [`Sequence`], one method per stage (embeddings, the retention (or attention) and FFN
+//! sub-layers of each layer, the output head).
 
+use retnet_runtime::kernels::attention::{
+    self, qkv_prep, AttentionParams, DecodeBuffers, KvAppendBuffers, KvAppendParams,
+    PrefillBuffers, QkvPrepBuffers, QkvPrepParams,
+};
 use retnet_runtime::kernels::embedding::EmbeddingParams;
 use retnet_runtime::kernels::gated_activation::{
     self, gated_activation, GatedActivationBuffers, GatedActivationParams,
@@ -26,7 +30,8 @@ use retnet_runtime::kernels::rotary::{
 use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{GpuBuffer, Sequence, Weights};
 
-use super::{GpuLayer, Parts, QkvgLayout};
+use super::kv_cache::{KvCache, KvCaches, KEYS_PER_SPLIT};
+use super::{GpuAttention, GpuLayer, Parts, QkvgLayout};
 use crate::config::{Activation, NormPlacement, OutputScale, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::reference::RetentionForm;
@@ -120,9 +125,9 @@ impl Scratch {
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
-            qkvg: f32s("q|k|v|g", model.qkvg_layout().width as usize)?,
+            qkvg: f32s("q|k|v|g", model.widest_layout() as usize)?,
             retained: f32s("retained", c.value_width())?,
-            gated: f32s("gated", c.value_width())?,
+            gated: f32s("gated", model.widest_mixer_output())?,
             ffn_in: f32s("ffn act|lin", 2 * c.ffn_dim)?,
             ffn_mid: f32s("ffn mid", c.ffn_dim)?,
             logits: dev.create_storage_f32("logits", logit_rows * c.vocab_size)?,
@@ -132,18 +137,25 @@ impl Scratch {
 
 /// Where the rows of one recorded forward pass come from.
 pub(super) enum Rows<'a> {
-    /// Consecutive tokens of one sequence from `position`, with its per-layer states.
+    /// Consecutive tokens of one sequence from `position`, with its per-layer states and its
+    /// attention layers' caches (with room for the span: [`KvCaches::reserve`]).
     Sequence {
         position: u32,
         states: &'a [GpuBuffer],
+        caches: &'a KvCaches,
         form: RetentionForm,
     },
     /// One token of each of several sequences: row b is at `positions[b]` and owns state slot
-    /// `slots[b]` of each layer's pool (batched decode).
+    /// `slots[b]` of each layer's pool (batched decode). The attention layers run row by row
+    /// against each sequence's own caches: row b's are `caches[host_slots[b]]`, at
+    /// `host_positions[b]`.
     Batch {
         positions: &'a GpuBuffer,
         slots: &'a GpuBuffer,
         pools: &'a [GpuBuffer],
+        caches: &'a [Option<KvCaches>],
+        host_positions: &'a [u32],
+        host_slots: &'a [u32],
     },
 }
 
@@ -163,7 +175,6 @@ pub(super) fn record_forward(
         s: scratch,
         t,
         rows,
-        layout: model.qkvg_layout(),
         // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection
         // after it.
         fuse_norms: t == 1
@@ -185,7 +196,6 @@ struct Recorder<'a> {
     /// Rows (tokens) in the span.
     t: usize,
     rows: Rows<'a>,
-    layout: QkvgLayout,
     /// Whether a pre-norm's RMSNorm runs inside the projection after it.
     fuse_norms: bool,
 }
@@ -285,7 +295,8 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// x ← x·α + out_proj(retention(norm(x))) (pre-norm), or its post-norm order.
+    /// x ← x·α + out_proj(retention(norm(x))) (pre-norm), or its post-norm order; attention in
+    /// place of retention in an attention layer.
     fn retention_sublayer(
         &self,
         seq: &mut Sequence<'_>,
@@ -294,7 +305,8 @@ impl Recorder<'_> {
     ) -> Result<()> {
         let (m, s) = (self.model, self.s);
         let c = &m.config;
-        let width = self.layout.width;
+        let layout = m.layout(layer);
+        let width = layout.width;
         match c.norm_placement {
             NormPlacement::PreNorm => {
                 let params = LinearParams::new(self.t32(), c.d_model as u32, width);
@@ -305,8 +317,17 @@ impl Recorder<'_> {
                 self.proj(seq, &layer.qkvg, &s.x, &s.qkvg, dims, None)?;
             }
         }
-        record_retention(m, s, seq, layer, index, &self.rows, self.layout, self.t)?;
-        let dims = (c.value_width(), c.d_model);
+        let mixer_width = match &layer.attention {
+            Some(attn) => {
+                record_attention(s, seq, attn, index, &self.rows, layout, self.t)?;
+                attn.config.query_width()
+            }
+            None => {
+                record_retention(m, s, seq, layer, index, &self.rows, layout, self.t)?;
+                c.value_width()
+            }
+        };
+        let dims = (mixer_width, c.d_model);
         self.proj(
             seq,
             &layer.out_proj,
@@ -501,6 +522,7 @@ fn record_retention(
             position,
             states,
             form,
+            ..
         } => {
             let params = RetentionParams {
                 tokens: t32,
@@ -579,6 +601,7 @@ fn record_retention(
             positions,
             slots,
             pools,
+            ..
         } => {
             let params = RetentionBatchedParams {
                 rows: t32,
@@ -637,4 +660,169 @@ fn record_retention(
         }
     }
     Ok(())
+}
+
+/// An attention layer's mixer (hybrid checkpoints), layer `index`: the q/k/v biases and q/k
+/// norms, rotary on q and k, this span's keys and values into the cache, then softmax
+/// attention of the span's queries into `gated` (the o_proj's input).
+#[allow(clippy::too_many_arguments)]
+fn record_attention(
+    s: &Scratch,
+    seq: &mut Sequence<'_>,
+    attn: &GpuAttention,
+    index: usize,
+    rows: &Rows<'_>,
+    layout: QkvgLayout,
+    t: usize,
+) -> Result<()> {
+    let a = &attn.config;
+    let (t32, dim) = (t as u32, a.head_dim as u32);
+    let (heads, kv_heads) = (a.num_heads as u32, a.num_kv_heads as u32);
+    if attn.bias.is_some() || attn.qk_norm.is_some() {
+        let params = QkvPrepParams {
+            rows: t32,
+            row_stride: layout.width,
+            heads,
+            kv_heads,
+            head_dim: dim,
+            bias: attn.bias.is_some(),
+            norm_eps: attn.qk_norm.as_ref().map(|_| crate::weights::QK_NORM_EPS),
+        };
+        // An absent bias or norm is not read: any buffer binds in its place.
+        let buffers = QkvPrepBuffers {
+            x: &s.qkvg,
+            bias: attn.bias.as_ref().unwrap_or(&attn.rotary_theta),
+            norm: attn.qk_norm.as_ref().unwrap_or(&attn.rotary_theta),
+        };
+        seq.dispatch(qkv_prep(params, buffers))?;
+    }
+    // fla's attention rotates the two halves of each head (NeoX style); the score scale is
+    // applied by the attention kernel.
+    let style = rotary::RotaryStyle::Halves;
+    for (heads, col_offset) in [(heads, 0), (kv_heads, layout.k)] {
+        match rows {
+            Rows::Sequence { position, .. } => {
+                let params = RotaryParams {
+                    tokens: t32,
+                    heads,
+                    head_dim: dim,
+                    start_pos: *position,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale: 1.0,
+                };
+                let buffers = RotaryBuffers {
+                    theta: &attn.rotary_theta,
+                    x: &s.qkvg,
+                };
+                seq.dispatch(rotary(style, params, buffers))?;
+            }
+            Rows::Batch { positions, .. } => {
+                let params = RotaryBatchedParams {
+                    rows: t32,
+                    heads,
+                    head_dim: dim,
+                    row_stride: layout.width,
+                    col_offset,
+                    scale: 1.0,
+                };
+                let buffers = RotaryBatchedBuffers {
+                    theta: &attn.rotary_theta,
+                    x: &s.qkvg,
+                    positions,
+                };
+                seq.dispatch(rotary_batched(style, params, buffers))?;
+            }
+        }
+    }
+    // Queries of `queries` rows from row `row` at `position`, against `cache`.
+    let attend = |seq: &mut Sequence<'_>,
+                  cache: &KvCache,
+                  row: u32,
+                  queries: u32,
+                  position: u32|
+     -> Result<()> {
+        let width = layout.width;
+        let shape_error = |e: attention::AttentionShapeError| ModelError::invalid(e.to_string());
+        let append = KvAppendParams {
+            tokens: queries,
+            kv_width: a.kv_width() as u32,
+            start_pos: position,
+            ring: cache.ring as u32,
+            k_stride: width,
+            k_offset: row * width + layout.k,
+            v_stride: width,
+            v_offset: row * width + layout.v,
+        };
+        let buffers = KvAppendBuffers {
+            src: &s.qkvg,
+            cache: &cache.cache,
+        };
+        seq.dispatch(attention::kv_append(append, buffers))?;
+        let q_width = a.query_width() as u32;
+        let params = AttentionParams {
+            queries,
+            heads,
+            kv_heads,
+            head_dim: dim,
+            start_pos: position,
+            window: a.window.map(|w| w as u32),
+            ring: cache.ring as u32,
+            scale: (a.head_dim as f64).powf(-0.5) as f32,
+            q_stride: width,
+            q_offset: row * width,
+            out_stride: q_width,
+            out_offset: row * q_width,
+        };
+        if queries == 1 {
+            let buffers = DecodeBuffers {
+                q: &s.qkvg,
+                cache: &cache.cache,
+                partial: &cache.partial,
+                out: &s.gated,
+            };
+            let [split, merge] =
+                attention::decode(params, KEYS_PER_SPLIT, buffers).map_err(shape_error)?;
+            seq.dispatch(split)?;
+            seq.dispatch(merge)?;
+        } else {
+            let buffers = PrefillBuffers {
+                q: &s.qkvg,
+                cache: &cache.cache,
+                out: &s.gated,
+            };
+            seq.dispatch(attention::prefill(params, buffers).map_err(shape_error)?)?;
+        }
+        Ok(())
+    };
+    match rows {
+        Rows::Sequence {
+            position, caches, ..
+        } => attend(seq, layer_cache(caches, index)?, 0, t32, *position),
+        Rows::Batch {
+            caches,
+            host_positions,
+            host_slots,
+            ..
+        } => {
+            for (row, (&slot, &position)) in
+                host_slots.iter().zip(host_positions.iter()).enumerate()
+            {
+                let caches = caches
+                    .get(slot as usize)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
+                attend(seq, layer_cache(caches, index)?, row as u32, 1, position)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn layer_cache(caches: &KvCaches, index: usize) -> Result<&KvCache> {
+    caches
+        .layers
+        .get(index)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| ModelError::invalid(format!("no key/value cache for layer {index}")))
 }

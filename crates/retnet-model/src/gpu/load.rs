@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use retnet_runtime::kernels::gemm_coop::CoopTile;
 use retnet_runtime::kernels::linear::Reduction;
-use retnet_runtime::kernels::{retention, WeightFormat};
+use retnet_runtime::kernels::{attention, retention, WeightFormat};
 use retnet_runtime::{Device, GpuBuffer, WeightWriter, Weights};
 
-use super::{GpuLayer, GpuOptions, Parts, WeightPrecision, MAX_GPU_CHUNK};
-use crate::config::ModelConfig;
+use super::{GpuAttention, GpuLayer, GpuOptions, Parts, WeightPrecision, MAX_GPU_CHUNK};
+use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::{LayerTensor, TensorRole, WeightReader, WeightSource, READ_CHUNK};
 
@@ -112,6 +112,20 @@ impl Uploader<'_> {
         Ok(self.device.upload_f32(label, &values)?)
     }
 
+    /// Small f32 vectors concatenated in one buffer, or `None` when the model has none of
+    /// them (q|k|v biases, q and k norms).
+    fn optional_vectors(&mut self, label: &str, roles: &[TensorRole]) -> Result<Option<GpuBuffer>> {
+        if roles.iter().all(|&r| self.reader.source().len(r).is_none()) {
+            return Ok(None);
+        }
+        let mut values = Vec::new();
+        for &role in roles {
+            values.extend(self.reader.read(role)?);
+        }
+        self.advance(values.len() as u64 * 4);
+        Ok(Some(self.device.upload_f32(label, &values)?))
+    }
+
     fn optional_vector(&mut self, label: &str, role: TensorRole) -> Result<Option<GpuBuffer>> {
         match self.reader.source().len(role) {
             Some(_) => self.vector(label, role).map(Some),
@@ -170,7 +184,14 @@ fn is_matrix(role: TensorRole) -> bool {
         TensorRole::Embed | TensorRole::Head => true,
         TensorRole::Layer(_, t) => !matches!(
             t,
-            LayerTensor::RetentionNorm | LayerTensor::HeadNorm | LayerTensor::FfnNorm
+            LayerTensor::RetentionNorm
+                | LayerTensor::HeadNorm
+                | LayerTensor::FfnNorm
+                | LayerTensor::AttnQBias
+                | LayerTensor::AttnKBias
+                | LayerTensor::AttnVBias
+                | LayerTensor::AttnQNorm
+                | LayerTensor::AttnKNorm
         ),
         _ => false,
     }
@@ -196,14 +217,21 @@ pub(crate) async fn upload(
     pacing: Pacing,
     progress: LoadProgress<'_>,
 ) -> Result<Parts> {
-    if config.is_hybrid() {
-        return Err(ModelError::unsupported(
-            "attn",
-            "attention layers (hybrid checkpoints) run on the CPU backend only so far \
-             (`--backend cpu`)",
-        ));
-    }
     config.check()?;
+    for a in &config.attention {
+        // The prefill kernel keeps a query's accumulators in registers.
+        if a.head_dim as u32 > attention::PREFILL_MAX_HEAD_DIM || a.head_dim % 2 != 0 {
+            return Err(ModelError::unsupported(
+                "attn",
+                format!(
+                    "attention head dim {} on the GPU (it runs even head dims up to {}): use \
+                     the CPU backend",
+                    a.head_dim,
+                    attention::PREFILL_MAX_HEAD_DIM
+                ),
+            ));
+        }
+    }
     // The kernels take sizes as u32.
     let c = &config;
     for (what, n) in [
@@ -240,19 +268,49 @@ pub(crate) async fn upload(
     for i in 0..up.config.num_layers {
         let role = |t| TensorRole::Layer(i, t);
         use LayerTensor as T;
-        layers.push(GpuLayer {
-            retention_norm: up.vector("retention_norm", role(T::RetentionNorm))?,
-            qkvg: up
-                .matrix(
+        let kind = up.config.layer_kind(i);
+        let retention_norm = up.vector("retention_norm", role(T::RetentionNorm))?;
+        let (qkvg, out_proj, head_norm, attention) = match kind {
+            LayerKind::Retention => (
+                up.matrix(
                     "q|k|v|g",
                     &[role(T::Q), role(T::K), role(T::V), role(T::G)],
                     d,
                 )
                 .await?,
-            out_proj: up
-                .matrix("out_proj", &[role(T::Out)], config.value_width())
-                .await?,
-            head_norm: up.optional_vector("head_norm", role(T::HeadNorm))?,
+                up.matrix("out_proj", &[role(T::Out)], config.value_width())
+                    .await?,
+                up.optional_vector("head_norm", role(T::HeadNorm))?,
+                None,
+            ),
+            LayerKind::Attention(a) => {
+                let qkv = up
+                    .matrix("attn q|k|v", &[role(T::Q), role(T::K), role(T::V)], d)
+                    .await?;
+                let o_proj = up
+                    .matrix("attn o_proj", &[role(T::Out)], a.query_width())
+                    .await?;
+                let bias = up.optional_vectors(
+                    "attn q|k|v bias",
+                    &[role(T::AttnQBias), role(T::AttnKBias), role(T::AttnVBias)],
+                )?;
+                let qk_norm = up
+                    .optional_vectors("attn q|k norm", &[role(T::AttnQNorm), role(T::AttnKNorm)])?;
+                let theta = crate::weights::attention_rotary(a.rope_theta, a.head_dim);
+                let attention = GpuAttention {
+                    config: a.clone(),
+                    bias,
+                    qk_norm,
+                    rotary_theta: device.upload_f32("attn rotary_theta", &theta)?,
+                };
+                (qkv, o_proj, None, Some(attention))
+            }
+        };
+        layers.push(GpuLayer {
+            retention_norm,
+            qkvg,
+            out_proj,
+            head_norm,
             ffn_norm: up.vector("ffn_norm", role(T::FfnNorm))?,
             ffn_in: up
                 .matrix("ffn act|lin", &[role(T::FfnAct), role(T::FfnLin)], d)
@@ -260,6 +318,7 @@ pub(crate) async fn upload(
             ffn_down: up
                 .matrix("ffn_down", &[role(T::FfnDown)], config.ffn_dim)
                 .await?,
+            attention,
         });
     }
     let final_norm = up.optional_vector("final_norm", TensorRole::FinalNorm)?;

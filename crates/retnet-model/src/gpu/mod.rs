@@ -8,16 +8,21 @@
 //! Per layer (pre-norm): `rms_norm → q|k|v|g projection (one fused matrix) → rotary (q, k) →
 //! retention → per-head norm × silu(g) → out_proj (+ α·x fused) → rms_norm → act|lin projection
 //! (fused) → gated activation → down_proj (+ α·x fused)`. Post-norm (deepnorm) layers move the
-//! norms after the residual sums.
+//! norms after the residual sums. The attention layers of hybrid checkpoints (fla's `attn`)
+//! run `q|k|v projection → biases and q/k norms → rotary → key/value cache append → softmax
+//! attention (tiled prefill, or split decode) → o_proj` in place of the retention steps, with
+//! each sequence's caches in `kv_cache`.
 //!
 //! The module's parts: [`load`] (weights from their source to the GPU), `forward` (the
 //! recorder: one method per stage of the model), `session` (one sequence: [`GpuSession`]),
 //! `batch` (several sequences decoded together: [`GpuBatch`]), `sampler` (sampling on the GPU)
-//! and `state` (the per-layer recurrent states). A [`GpuModel`] is a shared handle: sessions and
+//! `state` (the per-layer recurrent states) and `kv_cache` (the attention layers' key/value
+//! caches). A [`GpuModel`] is a shared handle: sessions and
 //! batches hold a clone of it (not a borrow), so they can live as long as their owner needs.
 
 mod batch;
 mod forward;
+mod kv_cache;
 mod load;
 mod sampler;
 mod session;
@@ -33,7 +38,7 @@ use retnet_runtime::kernels::gemm_coop::CoopShape;
 use retnet_runtime::kernels::linear::Reduction;
 use retnet_runtime::{Device, GpuBuffer, Weights};
 
-use crate::config::ModelConfig;
+use crate::config::{AttentionConfig, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::reference::{CpuModel, RetentionForm};
 use crate::safetensors_store::TensorStore;
@@ -70,12 +75,28 @@ const MAX_SPAN_LOOP_LIMITED: usize = 512;
 
 struct GpuLayer {
     retention_norm: GpuBuffer,
+    /// q|k|v|g; q|k|v in an attention layer.
     qkvg: Weights,
     out_proj: Weights,
     head_norm: Option<GpuBuffer>,
     ffn_norm: GpuBuffer,
     ffn_in: Weights,
     ffn_down: Weights,
+    /// `Some` for a softmax-attention layer of a hybrid checkpoint.
+    attention: Option<GpuAttention>,
+}
+
+/// What an attention layer holds beyond its projections (`qkvg` holds q|k|v, `out_proj` the
+/// o_proj, and there is no head norm).
+struct GpuAttention {
+    config: AttentionConfig,
+    /// The q|k|v biases, concatenated (`qkv_bias`).
+    bias: Option<GpuBuffer>,
+    /// The query heads' RMSNorm weight, then the key heads' (`qk_norm`, where the checkpoint
+    /// holds them).
+    qk_norm: Option<GpuBuffer>,
+    /// Rotary angle per dimension pair, from the layer's `rope_theta`.
+    rotary_theta: GpuBuffer,
 }
 
 /// A model whose weights live on a GPU: a cheap, shared handle (cloning it shares the
@@ -261,6 +282,9 @@ impl GpuModel {
                     + l.ffn_norm.size()
                     + l.ffn_in.size()
                     + l.ffn_down.size()
+                    + l.attention.as_ref().map_or(0, |a| {
+                        optional(&a.bias) + optional(&a.qk_norm) + a.rotary_theta.size()
+                    })
             })
             .sum();
         layers
@@ -298,16 +322,49 @@ impl Parts {
         }
     }
 
-    fn qkvg_layout(&self) -> QkvgLayout {
+    /// The column layout of layer `layer`'s fused projection output.
+    fn layout(&self, layer: &GpuLayer) -> QkvgLayout {
         let c = &self.config;
-        let k = c.query_width() as u32;
-        let v = k + c.key_width() as u32;
-        let g = v + c.kv_value_width() as u32;
-        QkvgLayout {
-            width: g + c.value_width() as u32,
-            k,
-            v,
-            g,
+        match &layer.attention {
+            Some(a) => {
+                let (q, kv) = (a.config.query_width() as u32, a.config.kv_width() as u32);
+                QkvgLayout {
+                    width: q + 2 * kv,
+                    k: q,
+                    v: q + kv,
+                    g: q + 2 * kv,
+                }
+            }
+            None => {
+                let k = c.query_width() as u32;
+                let v = k + c.key_width() as u32;
+                let g = v + c.kv_value_width() as u32;
+                QkvgLayout {
+                    width: g + c.value_width() as u32,
+                    k,
+                    v,
+                    g,
+                }
+            }
         }
+    }
+
+    /// The widest fused projection output of any layer (the scratch's row width).
+    fn widest_layout(&self) -> u32 {
+        self.layers
+            .iter()
+            .map(|l| self.layout(l).width)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The widest input of any layer's out_proj: retention's heads × V, or an attention
+    /// layer's heads × head dim.
+    fn widest_mixer_output(&self) -> usize {
+        self.config
+            .attention
+            .iter()
+            .map(AttentionConfig::query_width)
+            .fold(self.config.value_width(), usize::max)
     }
 }

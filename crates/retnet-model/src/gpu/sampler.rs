@@ -71,9 +71,12 @@ impl GpuSession {
             seq.dispatch(sampling::sample(sample_params, buffers))?;
             let last = i + 1 == count;
             if !last {
+                // Allocates only when a full-attention cache grows (once per growth block).
+                self.caches.reserve(parts, self.position, 1)?;
                 let rows = Rows::Sequence {
                     position: self.position as u32,
                     states: &self.states,
+                    caches: &self.caches,
                     form: RetentionForm::Recurrent,
                 };
                 record_forward(

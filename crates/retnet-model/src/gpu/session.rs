@@ -4,9 +4,10 @@
 use retnet_runtime::GpuBuffer;
 
 use super::forward::{record_forward, Logits, Rows, Scratch};
+use super::kv_cache::KvCaches;
 use super::sampler::SamplerBuffers;
 use super::{state, GpuModel, MAX_SPAN_LOOP_LIMITED};
-use crate::config::ModelConfig;
+use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::reference::{check_tokens, RetentionForm};
 use crate::weights::WeightsFingerprint;
@@ -20,11 +21,13 @@ pub enum LogitRows {
     Last,
 }
 
-/// A sequence on the GPU: its recurrent state (one `[H, K, V]` f32 buffer per layer), its
-/// position, and activation buffers reused from call to call.
+/// A sequence on the GPU: its recurrent state (one `[H, K, V]` f32 buffer per retention
+/// layer), its attention layers' key/value caches (hybrid checkpoints), its position, and
+/// activation buffers reused from call to call.
 pub struct GpuSession {
     pub(super) model: GpuModel,
     pub(super) states: Vec<GpuBuffer>,
+    pub(super) caches: KvCaches,
     pub(super) position: usize,
     pub(super) scratch: Scratch,
     pub(super) sampler: Option<SamplerBuffers>,
@@ -34,10 +37,12 @@ impl GpuSession {
     pub(super) fn new(model: GpuModel) -> Result<Self> {
         let parts = model.parts();
         let states = state::state_buffers(parts, "state", 1)?;
+        let caches = KvCaches::new(parts)?;
         let scratch = Scratch::new(parts, 1, false)?;
         Ok(Self {
             model,
             states,
+            caches,
             position: 0,
             scratch,
             sampler: None,
@@ -54,16 +59,19 @@ impl GpuSession {
         self.position
     }
 
-    /// Bytes of GPU memory this session holds (states, activations, sampler buffers).
+    /// Bytes of GPU memory this session holds (states, key/value caches, activations, sampler
+    /// buffers).
     pub fn buffer_bytes(&self) -> u64 {
-        let states: u64 = self.states.iter().map(GpuBuffer::size).sum();
+        let states: u64 =
+            self.states.iter().map(GpuBuffer::size).sum::<u64>() + self.caches.bytes();
         let sampler = self.sampler.as_ref().map_or(0, |s| {
             s.state.size() + s.next_token.size() + s.generated.size()
         });
         states + self.scratch.bytes() + sampler
     }
 
-    /// The per-layer state buffers (`[H, K, V]` f32 each).
+    /// The per-layer state buffers (`[H, K, V]` f32 each; a one-value placeholder for an
+    /// attention layer).
     pub fn states(&self) -> &[GpuBuffer] {
         &self.states
     }
@@ -167,9 +175,11 @@ impl GpuSession {
         if matches!(form, RetentionForm::Chunkwise { .. }) {
             self.scratch.prepare_chunk_states(model)?;
         }
+        self.caches.reserve(model, self.position, tokens.len())?;
         let rows = Rows::Sequence {
             position: self.position as u32,
             states: &self.states,
+            caches: &self.caches,
             form,
         };
         let s = &self.scratch;
@@ -212,10 +222,14 @@ impl crate::session::Engine for GpuSession {
     }
 
     async fn export_state(&self) -> Result<Vec<Vec<f32>>> {
-        let len = self.model.config().retention_state_len();
+        let parts = self.model.parts();
+        let len = parts.config.retention_state_len();
         let mut layers = Vec::with_capacity(self.states.len());
-        for state in &self.states {
-            layers.push(self.model.device().read_f32(state, 0, len).await?);
+        for (i, state) in self.states.iter().enumerate() {
+            layers.push(match parts.config.layer_kind(i) {
+                LayerKind::Retention => self.model.device().read_f32(state, 0, len).await?,
+                LayerKind::Attention(_) => self.caches.export(parts, i, self.position).await?,
+            });
         }
         Ok(layers)
     }
@@ -225,8 +239,12 @@ impl crate::session::Engine for GpuSession {
         if layers.len() != self.states.len() {
             return Err(ModelError::invalid("a state of another shape"));
         }
-        for (buffer, values) in self.states.iter().zip(layers) {
-            self.model.device().write_f32(buffer, 0, values);
+        let parts = self.model.parts();
+        for (i, (buffer, values)) in self.states.iter().zip(layers).enumerate() {
+            match parts.config.layer_kind(i) {
+                LayerKind::Retention => self.model.device().write_f32(buffer, 0, values),
+                LayerKind::Attention(_) => self.caches.import(parts, i, position, values)?,
+            }
         }
         self.position = position;
         Ok(())
@@ -258,10 +276,12 @@ impl crate::session::Engine for GpuSession {
     }
 
     fn fork(&self) -> Result<Self> {
+        let parts = self.model.parts();
         let copy = GpuSession::new(self.model.clone())?;
-        state::copy_slots(self.model.parts(), &self.states, 0, &copy.states, 0);
+        state::copy_slots(parts, &self.states, 0, &copy.states, 0);
         Ok(GpuSession {
             position: self.position,
+            caches: self.caches.duplicate(parts, self.position)?,
             ..copy
         })
     }

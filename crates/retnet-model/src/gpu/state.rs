@@ -1,9 +1,13 @@
-//! The recurrent state on the GPU: one `[slots, H, K, V]` f32 buffer per layer. A session owns
-//! one slot per layer; a batch owns a pool of slots and copies sessions in and out of them.
+//! The recurrent state on the GPU: one `[slots, H, K, V]` f32 buffer per retention layer. A
+//! session owns one slot per layer; a batch owns a pool of slots and copies sessions in and out
+//! of them. An attention layer (hybrid checkpoints) has no recurrent state: its entry is a
+//! one-value placeholder that nothing reads, which keeps the list indexed by layer (its
+//! key/value cache lives in `kv_cache`).
 
 use retnet_runtime::GpuBuffer;
 
 use super::Parts;
+use crate::config::LayerKind;
 use crate::error::Result;
 
 /// Per-layer state buffers of `slots` sequences each (zeroed: position 0).
@@ -13,7 +17,13 @@ pub(super) fn state_buffers(model: &Parts, label: &str, slots: usize) -> Result<
         .checked_mul(c.retention_state_len())
         .ok_or_else(|| crate::error::ModelError::invalid("a state pool too large to address"))?;
     (0..c.num_layers)
-        .map(|_| Ok(model.device.create_storage_f32(label, len)?))
+        .map(|i| {
+            let len = match c.layer_kind(i) {
+                LayerKind::Retention => len,
+                LayerKind::Attention(_) => 1,
+            };
+            Ok(model.device.create_storage_f32(label, len)?)
+        })
         .collect()
 }
 
@@ -31,7 +41,10 @@ pub(super) fn copy_slots(
     to_slot: usize,
 ) {
     let bytes = slot_bytes(model);
-    for (src, dst) in from.iter().zip(to) {
+    let layers = from.iter().zip(to).enumerate();
+    for (_, (src, dst)) in
+        layers.filter(|(i, _)| model.config.layer_kind(*i) == LayerKind::Retention)
+    {
         model.device.copy_region(
             src,
             from_slot as u64 * bytes,
