@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use pollster::block_on;
-use retnet::model::{CpuEngine, CpuSession, Engine, LayerKind, SamplingParams};
+use retnet::model::{CpuEngine, CpuSession, Engine, Generator, LayerKind, SamplingParams};
 use retnet::{CpuModel, RetentionForm};
 
 /// The bar on the CPU: fla's logits come from float32 with an exact softmax attention
@@ -251,4 +251,267 @@ fn state_files_carry_the_key_value_caches_and_refuse_other_models() {
     );
     engine.import_state(20, &layers).unwrap();
     assert_eq!(engine.position(), 20);
+}
+
+// ---- The GPU path (lavapipe in CI): attention kernels, key/value caches in GPU buffers. ----
+
+use retnet::model::{GpuBatch, GpuModel, GpuOptions, LogitRows, WeightPrecision};
+use retnet_testkit::gpu::new_device as gpu_device;
+
+/// The bar on the GPU with f32 weights (measured ≤ 7e-7 against fla on lavapipe: f32
+/// kernels against fla's float32, each softmax an online f32 rescaling).
+const HYBRID_GPU_TOLERANCE: f64 = 1e-4;
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Spans of every length on the GPU, decode steps continuing past every window: the ring of
+/// `w − 1 + span` slots must hold what each query sees, across spans of 1 and longer ones.
+#[test]
+fn gpu_spans_and_decode_past_the_window_match_fla() {
+    let Some(device) = gpu_device() else { return };
+    for dir in hybrid_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cpu = CpuModel::load(&dir).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let tokens = fixture_tokens(&dir);
+        let (_, want) = read_logits(&dir.join("logits.safetensors"));
+        for spans in [
+            vec![1],
+            vec![3],
+            vec![7, 1, 13, 2],
+            vec![tokens.len() - 1, 1],
+        ] {
+            let mut session = gpu.session().unwrap();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for &len in spans.iter().cycle() {
+                if at == tokens.len() {
+                    break;
+                }
+                let end = (at + len).min(tokens.len());
+                let form = if end - at == 1 {
+                    RetentionForm::Recurrent
+                } else {
+                    RetentionForm::Chunkwise { chunk_size: 4 }
+                };
+                let rows = block_on(session.forward(&tokens[at..end], form, LogitRows::All));
+                got.extend(rows.unwrap());
+                at = end;
+            }
+            assert_eq!(session.position(), tokens.len());
+            let err = rel_max_err(&got, &want);
+            println!("{name:30} GPU spans {spans:?}: vs fla {err:.2e}");
+            assert!(
+                err <= HYBRID_GPU_TOLERANCE,
+                "{name} spans {spans:?}: {err:.2e}"
+            );
+        }
+    }
+}
+
+/// A state saved on one backend resumes on the other: the GPU's caches (a ring of its own
+/// size) export to the CPU reference's layout and import from it.
+#[test]
+fn gpu_caches_export_as_the_cpu_reference_lays_them_out() {
+    let Some(device) = gpu_device() else { return };
+    for dir in hybrid_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cpu = CpuModel::load(&dir).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let tokens = fixture_tokens(&dir);
+        let split = 17.min(tokens.len() - 2);
+        let mut on_gpu = gpu.session().unwrap();
+        block_on(on_gpu.prefill(&tokens[..split])).unwrap();
+        block_on(on_gpu.step(tokens[split])).unwrap();
+        let mut on_cpu = CpuEngine::new(&cpu);
+        block_on(on_cpu.feed(&tokens[..=split], false)).unwrap();
+        let gpu_state = block_on(on_gpu.export_state()).unwrap();
+        let cpu_state = block_on(on_cpu.export_state()).unwrap();
+        assert_eq!(gpu_state.len(), cpu_state.len());
+        for (i, (g, c)) in gpu_state.iter().zip(&cpu_state).enumerate() {
+            assert_eq!(g.len(), c.len(), "{name} layer {i}");
+            let err = rel_max_err(g, c);
+            assert!(err <= HYBRID_GPU_TOLERANCE, "{name} layer {i}: {err:.2e}");
+        }
+        // The CPU's state on the GPU, then the rest: fla's logits for the remaining rows.
+        let mut resumed = gpu.session().unwrap();
+        resumed.import_state(split + 1, &cpu_state).unwrap();
+        let rest = &tokens[split + 1..];
+        let got = block_on(resumed.forward(rest, RetentionForm::Recurrent, LogitRows::All));
+        let (_, want) = read_logits(&dir.join("logits.safetensors"));
+        let vocab = cpu.config().vocab_size;
+        let err = rel_max_err(&got.unwrap(), &want[(split + 1) * vocab..]);
+        assert!(
+            err <= HYBRID_GPU_TOLERANCE,
+            "{name} resumed from the CPU: {err:.2e}"
+        );
+    }
+}
+
+#[test]
+fn gpu_greedy_generation_saved_resumed_forked_and_sampled_equals_one_run() {
+    let Some(device) = gpu_device() else { return };
+    for dir in hybrid_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cpu = CpuModel::load(&dir).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let prompt: Vec<u32> = fixture_tokens(&dir)[..9].to_vec();
+        let params = SamplingParams::greedy();
+        // The CPU reference's tokens.
+        let mut reference = CpuSession::new(CpuEngine::new(&cpu));
+        block_on(reference.prefill(&prompt)).unwrap();
+        let want = next_tokens(&mut reference, 24);
+
+        // On the GPU, sampled on the device (ids read back in batches).
+        let mut sampled = Generator::new(gpu.session().unwrap());
+        block_on(sampled.prefill(&prompt)).unwrap();
+        let mut on_device = Vec::new();
+        block_on(sampled.generate(&params, 24, &mut |t| {
+            on_device.extend_from_slice(t);
+            true
+        }))
+        .unwrap();
+        assert_eq!(on_device, want, "{name}: GPU sampling vs the CPU reference");
+
+        // Saved past every window, resumed from a file and from bytes, and forked.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.safetensors");
+        let mut first = Generator::new(gpu.session().unwrap());
+        block_on(first.prefill(&prompt)).unwrap();
+        let mut got: Vec<u32> = (0..11)
+            .map(|_| block_on(first.next_token(&params)).unwrap())
+            .collect();
+        block_on(first.save(&path)).unwrap();
+        let bytes = block_on(first.save_bytes()).unwrap();
+        let mut forked = first.fork().unwrap();
+        let mut resumed = Generator::load(gpu.session().unwrap(), &path).unwrap();
+        let mut from_bytes =
+            Generator::load_bytes(gpu.session().unwrap(), "<bytes>", &bytes).unwrap();
+        // The GPU's state file resumes on the CPU as well.
+        let mut on_cpu = CpuSession::load(CpuEngine::new(&cpu), &path).unwrap();
+        let steps = |g: &mut dyn FnMut() -> u32| (0..13).map(|_| g()).collect::<Vec<u32>>();
+        let tail = steps(&mut || block_on(resumed.next_token(&params)).unwrap());
+        assert_eq!(
+            steps(&mut || block_on(from_bytes.next_token(&params)).unwrap()),
+            tail,
+            "{name}: from bytes"
+        );
+        assert_eq!(
+            steps(&mut || block_on(forked.next_token(&params)).unwrap()),
+            tail,
+            "{name}: fork"
+        );
+        assert_eq!(next_tokens(&mut on_cpu, 13), tail, "{name}: on the CPU");
+        assert_eq!(
+            steps(&mut || block_on(first.next_token(&params)).unwrap()),
+            tail,
+            "{name}: the original"
+        );
+        got.extend(tail);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+/// Sequences of different lengths decode together; each row's attention reads its own caches.
+#[test]
+fn gpu_batched_decode_of_different_lengths_equals_each_alone() {
+    let Some(device) = gpu_device() else { return };
+    for dir in hybrid_fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cpu = CpuModel::load(&dir).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let vocab = cpu.config().vocab_size;
+        let tokens = fixture_tokens(&dir);
+        let prompts = [&tokens[..2], &tokens[..9], &tokens[3..20]];
+        let mut alone = Vec::new();
+        for p in prompts {
+            let mut s = gpu.session().unwrap();
+            let mut logits = block_on(s.prefill(p)).unwrap();
+            let mut rows = Vec::new();
+            for _ in 0..8 {
+                logits = block_on(s.step(argmax(&logits))).unwrap();
+                rows.push(logits.clone());
+            }
+            alone.push(rows);
+        }
+        let mut batch = GpuBatch::new(&gpu, 4).unwrap();
+        let mut last = Vec::new();
+        let mut slots = Vec::new();
+        for p in prompts {
+            let mut s = gpu.session().unwrap();
+            last.push(block_on(s.prefill(p)).unwrap());
+            slots.push(batch.insert(&s).unwrap());
+        }
+        for step in 0..8 {
+            let inputs: Vec<(usize, u32)> = slots
+                .iter()
+                .zip(&last)
+                .map(|(&s, l)| (s, argmax(l)))
+                .collect();
+            let out = block_on(batch.step(&inputs)).unwrap();
+            for (i, row) in out.chunks_exact(vocab).enumerate() {
+                let err = rel_max_err(row, &alone[i][step]);
+                assert!(err <= 1e-5, "{name} sequence {i} step {step}: {err:.2e}");
+                last[i] = row.to_vec();
+            }
+        }
+        // Taken out, a sequence continues alone with its caches.
+        let mut s = batch.extract(slots[1]).unwrap();
+        assert_eq!(s.position(), 9 + 8);
+        let next = block_on(s.step(argmax(&last[1]))).unwrap();
+        let mut reference = gpu.session().unwrap();
+        let mut fed: Vec<u32> = prompts[1].to_vec();
+        let mut logits = block_on(reference.prefill(&fed)).unwrap();
+        for _ in 0..9 {
+            let t = argmax(&logits);
+            fed.push(t);
+            logits = block_on(reference.step(t)).unwrap();
+        }
+        assert!(rel_max_err(&next, &logits) <= 1e-5, "{name}: extracted");
+    }
+}
+
+/// A full-attention cache grows past its first block (1024 positions) and a window's ring is
+/// overwritten many times; f16 weights run the same kernels.
+#[test]
+fn gpu_long_sequences_grow_the_cache_and_wrap_the_ring() {
+    let Some(device) = gpu_device() else { return };
+    for name in ["fla_hybrid_full", "fla_hybrid_window_gqa_bias"] {
+        let dir = fixture(name);
+        let cpu = CpuModel::load(&dir).unwrap();
+        let vocab = cpu.config().vocab_size as u32;
+        let tokens: Vec<u32> = (0..1100u32).map(|i| (i * 7919 + 3) % vocab).collect();
+        let want = cpu
+            .logits(&tokens, RetentionForm::Chunkwise { chunk_size: 64 })
+            .unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        // A long prefill, then steps across the block boundary.
+        let mut session = gpu.session().unwrap();
+        let form = RetentionForm::Chunkwise { chunk_size: 32 };
+        let mut got = block_on(session.forward(&tokens[..1020], form, LogitRows::All)).unwrap();
+        for &t in &tokens[1020..] {
+            got.extend(block_on(session.step(t)).unwrap());
+        }
+        let err = rel_max_err(&got, &want);
+        println!("{name}: 1100 tokens on the GPU vs the CPU reference {err:.2e}");
+        assert!(err <= HYBRID_GPU_TOLERANCE, "{name}: {err:.2e}");
+        if device.supports_half_weights() {
+            let f16 = GpuOptions {
+                weights: WeightPrecision::F16,
+            };
+            let half = GpuModel::new(device.clone(), &cpu, f16).unwrap();
+            let got = block_on(half.logits(&tokens[..300], form)).unwrap();
+            let tolerance = f16_weights_tolerance(&cpu, half.uses_tensor_cores());
+            let err = rel_max_err(&got, &want[..300 * vocab as usize]);
+            assert!(err <= tolerance, "{name} f16: {err:.2e} > {tolerance:.1e}");
+        }
+    }
 }

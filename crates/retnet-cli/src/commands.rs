@@ -240,7 +240,8 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     match resolve(args.backend, true)? {
         Chosen::Cpu => {
             let model = source.cpu_model()?;
-            // Hybrid checkpoints (attention layers) run on the CPU reference.
+            // Hybrid checkpoints (attention layers) run on the CPU reference: the fast CPU engine
+            // has retention layers only.
             if model.config().is_hybrid() {
                 return pollster::block_on(run.go(CpuEngine::new(&model), "cpu"));
             }
@@ -375,7 +376,8 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     let nll = match resolve(args.backend, true)? {
         Chosen::Cpu => {
             let model = source.cpu_model()?;
-            // Hybrid checkpoints (attention layers) run on the CPU reference.
+            // Hybrid checkpoints (attention layers) run on the CPU reference: the fast CPU engine
+            // has retention layers only.
             if model.config().is_hybrid() {
                 let mut engine = CpuEngine::new(&model);
                 pollster::block_on(mean_nll(&mut engine, &tokens, 512, &mut progress))?

@@ -289,3 +289,54 @@ fn devices_lists_the_selected_adapter() {
         "{out}"
     );
 }
+
+/// A hybrid checkpoint (attention layers) through the CLI on both backends: `retnet info` names
+/// the layer kinds and `retnet logits` matches fla's logits.
+#[test]
+fn hybrid_checkpoints_run_on_both_backends() {
+    let dir = fixtures().join("fla_hybrid_window_gqa_bias");
+    let info = retnet(&["info", "--model", dir.to_str().unwrap()]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("layer 0: attention (4 heads over 2 kv heads, head dim 8, window 7"),
+        "{text}"
+    );
+    assert!(text.contains("layer 1: retention"), "{text}");
+    let tokens_file = dir.join("tokens.json");
+    let (want_shape, want) = read_logits(&dir.join("logits.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    for backend in ["cpu", "gpu"] {
+        for mode in ["recurrent", "chunkwise"] {
+            let out = tmp.path().join(format!("{backend}-{mode}.safetensors"));
+            let o = retnet(&[
+                "logits",
+                "--model",
+                dir.to_str().unwrap(),
+                "--tokens-file",
+                tokens_file.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--mode",
+                mode,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(
+                o.status.success(),
+                "{backend} {mode}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let (shape, got) = read_logits(&out);
+            assert_eq!(shape, want_shape);
+            // The hybrid issue's bars: 1e-5 on the CPU, 1e-4 on the GPU (f32 weights).
+            let tolerance = if backend == "cpu" { 1e-5 } else { 1e-4 };
+            let err = rel_max_err(&got, &want);
+            assert!(err <= tolerance, "{backend} {mode}: {err:.2e}");
+        }
+    }
+}

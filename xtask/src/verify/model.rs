@@ -131,22 +131,17 @@ fn fixture_rows(
     let cpu = CpuModel::load(dir).map_err(|e| e.to_string())?;
     let tokens = tokens_of(dir)?;
     let c = cpu.config();
-    if c.is_hybrid() {
-        // The CPU reference of attention layers is checked against fla by tests/hybrid.rs.
-        rows.push(Row::skip(
-            format!("model/{name}"),
-            format!(
-                "T={} d={} L={} hybrid",
-                tokens.len(),
-                c.d_model,
-                c.num_layers
-            ),
-            "attention layers (hybrid checkpoint): the GPU path is not implemented yet",
-        ));
-        return Ok(rows);
-    }
+    // Hybrid checkpoints name their attention layers (the same rows check them).
+    let attention: Vec<String> = c
+        .attention
+        .iter()
+        .map(|a| {
+            let window = a.window.map_or("full".to_string(), |w| format!("w{w}"));
+            format!(" attn{:?} {window}", a.layers)
+        })
+        .collect();
     let shape = format!(
-        "T={} d={} L={} H={}/{} K={} V={} vocab={}",
+        "T={} d={} L={} H={}/{} K={} V={} vocab={}{}",
         tokens.len(),
         c.d_model,
         c.num_layers,
@@ -154,7 +149,8 @@ fn fixture_rows(
         c.num_kv_heads,
         c.head_k_dim,
         c.head_v_dim,
-        c.vocab_size
+        c.vocab_size,
+        attention.concat()
     );
     let started = Instant::now();
     let reference = to_f64(
