@@ -422,6 +422,7 @@ fn gpu_greedy_generation_saved_resumed_forked_and_sampled_equals_one_run() {
 
 /// Sequences of different lengths decode together; each row's attention reads its own caches.
 #[test]
+#[allow(clippy::needless_range_loop)] // `step` indexes each sequence's rows
 fn gpu_batched_decode_of_different_lengths_equals_each_alone() {
     let Some(device) = gpu_device() else { return };
     for dir in hybrid_fixtures() {

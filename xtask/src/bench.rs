@@ -21,6 +21,10 @@
 //! `--contexts 1024,65536,1048576`: decode latency and session memory after a real chunkwise
 //! prefill of each context length (retention's state is fixed-size, so both should be flat).
 //!
+//! Hybrid presets (fla's `attn`: 4 of fla-1.3B's 24 layers softmax attention, full or with a
+//! 2048-token window) measure the same, and decode at 1k and 64k contexts unless `--contexts`
+//! says otherwise: a full-attention cache grows with the context, a window's ring does not.
+//!
 //! Timings are wall-clock around calls that end with a read-back (so each includes the GPU's
 //! work); each measurement is preceded by a warm-up that compiles every pipeline it uses.
 
@@ -29,9 +33,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use retnet_model::weights::AttentionWeights;
 use retnet_model::{
-    weights, GpuBatch, GpuModel, GpuOptions, LayerWeights, Linear, ModelConfig, ModelWeights,
-    SamplingParams, WeightPrecision,
+    weights, GpuBatch, GpuModel, GpuOptions, LayerKind, LayerWeights, Linear, ModelConfig,
+    ModelWeights, SamplingParams, WeightPrecision,
 };
 use retnet_runtime::Device;
 use serde_json::{json, Value};
@@ -39,8 +44,9 @@ use serde_json::{json, Value};
 /// Command-line options of `cargo xtask bench`.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Options {
-    /// Only this preset: retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b, or test (tiny,
-    /// for lavapipe). Default: all but test.
+    /// Only this preset: retnet_base, retnet_medium, retnet_xl, fla_retnet_1.3b,
+    /// fla_hybrid_1.3b (full attention at 4 layers), fla_hybrid_1.3b_swa (a 2048-token window),
+    /// or test / test_hybrid (tiny, for lavapipe). Default: all but the tiny ones.
     #[arg(long, value_name = "NAME", value_parser = parse_preset)]
     pub preset: Option<String>,
     /// retnet_xl only (unless `--preset`), fewer steps and repetitions.
@@ -80,6 +86,8 @@ struct Preset {
     prefill: &'static [usize],
     /// Prompt length of the time-to-first-token measurement.
     ttft_prompt: usize,
+    /// Contexts of the decode-latency sweep when `--contexts` is not given.
+    contexts: &'static [usize],
 }
 
 const PREFILL: &[usize] = &[512, 2048, 8192];
@@ -92,6 +100,7 @@ const PRESETS: &[Preset] = &[
             "vocab_size": 32000, "activation_fn": "swish"}"#,
         prefill: PREFILL,
         ttft_prompt: 512,
+        contexts: &[],
     },
     Preset {
         name: "retnet_medium",
@@ -100,6 +109,7 @@ const PRESETS: &[Preset] = &[
             "vocab_size": 32000, "activation_fn": "swish"}"#,
         prefill: PREFILL,
         ttft_prompt: 512,
+        contexts: &[],
     },
     Preset {
         name: "retnet_xl",
@@ -108,6 +118,7 @@ const PRESETS: &[Preset] = &[
             "vocab_size": 32000, "activation_fn": "swish"}"#,
         prefill: PREFILL,
         ttft_prompt: 512,
+        contexts: &[],
     },
     Preset {
         name: "fla_retnet_1.3b",
@@ -116,6 +127,7 @@ const PRESETS: &[Preset] = &[
             "vocab_size": 32000}"#,
         prefill: PREFILL,
         ttft_prompt: 512,
+        contexts: &[],
     },
     Preset {
         name: "test",
@@ -124,8 +136,48 @@ const PRESETS: &[Preset] = &[
             "vocab_size": 1000, "activation_fn": "swish"}"#,
         prefill: &[64, 256],
         ttft_prompt: 64,
+        contexts: &[],
+    },
+    Preset {
+        name: "fla_hybrid_1.3b",
+        json: r#"{"model_type": "retnet", "hidden_size": 2048, "num_hidden_layers": 24,
+            "num_heads": 8, "expand_k": 1, "expand_v": 2, "intermediate_size": 2816,
+            "vocab_size": 32000, "attn": {"layers": [5, 11, 17, 23], "num_heads": 16,
+            "num_kv_heads": 8, "window_size": null, "rope_theta": 10000.0}}"#,
+        prefill: PREFILL,
+        ttft_prompt: 512,
+        contexts: HYBRID_CONTEXTS,
+    },
+    Preset {
+        name: "fla_hybrid_1.3b_swa",
+        json: r#"{"model_type": "retnet", "hidden_size": 2048, "num_hidden_layers": 24,
+            "num_heads": 8, "expand_k": 1, "expand_v": 2, "intermediate_size": 2816,
+            "vocab_size": 32000, "attn": {"layers": [5, 11, 17, 23], "num_heads": 16,
+            "num_kv_heads": 8, "window_size": 2048, "rope_theta": 10000.0}}"#,
+        prefill: PREFILL,
+        ttft_prompt: 512,
+        contexts: HYBRID_CONTEXTS,
+    },
+    Preset {
+        name: "test_hybrid",
+        json: r#"{"model_type": "retnet", "hidden_size": 64, "num_hidden_layers": 3,
+            "num_heads": 2, "expand_k": 1, "expand_v": 2, "intermediate_size": 128,
+            "vocab_size": 1000, "attn": [
+                {"layers": [0], "num_heads": 4, "num_kv_heads": 2, "window_size": null},
+                {"layers": [2], "num_heads": 4, "num_kv_heads": 2, "window_size": 64}]}"#,
+        prefill: &[64, 256],
+        ttft_prompt: 64,
+        contexts: &[256, 1024],
     },
 ];
+
+/// The hybrid presets' decode contexts: 1k and 64k tokens.
+const HYBRID_CONTEXTS: &[usize] = &[1024, 65536];
+
+/// The tiny presets, for software adapters.
+fn is_tiny(name: &str) -> bool {
+    name.starts_with("test")
+}
 
 fn preset(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
@@ -156,7 +208,7 @@ async fn run_async(options: &Options) -> Result<(), String> {
         (None, false) => PRESETS
             .iter()
             .map(|p| p.name)
-            .filter(|&n| n != "test")
+            .filter(|&n| !is_tiny(n))
             .collect(),
     };
     let device = Arc::new(Device::from_env().await.map_err(|e| e.to_string())?);
@@ -169,7 +221,7 @@ async fn run_async(options: &Options) -> Result<(), String> {
         info.driver_info,
         device.has_timestamp_query()
     );
-    let tiny = names == ["test"];
+    let tiny = names.iter().all(|n| is_tiny(n));
     if options.micro {
         let mut results = Vec::new();
         for name in names {
@@ -214,7 +266,12 @@ async fn run_async(options: &Options) -> Result<(), String> {
                 reps: 3,
             },
         };
-        let result = bench_preset(&device, preset, effort, bandwidth, &options.contexts).await?;
+        let contexts = if options.contexts.is_empty() {
+            preset.contexts
+        } else {
+            &options.contexts
+        };
+        let result = bench_preset(&device, preset, effort, bandwidth, contexts).await?;
         print_table(&result);
         results.push(result);
     }
@@ -364,6 +421,27 @@ fn random_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
     let ones = |n: usize| vec![1.0f32; n];
     let layer = |i: usize| {
         let mut rng = Rng::new(seed ^ ((i as u64 + 1) << 20));
+        if let LayerKind::Attention(a) = c.layer_kind(i) {
+            return LayerWeights {
+                retention_norm: ones(d),
+                q_proj: linear(&mut rng, a.query_width(), d),
+                k_proj: linear(&mut rng, a.kv_width(), d),
+                v_proj: linear(&mut rng, a.kv_width(), d),
+                g_proj: linear(&mut rng, 0, d),
+                out_proj: linear(&mut rng, d, a.query_width()),
+                head_norm: None,
+                ffn_norm: ones(d),
+                ffn_act: linear(&mut rng, c.ffn_dim, d),
+                ffn_lin: linear(&mut rng, c.ffn_dim, d),
+                ffn_down: linear(&mut rng, d, c.ffn_dim),
+                attention: Some(AttentionWeights {
+                    config: a.clone(),
+                    qkv_bias: None,
+                    qk_norm: None,
+                    rotary_theta: weights::attention_rotary(a.rope_theta, a.head_dim),
+                }),
+            };
+        }
         LayerWeights {
             retention_norm: ones(d),
             q_proj: linear(&mut rng, c.query_width(), d),
@@ -409,9 +487,29 @@ fn random_weights(config: &ModelConfig, seed: u64) -> ModelWeights {
 /// embedding gather reads one row; norms are negligible).
 fn matrix_params_per_step(c: &ModelConfig) -> u64 {
     let d = c.d_model;
-    let qkvg = c.query_width() + c.key_width() + c.kv_value_width() + c.value_width();
-    let layer = d * qkvg + c.value_width() * d + 3 * d * c.ffn_dim;
-    (c.num_layers * layer + c.vocab_size * d) as u64
+    let layers: usize = (0..c.num_layers)
+        .map(|i| {
+            let mixer = match c.layer_kind(i) {
+                LayerKind::Retention => {
+                    let qkvg =
+                        c.query_width() + c.key_width() + c.kv_value_width() + c.value_width();
+                    d * qkvg + c.value_width() * d
+                }
+                LayerKind::Attention(a) => d * (2 * a.query_width() + 2 * a.kv_width()),
+            };
+            mixer + 3 * d * c.ffn_dim
+        })
+        .sum();
+    (layers + c.vocab_size * d) as u64
+}
+
+/// Bytes of recurrent state one decode step reads (and writes): the retention layers' (an
+/// attention layer's key/value cache grows with the context and is not counted).
+fn state_bytes_per_step(c: &ModelConfig) -> u64 {
+    let retention = (0..c.num_layers)
+        .filter(|&i| c.layer_kind(i) == LayerKind::Retention)
+        .count();
+    (retention * c.retention_state_len() * 4) as u64
 }
 
 /// Total parameters (as the peers count them: embeddings and head, not norms).
@@ -643,7 +741,7 @@ async fn bench_preset(
         4
     };
     let weight_bytes = matrix_params_per_step(&c) * weight_size;
-    let state_bytes = (c.num_layers * c.retention_state_len() * 4) as u64;
+    let state_bytes = state_bytes_per_step(&c);
     let step1_bytes = weight_bytes + 2 * state_bytes;
     let step8_bytes = weight_bytes + 2 * state_bytes * batch_size as u64;
     let roof1 = bandwidth / step1_bytes as f64;
@@ -817,6 +915,23 @@ mod tests {
         let mean_sq: f32 =
             l.q_proj.data.iter().map(|v| v * v).sum::<f32>() / l.q_proj.data.len() as f32;
         assert!((mean_sq.sqrt() - 0.02).abs() < 0.002);
+        // Hybrid presets: attention layers in their own shapes.
+        let c = ModelConfig::from_json_str(preset("test_hybrid").unwrap().json).unwrap();
+        let w = random_weights(&c, 1);
+        let a = w.layers[0]
+            .attention
+            .as_ref()
+            .expect("layer 0 is attention");
+        assert_eq!(a.config.window, None);
+        assert_eq!(w.layers[0].q_proj.out_features, 4 * a.config.head_dim);
+        assert!(w.layers[1].attention.is_none());
+        assert_eq!(
+            w.layers[2].attention.as_ref().unwrap().config.window,
+            Some(64)
+        );
+        let hybrid = preset("fla_hybrid_1.3b").unwrap().json;
+        let params = total_params(&ModelConfig::from_json_str(hybrid).unwrap()) as f64;
+        assert!((1.2e9..1.4e9).contains(&params), "{params}");
     }
 
     #[test]
@@ -836,5 +951,6 @@ mod tests {
         assert_eq!(o.contexts, vec![1, 8]);
         assert!(parse(&["--preset", "nope"]).is_err());
         assert!(parse(&["--preset", "test"]).is_ok());
+        assert!(parse(&["--preset", "test_hybrid"]).is_ok());
     }
 }

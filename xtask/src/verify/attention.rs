@@ -1,6 +1,7 @@
 //! The attention kernels of hybrid checkpoints (`retnet_kernels::attention`) against causal
 //! softmax attention in f64: tiled prefill (full, windowed, earlier positions read from the
-//! cache ring, grouped kv heads) and split decode over long caches.
+//! cache ring, grouped kv heads), split decode over long caches, and the q/k/v biases and q/k
+//! norms before them (`qkv_prep`).
 //!
 //! Tolerance 2e-5 of max |ref|: outputs are convex combinations of values whose weights come
 //! from f32 dot products of ≤ 128 terms (~1e-6 relative per score) and an online rescaling by
@@ -8,8 +9,8 @@
 
 use super::Row;
 use retnet_kernels::attention::{
-    decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
-    KvAppendBuffers, KvAppendParams, PrefillBuffers,
+    decode, decode_scratch_len, kv_append, prefill, qkv_prep, AttentionParams, DecodeBuffers,
+    KvAppendBuffers, KvAppendParams, PrefillBuffers, QkvPrepBuffers, QkvPrepParams,
 };
 use retnet_runtime::Device;
 use retnet_testkit::Rng;
@@ -209,7 +210,7 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
             case(2, 2, 256, Some(512), 5000, 1, 128),
         ]);
     }
-    cases
+    let mut rows: Vec<Row> = cases
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -217,5 +218,87 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
                 Row::fail("attention", c.shape(), format!("runtime error: {e}"))
             })
         })
-        .collect()
+        .collect();
+    let mut prep = vec![(4, 2, 8, true, true), (3, 1, 72, false, true)];
+    if !quick {
+        prep.extend([(2, 2, 130, true, false), (16, 8, 128, true, true)]);
+    }
+    for (i, (heads, kv_heads, dim, bias, norm)) in prep.into_iter().enumerate() {
+        let shape = format!("H={heads}/{kv_heads} D={dim} bias={bias} norm={norm}");
+        rows.push(
+            run_prep(device, (heads, kv_heads, dim), bias, norm, 800 + i as u64).unwrap_or_else(
+                |e| Row::fail("attention/qkv-prep", shape, format!("runtime error: {e}")),
+            ),
+        );
+    }
+    rows
+}
+
+/// `qkv_prep` (biases added, query and key heads RMS-normed) against f64, on 7 rows with a
+/// row stride wider than the heads. Tolerance 1e-6: one f32 add and an f32 sum of ≤ 130
+/// squares per head.
+fn run_prep(
+    device: &Device,
+    (heads, kv_heads, dim): (usize, usize, usize),
+    bias: bool,
+    norm: bool,
+    seed: u64,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let mut rng = Rng::new(seed);
+    let rows = 7;
+    let slots = heads + 2 * kv_heads;
+    let stride = slots * dim + 3;
+    let x: Vec<f32> = rng.vec(rows * stride).iter().map(|v| 4.0 * v).collect();
+    let b = rng.vec(slots * dim);
+    let w: Vec<f32> = rng.vec(2 * dim).iter().map(|v| 1.0 + v).collect();
+    let eps = 1e-5f32;
+    let x_buffer = device.upload_f32("x", &x)?;
+    let b_buffer = device.upload_f32("bias", &b)?;
+    let w_buffer = device.upload_f32("norm", &w)?;
+    let params = QkvPrepParams {
+        rows: rows as u32,
+        row_stride: stride as u32,
+        heads: heads as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: dim as u32,
+        bias,
+        norm_eps: norm.then_some(eps),
+    };
+    let buffers = QkvPrepBuffers {
+        x: &x_buffer,
+        bias: &b_buffer,
+        norm: &w_buffer,
+    };
+    let mut sequence = device.sequence("verify qkv prep");
+    sequence.dispatch(qkv_prep(params, buffers))?;
+    sequence.submit()?;
+    let gpu = pollster::block_on(device.read_f32(&x_buffer, 0, rows * stride))?;
+    let mut want: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    for row in want.chunks_exact_mut(stride) {
+        for slot in 0..slots {
+            let head = row
+                .get_mut(slot * dim..(slot + 1) * dim)
+                .unwrap_or_default();
+            if bias {
+                for (e, be) in head.iter_mut().zip(b.iter().skip(slot * dim)) {
+                    *e += f64::from(*be);
+                }
+            }
+            if norm && slot < heads + kv_heads {
+                let weight = w.iter().skip(if slot < heads { 0 } else { dim });
+                let mean_sq = head.iter().map(|e| e * e).sum::<f64>() / dim as f64;
+                let inv = 1.0 / (mean_sq + f64::from(eps)).sqrt();
+                for (e, we) in head.iter_mut().zip(weight) {
+                    *e *= inv * f64::from(*we);
+                }
+            }
+        }
+    }
+    Ok(Row::compare(
+        "attention/qkv-prep",
+        format!("H={heads}/{kv_heads} D={dim} bias={bias} norm={norm}"),
+        &gpu,
+        &want,
+        1e-6,
+    ))
 }
