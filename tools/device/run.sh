@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (see ../shared/docs/device-vulkan.md and tools/device/README.md):
 # our benchmarks, verification and long-context runs beside the peers, all in the same call.
-#   bash tools/device/run.sh PART...   parts: info bench micro peers verify long loads
+#   bash tools/device/run.sh PART...   parts: info bench hybrid micro peers verify long loads
 # Expects (carried): .gl/*.deb (the Vulkan loader), .devbin/{retnet,xtask} (release builds),
 # .whl/*.whl (torchscale, fla, fairscale). Writes everything under $OUT, a summary last.
 set -u
@@ -28,6 +28,11 @@ for part in "$@"; do
       step devices "$bin/retnet" devices ;;
     bench)  step bench "$bin/xtask" bench --quick ${BENCH_ARGS:-} --json "$OUT/bench.json" ;;
     bench-all) step bench-all "$bin/xtask" bench --json "$OUT/bench-all.json" ;;
+    hybrid)
+      # Hybrid checkpoints (4 of fla-1.3B's 24 layers softmax attention): decode at 1k and 64k
+      # contexts, full attention (memory grows) and a 2048-token window (flat).
+      step bench-hybrid "$bin/xtask" bench --quick --preset fla_hybrid_1.3b --json "$OUT/bench-hybrid.json"
+      step bench-hybrid-swa "$bin/xtask" bench --quick --preset fla_hybrid_1.3b_swa --json "$OUT/bench-hybrid-swa.json" ;;
     micro)  step micro "$bin/xtask" bench --micro --json "$OUT/micro.json" ;;
     peers)  peers_setup; step peers python3 tools/device/peer_bench.py --quick ;;
     peers-all) peers_setup; step peers-all python3 tools/device/peer_bench.py ;;
