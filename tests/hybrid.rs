@@ -272,6 +272,32 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// On a device with 8×8 cooperative matrices (CI's lavapipe 26: `RETNET_REQUIRE_COOP=1`) the
+/// attention prefill of every fixture runs on the tensor cores, so the tests here check it.
+#[test]
+fn gpu_attention_prefill_uses_the_tensor_cores_where_the_device_has_them() {
+    let Some(device) = gpu_device() else { return };
+    let eight = device
+        .coop_shape()
+        .is_some_and(|s| s.tile == retnet_runtime::kernels::gemm_coop::CoopTile::Eight);
+    if std::env::var("RETNET_REQUIRE_COOP").is_ok_and(|v| v == "1") {
+        assert!(
+            eight,
+            "RETNET_REQUIRE_COOP=1 but the adapter has no 8×8 cooperative matrices"
+        );
+    }
+    for dir in hybrid_fixtures() {
+        let cpu = CpuModel::load(&dir).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        assert_eq!(
+            gpu.attention_uses_tensor_cores(),
+            eight,
+            "{}",
+            dir.display()
+        );
+    }
+}
+
 /// Spans of every length on the GPU, decode steps continuing past every window: the ring of
 /// `w − 1 + span` slots must hold what each query sees, across spans of 1 and longer ones.
 #[test]

@@ -6,9 +6,14 @@
 //!
 //! Before them, [`qkv_prep`] adds the q/k/v biases and norms the query and key heads.
 //!
-//! Portable path only (no subgroups, no cooperative matrices).
+//! The prefill also runs on cooperative matrices (tensor cores) where the device has them:
+//! [`prefill_coop`], one body for 8×8 and 16×16 tiles, with f16 hi/lo split operands so that it
+//! is as accurate as the f32 kernel. The decode and the append are portable only.
 
-use crate::{ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, ParamWords};
+use crate::gemm_coop::{CoopShape, CoopTile};
+use crate::{
+    ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
+};
 
 /// The largest head dim of [`prefill`] (its per-query accumulators live in registers).
 pub const PREFILL_MAX_HEAD_DIM: u32 = 256;
@@ -303,6 +308,58 @@ pub static KV_APPEND: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+const fn coop_variant(name: &'static str, source: &'static str) -> Kernel {
+    Kernel {
+        name,
+        source,
+        entry_point: "attention_prefill_coop",
+        workgroup_size: [
+            Dim::Constant("WORKGROUP_SIZE"),
+            Dim::Fixed(1),
+            Dim::Fixed(1),
+        ],
+        constants: &[
+            OverrideConstant {
+                name: "WORKGROUP_SIZE",
+                default: 32,
+            },
+            OverrideConstant {
+                name: "HEAD_DIM_PAD",
+                default: 16,
+            },
+        ],
+        bindings: PREFILL_BINDINGS,
+        params: AttentionBlock::STRUCT,
+        // No subgroup builtins: the workgroup is one subgroup by its size alone.
+        requires: Features::new(true, false, true),
+    }
+}
+
+/// Tiled prefill on 8×8×8 cooperative matrices.
+pub static PREFILL_COOP_8: Kernel = coop_variant(
+    "attention/prefill-coop/8x8",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile8.wgsl",
+            "attention_common.wgsl",
+            "attention_prefill_coop.wgsl"
+        )
+    ),
+);
+/// Tiled prefill on 16×16×16 cooperative matrices.
+pub static PREFILL_COOP_16: Kernel = coop_variant(
+    "attention/prefill-coop/16x16",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile16.wgsl",
+            "attention_common.wgsl",
+            "attention_prefill_coop.wgsl"
+        )
+    ),
+);
+
 /// The q/k/v biases and q/k norms.
 pub static QKV_PREP: Kernel = Kernel {
     name: "attention/qkv-prep",
@@ -329,6 +386,8 @@ pub static KERNELS: &[&Kernel] = &[
     &DECODE_COMBINE,
     &KV_APPEND,
     &QKV_PREP,
+    &PREFILL_COOP_8,
+    &PREFILL_COOP_16,
 ];
 
 /// Attention of `queries` queries against the cache (whose slots for this call's positions are
@@ -344,6 +403,53 @@ pub fn prefill<'b, B>(
             constants: PREFILL.default_constants(),
             params: params.words(0, 0),
             workgroups: [ceil_div(params.queries, 64), params.heads, 1],
+        },
+        buffers: buffers.in_order(),
+    })
+}
+
+/// The tensor-core prefill variant for `tile`.
+pub fn prefill_coop_kernel(tile: CoopTile) -> &'static Kernel {
+    match tile {
+        CoopTile::Eight => &PREFILL_COOP_8,
+        CoopTile::Sixteen => &PREFILL_COOP_16,
+    }
+}
+
+fn coop_constants(shape: CoopShape, head_dim: u32) -> crate::ConstantValues {
+    let kernel = prefill_coop_kernel(shape.tile);
+    let side = shape.tile.side();
+    let padded = ceil_div(head_dim.max(1), side) * side;
+    kernel
+        .default_constants()
+        .with(kernel, "WORKGROUP_SIZE", shape.subgroup_size)
+        .with(kernel, "HEAD_DIM_PAD", padded)
+}
+
+/// Bytes of workgroup memory [`prefill_coop`] needs for this head dim (read from naga's IR of
+/// the shader under the dispatch's constants; `u32::MAX` if naga could not read it): the
+/// caller compares it with the device's limit and falls back to [`prefill`].
+pub fn prefill_coop_workgroup_bytes(shape: CoopShape, head_dim: u32) -> u32 {
+    let kernel = prefill_coop_kernel(shape.tile);
+    crate::workgroup_bytes(kernel, &coop_constants(shape, head_dim)).unwrap_or(u32::MAX)
+}
+
+/// [`prefill`] on cooperative matrices in the device's `shape` (needs
+/// [`Features::cooperative_matrix`] and [`prefill_coop_workgroup_bytes`] within the device's
+/// workgroup memory); the same buffers and results, to f32 accuracy (hi/lo split operands).
+pub fn prefill_coop<'b, B>(
+    shape: CoopShape,
+    params: AttentionParams,
+    buffers: PrefillBuffers<'b, B>,
+) -> Result<Bound<'b, B>, AttentionShapeError> {
+    params.check(PREFILL_MAX_HEAD_DIM)?;
+    let block = 2 * shape.tile.side();
+    Ok(Bound {
+        dispatch: Dispatch {
+            kernel: prefill_coop_kernel(shape.tile),
+            constants: coop_constants(shape, params.head_dim),
+            params: params.words(0, 0),
+            workgroups: [ceil_div(params.queries, block), params.heads, 1],
         },
         buffers: buffers.in_order(),
     })

@@ -319,11 +319,12 @@ fn with_array_sizes_resolved(module: &Module) -> Result<Module, TranslateError> 
     Ok(module)
 }
 
-/// The tile of a cooperative-matrix GEMM variant.
+/// The tile of a cooperative-matrix variant (the GEMM's, or the attention prefill's).
 fn coop_tile(kernel: &Kernel) -> Option<CoopTile> {
-    CoopTile::ALL
-        .into_iter()
-        .find(|tile| std::ptr::eq(tile.kernel(), kernel))
+    CoopTile::ALL.into_iter().find(|&tile| {
+        std::ptr::eq(tile.kernel(), kernel)
+            || std::ptr::eq(crate::attention::prefill_coop_kernel(tile), kernel)
+    })
 }
 
 /// Why `target` cannot run `kernel`, if it cannot.

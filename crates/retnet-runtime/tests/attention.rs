@@ -18,11 +18,12 @@
 mod common;
 
 use common::{assert_close, device, read, Rng};
-use retnet_runtime::kernels::attention::qkv_prep;
 use retnet_runtime::kernels::attention::{
     decode, decode_scratch_len, kv_append, prefill, AttentionParams, DecodeBuffers,
     KvAppendBuffers, KvAppendParams, PrefillBuffers, QkvPrepBuffers, QkvPrepParams,
 };
+use retnet_runtime::kernels::attention::{prefill_coop, prefill_coop_workgroup_bytes, qkv_prep};
+use retnet_runtime::kernels::gemm_coop::CoopShape;
 use retnet_runtime::{Device, GpuBuffer};
 
 const TOLERANCE: f64 = 2e-5;
@@ -169,6 +170,21 @@ fn append(
     sequence.submit().unwrap();
 }
 
+/// The device's cooperative-matrix shape, if it has one and the tensor-core prefill's workgroup
+/// memory for `head_dim` fits. `RETNET_REQUIRE_COOP=1` (CI's lavapipe 26) fails the test
+/// without one.
+fn coop_shape(device: &Device, head_dim: usize) -> Option<CoopShape> {
+    let shape = device.coop_shape();
+    if std::env::var("RETNET_REQUIRE_COOP").is_ok_and(|v| v == "1") {
+        assert!(
+            shape.is_some(),
+            "RETNET_REQUIRE_COOP=1 but the adapter has no coop matrices"
+        );
+    }
+    let limit = device.limits().max_compute_workgroup_storage_size;
+    shape.filter(|&s| prefill_coop_workgroup_bytes(s, head_dim as u32) <= limit)
+}
+
 /// Prefills positions 0..before in one call, then `count` more in a second call (so that the
 /// second call reads earlier positions from the ring), and checks the second call's outputs.
 fn check_prefill(device: &Device, shape: Shape, before: usize, count: usize, seed: u64) {
@@ -198,8 +214,8 @@ fn check_prefill(device: &Device, shape: Shape, before: usize, count: usize, see
             cache: &cache,
             out: &out,
         };
-        let bound = prefill(params(&shape, start, span, ring, q_stride), buffers).unwrap();
-        sequence.dispatch(bound).unwrap();
+        let p = params(&shape, start, span, ring, q_stride);
+        sequence.dispatch(prefill(p, buffers).unwrap()).unwrap();
         sequence.submit().unwrap();
         let got = read(device, &out, span * shape.q_width());
         let want = reference(&shape, &history, &q, q_stride, start, span);
@@ -209,6 +225,28 @@ fn check_prefill(device: &Device, shape: Shape, before: usize, count: usize, see
             &want,
             TOLERANCE,
         );
+        // The tensor-core variant, where the device has cooperative matrices: the same
+        // tolerance (its hi/lo split operands keep f32 accuracy).
+        if let Some(coop) = coop_shape(device, shape.head_dim) {
+            device.clear(&out);
+            let buffers = PrefillBuffers {
+                q: &q_buffer,
+                cache: &cache,
+                out: &out,
+            };
+            let mut sequence = device.sequence("attention on tensor cores");
+            sequence
+                .dispatch(prefill_coop(coop, p, buffers).unwrap())
+                .unwrap();
+            sequence.submit().unwrap();
+            let got = read(device, &out, span * shape.q_width());
+            assert_close(
+                &format!("prefill-coop {shape:?} positions {start}..{}", start + span),
+                &got,
+                &want,
+                TOLERANCE,
+            );
+        }
     }
 }
 

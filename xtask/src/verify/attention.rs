@@ -9,8 +9,9 @@
 
 use super::Row;
 use retnet_kernels::attention::{
-    decode, decode_scratch_len, kv_append, prefill, qkv_prep, AttentionParams, DecodeBuffers,
-    KvAppendBuffers, KvAppendParams, PrefillBuffers, QkvPrepBuffers, QkvPrepParams,
+    decode, decode_scratch_len, kv_append, prefill, prefill_coop, prefill_coop_workgroup_bytes,
+    qkv_prep, AttentionParams, DecodeBuffers, KvAppendBuffers, KvAppendParams, PrefillBuffers,
+    QkvPrepBuffers, QkvPrepParams,
 };
 use retnet_runtime::Device;
 use retnet_testkit::Rng;
@@ -97,7 +98,7 @@ fn reference(case: &Case, kv: &[f32], q: &[f32], scale: f64) -> Vec<f64> {
     out
 }
 
-fn run(device: &Device, case: &Case, seed: u64) -> Result<Row, Box<dyn std::error::Error>> {
+fn run(device: &Device, case: &Case, seed: u64) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
     let name = if case.queries == 1 && case.before > 0 {
         "attention/decode-split"
     } else {
@@ -174,15 +175,57 @@ fn run(device: &Device, case: &Case, seed: u64) -> Result<Row, Box<dyn std::erro
         sequence.dispatch(prefill(params, buffers)?)?;
     }
     sequence.submit()?;
-    let gpu = pollster::block_on(device.read_f32(&out, 0, case.queries * case.q_width()))?;
+    let len = case.queries * case.q_width();
+    let gpu = pollster::block_on(device.read_f32(&out, 0, len))?;
     let want = reference(case, &kv, &q, f64::from(scale));
-    Ok(Row::compare(
+    let mut rows = vec![Row::compare(
         name,
         case.shape(),
         &gpu,
         &want,
         ATTENTION_TOLERANCE,
-    ))
+    )];
+    // The tensor-core prefill (hi/lo split f16 operands: held to the same tolerance), on a
+    // device with cooperative matrices whose workgroup memory fits the head dim.
+    if name == "attention/prefill" {
+        let limit = device.limits().max_compute_workgroup_storage_size;
+        match device.coop_shape() {
+            Some(shape) if prefill_coop_workgroup_bytes(shape, params.head_dim) <= limit => {
+                let buffers = PrefillBuffers {
+                    q: &q_buffer,
+                    cache: &cache,
+                    out: &out,
+                };
+                device.clear(&out);
+                let mut sequence = device.sequence("verify attention on tensor cores");
+                sequence.dispatch(prefill_coop(shape, params, buffers)?)?;
+                sequence.submit()?;
+                let gpu = pollster::block_on(device.read_f32(&out, 0, len))?;
+                rows.push(Row::compare(
+                    prefill_coop_kernel_name(shape),
+                    case.shape(),
+                    &gpu,
+                    &want,
+                    ATTENTION_TOLERANCE,
+                ));
+            }
+            Some(shape) => rows.push(Row::skip(
+                prefill_coop_kernel_name(shape),
+                case.shape(),
+                "its workgroup memory is over the adapter's",
+            )),
+            None => rows.push(Row::skip(
+                "attention/prefill-coop",
+                case.shape(),
+                "adapter lacks f16 cooperative matrices",
+            )),
+        }
+    }
+    Ok(rows)
+}
+
+fn prefill_coop_kernel_name(shape: retnet_kernels::gemm_coop::CoopShape) -> String {
+    format!("attention/prefill-coop/{0}x{0}", shape.tile.side())
 }
 
 /// The attention rows (`quick`: a representative subset).
@@ -213,9 +256,13 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
     let mut rows: Vec<Row> = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| {
+        .flat_map(|(i, c)| {
             run(device, c, 700 + i as u64).unwrap_or_else(|e| {
-                Row::fail("attention", c.shape(), format!("runtime error: {e}"))
+                vec![Row::fail(
+                    "attention",
+                    c.shape(),
+                    format!("runtime error: {e}"),
+                )]
             })
         })
         .collect();

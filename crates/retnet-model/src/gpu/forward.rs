@@ -791,7 +791,11 @@ fn record_attention(
                 cache: &cache.cache,
                 out: &s.gated,
             };
-            seq.dispatch(attention::prefill(params, buffers).map_err(shape_error)?)?;
+            let bound = match attn.tensor_cores {
+                Some(shape) => attention::prefill_coop(shape, params, buffers),
+                None => attention::prefill(params, buffers),
+            };
+            seq.dispatch(bound.map_err(shape_error)?)?;
         }
         Ok(())
     };

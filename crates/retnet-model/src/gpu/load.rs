@@ -297,11 +297,18 @@ pub(crate) async fn upload(
                 let qk_norm = up
                     .optional_vectors("attn q|k norm", &[role(T::AttnQNorm), role(T::AttnKNorm)])?;
                 let theta = crate::weights::attention_rotary(a.rope_theta, a.head_dim);
+                let workgroup_memory = device.limits().max_compute_workgroup_storage_size;
+                let tensor_cores = device.coop_shape().filter(|&s| {
+                    s.tile == CoopTile::Eight
+                        && attention::prefill_coop_workgroup_bytes(s, a.head_dim as u32)
+                            <= workgroup_memory
+                });
                 let attention = GpuAttention {
                     config: a.clone(),
                     bias,
                     qk_norm,
                     rotary_theta: device.upload_f32("attn rotary_theta", &theta)?,
+                    tensor_cores,
                 };
                 (qkv, o_proj, None, Some(attention))
             }

@@ -97,6 +97,11 @@ struct GpuAttention {
     qk_norm: Option<GpuBuffer>,
     /// Rotary angle per dimension pair, from the layer's `rope_theta`.
     rotary_theta: GpuBuffer,
+    /// The prefill runs on the tensor cores in this shape (`attention::prefill_coop`, as
+    /// accurate as the f32 kernel whatever the weights' precision): the device has 8×8
+    /// cooperative matrices (16×16 ones stay off, as for the GEMM) and the head dim's
+    /// workgroup memory fits.
+    tensor_cores: Option<CoopShape>,
 }
 
 /// A model whose weights live on a GPU: a cheap, shared handle (cloning it shares the
@@ -305,6 +310,22 @@ impl GpuModel {
     /// Whether projections of many rows run on the tensor cores.
     pub fn uses_tensor_cores(&self) -> bool {
         self.parts.tensor_cores.is_some()
+    }
+
+    /// Whether the prefill of every attention layer (hybrid checkpoints) runs on the tensor
+    /// cores; `false` for a model without attention layers.
+    pub fn attention_uses_tensor_cores(&self) -> bool {
+        let mut attention = self
+            .parts
+            .layers
+            .iter()
+            .filter_map(|l| l.attention.as_ref());
+        let mut any = false;
+        let all = attention.all(|a| {
+            any = true;
+            a.tensor_cores.is_some()
+        });
+        any && all
     }
 }
 
