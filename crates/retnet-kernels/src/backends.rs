@@ -324,6 +324,7 @@ fn coop_tile(kernel: &Kernel) -> Option<CoopTile> {
     CoopTile::ALL.into_iter().find(|&tile| {
         std::ptr::eq(tile.kernel(), kernel)
             || std::ptr::eq(crate::attention::prefill_coop_kernel(tile), kernel)
+            || std::ptr::eq(crate::retention::chunk_outputs_coop_kernel(tile), kernel)
     })
 }
 

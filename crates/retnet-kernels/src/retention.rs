@@ -2,6 +2,7 @@
 //! [`recurrent_batched`] for batched decode) — over rotated and scaled q, k. See
 //! `shaders/retention_common.wgsl` for the formulas and buffer layout.
 
+use crate::gemm_coop::{CoopShape, CoopTile};
 use crate::{
     ceil_div, Bound, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
 };
@@ -326,6 +327,62 @@ pub static CHUNK_OUTPUTS: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+const fn chunk_outputs_coop_variant(name: &'static str, source: &'static str) -> Kernel {
+    Kernel {
+        name,
+        source,
+        entry_point: "retention_chunk_outputs_coop",
+        workgroup_size: [
+            Dim::Constant("WORKGROUP_SIZE"),
+            Dim::Fixed(1),
+            Dim::Fixed(1),
+        ],
+        constants: &[
+            OverrideConstant {
+                name: "WORKGROUP_SIZE",
+                default: 32,
+            },
+            OverrideConstant {
+                name: "CHUNK_SIZE",
+                default: 32,
+            },
+            OverrideConstant {
+                name: "CHUNK_PAD",
+                default: 32,
+            },
+        ],
+        bindings: CHUNK_OUTPUTS_BINDINGS,
+        params: RetentionBlock::STRUCT,
+        // No subgroup builtins: the workgroup is one subgroup by its size alone.
+        requires: Features::new(true, false, true),
+    }
+}
+
+/// Chunk-parallel form, pass 2, on 8×8×8 cooperative matrices.
+pub static CHUNK_OUTPUTS_COOP_8: Kernel = chunk_outputs_coop_variant(
+    "retention/chunk-outputs-coop/8x8",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile8.wgsl",
+            "retention_common.wgsl",
+            "retention_chunk_outputs_coop.wgsl"
+        )
+    ),
+);
+/// Chunk-parallel form, pass 2, on 16×16×16 cooperative matrices.
+pub static CHUNK_OUTPUTS_COOP_16: Kernel = chunk_outputs_coop_variant(
+    "retention/chunk-outputs-coop/16x16",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile16.wgsl",
+            "retention_common.wgsl",
+            "retention_chunk_outputs_coop.wgsl"
+        )
+    ),
+);
+
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[
     &PARALLEL,
@@ -333,6 +390,8 @@ pub static KERNELS: &[&Kernel] = &[
     &CHUNK_UPDATES,
     &CHUNK_SCAN,
     &CHUNK_OUTPUTS,
+    &CHUNK_OUTPUTS_COOP_8,
+    &CHUNK_OUTPUTS_COOP_16,
     &RECURRENT,
     &RECURRENT_BATCHED,
 ];
@@ -486,6 +545,63 @@ pub fn chunk_outputs<'b, B>(
             workgroups: [
                 ceil_div(params.value_dim, 64),
                 params.tokens.div_ceil(chunk_size),
+                params.query_heads,
+            ],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
+/// Largest chunk [`chunk_outputs_coop`] takes (its scores share a `[chunk, 32]` buffer).
+pub const CHUNK_OUTPUTS_COOP_MAX_CHUNK: u32 = 32;
+
+/// The tensor-core chunk-outputs variant for `tile`.
+pub fn chunk_outputs_coop_kernel(tile: CoopTile) -> &'static Kernel {
+    match tile {
+        CoopTile::Eight => &CHUNK_OUTPUTS_COOP_8,
+        CoopTile::Sixteen => &CHUNK_OUTPUTS_COOP_16,
+    }
+}
+
+fn chunk_outputs_coop_constants(shape: CoopShape, chunk_size: u32) -> ConstantValues {
+    let kernel = chunk_outputs_coop_kernel(shape.tile);
+    let chunk = chunk_size.clamp(1, CHUNK_OUTPUTS_COOP_MAX_CHUNK);
+    let side = shape.tile.side();
+    kernel
+        .default_constants()
+        .with(kernel, "WORKGROUP_SIZE", shape.subgroup_size)
+        .with(kernel, "CHUNK_SIZE", chunk)
+        .with(kernel, "CHUNK_PAD", ceil_div(chunk, side) * side)
+}
+
+/// Workgroup memory [`chunk_outputs_coop`] declares for a chunk size, read from naga's IR.
+pub fn chunk_outputs_coop_workgroup_bytes(shape: CoopShape, chunk_size: u32) -> u32 {
+    let kernel = chunk_outputs_coop_kernel(shape.tile);
+    crate::workgroup_bytes(kernel, &chunk_outputs_coop_constants(shape, chunk_size))
+        .unwrap_or(u32::MAX)
+}
+
+/// [`chunk_outputs`] on cooperative matrices in the device's `shape` (needs
+/// [`Features::cooperative_matrix`], a `chunk_size` of at most
+/// [`CHUNK_OUTPUTS_COOP_MAX_CHUNK`] — the same for the passes before it — and its workgroup
+/// memory within the device's): the same buffers and results, to f32 accuracy (hi/lo split
+/// f16 operands).
+pub fn chunk_outputs_coop<'b, B>(
+    shape: CoopShape,
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: ChunkOutputsBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = chunk_outputs_coop_kernel(shape.tile);
+    let chunk = chunk_size.clamp(1, CHUNK_OUTPUTS_COOP_MAX_CHUNK);
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: chunk_outputs_coop_constants(shape, chunk),
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.value_dim, 32),
+                params.tokens.div_ceil(chunk),
                 params.query_heads,
             ],
         },

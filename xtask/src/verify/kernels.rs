@@ -1170,6 +1170,81 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         });
     }
 
+    // Chunk-parallel with the outputs on the tensor cores (hi/lo split f16 operands, held to
+    // the same tolerance), where the device has cooperative matrices.
+    for &chunk in case.chunk_sizes {
+        let Some(coop) = rows.device.coop_shape() else {
+            let name = format!("retention/chunk-parallel-coop(B={chunk})");
+            rows.skip(&name, &shape, "adapter lacks f16 cooperative matrices");
+            continue;
+        };
+        let name = format!(
+            "retention/chunk-parallel-coop/{0}x{0}(B={chunk})",
+            coop.tile.side()
+        );
+        let states_len = retention::chunk_states_len(&params, chunk);
+        if chunk > retention::CHUNK_OUTPUTS_COOP_MAX_CHUNK
+            || u64::from(retention::chunk_outputs_coop_workgroup_bytes(coop, chunk)) > max_workgroup
+            || u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup
+        {
+            rows.skip(
+                &name,
+                &shape,
+                "chunk over the tensor-core kernel's or memory limit",
+            );
+            continue;
+        }
+        if states_len * 4 > 128 << 20 {
+            rows.skip(&name, &shape, "a state per chunk would exceed 128 MiB");
+            continue;
+        }
+        let tolerance = retention_tolerance(&case, &log_decay, chunk as usize);
+        rows.add(&name, &shape, |device| {
+            buffers.reset(device);
+            let states = device.create_storage_f32("chunk states", states_len as usize)?;
+            let b = &buffers;
+            submit(
+                device,
+                &[
+                    retention::chunk_updates(
+                        params,
+                        chunk,
+                        ChunkUpdatesBuffers {
+                            k: &b.data,
+                            v: &b.data,
+                            log_decay: &b.log_decay,
+                            chunk_states: &states,
+                        },
+                    ),
+                    retention::chunk_scan(
+                        params,
+                        chunk,
+                        ChunkScanBuffers {
+                            log_decay: &b.log_decay,
+                            state: &b.state,
+                            chunk_states: &states,
+                        },
+                    ),
+                    retention::chunk_outputs_coop(
+                        coop,
+                        params,
+                        chunk,
+                        ChunkOutputsBuffers {
+                            q: &b.data,
+                            k: &b.data,
+                            v: &b.data,
+                            log_decay: &b.log_decay,
+                            chunk_states: &states,
+                            output: &b.out,
+                        },
+                    ),
+                ],
+            )?;
+            let expected = (&expected[..], &expected_state[..]);
+            outputs_and_state(device, &buffers, &case, &name, &shape, expected, tolerance)
+        });
+    }
+
     // Recurrent: γ is rounded to f32 once and the state multiplied by it at every token.
     let tolerance = retention_tolerance(&case, &log_decay, 1);
     rows.add("retention/recurrent", &shape, |device| {
