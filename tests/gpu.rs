@@ -90,6 +90,12 @@ fn f16_weights_use_the_tensor_cores_where_the_device_has_them() {
         gpu.uses_tensor_cores(),
         device.coop_shape().is_some() && native_f16
     );
+    // Chunk-parallel retention runs on 8×8 tensor cores whatever the weights' precision (its
+    // hi/lo split operands keep f32 accuracy), so the f32 rows above went through it too.
+    let eight = device
+        .coop_shape()
+        .is_some_and(|s| s.tile == retnet::runtime::kernels::gemm_coop::CoopTile::Eight);
+    assert_eq!(gpu.retention_uses_tensor_cores(), eight);
     let f32 = GpuOptions {
         weights: WeightPrecision::F32,
     };

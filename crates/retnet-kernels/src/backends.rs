@@ -325,6 +325,7 @@ fn coop_tile(kernel: &Kernel) -> Option<CoopTile> {
         std::ptr::eq(tile.kernel(), kernel)
             || std::ptr::eq(crate::attention::prefill_coop_kernel(tile), kernel)
             || std::ptr::eq(crate::retention::chunk_outputs_coop_kernel(tile), kernel)
+            || std::ptr::eq(crate::retention::chunk_updates_coop_kernel(tile), kernel)
     })
 }
 

@@ -383,8 +383,43 @@ pub static CHUNK_OUTPUTS_COOP_16: Kernel = chunk_outputs_coop_variant(
     ),
 );
 
+const fn chunk_updates_coop_variant(name: &'static str, source: &'static str) -> Kernel {
+    Kernel {
+        bindings: CHUNK_UPDATES_BINDINGS,
+        entry_point: "retention_chunk_updates_coop",
+        ..chunk_outputs_coop_variant(name, source)
+    }
+}
+
+/// Chunk-parallel form, pass 1a, on 8×8×8 cooperative matrices.
+pub static CHUNK_UPDATES_COOP_8: Kernel = chunk_updates_coop_variant(
+    "retention/chunk-updates-coop/8x8",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile8.wgsl",
+            "retention_common.wgsl",
+            "retention_chunk_updates_coop.wgsl"
+        )
+    ),
+);
+/// Chunk-parallel form, pass 1a, on 16×16×16 cooperative matrices.
+pub static CHUNK_UPDATES_COOP_16: Kernel = chunk_updates_coop_variant(
+    "retention/chunk-updates-coop/16x16",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile16.wgsl",
+            "retention_common.wgsl",
+            "retention_chunk_updates_coop.wgsl"
+        )
+    ),
+);
+
 /// All variants.
 pub static KERNELS: &[&Kernel] = &[
+    &CHUNK_UPDATES_COOP_8,
+    &CHUNK_UPDATES_COOP_16,
     &PARALLEL,
     &CHUNKWISE,
     &CHUNK_UPDATES,
@@ -555,6 +590,46 @@ pub fn chunk_outputs<'b, B>(
 /// Largest chunk [`chunk_outputs_coop`] takes (its scores share a `[chunk, 32]` buffer).
 pub const CHUNK_OUTPUTS_COOP_MAX_CHUNK: u32 = 32;
 
+/// The tensor-core chunk-updates variant for `tile`.
+pub fn chunk_updates_coop_kernel(tile: CoopTile) -> &'static Kernel {
+    match tile {
+        CoopTile::Eight => &CHUNK_UPDATES_COOP_8,
+        CoopTile::Sixteen => &CHUNK_UPDATES_COOP_16,
+    }
+}
+
+/// Workgroup memory [`chunk_updates_coop`] declares for a chunk size, read from naga's IR.
+pub fn chunk_updates_coop_workgroup_bytes(shape: CoopShape, chunk_size: u32) -> u32 {
+    let kernel = chunk_updates_coop_kernel(shape.tile);
+    let constants = coop_chunk_constants(kernel, shape, chunk_size);
+    crate::workgroup_bytes(kernel, &constants).unwrap_or(u32::MAX)
+}
+
+/// [`chunk_updates`] on cooperative matrices in the device's `shape` (the conditions of
+/// [`chunk_outputs_coop`]): the same buffers and results, to f32 accuracy.
+pub fn chunk_updates_coop<'b, B>(
+    shape: CoopShape,
+    params: RetentionParams,
+    chunk_size: u32,
+    buffers: ChunkUpdatesBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = chunk_updates_coop_kernel(shape.tile);
+    let chunk = chunk_size.clamp(1, CHUNK_OUTPUTS_COOP_MAX_CHUNK);
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: coop_chunk_constants(kernel, shape, chunk),
+            params: params.words(),
+            workgroups: [
+                ceil_div(params.key_dim, 32) * ceil_div(params.value_dim, 32),
+                params.tokens.div_ceil(chunk),
+                params.query_heads,
+            ],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
 /// The tensor-core chunk-outputs variant for `tile`.
 pub fn chunk_outputs_coop_kernel(tile: CoopTile) -> &'static Kernel {
     match tile {
@@ -564,7 +639,15 @@ pub fn chunk_outputs_coop_kernel(tile: CoopTile) -> &'static Kernel {
 }
 
 fn chunk_outputs_coop_constants(shape: CoopShape, chunk_size: u32) -> ConstantValues {
-    let kernel = chunk_outputs_coop_kernel(shape.tile);
+    coop_chunk_constants(chunk_outputs_coop_kernel(shape.tile), shape, chunk_size)
+}
+
+/// The constants of a tensor-core chunk kernel: one subgroup, the chunk and its padding.
+fn coop_chunk_constants(
+    kernel: &'static Kernel,
+    shape: CoopShape,
+    chunk_size: u32,
+) -> ConstantValues {
     let chunk = chunk_size.clamp(1, CHUNK_OUTPUTS_COOP_MAX_CHUNK);
     let side = shape.tile.side();
     kernel

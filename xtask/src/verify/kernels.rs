@@ -1170,8 +1170,8 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         });
     }
 
-    // Chunk-parallel with the outputs on the tensor cores (hi/lo split f16 operands, held to
-    // the same tolerance), where the device has cooperative matrices.
+    // Chunk-parallel with the updates and the outputs on the tensor cores (hi/lo split f16
+    // operands, held to the same tolerance), where the device has cooperative matrices.
     for &chunk in case.chunk_sizes {
         let Some(coop) = rows.device.coop_shape() else {
             let name = format!("retention/chunk-parallel-coop(B={chunk})");
@@ -1185,6 +1185,7 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
         let states_len = retention::chunk_states_len(&params, chunk);
         if chunk > retention::CHUNK_OUTPUTS_COOP_MAX_CHUNK
             || u64::from(retention::chunk_outputs_coop_workgroup_bytes(coop, chunk)) > max_workgroup
+            || u64::from(retention::chunk_updates_coop_workgroup_bytes(coop, chunk)) > max_workgroup
             || u64::from(retention::chunk_outputs_workgroup_bytes(chunk)) > max_workgroup
         {
             rows.skip(
@@ -1206,7 +1207,8 @@ fn retention_case(rows: &mut Rows<'_>, case: RetentionCase, scale: bool, seed: u
             submit(
                 device,
                 &[
-                    retention::chunk_updates(
+                    retention::chunk_updates_coop(
+                        coop,
                         params,
                         chunk,
                         ChunkUpdatesBuffers {

@@ -574,7 +574,13 @@ fn record_retention(
                                 log_decay: &model.log_decay,
                                 chunk_states: states,
                             };
-                            seq.dispatch(retention::chunk_updates(params, chunk, updates))?;
+                            let coop = model.retention_tensor_cores;
+                            seq.dispatch(match coop {
+                                Some(shape) => {
+                                    retention::chunk_updates_coop(shape, params, chunk, updates)
+                                }
+                                None => retention::chunk_updates(params, chunk, updates),
+                            })?;
                             let scan = ChunkScanBuffers {
                                 log_decay: &model.log_decay,
                                 state,
@@ -589,7 +595,12 @@ fn record_retention(
                                 chunk_states: states,
                                 output: &s.retained,
                             };
-                            seq.dispatch(retention::chunk_outputs(params, chunk, outputs))?;
+                            seq.dispatch(match coop {
+                                Some(shape) => {
+                                    retention::chunk_outputs_coop(shape, params, chunk, outputs)
+                                }
+                                None => retention::chunk_outputs(params, chunk, outputs),
+                            })?;
                         }
                         // One workgroup per head and column slice walks the chunks in order.
                         _ => seq.dispatch(retention::chunkwise(params, chunk as u32, stateful))?,

@@ -352,6 +352,18 @@ pub(crate) async fn upload(
         retention::CHUNK_OUTPUTS_MAX_CHUNK,
         retention::chunk_outputs_workgroup_bytes,
     );
+    // Chunk-parallel retention on 8×8 tensor cores (16×16 stay off, as for the GEMM), in
+    // chunks of 32 where the portable kernels would take up to 64.
+    let coop_chunk = retention::CHUNK_OUTPUTS_COOP_MAX_CHUNK;
+    let retention_tensor_cores = device.coop_shape().filter(|&s| {
+        s.tile == CoopTile::Eight
+            && retention::chunk_outputs_coop_workgroup_bytes(s, coop_chunk) <= workgroup_memory
+            && retention::chunk_updates_coop_workgroup_bytes(s, coop_chunk) <= workgroup_memory
+    });
+    let max_parallel_chunk = match retention_tensor_cores {
+        Some(_) => max_parallel_chunk.min(coop_chunk as usize),
+        None => max_parallel_chunk,
+    };
     Ok(Parts {
         embed,
         embed_norm,
@@ -365,6 +377,7 @@ pub(crate) async fn upload(
         // 16×16 gemm-coop gave non-finite f16 model rows in verify and prefill at 2.4k tok/s
         // (the 16×16-only kernel it replaced ran 13.8k). Until that is found, NVIDIA adapters
         // prefill on the portable tiled matmul; 8×8 tiles (lavapipe 26, verified) are used.
+        retention_tensor_cores,
         tensor_cores: device
             .coop_shape()
             .filter(|s| format == WeightFormat::F16 && s.tile == CoopTile::Eight),

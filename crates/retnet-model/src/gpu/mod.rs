@@ -133,6 +133,10 @@ pub(crate) struct Parts {
     /// Projections of many rows run on the tensor cores ([`gemm_coop`]) in this shape: the
     /// adapter has cooperative matrices and the weights are native f16.
     tensor_cores: Option<CoopShape>,
+    /// Chunk-parallel retention's updates and outputs run on the tensor cores in this shape
+    /// (`retention::chunk_updates_coop`, `chunk_outputs_coop`: as accurate as the f32 kernels
+    /// whatever the weights' precision), in chunks of at most 32.
+    retention_tensor_cores: Option<CoopShape>,
     fingerprint: WeightsFingerprint,
 }
 
@@ -310,6 +314,11 @@ impl GpuModel {
     /// Whether projections of many rows run on the tensor cores.
     pub fn uses_tensor_cores(&self) -> bool {
         self.parts.tensor_cores.is_some()
+    }
+
+    /// Whether chunk-parallel retention (prefill) runs on the tensor cores.
+    pub fn retention_uses_tensor_cores(&self) -> bool {
+        self.parts.retention_tensor_cores.is_some()
     }
 
     /// Whether the prefill of every attention layer (hybrid checkpoints) runs on the tensor
