@@ -30,7 +30,7 @@ use retnet_runtime::kernels::rotary::{
 use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::{GpuBuffer, Sequence, Weights};
 
-use super::kv_cache::{KvCache, KvCaches, KEYS_PER_SPLIT};
+use super::kv_cache::{keys_per_split, KvCache, KvCaches};
 use super::{GpuAttention, GpuLayer, Parts, QkvgLayout};
 use crate::config::{Activation, NormPlacement, OutputScale, RotaryStyle};
 use crate::error::{ModelError, Result};
@@ -792,8 +792,11 @@ fn record_attention(
                 partial: &cache.partial,
                 out: &s.gated,
             };
-            let [split, merge] =
-                attention::decode(params, KEYS_PER_SPLIT, buffers).map_err(shape_error)?;
+            // The keys this query sees: all so far, or its window.
+            let end = position as usize + 1;
+            let visible = a.window.map_or(end, |w| end.min(w));
+            let split = keys_per_split(visible);
+            let [split, merge] = attention::decode(params, split, buffers).map_err(shape_error)?;
             seq.dispatch(split)?;
             seq.dispatch(merge)?;
         } else {

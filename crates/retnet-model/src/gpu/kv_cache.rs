@@ -22,8 +22,21 @@ use crate::error::{ModelError, Result};
 
 /// Positions a full-attention cache grows by at least.
 pub(super) const GROWTH_BLOCK: usize = 1024;
-/// Keys per workgroup of the split decode: a 64k-token cache is 256 workgroups per head.
-pub(super) const KEYS_PER_SPLIT: u32 = 256;
+/// Fewest and most keys per workgroup of the split decode (see [`keys_per_split`]).
+const MIN_KEYS_PER_SPLIT: u32 = 64;
+const MAX_KEYS_PER_SPLIT: u32 = 256;
+
+/// Keys per workgroup of the split decode when a query sees `visible` keys: about 32 splits
+/// per head up to 8k keys (64 keys each at 1k: 16 per head), then 256 keys each (a 64k-token
+/// cache is 256 workgroups per head). On the H200 a fixed 256 left a 1k-token decode at 4
+/// workgroups per head, 300 µs per layer (`docs/perf-notes.md`).
+pub(super) fn keys_per_split(visible: usize) -> u32 {
+    let target = u32::try_from(visible.div_ceil(32)).unwrap_or(u32::MAX);
+    target
+        .checked_next_power_of_two()
+        .unwrap_or(MAX_KEYS_PER_SPLIT)
+        .clamp(MIN_KEYS_PER_SPLIT, MAX_KEYS_PER_SPLIT)
+}
 
 /// One attention layer's cache.
 pub(super) struct KvCache {
@@ -63,8 +76,11 @@ impl KvCache {
                 ))
             })?;
         let cache = model.device.create_storage_f32("kv cache", values)?;
+        // Sized for the most splits any step can make: every visible key, MIN_KEYS_PER_SPLIT
+        // to a split.
         let visible = attn.window.unwrap_or(ring).min(ring);
-        let partial_len = decode_scratch_len(&decode_params(attn, visible, ring), KEYS_PER_SPLIT);
+        let partial_len =
+            decode_scratch_len(&decode_params(attn, visible, ring), MIN_KEYS_PER_SPLIT);
         let partial_len = usize::try_from(partial_len)
             .map_err(|_| ModelError::invalid("a decode scratch too large to address"))?;
         let partial = model
@@ -291,6 +307,23 @@ fn initial_ring(attn: &AttentionConfig, span: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::runs;
+
+    #[test]
+    fn split_sizes_grow_with_the_keys_and_stay_within_bounds() {
+        use super::keys_per_split;
+        assert_eq!(keys_per_split(1), 64);
+        assert_eq!(keys_per_split(1024), 64);
+        assert_eq!(keys_per_split(4096), 128);
+        assert_eq!(keys_per_split(8192), 256);
+        assert_eq!(keys_per_split(65536), 256);
+        assert_eq!(keys_per_split(usize::MAX), 256);
+        let mut last = 0;
+        for visible in (1..100_000).step_by(997) {
+            let k = keys_per_split(visible);
+            assert!(k >= last && (64..=256).contains(&k));
+            last = k;
+        }
+    }
 
     #[test]
     fn runs_cover_every_position_once_in_both_rings() {
