@@ -39,11 +39,14 @@ var<workgroup> o_acc: array<f32, BQ * HEAD_DIM_PAD>;
 var<workgroup> row_max: array<f32, BQ>;
 var<workgroup> row_sum: array<f32, BQ>;
 
-// x (clamped to f16's range) as hi + lo, both f16. hi's value is taken through its bits: a
-// compiler may fold f32(f16(x)) back to x (Mesa's does), which would make every lo part zero.
+// x (clamped to f16's range) as hi + lo, both f16: hi is x with its mantissa cut to f16's 10
+// bits (exact in f16 in its normal range), lo = x − hi exactly, then rounded to f16 (11 more
+// bits). Cut by masking the bits, not by converting: a compiler may fold f32(f16(x)) back to x
+// (Mesa's does) and unpack(pack(x)) too (NVIDIA's did: its 16×16 rows came out at f16's
+// precision), either of which makes every lo part zero.
 fn split(x: f32) -> vec2<f16> {
     let c = clamp(x, -F16_MAX, F16_MAX);
-    let hi = unpack2x16float(pack2x16float(vec2<f32>(c, 0.0))).x;
+    let hi = bitcast<f32>(bitcast<u32>(c) & 0xffffe000u);
     return vec2<f16>(f16(hi), f16(c - hi));
 }
 
