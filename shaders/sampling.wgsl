@@ -10,7 +10,9 @@
 //   state[4 + j]        the history ring, `window` entries; the next token goes to
 //                       `state[1] % window`, the valid entries are the first min(state[1], window)
 // The chosen token is written to next_token[0] (the next step's embedding input) and to
-// generated[draw % capacity] (for batched read-back).
+// generated[draw % capacity] (for batched read-back). In a batch (grid (rows, 1, 1)) workgroup b
+// samples row b: its logits at logits_offset + b·vocab, its state words from b·(4 + window), its
+// id to next_token[b] and generated[b·capacity + draw % capacity].
 //
 // Exactness. The candidate set and greedy choice are decided on exact keys: the order-preserving
 // u32 key of d = l − max (an f32 subtraction, as on the CPU; the CPU's f64 weights are a strictly
@@ -196,10 +198,14 @@ fn weight_fixed(d: f32) -> u32 {
     return u32(round(w * 2147483648.0));
 }
 
+// The batch row this workgroup samples (its logits row, state words, next_token and generated
+// entries); set at the entry point.
+var<private> row: u32;
+
 // The logit of token i after the repetition penalty. No loop: llvmpipe stops a shader after
 // 65535 loop iterations in all, so the per-token work must not loop.
 fn logit_at(i: u32) -> f32 {
-    let l = logits[params.logits_offset + i];
+    let l = logits[params.logits_offset + row * params.vocab + i];
     if ((bloom[(i >> 5u) % BLOOM_WORDS] >> (i & 31u)) & 1u) == 0u {
         return l;
     }
@@ -392,13 +398,19 @@ fn top_p_target(kept: vec2<u32>) -> vec2<u32> {
     return add64(q.xy, vec2<u32>(q.z, 0u));
 }
 
-// Grid: (1, 1, 1). One draw; see the top of the file for the buffers.
+// Grid: (rows, 1, 1). One draw per row of a batch; see the top of the file for the buffers.
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn sample_token(@builtin(local_invocation_index) lane: u32) {
+fn sample_token(
+    @builtin(local_invocation_index) lane: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    row = wid.x;
     let vocab = params.vocab;
     let window = min(params.history_window, HISTORY_TABLE);
-    let step = state[0];
-    let pushed = state[1];
+    // This row's state words.
+    let sb = row * (HEADER + window);
+    let step = state[sb];
+    let pushed = state[sb + 1u];
 
     // The history: the ring's valid entries (ids beyond the vocabulary dropped), sorted by rank
     // (ties by ring position, so duplicates stay, adjacent, with equal values) with their
@@ -410,7 +422,7 @@ fn sample_token(@builtin(local_invocation_index) lane: u32) {
     for (var j = lane; j < HISTORY_TABLE; j += WORKGROUP_SIZE) {
         var t = NONE;
         if j < valid {
-            t = state[HEADER + j];
+            t = state[sb + HEADER + j];
             if t >= vocab {
                 t = NONE;
             }
@@ -436,7 +448,7 @@ fn sample_token(@builtin(local_invocation_index) lane: u32) {
             }
         }
         if t != NONE {
-            value = penalised(logits[params.logits_offset + t]);
+            value = penalised(logits[params.logits_offset + row * vocab + t]);
             atomicOr(&bloom_bits[(t >> 5u) % BLOOM_WORDS], 1u << (t & 31u));
         }
         hist_tok[rank] = t;
@@ -515,18 +527,18 @@ fn sample_token(@builtin(local_invocation_index) lane: u32) {
 
     if lane == 0u {
         let token = chosen;
-        next_token[0] = token;
+        next_token[row] = token;
         if params.capacity > 0u {
-            generated[step % params.capacity] = token;
+            generated[row * params.capacity + step % params.capacity] = token;
         }
         if window > 0u {
-            state[HEADER + pushed % window] = token;
+            state[sb + HEADER + pushed % window] = token;
             var n = pushed + 1u;
             if n >= 2u * window {
                 n -= window;
             }
-            state[1] = n;
+            state[sb + 1u] = n;
         }
-        state[0] = step + 1u;
+        state[sb] = step + 1u;
     }
 }

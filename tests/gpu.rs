@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use retnet::model::{GpuModel, GpuOptions, LogitRows, WeightPrecision};
+use retnet::model::{GpuBatch, GpuModel, GpuOptions, LogitRows, SamplingParams, WeightPrecision};
 use retnet::{CpuModel, RetentionForm};
 use retnet_testkit::gpu::new_device as device;
 
@@ -239,7 +239,7 @@ fn forked_sessions_continue_independently() {
 #[test]
 #[allow(clippy::needless_range_loop)] // `step` indexes every sequence's rows
 fn batched_decode_equals_decoding_each_alone() {
-    use retnet::model::{sampling::argmax, GpuBatch};
+    use retnet::model::sampling::argmax;
     let Some(device) = device() else { return };
     for name in ["torchscale_swish_tied", "fla_gqa_tied_bf16_sharded"] {
         let cpu = CpuModel::load(&fixture(name)).unwrap();
@@ -332,4 +332,92 @@ fn gpu_sampling_loop_creates_no_gpu_objects_after_warm_up() {
     );
     assert_eq!(all.len(), 60);
     assert_eq!(session.position(), 3 + 59, "the last token stays pending");
+}
+
+/// Batched decode with sampling on the GPU (`GpuBatch::generate`): greedy, it equals stepping
+/// the batch and taking each row's argmax on the CPU; with temperature and top-k, each row of a
+/// three-row batch draws what it draws alone in a one-row batch (the sampler's per-row state,
+/// logits row and output slots), and the rows advance.
+#[test]
+fn batched_generation_samples_on_the_gpu_row_by_row() {
+    use retnet::model::sampling::argmax;
+    let Some(device) = device() else { return };
+    for name in ["fla_basic", "fla_hybrid_window_gqa_bias"] {
+        let cpu = CpuModel::load(&fixture(name)).unwrap();
+        let gpu = GpuModel::new(device.clone(), &cpu, GpuOptions::default()).unwrap();
+        let tokens = fixture_tokens(&fixture(name));
+        let prompts = [&tokens[..3], &tokens[..10], &tokens[4..12]];
+        let fill = |batch: &mut GpuBatch, prompts: &[&[u32]]| -> Vec<(usize, u32)> {
+            prompts
+                .iter()
+                .map(|p| {
+                    let mut s = gpu.session().unwrap();
+                    pollster::block_on(s.prefill(&p[..p.len() - 1])).unwrap();
+                    (batch.insert(&s).unwrap(), p[p.len() - 1])
+                })
+                .collect()
+        };
+        let steps = 20;
+
+        // Greedy: generate vs step + argmax.
+        let mut by_steps = GpuBatch::new(&gpu, 3).unwrap();
+        let mut inputs = fill(&mut by_steps, &prompts);
+        let vocab = cpu.config().vocab_size;
+        let mut want = vec![Vec::new(); 3];
+        for _ in 0..steps {
+            let logits = pollster::block_on(by_steps.step(&inputs)).unwrap();
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                let t = argmax(row);
+                want[i].push(t);
+                inputs[i].1 = t;
+            }
+        }
+        let mut generating = GpuBatch::new(&gpu, 3).unwrap();
+        let inputs = fill(&mut generating, &prompts);
+        let mut calls = 0;
+        let greedy = SamplingParams::greedy();
+        let got =
+            pollster::block_on(
+                generating.generate(&inputs, &greedy, 0, &[], steps, &mut |_| {
+                    calls += 1;
+                    true
+                }),
+            )
+            .unwrap();
+        assert_eq!(got, want, "{name}: greedy");
+        assert_eq!(calls, 2, "ids read back every 16 steps");
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(generating.position(inputs[i].0), Some(p.len() - 1 + steps));
+        }
+
+        // Sampled: each row as it draws alone.
+        let params = SamplingParams {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.95,
+            repeat_penalty: 1.1,
+            seed: 7,
+        };
+        let histories: Vec<&[u32]> = prompts.to_vec();
+        let mut together = GpuBatch::new(&gpu, 3).unwrap();
+        let inputs = fill(&mut together, &prompts);
+        let all = pollster::block_on(together.generate(
+            &inputs,
+            &params,
+            5,
+            &histories,
+            steps,
+            &mut |_| true,
+        ))
+        .unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut alone = GpuBatch::new(&gpu, 1).unwrap();
+            let input = fill(&mut alone, &[p]);
+            let one =
+                pollster::block_on(alone.generate(&input, &params, 5, &[p], steps, &mut |_| true))
+                    .unwrap();
+            assert_eq!(one[0], all[i], "{name}: row {i} alone vs in the batch");
+        }
+        assert!(all.iter().all(|r| r.len() == steps));
+    }
 }

@@ -134,6 +134,17 @@ pub static KERNELS: &[&Kernel] = &[&SAMPLE];
 /// One draw. Buffers: `logits`, `state` ([`state_len`] words), `next_token` (1 word),
 /// `generated` (`capacity` words). A window over [`MAX_HISTORY_WINDOW`] is clamped.
 pub fn sample<'b, B>(params: SampleParams, buffers: SampleBuffers<'b, B>) -> Bound<'b, B> {
+    sample_rows(params, 1, buffers)
+}
+
+/// One draw for each of `rows` rows of a batch, with the same parameters, one workgroup each:
+/// row b reads its logits at `logits_offset + b·vocab` and its own [`state_len`] words from
+/// `b·state_len`, and writes `next_token[b]` and `generated[b·capacity + draw % capacity]`.
+pub fn sample_rows<'b, B>(
+    params: SampleParams,
+    rows: u32,
+    buffers: SampleBuffers<'b, B>,
+) -> Bound<'b, B> {
     let block = SampleBlock {
         vocab: params.vocab,
         logits_offset: params.logits_offset,
@@ -152,7 +163,7 @@ pub fn sample<'b, B>(params: SampleParams, buffers: SampleBuffers<'b, B>) -> Bou
             kernel: &SAMPLE,
             constants: SAMPLE.default_constants(),
             params: block.words(),
-            workgroups: [1, 1, 1],
+            workgroups: [rows.max(1), 1, 1],
         },
         buffers: buffers.in_order(),
     }
