@@ -10,7 +10,9 @@ struct EmbeddingParams {
     scale: f32,
     first_row: u32,
     rows: u32,
-    _pad1: u32,
+    // Elements per row of the table as the weight accessors index it (dim, or whole blocks of
+    // 32 for the block formats).
+    weight_stride: u32,
     _pad2: u32,
     _pad3: u32,
 }
@@ -35,5 +37,5 @@ fn embedding_gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     if row >= params.rows {
         return;
     }
-    output[token * params.dim + column] = weight_at(row * params.dim + column) * params.scale;
+    output[token * params.dim + column] = weight_at(row * params.weight_stride + column) * params.scale;
 }

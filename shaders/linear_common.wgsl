@@ -17,7 +17,9 @@ struct LinearParams {
     // into several buffers runs once per part, each writing its columns of the one Y.
     y_col_start: u32,
     y_stride: u32,
-    _pad1: u32,
+    // Elements per row of W as the weight accessors index it: in_dim, or for the block formats
+    // (weights_int8.wgsl, weights_q4.wgsl) in_dim rounded up to a whole block of 32.
+    weight_stride: u32,
     _pad2: u32,
     _pad3: u32,
 }

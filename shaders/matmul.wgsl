@@ -53,7 +53,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             let k = i % TILE_K;
             var value = 0.0;
             if col0 + n < params.out_dim && k0 + k < in_dim {
-                value = weight_at((col0 + n) * in_dim + k0 + k);
+                value = weight_at((col0 + n) * params.weight_stride + k0 + k);
             }
             w_tile[n * stride + k] = value;
         }

@@ -18,12 +18,13 @@ override WORKGROUP_SIZE: u32 = 128u;
 // accumulators in local memory (10 ms for a batch-8 step of retnet_xl).
 fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, BATCH_ROWS> {
     let in4 = params.in_dim / 4u;
+    let stride4 = params.weight_stride / 4u;
     let last_output = params.out_dim - 1u;
     let last_row = params.rows - 1u;
-    let w0 = min(first_output, last_output) * in4;
-    let w1 = min(first_output + 1u, last_output) * in4;
-    let w2 = min(first_output + 2u, last_output) * in4;
-    let w3 = min(first_output + 3u, last_output) * in4;
+    let w0 = min(first_output, last_output) * stride4;
+    let w1 = min(first_output + 1u, last_output) * stride4;
+    let w2 = min(first_output + 2u, last_output) * stride4;
+    let w3 = min(first_output + 3u, last_output) * stride4;
     let x0 = (params.x_row_start + min(first_row + 0u, last_row)) * in4;
     let x1 = (params.x_row_start + min(first_row + 1u, last_row)) * in4;
     let x2 = (params.x_row_start + min(first_row + 2u, last_row)) * in4;

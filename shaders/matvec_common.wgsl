@@ -11,16 +11,17 @@
 const OUTPUTS_PER_WORKGROUP: u32 = 4u;
 override WORKGROUP_SIZE: u32 = 128u;
 
-// First elements of the workgroup's four weight rows (past the last output, the last row is read
-// again: cheaper than a branch in the loop; not stored).
-fn weight_rows(first_output: u32, in4: u32) -> vec4<u32> {
+// First elements (in vec4s) of the workgroup's four weight rows (past the last output, the last
+// row is read again: cheaper than a branch in the loop; not stored).
+fn weight_rows(first_output: u32) -> vec4<u32> {
+    let stride4 = params.weight_stride / 4u;
     let last = params.out_dim - 1u;
     return vec4<u32>(
         min(first_output, last),
         min(first_output + 1u, last),
         min(first_output + 2u, last),
         min(first_output + 3u, last),
-    ) * in4;
+    ) * stride4;
 }
 
 // W[rows w, i] · x for the four rows, as a vec4.
@@ -39,7 +40,7 @@ fn dot4(w: vec4<u32>, i: u32, x: vec4<f32>) -> vec4<f32> {
 fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> vec4<f32> {
     let in4 = params.in_dim / 4u;
     let x_start = (params.x_row_start + row) * in4;
-    let w = weight_rows(first_output, in4);
+    let w = weight_rows(first_output);
     var acc = vec4<f32>(0.0);
     // Two strides per iteration: twice the loads in flight per invocation (decode is bound by
     // memory latency as much as by bandwidth).

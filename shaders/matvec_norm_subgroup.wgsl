@@ -21,7 +21,7 @@ fn matvec_norm_subgroup(
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let in4 = params.in_dim / 4u;
     let x_start = (params.x_row_start + wid.y) * in4;
-    let w = weight_rows(first_output, in4);
+    let w = weight_rows(first_output);
     var acc = vec4<f32>(0.0);
     var squares = 0.0;
     for (var i = lane; i < in4; i += WORKGROUP_SIZE) {

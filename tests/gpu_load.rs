@@ -16,9 +16,15 @@ use retnet::runtime::Device;
 use retnet::{CpuModel, ModelConfig, ModelWeights, RetentionForm};
 use retnet_testkit::gpu::{new_device as device, new_device_with as device_with};
 
+/// Every precision the adapter can load (the block formats keep the embeddings and head f16).
 fn precisions(device: &Device) -> Vec<WeightPrecision> {
     if device.supports_half_weights() {
-        vec![WeightPrecision::F32, WeightPrecision::F16]
+        vec![
+            WeightPrecision::F32,
+            WeightPrecision::F16,
+            WeightPrecision::Int8,
+            WeightPrecision::Q4,
+        ]
     } else {
         eprintln!("this adapter cannot read f16 weights: f32 only");
         vec![WeightPrecision::F32]
@@ -277,10 +283,14 @@ fn matrices_over_the_binding_limit_are_split_by_rows() {
             .count();
         assert_eq!(differing, 0, "{weights:?}: split and whole models differ");
         // And both are the model: against the CPU reference on the prefill rows.
-        let want = cpu.logits(&tokens[..36], RetentionForm::Recurrent).unwrap();
+        // (The block formats' reference is the CPU with the same decoded blocks.)
+        let stored = cpu.clone().stored_as(weights).unwrap();
+        let want = stored
+            .logits(&tokens[..36], RetentionForm::Recurrent)
+            .unwrap();
         let tolerance = match weights {
-            WeightPrecision::F32 => GPU_F32_TOLERANCE,
             WeightPrecision::F16 => f16_weights_tolerance(&cpu, split.uses_tensor_cores()),
+            _ => GPU_F32_TOLERANCE,
         };
         assert_close_f32(
             &format!("{weights:?}: split model vs the CPU reference"),

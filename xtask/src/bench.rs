@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--preset NAME] [--quick] [--json FILE]`: speed of the whole model on the
-//! GPU with random f16 weights in the shapes of published RetNets.
+//! GPU with random weights in the shapes of published RetNets, in every weight precision (f32,
+//! f16, int8, q4; `--weights` picks some).
 //!
 //! Per preset: decode tokens/s at batch 1 (GPU sampling, one submission per token) and batch 8
 //! ([`GpuBatch::generate`]: GPU sampling too), prefill tokens/s (chunkwise) at 512, 2048 and 8192 tokens, time to first token
@@ -38,6 +39,7 @@ use retnet_model::{
     weights, GpuBatch, GpuModel, GpuOptions, LayerKind, LayerWeights, Linear, ModelConfig,
     ModelWeights, SamplingParams, WeightPrecision,
 };
+use retnet_runtime::kernels::WeightFormat;
 use retnet_runtime::Device;
 use serde_json::{json, Value};
 
@@ -62,7 +64,26 @@ pub struct Options {
     /// model.
     #[arg(long)]
     pub micro: bool,
+    /// Weight precisions to measure, each a row of its own (default: all four; those the
+    /// adapter cannot read are skipped with a note).
+    #[arg(long, value_name = "P,P,..", value_delimiter = ',', value_parser = parse_precision)]
+    pub weights: Vec<WeightPrecision>,
 }
+
+/// `f32`, `f16`, `int8` or `q4`.
+fn parse_precision(name: &str) -> Result<WeightPrecision, String> {
+    ALL_PRECISIONS
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| format!("unknown precision {name:?} (f32, f16, int8, q4)"))
+}
+
+const ALL_PRECISIONS: [WeightPrecision; 4] = [
+    WeightPrecision::F32,
+    WeightPrecision::F16,
+    WeightPrecision::Int8,
+    WeightPrecision::Q4,
+];
 
 /// A preset's name, if there is such a preset.
 fn parse_preset(name: &str) -> Result<String, String> {
@@ -246,8 +267,23 @@ async fn run_async(options: &Options) -> Result<(), String> {
     let bandwidth = copy_bandwidth(&device, tiny).await?;
     println!("copy bandwidth: {:.1} GB/s", bandwidth / 1e9);
 
+    let precisions: Vec<WeightPrecision> = if options.weights.is_empty() {
+        ALL_PRECISIONS.to_vec()
+    } else {
+        options.weights.clone()
+    };
     let mut results = Vec::new();
-    for name in names {
+    for (name, precision) in names
+        .iter()
+        .flat_map(|&n| precisions.iter().map(move |&p| (n, p)))
+    {
+        if precision != WeightPrecision::F32 && !device.supports_half_weights() {
+            println!(
+                "\n{name} ({} weights): skipped, this adapter cannot read f16 weights",
+                precision.name()
+            );
+            continue;
+        }
         let preset = preset(name).ok_or_else(|| format!("unknown preset {name}"))?;
         let effort = match (tiny, options.quick) {
             (true, _) => Effort {
@@ -271,7 +307,7 @@ async fn run_async(options: &Options) -> Result<(), String> {
         } else {
             &options.contexts
         };
-        let result = bench_preset(&device, preset, effort, bandwidth, contexts).await?;
+        let result = bench_preset(&device, preset, precision, effort, bandwidth, contexts).await?;
         print_table(&result);
         results.push(result);
     }
@@ -512,6 +548,21 @@ fn state_bytes_per_step(c: &ModelConfig) -> u64 {
     (retention * c.retention_state_len() * 4) as u64
 }
 
+/// Bytes of weights one decode step reads with `precision`: the layers' matrices in their
+/// format, the head in f16 under the block formats ([`retnet_model::quant`]).
+fn weight_bytes_per_step(c: &ModelConfig, precision: WeightPrecision) -> u64 {
+    let all = matrix_params_per_step(c) as f64;
+    let head = (c.vocab_size * c.d_model) as f64;
+    let layers = all - head;
+    let bytes = match precision {
+        WeightPrecision::F32 => 4.0 * all,
+        WeightPrecision::F16 => 2.0 * all,
+        WeightPrecision::Int8 => WeightFormat::Int8.bytes_per_value() * layers + 2.0 * head,
+        WeightPrecision::Q4 => WeightFormat::Q4.bytes_per_value() * layers + 2.0 * head,
+    };
+    bytes as u64
+}
+
 /// Total parameters (as the peers count them: embeddings and head, not norms).
 fn total_params(c: &ModelConfig) -> u64 {
     let head = if c.tied_head {
@@ -536,6 +587,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn bench_preset(
     device: &Arc<Device>,
     preset: &Preset,
+    precision: WeightPrecision,
     effort: Effort,
     bandwidth: f64,
     contexts: &[usize],
@@ -544,8 +596,9 @@ async fn bench_preset(
     let config = ModelConfig::from_json_str(preset.json).map_err(err)?;
     let c = config.clone();
     println!(
-        "\n{}: d {} layers {} heads {} K {} V {} ffn {} vocab {}, {:.3} B params",
+        "\n{} ({} weights): d {} layers {} heads {} K {} V {} ffn {} vocab {}, {:.3} B params",
         preset.name,
+        precision.name(),
         c.d_model,
         c.num_layers,
         c.num_heads,
@@ -559,11 +612,6 @@ async fn bench_preset(
     let weights = random_weights(&config, 7);
     let generated = start.elapsed();
     let start = Instant::now();
-    let precision = if device.supports_half_weights() {
-        WeightPrecision::F16
-    } else {
-        WeightPrecision::F32
-    };
     let model = GpuModel::from_weights(
         Arc::clone(device),
         config,
@@ -741,13 +789,9 @@ async fn bench_preset(
         );
     }
 
-    // Roofline: each matrix read once per step (f16 or f32), each state read and written.
-    let weight_size = if precision == WeightPrecision::F16 {
-        2
-    } else {
-        4
-    };
-    let weight_bytes = matrix_params_per_step(&c) * weight_size;
+    // Roofline: each matrix read once per step in its format (the block formats' parameters
+    // included; the head stays f16 under int8 and q4), each state read and written.
+    let weight_bytes = weight_bytes_per_step(&c, precision);
     let state_bytes = state_bytes_per_step(&c);
     let step1_bytes = weight_bytes + 2 * state_bytes;
     let step8_bytes = weight_bytes + 2 * state_bytes * batch_size as u64;
@@ -764,7 +808,7 @@ async fn bench_preset(
         "preset": preset.name,
         "family": format!("{:?}", c.family),
         "params": total_params(&c),
-        "weights": format!("{precision:?}"),
+        "weights": precision.name(),
         "shape": {
             "d_model": c.d_model, "layers": c.num_layers, "heads": c.num_heads,
             "head_k_dim": c.head_k_dim, "head_v_dim": c.head_v_dim, "ffn_dim": c.ffn_dim,
@@ -959,5 +1003,8 @@ mod tests {
         assert!(parse(&["--preset", "nope"]).is_err());
         assert!(parse(&["--preset", "test"]).is_ok());
         assert!(parse(&["--preset", "test_hybrid"]).is_ok());
+        let o = parse(&["--weights", "f16,q4"]).unwrap().options;
+        assert_eq!(o.weights, vec![WeightPrecision::F16, WeightPrecision::Q4]);
+        assert!(parse(&["--weights", "int4"]).is_err());
     }
 }

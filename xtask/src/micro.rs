@@ -487,7 +487,7 @@ async fn matvecs(
             .map(|i| product(pair[i % 2], pair[(i + 1) % 2]))
             .collect();
         let kernel_name = independent[0].kernel().name;
-        let bytes = f64::from(in_dim) * f64::from(out_dim) * format.element_size() as f64;
+        let bytes = f64::from(in_dim) * f64::from(out_dim) * format.bytes_per_value();
         for (how, list) in [("independent", &independent), ("dependent", &dependent)] {
             let per = time(device, list, &outputs[0], effort).await?;
             out.push(Measure {

@@ -26,6 +26,24 @@ pub enum Weights {
     F32,
     /// Half precision (half the memory traffic).
     F16,
+    /// The layers' matrices in 8-bit blocks (one scale per 32 values), embeddings and head f16.
+    Int8,
+    /// The layers' matrices in 4-bit blocks (a step and a minimum per 32 values), embeddings
+    /// and head f16.
+    Q4,
+}
+
+impl Weights {
+    /// The library's option.
+    pub fn precision(self) -> retnet_model::WeightPrecision {
+        use retnet_model::WeightPrecision as P;
+        match self {
+            Weights::F32 => P::F32,
+            Weights::F16 => P::F16,
+            Weights::Int8 => P::Int8,
+            Weights::Q4 => P::Q4,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -52,7 +70,8 @@ pub struct LogitsArgs {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
-    /// Precision of the weight matrices with --backend gpu.
+    /// Precision of the weight matrices (on the CPU too: int8/q4 compute with the same decoded
+    /// blocks as the GPU).
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
 }
@@ -85,7 +104,7 @@ pub fn logits(args: &LogitsArgs) -> Result<(), CliError> {
         backend => resolve(backend, false)?,
     };
     let logits = match engine {
-        Chosen::Cpu => source.cpu_model()?.logits(&tokens, form)?,
+        Chosen::Cpu => source.cpu_model_as(args.weights)?.logits(&tokens, form)?,
         Chosen::Gpu(device) => {
             let gpu = source.gpu_model_on(device, args.weights)?;
             let mut session = gpu.session()?;
@@ -197,7 +216,8 @@ pub struct GenerateArgs {
     /// (any adapter, software included) or `cpu`.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
-    /// Precision of the weight matrices with --backend gpu.
+    /// Precision of the weight matrices (on the CPU too: int8/q4 compute with the same decoded
+    /// blocks as the GPU).
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
 }
@@ -239,7 +259,7 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     };
     match resolve(args.backend, true)? {
         Chosen::Cpu => {
-            let model = source.cpu_model()?;
+            let model = source.cpu_model_as(args.weights)?;
             // Hybrid checkpoints (attention layers) run on the CPU reference: the fast CPU engine
             // has retention layers only.
             if model.config().is_hybrid() {
@@ -337,7 +357,8 @@ pub struct PerplexityArgs {
     /// (any adapter, software included) or `cpu`.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
-    /// Precision of the weight matrices with --backend gpu.
+    /// Precision of the weight matrices (on the CPU too: int8/q4 compute with the same decoded
+    /// blocks as the GPU).
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
 }
@@ -375,7 +396,7 @@ pub fn perplexity(args: &PerplexityArgs) -> Result<(), CliError> {
     let mut progress = |done: usize, _| bar.set_position(done as u64);
     let nll = match resolve(args.backend, true)? {
         Chosen::Cpu => {
-            let model = source.cpu_model()?;
+            let model = source.cpu_model_as(args.weights)?;
             // Hybrid checkpoints (attention layers) run on the CPU reference: the fast CPU engine
             // has retention layers only.
             if model.config().is_hybrid() {

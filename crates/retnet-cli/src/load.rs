@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use retnet_model::{
-    Bytes, CpuModel, GpuModel, GpuOptions, ModelConfig, TensorStore, Tokenizer, WeightPrecision,
-};
+use retnet_model::{Bytes, CpuModel, GpuModel, GpuOptions, ModelConfig, TensorStore, Tokenizer};
 
 use crate::commands::Weights;
 use crate::CliError;
@@ -72,6 +70,12 @@ impl ModelSource {
         Ok(model)
     }
 
+    /// The CPU reference with its weights as `weights` stores them
+    /// ([`CpuModel::stored_as`]): what `--weights` means on the CPU backend.
+    pub fn cpu_model_as(&self, weights: Weights) -> Result<CpuModel, CliError> {
+        Ok(self.cpu_model()?.stored_as(weights.precision())?)
+    }
+
     /// The model on `device` (opened by `--backend`, see `engine::resolve`), its weights
     /// streamed from the file.
     pub fn gpu_model_on(
@@ -79,10 +83,7 @@ impl ModelSource {
         device: Arc<retnet_runtime::Device>,
         weights: Weights,
     ) -> Result<GpuModel, CliError> {
-        let precision = match weights {
-            Weights::F32 => WeightPrecision::F32,
-            Weights::F16 => WeightPrecision::F16,
-        };
+        let precision = weights.precision();
         let store = self.store()?;
         let bar = LoadBar::new(&self.name(), "{bytes}/{total_bytes}");
         let options = GpuOptions { weights: precision };

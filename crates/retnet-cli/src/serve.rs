@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value = "auto")]
     backend: ServeBackend,
-    /// Precision of the weight matrices on the GPU.
+    /// Precision of the weight matrices (int8/q4 on the CPU too).
     #[arg(long, value_enum, default_value = "f32")]
     weights: Weights,
     /// Most sequences generated together.
@@ -84,7 +84,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
         None => {
             // The engine `retnet generate --backend cpu` runs, so that a completion is its
             // output by construction: the fast one, the reference for hybrid checkpoints.
-            let model = source.cpu_model()?;
+            let model = source.cpu_model_as(args.weights)?;
             if model.config().is_hybrid() {
                 retnet_server::router(CpuSource(model), tokenizer, &model_id, options)
             } else {

@@ -2,7 +2,7 @@
 
 use crate::{
     ceil_div, Bound, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant,
-    WeightFormat,
+    WeightFormat, FORMATS,
 };
 
 /// Parameters of [`gather`].
@@ -36,7 +36,7 @@ param_block! {
         scale: f32,
         first_row: u32,
         rows: u32,
-        _pad1: u32,
+        weight_stride: u32,
         _pad2: u32,
         _pad3: u32,
     }
@@ -64,11 +64,11 @@ const fn variant(name: &'static str, source: &'static str, shader_f16: bool) -> 
     }
 }
 
-/// The gather, by weight format (f32, f16, f16-packed).
-pub static GATHER: [Kernel; 3] =
+/// The gather, by weight format ([`WeightFormat::ALL`]'s order).
+pub static GATHER: [Kernel; FORMATS] =
     format_variants!("embedding_gather", "", variant, ["embedding.wgsl"]);
 
-pub static KERNELS: &[&Kernel] = &[&GATHER[0], &GATHER[1], &GATHER[2]];
+pub static KERNELS: &[&Kernel] = &all_formats!(GATHER);
 
 /// Gathers rows of a table stored in `format`.
 /// Buffers: `table [vocab, dim]`, `token_ids [tokens] u32`, `output [tokens, dim] f32`.
@@ -90,11 +90,7 @@ pub fn gather_rows<'b, B>(
     rows: u32,
     buffers: GatherBuffers<'b, B>,
 ) -> Bound<'b, B> {
-    let kernel = match format {
-        WeightFormat::F32 => &GATHER[0],
-        WeightFormat::F16 => &GATHER[1],
-        WeightFormat::F16Packed => &GATHER[2],
-    };
+    let kernel = format.variant_of(&GATHER);
     let constants: ConstantValues = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
     let block = EmbeddingBlock {
@@ -103,6 +99,7 @@ pub fn gather_rows<'b, B>(
         scale: params.scale,
         first_row,
         rows,
+        weight_stride: format.row_stride(params.dim),
         ..Default::default()
     };
     Bound {

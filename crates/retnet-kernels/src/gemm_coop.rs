@@ -182,7 +182,8 @@ pub fn gemm_coop_launch(shape: CoopShape, params: LinearParams) -> Dispatch {
     Dispatch {
         kernel,
         constants,
-        params: params.words(),
+        // f16 weights only: the weight stride is in_dim.
+        params: params.words(crate::WeightFormat::F16),
         workgroups: [
             ceil_div(params.out_dim, block),
             ceil_div(params.rows, block),

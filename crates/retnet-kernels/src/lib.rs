@@ -21,7 +21,8 @@ macro_rules! shader {
     };
 }
 
-/// The three weight formats' variants of one kernel, in the order f32, f16, f16-packed:
+/// The weight formats' variants of one kernel, in [`WeightFormat::ALL`]'s order (f32, f16,
+/// f16-packed, int8, q4):
 /// `make(name, source, shader_f16)` for each, where the source is the format's accessors
 /// (`weights_*.wgsl`, `weight_at` for the same kernel body) followed by `files`. Every variant
 /// that reads a weight matrix is made here: adding a format or a kernel is one line, and no
@@ -44,9 +45,30 @@ macro_rules! format_variants {
                 shader!("weights_f16_packed.wgsl", $($file),+),
                 false,
             ),
+            $make(
+                concat!($family, "/int8", $suffix),
+                shader!("weights_int8.wgsl", $($file),+),
+                false,
+            ),
+            $make(
+                concat!($family, "/q4", $suffix),
+                shader!("weights_q4.wgsl", $($file),+),
+                false,
+            ),
         ]
     };
 }
+
+/// `[&T[0], …, &T[FORMATS − 1]]` for each table `T` of [`format_variants!`], concatenated: the
+/// `KERNELS` lists of the families with weight-format variants.
+macro_rules! all_formats {
+    ($($table:expr),+ $(,)?) => {
+        [$(&$table[0], &$table[1], &$table[2], &$table[3], &$table[4]),+]
+    };
+}
+
+// The two macros above spell out the formats one by one.
+const _: () = assert!(FORMATS == 5 && quant::BLOCK == 32);
 
 #[macro_use]
 mod bind;
@@ -59,6 +81,7 @@ pub mod gemm_coop;
 pub mod head_norm_gate;
 mod layout;
 pub mod linear;
+pub mod quant;
 pub mod retention;
 pub mod rms_norm;
 pub mod rotary;
@@ -157,21 +180,93 @@ pub enum WeightFormat {
     /// The same bytes as [`WeightFormat::F16`], read as `u32` pairs with `unpack2x16float`
     /// (core WGSL, for adapters without `shader-f16`).
     F16Packed,
+    /// Blocks of 32 values along each row, 8-bit codes and an f32 scale each
+    /// ([`quant::QuantFormat::Int8`]); core WGSL.
+    Int8,
+    /// Blocks of 32 values along each row, 4-bit codes, an f16 step and minimum each
+    /// ([`quant::QuantFormat::Q4`]); core WGSL (`unpack2x16float`).
+    Q4,
 }
 
+/// Number of weight formats: the length of every [`format_variants!`] table.
+pub const FORMATS: usize = 5;
+
 impl WeightFormat {
-    /// All formats.
-    pub const ALL: [WeightFormat; 3] = [
+    /// All formats, in the order of the kernel tables.
+    pub const ALL: [WeightFormat; FORMATS] = [
         WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::F16Packed,
+        WeightFormat::Int8,
+        WeightFormat::Q4,
     ];
 
-    /// Bytes per element in the buffer.
-    pub fn element_size(self) -> u64 {
+    /// Position in [`WeightFormat::ALL`] (and in every kernel table).
+    pub const fn index(self) -> usize {
+        match self {
+            WeightFormat::F32 => 0,
+            WeightFormat::F16 => 1,
+            WeightFormat::F16Packed => 2,
+            WeightFormat::Int8 => 3,
+            WeightFormat::Q4 => 4,
+        }
+    }
+    /// This format's entry of a [`format_variants!`] table (constant indices: no bounds to
+    /// check at run time).
+    pub fn variant_of<T>(self, table: &[T; FORMATS]) -> &T {
+        match self {
+            WeightFormat::F32 => &table[0],
+            WeightFormat::F16 => &table[1],
+            WeightFormat::F16Packed => &table[2],
+            WeightFormat::Int8 => &table[3],
+            WeightFormat::Q4 => &table[4],
+        }
+    }
+
+    /// The block format of a quantized format.
+    pub const fn quant(self) -> Option<quant::QuantFormat> {
+        match self {
+            WeightFormat::Int8 => Some(quant::QuantFormat::Int8),
+            WeightFormat::Q4 => Some(quant::QuantFormat::Q4),
+            _ => None,
+        }
+    }
+
+    /// Bytes of a row of `row_len` values in the buffer (a quantized row is whole blocks);
+    /// `None` on overflow.
+    pub fn row_bytes(self, row_len: u64) -> Option<u64> {
+        match self.quant() {
+            Some(q) => row_len
+                .div_ceil(quant::BLOCK as u64)
+                .checked_mul(q.block_words() as u64 * 4),
+            None => row_len.checked_mul(self.element_size_or_zero()),
+        }
+    }
+
+    /// Bytes per element of the unquantized formats (0 for the block formats, whose rows
+    /// [`WeightFormat::row_bytes`] measures).
+    fn element_size_or_zero(self) -> u64 {
         match self {
             WeightFormat::F32 => 4,
             WeightFormat::F16 | WeightFormat::F16Packed => 2,
+            WeightFormat::Int8 | WeightFormat::Q4 => 0,
+        }
+    }
+
+    /// Bytes of weights per value, for bandwidth estimates (a block's parameters included).
+    pub fn bytes_per_value(self) -> f64 {
+        match self.quant() {
+            Some(q) => (q.block_words() * 4) as f64 / quant::BLOCK as f64,
+            None => self.element_size_or_zero() as f64,
+        }
+    }
+
+    /// The weight row stride the kernels index with, in elements: `row_len`, or a quantized
+    /// row's whole blocks (so that every block starts at a multiple of 32 of the index).
+    pub const fn row_stride(self, row_len: u32) -> u32 {
+        match self {
+            WeightFormat::Int8 | WeightFormat::Q4 => row_len.div_ceil(32) * 32,
+            _ => row_len,
         }
     }
 
@@ -190,6 +285,8 @@ impl WeightFormat {
             WeightFormat::F32 => "f32",
             WeightFormat::F16 => "f16",
             WeightFormat::F16Packed => "f16-packed",
+            WeightFormat::Int8 => "int8",
+            WeightFormat::Q4 => "q4",
         }
     }
 }

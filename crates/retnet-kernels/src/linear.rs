@@ -4,7 +4,7 @@
 
 use crate::{
     ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
-    WeightFormat,
+    WeightFormat, FORMATS,
 };
 
 /// Parameters of [`matmul`] and [`matvec`].
@@ -66,7 +66,8 @@ impl LinearParams {
         }
     }
 
-    pub(crate) fn words(&self) -> ParamWords {
+    /// The parameter block for weights stored in `format` (which sets the weight row stride).
+    pub(crate) fn words(&self, format: WeightFormat) -> ParamWords {
         let (accumulate, alpha) = match self.accumulate {
             Some(alpha) => (1, alpha),
             None => (0, 0.0),
@@ -81,6 +82,7 @@ impl LinearParams {
             norm_eps: self.norm_eps,
             y_col_start: self.y_col_start,
             y_stride: self.y_stride(),
+            weight_stride: format.row_stride(self.in_dim),
             ..Default::default()
         }
         .words()
@@ -99,7 +101,7 @@ param_block! {
         norm_eps: f32,
         y_col_start: u32,
         y_stride: u32,
-        _pad1: u32,
+        weight_stride: u32,
         _pad2: u32,
         _pad3: u32,
     }
@@ -184,7 +186,7 @@ const fn matmul_variant(name: &'static str, source: &'static str, shader_f16: bo
 }
 
 /// Tiled matmul, by weight format.
-pub static MATMUL: [Kernel; 3] = format_variants!(
+pub static MATMUL: [Kernel; FORMATS] = format_variants!(
     "matmul",
     "",
     matmul_variant,
@@ -246,7 +248,7 @@ const fn matvec_norm_subgroup(name: &'static str, source: &'static str, f16: boo
 }
 
 /// Matvec, by reduction ([`Reduction`] order) and weight format.
-pub static MATVEC: [[Kernel; 3]; 2] = [
+pub static MATVEC: [[Kernel; FORMATS]; 2] = [
     format_variants!(
         "matvec",
         "/workgroup",
@@ -270,7 +272,7 @@ pub static MATVEC: [[Kernel; 3]; 2] = [
 ];
 
 /// Batched matvec, by reduction and weight format.
-pub static MATVEC_BATCH: [[Kernel; 3]; 2] = [
+pub static MATVEC_BATCH: [[Kernel; FORMATS]; 2] = [
     format_variants!(
         "matvec-batch",
         "/workgroup",
@@ -294,7 +296,7 @@ pub static MATVEC_BATCH: [[Kernel; 3]; 2] = [
 ];
 
 /// RMSNorm + matvec (subgroups), by weight format.
-pub static MATVEC_NORM: [Kernel; 3] = format_variants!(
+pub static MATVEC_NORM: [Kernel; FORMATS] = format_variants!(
     "matvec-norm",
     "/subgroup",
     matvec_norm_subgroup,
@@ -309,37 +311,24 @@ pub static MATVEC_NORM: [Kernel; 3] = format_variants!(
 pub const MATVEC_BATCH_ROWS: u32 = 8;
 
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[
-    &MATMUL[0],
-    &MATMUL[1],
-    &MATMUL[2],
-    &MATVEC[0][0],
-    &MATVEC[0][1],
-    &MATVEC[0][2],
-    &MATVEC[1][0],
-    &MATVEC[1][1],
-    &MATVEC[1][2],
-    &MATVEC_BATCH[0][0],
-    &MATVEC_BATCH[0][1],
-    &MATVEC_BATCH[0][2],
-    &MATVEC_BATCH[1][0],
-    &MATVEC_BATCH[1][1],
-    &MATVEC_BATCH[1][2],
-    &MATVEC_NORM[0],
-    &MATVEC_NORM[1],
-    &MATVEC_NORM[2],
-];
+pub static KERNELS: &[&Kernel] = &all_formats!(
+    MATMUL,
+    MATVEC[0],
+    MATVEC[1],
+    MATVEC_BATCH[0],
+    MATVEC_BATCH[1],
+    MATVEC_NORM
+);
 
 /// The variant of `table` for `format`.
-fn by_format(table: &'static [Kernel; 3], format: WeightFormat) -> &'static Kernel {
-    match format {
-        WeightFormat::F32 => &table[0],
-        WeightFormat::F16 => &table[1],
-        WeightFormat::F16Packed => &table[2],
-    }
+fn by_format(table: &'static [Kernel; FORMATS], format: WeightFormat) -> &'static Kernel {
+    format.variant_of(table)
 }
 
-fn by_reduction(table: &'static [[Kernel; 3]; 2], reduction: Reduction) -> &'static [Kernel; 3] {
+fn by_reduction(
+    table: &'static [[Kernel; FORMATS]; 2],
+    reduction: Reduction,
+) -> &'static [Kernel; FORMATS] {
     match reduction {
         Reduction::Workgroup => &table[0],
         Reduction::Subgroup => &table[1],
@@ -348,6 +337,7 @@ fn by_reduction(table: &'static [[Kernel; 3]; 2], reduction: Reduction) -> &'sta
 
 fn bound<'b, B>(
     kernel: &'static Kernel,
+    format: WeightFormat,
     params: &LinearParams,
     workgroups: [u32; 3],
     buffers: crate::BufferList<'b, B>,
@@ -356,7 +346,7 @@ fn bound<'b, B>(
         dispatch: Dispatch {
             kernel,
             constants: kernel.default_constants(),
-            params: params.words(),
+            params: params.words(format),
             workgroups,
         },
         buffers,
@@ -377,7 +367,7 @@ pub fn matmul<'b, B>(
         ceil_div(params.rows, threads_m * MATMUL_MICRO_TILE),
         1,
     ];
-    bound(kernel, &params, workgroups, buffers.in_order())
+    bound(kernel, format, &params, workgroups, buffers.in_order())
 }
 
 /// Whether [`matvec`] can compute this shape (vec4 loads need `in_dim % 4 == 0`).
@@ -398,7 +388,7 @@ pub fn matvec<'b, B>(
         params.rows,
         1,
     ];
-    bound(kernel, &params, workgroups, buffers.in_order())
+    bound(kernel, format, &params, workgroups, buffers.in_order())
 }
 
 /// Batched matrix-vector product: [`MATVEC_BATCH_ROWS`] rows per workgroup, each weight read once
@@ -415,7 +405,7 @@ pub fn matvec_batch<'b, B>(
         ceil_div(params.rows, MATVEC_BATCH_ROWS),
         1,
     ];
-    bound(kernel, &params, workgroups, buffers.in_order())
+    bound(kernel, format, &params, workgroups, buffers.in_order())
 }
 
 /// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weight `norm_weight`, epsilon
@@ -431,7 +421,7 @@ pub fn matvec_norm<'b, B>(
         params.rows,
         1,
     ];
-    bound(kernel, &params, workgroups, buffers.in_order())
+    bound(kernel, format, &params, workgroups, buffers.in_order())
 }
 
 /// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.

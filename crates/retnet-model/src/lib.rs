@@ -17,6 +17,7 @@ pub mod error;
 pub mod fast_cpu;
 pub mod files;
 pub mod gpu;
+pub mod quant;
 pub mod reference;
 pub mod retention;
 pub mod safetensors_store;

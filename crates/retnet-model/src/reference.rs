@@ -215,6 +215,26 @@ impl CpuModel {
         })
     }
 
+    /// A model whose weights are given with the fingerprint of the checkpoint they came from
+    /// (weights transformed after loading, [`CpuModel::stored_as`]).
+    pub(crate) fn with_fingerprint(
+        config: ModelConfig,
+        weights: ModelWeights,
+        fingerprint: WeightsFingerprint,
+    ) -> Result<Self> {
+        weights.check(&config)?;
+        Ok(Self {
+            config,
+            weights,
+            fingerprint: OnceLock::from(fingerprint),
+        })
+    }
+
+    /// The config and the weights, taken apart.
+    pub(crate) fn into_parts(self) -> (ModelConfig, ModelWeights) {
+        (self.config, self.weights)
+    }
+
     /// The fingerprint of the weights (a state file records it: [`crate::state_file`]).
     pub fn fingerprint(&self) -> &WeightsFingerprint {
         self.fingerprint.get_or_init(|| self.weights.fingerprint())

@@ -381,6 +381,13 @@ impl Device {
             (_, WeightFormat::F16Packed) if !self.supports_half_weights() => {
                 return Err(RuntimeError::NoHalfPrecision)
             }
+            // A flat upload is one row: the block formats need the matrix's rows.
+            (_, WeightFormat::Int8 | WeightFormat::Q4) => {
+                return Err(RuntimeError::Wgpu(format!(
+                    "weights {label:?}: {} weights are uploaded by rows (Device::upload_matrix)",
+                    format.name()
+                )))
+            }
             (WeightData::F16(values), _) => self.upload_f16(label, values)?,
             (WeightData::F32(values), _) => {
                 let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();

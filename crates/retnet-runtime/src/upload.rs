@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use retnet_kernels::quant::RowEncoder;
 use retnet_kernels::WeightFormat;
 
 use crate::buffer::{GpuBuffer, RowBlock, Weights};
@@ -38,8 +39,8 @@ impl Device {
         self.check_format(format)?;
         let too_many = |what: &str| RuntimeError::Wgpu(format!("weights {label:?}: {what}"));
         let rows32 = u32::try_from(rows).map_err(|_| too_many("more rows than a u32 counts"))?;
-        let row_bytes = (row_len as u64)
-            .checked_mul(format.element_size())
+        let row_bytes = format
+            .row_bytes(row_len as u64)
             .ok_or_else(|| too_many("a row's bytes overflow"))?;
         let total = row_bytes
             .checked_mul(rows as u64)
@@ -105,6 +106,29 @@ impl Device {
         })
     }
 
+    /// A weight matrix of `values.len() / row_len` rows in `format`, written at once (tests and
+    /// verification; models stream theirs with a [`WeightWriter`]). Quantized formats are
+    /// encoded row by row, as a streamed load encodes them.
+    pub fn upload_matrix(
+        &self,
+        label: &str,
+        values: &[f32],
+        row_len: usize,
+        format: WeightFormat,
+    ) -> Result<Weights, RuntimeError> {
+        if row_len == 0 || values.len() % row_len != 0 {
+            return Err(RuntimeError::Wgpu(format!(
+                "weights {label:?}: {} values are not rows of {row_len}",
+                values.len()
+            )));
+        }
+        let weights = self.create_weights(label, values.len() / row_len, row_len, format)?;
+        let mut writer = WeightWriter::new(self, &[(&weights, values.len())])?;
+        writer.push(values)?;
+        writer.finish()?;
+        Ok(weights)
+    }
+
     pub(crate) fn check_format(&self, format: WeightFormat) -> Result<(), RuntimeError> {
         match format {
             WeightFormat::F16 if !self.features().shader_f16 => Err(RuntimeError::MissingFeature {
@@ -112,7 +136,8 @@ impl Device {
                 needed: "shader-f16".into(),
                 available: self.features().to_string(),
             }),
-            WeightFormat::F16Packed if !self.supports_half_weights() => {
+            // q4's block parameters are f16 pairs, read with `unpack2x16float` too.
+            WeightFormat::F16Packed | WeightFormat::Q4 if !self.supports_half_weights() => {
                 Err(RuntimeError::NoHalfPrecision)
             }
             _ => Ok(()),
@@ -200,7 +225,9 @@ impl Future for WorkDone<'_> {
 /// few MiB at a time and queued with `write_buffer`. A matrix split into row blocks is filled
 /// block after block: values may arrive in pieces of any size, across block boundaries, and
 /// boundaries need not fall on 4-byte words (an odd count of halves is carried into the next
-/// write; each block's buffer starts on a word of its own).
+/// write; each block's buffer starts on a word of its own). The block formats (int8, q4) are
+/// quantized here, as they stream in: a partial quantization block is carried from one piece to
+/// the next ([`RowEncoder`]); row blocks hold whole rows, so they start on a quantization block.
 pub struct WeightWriter<'a> {
     device: &'a Device,
     format: WeightFormat,
@@ -212,6 +239,9 @@ pub struct WeightWriter<'a> {
     /// Converted bytes not yet queued; they start at byte `queued_in_target` of the target.
     staged: Vec<u8>,
     halves: Vec<f16>,
+    /// The block formats' encoder (rows of the matrix's `row_len`) and its output words.
+    encoder: Option<RowEncoder>,
+    words: Vec<u32>,
     queued_in_target: u64,
     /// Bytes queued by this writer since the last [`WeightWriter::take_queued`].
     queued: u64,
@@ -222,13 +252,17 @@ impl<'a> WeightWriter<'a> {
     /// least `values` (its first `values`, row-major, are written).
     pub fn new(device: &'a Device, targets: &[(&'a Weights, usize)]) -> Result<Self, RuntimeError> {
         let format = targets.first().map_or(WeightFormat::F32, |(w, _)| w.format);
+        let row_len = targets.first().map_or(1, |(w, _)| w.row_len);
         let mut kept = Vec::with_capacity(targets.len());
         for &(weights, values) in targets {
             let capacity: usize = weights
                 .blocks()
                 .map(|b| b.rows as usize * weights.row_len)
                 .sum();
-            if weights.format != format || values > capacity {
+            // Quantized rows are encoded whole: every buffer gets whole rows of one length.
+            let whole_rows = format.quant().is_none()
+                || (weights.row_len == row_len && values % row_len.max(1) == 0);
+            if weights.format != format || values > capacity || !whole_rows {
                 return Err(RuntimeError::Wgpu(format!(
                     "weights {:?}: {values} {} values do not fit its {capacity} of {}",
                     weights.buffer().label(),
@@ -253,6 +287,8 @@ impl<'a> WeightWriter<'a> {
             filled: 0,
             staged: Vec::with_capacity(STAGE_BYTES + 8),
             halves: Vec::new(),
+            encoder: format.quant().map(|q| RowEncoder::new(q, row_len)),
+            words: Vec::new(),
             queued_in_target: 0,
             queued: 0,
         })
@@ -260,7 +296,7 @@ impl<'a> WeightWriter<'a> {
 
     /// Appends values (converted to the buffers' format).
     pub fn push(&mut self, mut values: &[f32]) -> Result<(), RuntimeError> {
-        let per_stage = STAGE_BYTES / self.format.element_size() as usize;
+        let per_stage = (STAGE_BYTES as f64 / self.format.bytes_per_value()) as usize;
         while !values.is_empty() {
             let Some(&(_, capacity)) = self.targets.get(self.current) else {
                 return Err(self.overflow(values.len()));
@@ -291,6 +327,14 @@ impl<'a> WeightWriter<'a> {
                 self.halves.convert_from_f32_slice(values);
                 self.staged
                     .extend_from_slice(bytemuck::cast_slice(self.halves.as_slice()));
+            }
+            WeightFormat::Int8 | WeightFormat::Q4 => {
+                if let Some(encoder) = &mut self.encoder {
+                    self.words.clear();
+                    encoder.push(values, &mut self.words);
+                    self.staged
+                        .extend_from_slice(bytemuck::cast_slice(self.words.as_slice()));
+                }
             }
         }
     }

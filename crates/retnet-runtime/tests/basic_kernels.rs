@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{assert_close, device, read, reference, round_f16, shapes, Rng, Set};
+use common::{as_stored, assert_close, device, formats, read, reference, shapes, Rng, Set};
 use retnet_runtime::kernels::embedding::{gather, gather_rows, EmbeddingParams, GatherBuffers};
 use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
@@ -33,28 +33,12 @@ use retnet_runtime::kernels::retention::Strided;
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_runtime::kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
 use retnet_runtime::kernels::{Bound, WeightFormat};
-use retnet_runtime::{Device, GpuBuffer, WeightData};
+use retnet_runtime::{Device, GpuBuffer};
 
 fn run(device: &Device, bound: Bound<'_, GpuBuffer>) {
     let mut sequence = device.sequence("test");
     sequence.dispatch(bound).expect("dispatch");
     sequence.submit().expect("submit");
-}
-
-/// The weight formats this device can run (native f16 only with shader-f16).
-fn formats(device: &Device) -> Vec<WeightFormat> {
-    WeightFormat::ALL
-        .into_iter()
-        .filter(|f| *f != WeightFormat::F16 || device.features().shader_f16)
-        .collect()
-}
-
-/// Host copy of the weights as the GPU sees them.
-fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
-    match format {
-        WeightFormat::F32 => values.to_vec(),
-        WeightFormat::F16 | WeightFormat::F16Packed => round_f16(values),
-    }
 }
 
 #[test]
@@ -70,9 +54,7 @@ fn embedding_gather_matches_cpu() {
             .collect();
         ids[0] = vocab as u32 - 1;
         for format in formats(device) {
-            let weights = device
-                .upload_weights_as("table", WeightData::F32(&table), format)
-                .unwrap();
+            let weights = device.upload_matrix("table", &table, dim, format).unwrap();
             let ids_buffer = device.upload_u32("ids", &ids).unwrap();
             let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
             let params = EmbeddingParams {
@@ -92,7 +74,7 @@ fn embedding_gather_matches_cpu() {
                     },
                 ),
             );
-            let stored = as_stored(&table, format);
+            let stored = as_stored(&table, dim, format);
             let reference: Vec<f64> = ids
                 .iter()
                 .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))
@@ -216,9 +198,7 @@ fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Li
     let y0 = rng.vec(params.rows as usize * o);
     let xb = device.upload_f32("x", &x).unwrap();
     for format in formats(device) {
-        let weights = device
-            .upload_weights_as("w", WeightData::F32(&w), format)
-            .unwrap();
+        let weights = device.upload_matrix("w", &w, i, format).unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
         let buffers = LinearBuffers {
             weight: weights.buffer(),
@@ -226,7 +206,7 @@ fn check_linear(device: &Device, rng: &mut Rng, params: LinearParams, kernel: Li
             output: &y,
         };
         run(device, kernel.bound(format, params, buffers));
-        let reference = linear_reference(&x, &as_stored(&w, format), &y0, &params);
+        let reference = linear_reference(&x, &as_stored(&w, i, format), &y0, &params);
         let label = format!(
             "{what} {format:?} rows {} in {i} out {o} {:?}",
             params.rows, params.accumulate
@@ -329,12 +309,12 @@ fn linear_kernels_write_row_blocks_at_their_column_offset() {
                 formats(device)
             };
             for format in formats {
-                let stored = as_stored(&w, format);
+                let stored = as_stored(&w, i, format);
                 let blocks: Vec<_> = bounds
                     .windows(2)
                     .map(|b| {
-                        let rows_of = WeightData::F32(&w[b[0] * i..b[1] * i]);
-                        let buffer = device.upload_weights_as("w block", rows_of, format);
+                        let rows_of = &w[b[0] * i..b[1] * i];
+                        let buffer = device.upload_matrix("w block", rows_of, i, format);
                         (b[0] as u32, (b[1] - b[0]) as u32, buffer.unwrap())
                     })
                     .collect();
@@ -405,8 +385,8 @@ fn embedding_gather_over_row_blocks_matches_cpu() {
         let ids_buffer = device.upload_u32("ids", &ids).unwrap();
         let out = device.create_storage_f32("out", ids.len() * dim).unwrap();
         for b in bounds.windows(2) {
-            let part = WeightData::F32(&table[b[0] * dim..b[1] * dim]);
-            let weights = device.upload_weights_as("part", part, format).unwrap();
+            let part = &table[b[0] * dim..b[1] * dim];
+            let weights = device.upload_matrix("part", part, dim, format).unwrap();
             let buffers = GatherBuffers {
                 weight: weights.buffer(),
                 token_ids: &ids_buffer,
@@ -415,7 +395,7 @@ fn embedding_gather_over_row_blocks_matches_cpu() {
             let (first, rows) = (b[0] as u32, (b[1] - b[0]) as u32);
             run(device, gather_rows(format, params, first, rows, buffers));
         }
-        let stored = as_stored(&table, format);
+        let stored = as_stored(&table, dim, format);
         let reference: Vec<f64> = ids
             .iter()
             .flat_map(|&id| (0..dim).map(move |c| (id as usize, c)))

@@ -8,7 +8,7 @@
 pub use retnet_testkit::gpu::device;
 pub use retnet_testkit::reference;
 pub use retnet_testkit::shapes::{self, Set};
-pub use retnet_testkit::{assert_close, round_f16, to_f64, Rng};
+pub use retnet_testkit::{as_stored, assert_close, formats, round_f16, to_f64, Rng};
 
 /// Reads `len` f32 from a buffer, blocking (tests only).
 pub fn read(

@@ -25,11 +25,43 @@ pub use compare::{
 };
 pub use rng::Rng;
 
+use retnet_runtime::kernels::WeightFormat;
+use retnet_runtime::Device;
+
 /// Rounds through f16, as f16 weights are stored.
 pub fn round_f16(values: &[f32]) -> Vec<f32> {
     values
         .iter()
         .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// The weights `values` (rows of `row_len`) as a GPU buffer in `format` holds them, i.e. what a
+/// kernel reading that format computes with: f32 as they are, f16 rounded, the block formats
+/// encoded and decoded by the codec that builds their buffers (`retnet_kernels::quant`). A
+/// reference computed from these measures only the kernel's arithmetic.
+pub fn as_stored(values: &[f32], row_len: usize, format: WeightFormat) -> Vec<f32> {
+    match format.quant() {
+        None if format == WeightFormat::F32 => values.to_vec(),
+        None => round_f16(values),
+        Some(quant) => {
+            let mut stored = values.to_vec();
+            quant.round_trip(&mut stored, row_len);
+            stored
+        }
+    }
+}
+
+/// The weight formats `device` can run (native f16 only with `shader-f16`; packed halves and
+/// q4's f16 block parameters with `unpack2x16float`).
+pub fn formats(device: &Device) -> Vec<WeightFormat> {
+    WeightFormat::ALL
+        .into_iter()
+        .filter(|f| match f {
+            WeightFormat::F16 => device.features().shader_f16,
+            WeightFormat::F16Packed | WeightFormat::Q4 => device.supports_half_weights(),
+            WeightFormat::F32 | WeightFormat::Int8 => true,
+        })
         .collect()
 }
 

@@ -55,8 +55,9 @@ pub struct Model {
 impl Model {
     /// Loads a model from the text of its `config.json` and the bytes of its
     /// `model.safetensors` (f32, f16 or bf16), on the browser's WebGPU adapter. `weights` is the
-    /// precision of the weight matrices on the GPU: `"f32"`, or `"f16"` (read natively where
-    /// the adapter has `shader-f16`, packed in u32 otherwise).
+    /// precision of the weight matrices on the GPU: `"f32"`, `"f16"` (read natively where
+    /// the adapter has `shader-f16`, packed in u32 otherwise), or the block formats `"int8"`
+    /// and `"q4"` (docs/weight-formats.md).
     pub async fn load(
         config_json: String,
         safetensors: Vec<u8>,
@@ -65,9 +66,11 @@ impl Model {
         let weights = match weights.as_str() {
             "f32" => WeightPrecision::F32,
             "f16" => WeightPrecision::F16,
+            "int8" => WeightPrecision::Int8,
+            "q4" => WeightPrecision::Q4,
             other => {
                 return Err(JsError::new(&format!(
-                    "weights must be \"f32\" or \"f16\", got {other:?}"
+                    "weights must be \"f32\", \"f16\", \"int8\" or \"q4\", got {other:?}"
                 )))
             }
         };
@@ -126,6 +129,8 @@ impl Model {
         match self.loaded.precision {
             WeightPrecision::F32 => WeightFormat::F32,
             WeightPrecision::F16 => WeightFormat::half_for(self.loaded.gpu.device().features()),
+            WeightPrecision::Int8 => WeightFormat::Int8,
+            WeightPrecision::Q4 => WeightFormat::Q4,
         }
     }
 

@@ -27,7 +27,7 @@ use retnet_kernels::retention::{
 use retnet_kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_kernels::rotary::{rotary, RotaryBuffers, RotaryParams, RotaryStyle};
 use retnet_kernels::{Bound, WeightFormat};
-use retnet_runtime::{Device, GpuBuffer, RuntimeError, WeightData};
+use retnet_runtime::{Device, GpuBuffer, RuntimeError};
 use retnet_testkit::shapes::{self, Decay, RetentionShape, Set};
 use retnet_testkit::Rng;
 use std::time::Instant;
@@ -67,9 +67,11 @@ fn format_support(device: &Device, format: WeightFormat) -> Result<(), &'static 
         WeightFormat::F16 if device.features().shader_f16 => Ok(()),
         WeightFormat::F16 => Err("adapter lacks SHADER_F16"),
         WeightFormat::F16Packed if device.supports_half_weights() => Ok(()),
-        WeightFormat::F16Packed => {
+        WeightFormat::F16Packed | WeightFormat::Q4 if device.supports_half_weights() => Ok(()),
+        WeightFormat::F16Packed | WeightFormat::Q4 => {
             Err("adapter lacks the SHADER_F16_IN_F32 downlevel flag (unpack2x16float)")
         }
+        WeightFormat::Int8 => Ok(()),
     }
 }
 
@@ -80,13 +82,10 @@ fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'stat
     }
 }
 
-/// The weights as the GPU sees them.
-fn as_stored(values: &[f32], format: WeightFormat) -> Vec<f32> {
-    match format {
-        WeightFormat::F32 => values.to_vec(),
-        WeightFormat::F16 | WeightFormat::F16Packed => retnet_testkit::round_f16(values),
-    }
-}
+/// The weights as the GPU sees them (the block formats decoded by the codec that encodes their
+/// buffers): the references below compute with these, so a row measures the kernel's f32
+/// arithmetic whatever the format, and one tolerance holds for all.
+use retnet_testkit::as_stored;
 
 fn submit(device: &Device, dispatches: &[Bound<'_, GpuBuffer>]) -> Result<(), RuntimeError> {
     let mut sequence = device.sequence("verify");
@@ -175,7 +174,7 @@ fn embedding(rows: &mut Rows<'_>) {
                 continue;
             }
             rows.add(&case, &shape, |device| {
-                let weights = device.upload_weights_as("table", WeightData::F32(&table), format)?;
+                let weights = device.upload_matrix("table", &table, dim, format)?;
                 let id_buffer = device.upload_u32("ids", &ids)?;
                 let out = device.create_storage_f32("out", tokens * dim)?;
                 let params = EmbeddingParams {
@@ -195,7 +194,7 @@ fn embedding(rows: &mut Rows<'_>) {
                         },
                     )],
                 )?;
-                let reference = cpu::embedding(&as_stored(&table, format), dim, &ids, scale);
+                let reference = cpu::embedding(&as_stored(&table, dim, format), dim, &ids, scale);
                 let gpu = read(device, &out, tokens * dim)?;
                 Ok(vec![Row::compare(
                     &case,
@@ -324,7 +323,7 @@ fn linear_case(
         }
         let coop = rows.device.coop_shape();
         rows.add(&case, &shape, |device| {
-            let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
+            let weights = device.upload_matrix("w", &w, i, format)?;
             let input = device.upload_f32("x", &x)?;
             let y = device.upload_f32("y", &y0)?;
             let buffers = LinearBuffers {
@@ -353,7 +352,7 @@ fn linear_case(
             let gpu = read(device, &y, n_rows * o)?;
             let reference = cpu::linear(&cpu::Linear {
                 x: &x_seen,
-                weight: &as_stored(&w, format),
+                weight: &as_stored(&w, i, format),
                 y0: &y0,
                 rows: n_rows,
                 in_dim: i,
@@ -401,7 +400,7 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
             continue;
         }
         rows.add(&case, &shape, |device| {
-            let weights = device.upload_weights_as("w", WeightData::F32(&w), format)?;
+            let weights = device.upload_matrix("w", &w, i, format)?;
             let input = device.upload_f32("x", &x)?;
             let norm = device.upload_f32("g", &g)?;
             let y = device.create_storage_f32("y", n_rows * o)?;
@@ -419,7 +418,7 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
                 .collect();
             let reference = cpu::linear(&cpu::Linear {
                 x: &normalized,
-                weight: &as_stored(&w, format),
+                weight: &as_stored(&w, i, format),
                 y0: &[],
                 rows: n_rows,
                 in_dim: i,

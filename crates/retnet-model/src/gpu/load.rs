@@ -38,6 +38,8 @@ struct Uploader<'a> {
     device: &'a Device,
     config: &'a ModelConfig,
     reader: WeightReader<'a>,
+    /// The layers' matrices' format (the embeddings' and the head's is given where they are
+    /// loaded: f16 when the layers are quantized).
     format: WeightFormat,
     chunk: Vec<f32>,
     pacing: Pacing,
@@ -55,14 +57,28 @@ impl Uploader<'_> {
             .ok_or_else(|| ModelError::invalid(format!("the model has no tensor {role:?}")))
     }
 
-    /// One weight matrix of rows `row_len` values long made of the rows of `roles`, in order.
-    /// A matrix larger than one binding is held in row blocks ([`Device::create_weights`]); the
-    /// writer carries each tensor's values across their boundaries.
+    /// One weight matrix of rows `row_len` values long made of the rows of `roles`, in order,
+    /// in the layers' format ([`Uploader::matrix_as`]).
     async fn matrix(
         &mut self,
         label: &str,
         roles: &[TensorRole],
         row_len: usize,
+    ) -> Result<Weights> {
+        self.matrix_as(label, roles, row_len, self.format).await
+    }
+
+    /// One weight matrix of rows `row_len` values long made of the rows of `roles`, in order,
+    /// stored in `format`. A matrix larger than one binding is held in row blocks
+    /// ([`Device::create_weights`]); the writer carries each tensor's values across their
+    /// boundaries, and for the block formats a partial quantization block from one piece to
+    /// the next (a block never spans two rows, so neither two tensors nor two row blocks).
+    async fn matrix_as(
+        &mut self,
+        label: &str,
+        roles: &[TensorRole],
+        row_len: usize,
+        format: WeightFormat,
     ) -> Result<Weights> {
         let mut values = 0;
         for &role in roles {
@@ -78,7 +94,7 @@ impl Uploader<'_> {
         }
         let weights = self
             .device
-            .create_weights(label, values / row_len, row_len, self.format)?;
+            .create_weights(label, values / row_len, row_len, format)?;
         let mut writer = WeightWriter::new(self.device, &[(&weights, values)])?;
         for &role in roles {
             let mut pieces = self.reader.piece(role)?;
@@ -88,13 +104,13 @@ impl Uploader<'_> {
                 let Some(piece) = pieces.next(source, &mut self.chunk)? else {
                     break;
                 };
-                if self.format != WeightFormat::F32 {
+                if holds_halves(format) {
                     check_half_range(&source.name(role), start, piece)?;
                 }
                 writer.push(piece)?;
-                let n = piece.len() as u64;
+                let n = piece.len() as f64;
                 self.since_wait += writer.take_queued();
-                self.advance(n * self.format.element_size());
+                self.advance((n * format.bytes_per_value()) as u64);
                 if self.since_wait >= WAIT_EVERY {
                     self.wait().await?;
                 }
@@ -165,15 +181,29 @@ fn check_half_range(name: &str, start: usize, values: &[f32]) -> Result<()> {
     }
 }
 
-/// Bytes the model's weights take on the GPU in `format` (matrices) and f32 (vectors).
-fn total_bytes(config: &ModelConfig, source: &dyn WeightSource, format: WeightFormat) -> u64 {
+/// Whether a matrix in `format` holds f16 values (f16 itself, or q4's block parameters).
+fn holds_halves(format: WeightFormat) -> bool {
+    matches!(
+        format,
+        WeightFormat::F16 | WeightFormat::F16Packed | WeightFormat::Q4
+    )
+}
+
+/// Bytes the model's weights take on the GPU: the layers' matrices in `format`, the embeddings
+/// and the head in `outer`, the vectors in f32 (as counted by [`Uploader::advance`]).
+fn total_bytes(
+    config: &ModelConfig,
+    source: &dyn WeightSource,
+    format: WeightFormat,
+    outer: WeightFormat,
+) -> u64 {
     TensorRole::all(config.num_layers)
         .filter_map(|role| {
-            let len = source.len(role)? as u64;
-            Some(if is_matrix(role) {
-                len * format.element_size()
-            } else {
-                len * 4
+            let len = source.len(role)? as f64;
+            Some(match role {
+                TensorRole::Embed | TensorRole::Head => (len * outer.bytes_per_value()) as u64,
+                _ if is_matrix(role) => (len * format.bytes_per_value()) as u64,
+                _ => len as u64 * 4,
             })
         })
         .sum()
@@ -197,15 +227,19 @@ fn is_matrix(role: TensorRole) -> bool {
     }
 }
 
-/// The storage format of the weight matrices for `options` on `device`.
-fn matrix_format(device: &Device, options: GpuOptions) -> Result<WeightFormat> {
-    match options.weights {
-        WeightPrecision::F32 => Ok(WeightFormat::F32),
-        WeightPrecision::F16 if device.supports_half_weights() => {
-            Ok(WeightFormat::half_for(device.features()))
-        }
-        WeightPrecision::F16 => Err(retnet_runtime::RuntimeError::NoHalfPrecision.into()),
+/// The storage formats for `options` on `device`: the layers' matrices', and the embeddings'
+/// and head's (f16 under int8 and q4, see [`crate::quant`]).
+fn matrix_formats(device: &Device, options: GpuOptions) -> Result<(WeightFormat, WeightFormat)> {
+    if options.weights != WeightPrecision::F32 && !device.supports_half_weights() {
+        return Err(retnet_runtime::RuntimeError::NoHalfPrecision.into());
     }
+    let half = WeightFormat::half_for(device.features());
+    Ok(match options.weights {
+        WeightPrecision::F32 => (WeightFormat::F32, WeightFormat::F32),
+        WeightPrecision::F16 => (half, half),
+        WeightPrecision::Int8 => (WeightFormat::Int8, half),
+        WeightPrecision::Q4 => (WeightFormat::Q4, half),
+    })
 }
 
 /// Streams every tensor of `source` to `device` and assembles the model.
@@ -247,8 +281,8 @@ pub(crate) async fn upload(
             )));
         }
     }
-    let format = matrix_format(&device, options)?;
-    let total = total_bytes(&config, source, format);
+    let (format, outer_format) = matrix_formats(&device, options)?;
+    let total = total_bytes(&config, source, format, outer_format);
     let mut up = Uploader {
         device: &device,
         config: &config,
@@ -262,7 +296,9 @@ pub(crate) async fn upload(
         progress,
     };
     let d = config.d_model;
-    let embed = up.matrix("embed_tokens", &[TensorRole::Embed], d).await?;
+    let embed = up
+        .matrix_as("embed_tokens", &[TensorRole::Embed], d, outer_format)
+        .await?;
     let embed_norm = up.optional_vector("embed_norm", TensorRole::EmbedNorm)?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..up.config.num_layers {
@@ -330,7 +366,10 @@ pub(crate) async fn upload(
     }
     let final_norm = up.optional_vector("final_norm", TensorRole::FinalNorm)?;
     let head = match source.len(TensorRole::Head) {
-        Some(_) => Some(up.matrix("head", &[TensorRole::Head], d).await?),
+        Some(_) => Some(
+            up.matrix_as("head", &[TensorRole::Head], d, outer_format)
+                .await?,
+        ),
         None => None,
     };
     let log_decay = up.vector("log_decay", TensorRole::LogDecay)?;

@@ -54,6 +54,12 @@ pub enum WeightPrecision {
     F32,
     /// Half precision: native `f16` where the adapter has `shader-f16`, packed in u32 otherwise.
     F16,
+    /// The layers' matrices in int8 blocks (one f32 scale per 32 values along a row); the
+    /// embeddings and the head in f16 ([`crate::quant`], `docs/weight-formats.md`).
+    Int8,
+    /// The layers' matrices in 4-bit blocks (an f16 step and minimum per 32 values along a
+    /// row); the embeddings and the head in f16.
+    Q4,
 }
 
 /// Options of [`GpuModel::load`] and [`GpuModel::new`].
