@@ -212,6 +212,19 @@ impl WeightFormat {
         }
     }
 
+    /// This format's entry of a table in [`WeightFormat::ALL`]'s order (a kernel table of
+    /// [`format_variants!`]).
+    pub fn pick<T>(self, table: &[T; FORMATS]) -> &T {
+        let [f32, f16, f16_packed, int8, q4] = table;
+        match self {
+            WeightFormat::F32 => f32,
+            WeightFormat::F16 => f16,
+            WeightFormat::F16Packed => f16_packed,
+            WeightFormat::Int8 => int8,
+            WeightFormat::Q4 => q4,
+        }
+    }
+
     /// The block format of a quantized format.
     pub const fn quant(self) -> Option<quant::QuantFormat> {
         match self {
