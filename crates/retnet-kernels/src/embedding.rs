@@ -90,7 +90,7 @@ pub fn gather_rows<'b, B>(
     rows: u32,
     buffers: GatherBuffers<'b, B>,
 ) -> Bound<'b, B> {
-    let kernel = format.variant_of(&GATHER);
+    let kernel = format.pick(&GATHER);
     let constants: ConstantValues = kernel.default_constants();
     let [x, _, _] = kernel.workgroup_size(&constants);
     let block = EmbeddingBlock {

@@ -211,15 +211,17 @@ impl WeightFormat {
             WeightFormat::Q4 => 4,
         }
     }
-    /// This format's entry of a [`format_variants!`] table (constant indices: no bounds to
-    /// check at run time).
-    pub fn variant_of<T>(self, table: &[T; FORMATS]) -> &T {
+
+    /// This format's entry of a table in [`WeightFormat::ALL`]'s order (a kernel table of
+    /// [`format_variants!`]).
+    pub fn pick<T>(self, table: &[T; FORMATS]) -> &T {
+        let [f32, f16, f16_packed, int8, q4] = table;
         match self {
-            WeightFormat::F32 => &table[0],
-            WeightFormat::F16 => &table[1],
-            WeightFormat::F16Packed => &table[2],
-            WeightFormat::Int8 => &table[3],
-            WeightFormat::Q4 => &table[4],
+            WeightFormat::F32 => f32,
+            WeightFormat::F16 => f16,
+            WeightFormat::F16Packed => f16_packed,
+            WeightFormat::Int8 => int8,
+            WeightFormat::Q4 => q4,
         }
     }
 

@@ -322,7 +322,7 @@ pub static KERNELS: &[&Kernel] = &all_formats!(
 
 /// The variant of `table` for `format`.
 fn by_format(table: &'static [Kernel; FORMATS], format: WeightFormat) -> &'static Kernel {
-    format.variant_of(table)
+    format.pick(table)
 }
 
 fn by_reduction(
