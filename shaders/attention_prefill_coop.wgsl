@@ -1,5 +1,5 @@
 // Tiled prefill on cooperative matrices (tensor cores), joined after a gemm_coop_tile*.wgsl file
-// (TILE, TileA, TileB, TileC) and attention_common.wgsl: the same attention as
+// (TILE, TileA, TileB, TileC), coop_split.wgsl and attention_common.wgsl: the same attention as
 // attention_prefill.wgsl — online softmax, no T×T buffer — with the two products per key block,
 // S = Q·Kᵀ and O += P·V, as cooperative-matrix multiply-adds.
 //
@@ -24,7 +24,6 @@ override HEAD_DIM_PAD: u32 = 16u;
 
 const BQ: u32 = 2u * TILE;
 const BK: u32 = 2u * TILE;
-const F16_MAX: f32 = 65504.0;
 
 var<workgroup> q_hi: array<f16, BQ * HEAD_DIM_PAD>;
 var<workgroup> q_lo: array<f16, BQ * HEAD_DIM_PAD>;
@@ -38,17 +37,6 @@ var<workgroup> s_tile: array<f32, BQ * BK>;
 var<workgroup> o_acc: array<f32, BQ * HEAD_DIM_PAD>;
 var<workgroup> row_max: array<f32, BQ>;
 var<workgroup> row_sum: array<f32, BQ>;
-
-// x (clamped to f16's range) as hi + lo, both f16: hi is x with its mantissa cut to f16's 10
-// bits (exact in f16 in its normal range), lo = x − hi exactly, then rounded to f16 (11 more
-// bits). Cut by masking the bits, not by converting: a compiler may fold f32(f16(x)) back to x
-// (Mesa's does) and unpack(pack(x)) too (NVIDIA's did: its 16×16 rows came out at f16's
-// precision), either of which makes every lo part zero.
-fn split(x: f32) -> vec2<f16> {
-    let c = clamp(x, -F16_MAX, F16_MAX);
-    let hi = bitcast<f32>(bitcast<u32>(c) & 0xffffe000u);
-    return vec2<f16>(f16(hi), f16(c - hi));
-}
 
 // Grid: (ceil(queries / BQ), heads).
 @compute @workgroup_size(WORKGROUP_SIZE)

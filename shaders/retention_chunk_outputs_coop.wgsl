@@ -3,7 +3,7 @@
 //   P_i = γ^(i+1) q_i S + Σ_{j ≤ i} γ^(i−j) (q_i · k_j) v_j,
 // with the three products — scores Q·Kᵀ, the cross-chunk term Q·S and the intra-chunk sum
 // (masked, decayed scores)·V — as cooperative-matrix multiply-adds. Joined after a
-// gemm_coop_tile*.wgsl file (TILE, TileA, TileB, TileC) and retention_common.wgsl.
+// gemm_coop_tile*.wgsl file (TILE, TileA, TileB, TileC), coop_split.wgsl and retention_common.wgsl.
 //
 // Precision as attention_prefill_coop.wgsl: every operand split into f16 hi + lo, each product
 // hi·hi + hi·lo + lo·hi in f32, so the outputs are as accurate as the f32 kernel's (f16 alone
@@ -25,7 +25,6 @@ override CHUNK_SIZE: u32 = 32u;
 override CHUNK_PAD: u32 = 32u;
 const COLUMNS: u32 = 32u;
 const SLICE: u32 = 2u * TILE;
-const F16_MAX: f32 = 65504.0;
 
 var<workgroup> q_hi: array<f16, CHUNK_PAD * SLICE>;
 var<workgroup> q_lo: array<f16, CHUNK_PAD * SLICE>;
@@ -42,17 +41,6 @@ var<workgroup> p_hi: array<f16, CHUNK_PAD * CHUNK_PAD>;
 var<workgroup> p_lo: array<f16, CHUNK_PAD * CHUNK_PAD>;
 var<workgroup> v_hi: array<f16, CHUNK_PAD * COLUMNS>;
 var<workgroup> v_lo: array<f16, CHUNK_PAD * COLUMNS>;
-
-// x (clamped to f16's range) as hi + lo, both f16: hi is x with its mantissa cut to f16's 10
-// bits (exact in f16 in its normal range), lo = x − hi exactly, then rounded to f16 (11 more
-// bits). Cut by masking the bits, not by converting: a compiler may fold f32(f16(x)) back to x
-// (Mesa's does) and unpack(pack(x)) too (NVIDIA's did: its 16×16 rows came out at f16's
-// precision), either of which makes every lo part zero.
-fn split(x: f32) -> vec2<f16> {
-    let c = clamp(x, -F16_MAX, F16_MAX);
-    let hi = bitcast<f32>(bitcast<u32>(c) & 0xffffe000u);
-    return vec2<f16>(f16(hi), f16(c - hi));
-}
 
 // Grid: (ceil(value_dim / COLUMNS), chunks, query_heads).
 @compute @workgroup_size(WORKGROUP_SIZE)

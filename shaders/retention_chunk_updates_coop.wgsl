@@ -1,7 +1,7 @@
 // Chunk-parallel retention, pass 1a, on cooperative matrices (tensor cores): each chunk's own
 // contribution to the state, as retention_chunk_updates.wgsl,
 //   U_c = Σ_{j < L} γ^(L−1−j) k_jᵀ v_j   (L: the chunk's length),
-// as one product (decayed K)ᵀ·V per chunk. Joined after a gemm_coop_tile*.wgsl file and
+// as one product (decayed K)ᵀ·V per chunk. Joined after a gemm_coop_tile*.wgsl file, coop_split.wgsl and
 // retention_common.wgsl. Operands split into f16 hi + lo and multiplied hi·hi + hi·lo + lo·hi
 // in f32 (as attention_prefill_coop.wgsl), so the update is as accurate as the f32 kernel's.
 //
@@ -19,7 +19,6 @@ override CHUNK_SIZE: u32 = 32u;
 // CHUNK_SIZE rounded up to a multiple of TILE.
 override CHUNK_PAD: u32 = 32u;
 const BLOCK: u32 = 32u;
-const F16_MAX: f32 = 65504.0;
 
 // γ^(L−1−j) k_j[r0 + r], token-major: [CHUNK_PAD, BLOCK]; read column-major as (decayed K)ᵀ.
 var<workgroup> k_hi: array<f16, CHUNK_PAD * BLOCK>;
@@ -28,17 +27,6 @@ var<workgroup> k_lo: array<f16, CHUNK_PAD * BLOCK>;
 var<workgroup> v_hi: array<f16, CHUNK_PAD * BLOCK>;
 var<workgroup> v_lo: array<f16, CHUNK_PAD * BLOCK>;
 var<workgroup> block_out: array<f32, BLOCK * BLOCK>;
-
-// x (clamped to f16's range) as hi + lo, both f16: hi is x with its mantissa cut to f16's 10
-// bits (exact in f16 in its normal range), lo = x − hi exactly, then rounded to f16 (11 more
-// bits). Cut by masking the bits, not by converting: a compiler may fold f32(f16(x)) back to x
-// (Mesa's does) and unpack(pack(x)) too (NVIDIA's did: its 16×16 rows came out at f16's
-// precision), either of which makes every lo part zero.
-fn split(x: f32) -> vec2<f16> {
-    let c = clamp(x, -F16_MAX, F16_MAX);
-    let hi = bitcast<f32>(bitcast<u32>(c) & 0xffffe000u);
-    return vec2<f16>(f16(hi), f16(c - hi));
-}
 
 // Grid: (ceil(K / BLOCK) · ceil(V / BLOCK), chunks, query_heads).
 @compute @workgroup_size(WORKGROUP_SIZE)

@@ -342,6 +342,7 @@ pub static PREFILL_COOP_8: Kernel = coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile8.wgsl",
+            "coop_split.wgsl",
             "attention_common.wgsl",
             "attention_prefill_coop.wgsl"
         )
@@ -354,6 +355,7 @@ pub static PREFILL_COOP_16: Kernel = coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile16.wgsl",
+            "coop_split.wgsl",
             "attention_common.wgsl",
             "attention_prefill_coop.wgsl"
         )

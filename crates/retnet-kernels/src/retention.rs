@@ -365,6 +365,7 @@ pub static CHUNK_OUTPUTS_COOP_8: Kernel = chunk_outputs_coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile8.wgsl",
+            "coop_split.wgsl",
             "retention_common.wgsl",
             "retention_chunk_outputs_coop.wgsl"
         )
@@ -377,6 +378,7 @@ pub static CHUNK_OUTPUTS_COOP_16: Kernel = chunk_outputs_coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile16.wgsl",
+            "coop_split.wgsl",
             "retention_common.wgsl",
             "retention_chunk_outputs_coop.wgsl"
         )
@@ -398,6 +400,7 @@ pub static CHUNK_UPDATES_COOP_8: Kernel = chunk_updates_coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile8.wgsl",
+            "coop_split.wgsl",
             "retention_common.wgsl",
             "retention_chunk_updates_coop.wgsl"
         )
@@ -410,6 +413,7 @@ pub static CHUNK_UPDATES_COOP_16: Kernel = chunk_updates_coop_variant(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
         shader!(
             "gemm_coop_tile16.wgsl",
+            "coop_split.wgsl",
             "retention_common.wgsl",
             "retention_chunk_updates_coop.wgsl"
         )

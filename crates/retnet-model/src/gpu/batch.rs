@@ -115,11 +115,10 @@ impl GpuBatch {
         Ok(session)
     }
 
-    /// Advances each listed sequence by one token: `inputs[i] = (slot, token)`. Returns the
-    /// logits `[inputs.len(), vocab]`, row i for `inputs[i]`.
-    pub async fn step(&mut self, inputs: &[(usize, u32)]) -> Result<Vec<f32>> {
-        let parts = self.model.parts();
-        let c = &parts.config;
+    /// Fills the reused row tables from `inputs[i] = (slot, token)` for a call that advances
+    /// each listed sequence by `steps` tokens: each slot occupied, listed once, and its position
+    /// representable after the call.
+    fn load_rows(&mut self, inputs: &[(usize, u32)], steps: usize) -> Result<()> {
         self.row_positions.clear();
         self.row_slots.clear();
         self.row_tokens.clear();
@@ -132,17 +131,36 @@ impl GpuBatch {
                     "slot {slot} listed twice in one step"
                 )));
             }
+            crate::reference::check_advance(position, steps)?;
             self.row_positions.push(position as u32);
             self.row_slots.push(slot as u32);
             self.row_tokens.push(token);
         }
-        check_tokens(&self.row_tokens, c.vocab_size)?;
+        Ok(())
+    }
+
+    /// Room in each listed row's key/value caches for one more token (hybrid checkpoints):
+    /// allocates only when a full-attention cache grows (once per growth block).
+    fn reserve_caches(&mut self) -> Result<()> {
+        let parts = self.model.parts();
         for (&slot, &position) in self.row_slots.iter().zip(&self.row_positions) {
             if let Some(Some(caches)) = self.caches.get_mut(slot as usize) {
-                // Allocates only when a full-attention cache grows (once per growth block).
                 caches.reserve(parts, position as usize, 1)?;
             }
         }
+        Ok(())
+    }
+
+    /// Advances each listed sequence by one token: `inputs[i] = (slot, token)`. Returns the
+    /// logits `[inputs.len(), vocab]`, row i for `inputs[i]`.
+    pub async fn step(&mut self, inputs: &[(usize, u32)]) -> Result<Vec<f32>> {
+        // A clone of the handle (an Arc), so the row tables can be refilled while it is read.
+        let model = self.model.clone();
+        let parts = model.parts();
+        let c = &parts.config;
+        self.load_rows(inputs, 1)?;
+        check_tokens(&self.row_tokens, c.vocab_size)?;
+        self.reserve_caches()?;
         let dev = &parts.device;
         dev.write_u32(&self.positions_buffer, 0, &self.row_positions);
         dev.write_u32(&self.slots_buffer, 0, &self.row_slots);
@@ -201,7 +219,8 @@ impl GpuBatch {
         count: usize,
         on_tokens: &mut dyn FnMut(&[Vec<u32>]) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
-        let parts = self.model.parts();
+        let model = self.model.clone();
+        let parts = model.parts();
         let c = &parts.config;
         let dev = &parts.device;
         let rows = inputs.len();
@@ -210,23 +229,7 @@ impl GpuBatch {
                 "generate takes one history per row, or none",
             ));
         }
-        self.row_positions.clear();
-        self.row_slots.clear();
-        self.row_tokens.clear();
-        for (i, &(slot, token)) in inputs.iter().enumerate() {
-            let position = self
-                .position(slot)
-                .ok_or_else(|| ModelError::invalid(format!("batch slot {slot} is empty")))?;
-            if inputs.iter().take(i).any(|&(other, _)| other == slot) {
-                return Err(ModelError::invalid(format!(
-                    "slot {slot} listed twice in one step"
-                )));
-            }
-            crate::reference::check_advance(position, count)?;
-            self.row_positions.push(position as u32);
-            self.row_slots.push(slot as u32);
-            self.row_tokens.push(token);
-        }
+        self.load_rows(inputs, count)?;
         let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(count); rows];
         if rows == 0 || count == 0 {
             return Ok(out);
@@ -261,12 +264,7 @@ impl GpuBatch {
 
         let mut unread = 0;
         for step in 0..count {
-            for (&slot, &position) in self.row_slots.iter().zip(&self.row_positions) {
-                if let Some(Some(caches)) = self.caches.get_mut(slot as usize) {
-                    // Allocates only when a full-attention cache grows (once per block).
-                    caches.reserve(parts, position as usize, 1)?;
-                }
-            }
+            self.reserve_caches()?;
             // Positions are known on the host: a small write, not a round trip.
             dev.write_u32(&self.positions_buffer, 0, &self.row_positions);
             let batch_rows = Rows::Batch {

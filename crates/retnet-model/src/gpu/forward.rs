@@ -475,40 +475,13 @@ fn record_retention(
         (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
         (c.num_kv_heads, layout.k, 1.0),
     ] {
-        match rows {
-            Rows::Sequence { position, .. } => {
-                let params = RotaryParams {
-                    tokens: t32,
-                    heads: heads as u32,
-                    head_dim: kd,
-                    start_pos: *position,
-                    row_stride: layout.width,
-                    col_offset,
-                    scale,
-                };
-                let buffers = RotaryBuffers {
-                    theta: &model.rotary_theta,
-                    x: &s.qkvg,
-                };
-                seq.dispatch(rotary(style, params, buffers))?;
-            }
-            Rows::Batch { positions, .. } => {
-                let params = RotaryBatchedParams {
-                    rows: t32,
-                    heads: heads as u32,
-                    head_dim: kd,
-                    row_stride: layout.width,
-                    col_offset,
-                    scale,
-                };
-                let buffers = RotaryBatchedBuffers {
-                    theta: &model.rotary_theta,
-                    x: &s.qkvg,
-                    positions,
-                };
-                seq.dispatch(rotary_batched(style, params, buffers))?;
-            }
-        }
+        let heads = RotaryHeads {
+            heads: heads as u32,
+            head_dim: kd,
+            col_offset,
+            scale,
+        };
+        record_rotary(seq, rows, style, &model.rotary_theta, s, layout, t32, heads)?;
     }
     let strided = |offset| Strided {
         offset,
@@ -711,40 +684,13 @@ fn record_attention(
     // applied by the attention kernel.
     let style = rotary::RotaryStyle::Halves;
     for (heads, col_offset) in [(heads, 0), (kv_heads, layout.k)] {
-        match rows {
-            Rows::Sequence { position, .. } => {
-                let params = RotaryParams {
-                    tokens: t32,
-                    heads,
-                    head_dim: dim,
-                    start_pos: *position,
-                    row_stride: layout.width,
-                    col_offset,
-                    scale: 1.0,
-                };
-                let buffers = RotaryBuffers {
-                    theta: &attn.rotary_theta,
-                    x: &s.qkvg,
-                };
-                seq.dispatch(rotary(style, params, buffers))?;
-            }
-            Rows::Batch { positions, .. } => {
-                let params = RotaryBatchedParams {
-                    rows: t32,
-                    heads,
-                    head_dim: dim,
-                    row_stride: layout.width,
-                    col_offset,
-                    scale: 1.0,
-                };
-                let buffers = RotaryBatchedBuffers {
-                    theta: &attn.rotary_theta,
-                    x: &s.qkvg,
-                    positions,
-                };
-                seq.dispatch(rotary_batched(style, params, buffers))?;
-            }
-        }
+        let heads = RotaryHeads {
+            heads,
+            head_dim: dim,
+            col_offset,
+            scale: 1.0,
+        };
+        record_rotary(seq, rows, style, &attn.rotary_theta, s, layout, t32, heads)?;
     }
     // Queries of `queries` rows from row `row` at `position`, against `cache`.
     let attend = |seq: &mut Sequence<'_>,
@@ -843,4 +789,60 @@ fn layer_cache(caches: &KvCaches, index: usize) -> Result<&KvCache> {
         .get(index)
         .and_then(Option::as_ref)
         .ok_or_else(|| ModelError::invalid(format!("no key/value cache for layer {index}")))
+}
+
+/// The heads of q or k that one rotary dispatch rotates: `heads` of `head_dim` from column
+/// `col_offset` of the fused projection's rows, scaled by `scale`.
+struct RotaryHeads {
+    heads: u32,
+    head_dim: u32,
+    col_offset: u32,
+    scale: f32,
+}
+
+/// Rotary on `heads` of the span's q|k|v(|g) rows in `s.qkvg`: at consecutive positions for a
+/// sequence, at each row's own position for a batch.
+#[allow(clippy::too_many_arguments)]
+fn record_rotary(
+    seq: &mut Sequence<'_>,
+    rows: &Rows<'_>,
+    style: rotary::RotaryStyle,
+    theta: &GpuBuffer,
+    s: &Scratch,
+    layout: QkvgLayout,
+    t32: u32,
+    heads: RotaryHeads,
+) -> Result<()> {
+    match rows {
+        Rows::Sequence { position, .. } => {
+            let params = RotaryParams {
+                tokens: t32,
+                heads: heads.heads,
+                head_dim: heads.head_dim,
+                start_pos: *position,
+                row_stride: layout.width,
+                col_offset: heads.col_offset,
+                scale: heads.scale,
+            };
+            let buffers = RotaryBuffers { theta, x: &s.qkvg };
+            seq.dispatch(rotary(style, params, buffers))?;
+        }
+        Rows::Batch { positions, .. } => {
+            let params = RotaryBatchedParams {
+                rows: t32,
+                heads: heads.heads,
+                head_dim: heads.head_dim,
+                row_stride: layout.width,
+                col_offset: heads.col_offset,
+                scale: heads.scale,
+            };
+            let buffers = RotaryBatchedBuffers {
+                theta,
+                x: &s.qkvg,
+                positions,
+            };
+            seq.dispatch(rotary_batched(style, params, buffers))?;
+        }
+    }
+    Ok(())
 }
