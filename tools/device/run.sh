@@ -43,14 +43,19 @@ for part in "$@"; do
       step long-1m "$bin/xtask" long-context --tokens 1000000 --cpu-tokens 100000 --json "$OUT/long-1m.json"
       step chunkwise-65536 "$bin/xtask" long-context --chunkwise-check 65536 --json "$OUT/chunkwise-65536.json" ;;
     loads)
-      # Streamed load of a real-size checkpoint (random weights, fla-hub/retnet-1.3B-100B's
-      # shape): wall time and the peak RSS of the loading process (getrusage of the child).
-      python3 tools/make_retnet_1p3b.py /tmp/retnet-1.3b > "$OUT/make-1.3b.txt" 2>&1
-      step load-1.3b python3 -c 'import resource,subprocess,sys,time
+      # Streamed loads of real-size checkpoints (random weights): fla-hub/retnet-1.3B-100B's shape
+      # and torchscale's retnet_7b shape (6.7 B parameters, 13.5 GB of bf16), made here. Wall
+      # time and the peak RSS of the loading process (getrusage of the child).
+      python3 tools/make_random_checkpoint.py /tmp/retnet-1.3b > "$OUT/make-1.3b.txt" 2>&1
+      python3 tools/make_random_checkpoint.py /tmp/retnet-7b --shape torchscale-7b > "$OUT/make-7b.txt" 2>&1
+      for load in 1.3b:f16 7b:f16 7b:int8 7b:q4; do
+        model=${load%%:*}; weights=${load##*:}
+        step "load-$model-$weights" python3 -c 'import resource,subprocess,sys,time
 t=time.time(); rc=subprocess.call(sys.argv[1:]); dt=time.time()-t
 print(f"rc={rc} seconds={dt:.1f} peak_rss_gb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1e6:.3f}")' \
-        "$bin/retnet" logits --model /tmp/retnet-1.3b --backend gpu --weights f16 --mode recurrent \
-        --tokens 1,2,3 --out /tmp/l13.safetensors ;;
+          "$bin/retnet" logits --model "/tmp/retnet-$model" --backend gpu --weights "$weights" \
+          --mode recurrent --tokens 1,2,3 --out "/tmp/logits-$model-$weights.safetensors"
+      done ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

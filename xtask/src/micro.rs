@@ -20,7 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use retnet_kernels::gemm_coop::{gemm_coop, gemm_coop_supports, CoopShape, CoopTile, SUB_BLOCKS};
+use retnet_kernels::gemm_coop::{
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
+    to_f16, CoopShape, CoopTile, ToF16Buffers, SUB_BLOCKS,
+};
 use retnet_kernels::linear::{matmul, matvec, LinearBuffers, LinearParams, Reduction};
 use retnet_kernels::retention::{self, RetentionParams, Strided};
 use retnet_kernels::{Bound, WeightFormat};
@@ -417,7 +420,53 @@ async fn gemms(
                 input: &x,
                 output: &y,
             };
+            // The direct GEMM reads an f16 copy of X (made once here; its conversion is
+            // timed on its own, in GB/s of f32 read plus f16 written).
+            let direct_shape = device
+                .coop_shape()
+                .filter(|s: &CoopShape| gemm_coop_direct_supports(s.tile, &params))
+                .filter(|_| weights.format == WeightFormat::F16);
+            let x16 = match direct_shape {
+                Some(shape) => {
+                    let padded = u64::from(direct_padded_rows(shape.tile, rows));
+                    Some(
+                        device
+                            .create_storage("x f16", padded * u64::from(in_dim) * 2)
+                            .map_err(err)?,
+                    )
+                }
+                None => None,
+            };
             let mut kernels: Vec<(String, Bound<'_, GpuBuffer>)> = Vec::new();
+            if let (Some(shape), Some(x16)) = (direct_shape, &x16) {
+                let convert = to_f16(
+                    shape.tile,
+                    &params,
+                    ToF16Buffers {
+                        input: &x,
+                        output: x16,
+                    },
+                );
+                let list: Vec<_> = (0..effort.count).map(|_| convert).collect();
+                let per = time(device, &list, x16, effort).await?;
+                out.push(Measure {
+                    section: "gemm",
+                    case: "to-f16".to_string(),
+                    shape: format!("{name} rows={rows} in={in_dim}"),
+                    per_dispatch: per,
+                    work: 6.0 * f64::from(rows) * f64::from(in_dim),
+                    unit: "GB/s",
+                });
+                let direct = LinearBuffers {
+                    weight: weights.buffer(),
+                    input: x16,
+                    output: &y,
+                };
+                kernels.push((
+                    shape.tile.direct_kernel().name.to_string(),
+                    gemm_coop_direct(shape, params, direct),
+                ));
+            }
             let coop = device
                 .coop_shape()
                 .filter(|s: &CoopShape| gemm_coop_supports(s.tile, &params));

@@ -323,6 +323,7 @@ fn with_array_sizes_resolved(module: &Module) -> Result<Module, TranslateError> 
 fn coop_tile(kernel: &Kernel) -> Option<CoopTile> {
     CoopTile::ALL.into_iter().find(|&tile| {
         std::ptr::eq(tile.kernel(), kernel)
+            || std::ptr::eq(tile.direct_kernel(), kernel)
             || std::ptr::eq(crate::attention::prefill_coop_kernel(tile), kernel)
             || std::ptr::eq(crate::retention::chunk_outputs_coop_kernel(tile), kernel)
             || std::ptr::eq(crate::retention::chunk_updates_coop_kernel(tile), kernel)

@@ -4,6 +4,13 @@
 //! accumulators, any subgroup size, any shape. X is read in f32 and converted to f16 as it is
 //! staged in workgroup memory; W is native f16.
 //!
+//! [`gemm_coop_direct`] (`shaders/gemm_coop_direct.wgsl`) is the same product with every operand
+//! loaded straight from storage: X first converted to an f16 copy by [`to_f16`], in_dim and
+//! out_dim multiples of the tile. It exists because the staged kernel computes wrong products on
+//! NVIDIA's 16×16 tiles (docs/perf-notes.md) while tiles read from storage are exact there; the
+//! model uses it on every adapter ([`CoopOperands`]), so the path NVIDIA runs is the one CI
+//! checks on lavapipe's 8×8 tiles.
+//!
 //! Which tile a device uses is decided in `retnet-runtime` from the adapter's cooperative-matrix
 //! properties, its subgroup size, its workgroup memory and [`CoopTile::expressible_in`], the
 //! table this crate's backend tests check by translating each variant.
@@ -72,6 +79,14 @@ impl CoopTile {
         }
     }
 
+    /// The direct GEMM variant (operands from storage) for this tile.
+    pub fn direct_kernel(self) -> &'static Kernel {
+        match self {
+            CoopTile::Eight => &GEMM_COOP_DIRECT_8,
+            CoopTile::Sixteen => &GEMM_COOP_DIRECT_16,
+        }
+    }
+
     /// Rows (and columns) of Y per workgroup: 8 tiles (`BLOCK_M`, `BLOCK_N`).
     pub fn block(self) -> u32 {
         8 * self.side()
@@ -99,10 +114,14 @@ impl CoopTile {
 }
 
 const fn variant(name: &'static str, source: &'static str) -> Kernel {
+    variant_at(name, source, "gemm_coop")
+}
+
+const fn variant_at(name: &'static str, source: &'static str, entry_point: &'static str) -> Kernel {
     Kernel {
         name,
         source,
-        entry_point: "gemm_coop",
+        entry_point,
         workgroup_size: [
             Dim::Constant("WORKGROUP_SIZE"),
             Dim::Fixed(1),
@@ -143,8 +162,87 @@ pub static GEMM_COOP_16: Kernel = variant(
     ),
 );
 
+/// 8×8×8 tiles, operands from storage.
+pub static GEMM_COOP_DIRECT_8: Kernel = variant_at(
+    "gemm-coop-direct/8x8",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile8.wgsl",
+            "linear_common.wgsl",
+            "gemm_coop_direct.wgsl"
+        )
+    ),
+    "gemm_coop_direct",
+);
+/// 16×16×16 tiles, operands from storage.
+pub static GEMM_COOP_DIRECT_16: Kernel = variant_at(
+    "gemm-coop-direct/16x16",
+    concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        shader!(
+            "gemm_coop_tile16.wgsl",
+            "linear_common.wgsl",
+            "gemm_coop_direct.wgsl"
+        )
+    ),
+    "gemm_coop_direct",
+);
+
+param_block! {
+    /// The WGSL parameter block of [`to_f16`].
+    pub(crate) struct ToF16Block = "ToF16Params" { rows: u32, padded_rows: u32, dim: u32, x_row_start: u32 }
+}
+
+buffers! {
+    /// Buffers of [`to_f16`].
+    pub struct ToF16Buffers, bindings TO_F16_BINDINGS {
+        /// f32 `[x_row_start + rows, dim]`.
+        1 input: ReadOnly,
+        /// f16 `[padded_rows, dim]` (not `input`).
+        2 output: ReadWrite,
+    }
+}
+
+/// f32 rows to a zero-padded f16 copy, the input of [`gemm_coop_direct`].
+pub static TO_F16: Kernel = Kernel {
+    name: "to-f16",
+    source: concat!("enable f16;\n", shader!("to_f16.wgsl")),
+    entry_point: "convert_to_half",
+    workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+    constants: &[],
+    bindings: TO_F16_BINDINGS,
+    params: ToF16Block::STRUCT,
+    requires: Features::new(true, false, false),
+};
+
 /// All variants.
-pub static KERNELS: &[&Kernel] = &[&GEMM_COOP_8, &GEMM_COOP_16];
+pub static KERNELS: &[&Kernel] = &[
+    &GEMM_COOP_8,
+    &GEMM_COOP_16,
+    &GEMM_COOP_DIRECT_8,
+    &GEMM_COOP_DIRECT_16,
+    &TO_F16,
+];
+
+/// Which tensor-core GEMM a model runs its projections on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoopOperands {
+    /// [`gemm_coop`]: X and W staged in workgroup memory (any shape, no f16 copy of X).
+    Staged,
+    /// [`to_f16`] then [`gemm_coop_direct`]: every operand from storage.
+    Direct,
+}
+
+impl CoopOperands {
+    /// The GEMM the model uses: [`CoopOperands::Direct`] on every tile. The staged kernel is
+    /// wrong on NVIDIA's 16×16 tiles (H200, driver 580; docs/perf-notes.md) and unmeasured on
+    /// real 8×8 hardware, so one path everywhere keeps what NVIDIA runs the path CI verifies
+    /// (lavapipe 26's 8×8 tiles). The staged kernel stays for `bench --micro` and verify.
+    pub fn for_tile(_tile: CoopTile) -> CoopOperands {
+        CoopOperands::Direct
+    }
+}
 
 /// Whether [`gemm_coop`] computes this shape: any non-empty one whose grid fits a dispatch.
 pub fn gemm_coop_supports(tile: CoopTile, params: &LinearParams) -> bool {
@@ -153,6 +251,87 @@ pub fn gemm_coop_supports(tile: CoopTile, params: &LinearParams) -> bool {
         && params.out_dim > 0
         && params.rows.div_ceil(tile.block()) <= 65535
         && params.out_dim.div_ceil(tile.block()) <= 65535
+}
+
+/// Rows of Y (and of X16) per workgroup of [`gemm_coop_direct`]: [`to_f16`] pads X16 to a
+/// multiple of this.
+pub fn direct_padded_rows(tile: CoopTile, rows: u32) -> u32 {
+    rows.div_ceil(tile.block()) * tile.block()
+}
+
+/// Whether [`gemm_coop_direct`] computes this shape: in_dim and out_dim multiples of the tile
+/// (every B tile inside W and 16-byte aligned), in_dim a multiple of 4 (for [`to_f16`]), grids
+/// that fit a dispatch.
+pub fn gemm_coop_direct_supports(tile: CoopTile, params: &LinearParams) -> bool {
+    let side = tile.side();
+    params.rows > 0
+        && params.in_dim > 0
+        && params.out_dim > 0
+        && params.in_dim % side == 0
+        && params.out_dim % side == 0
+        && direct_padded_rows(tile, params.rows) <= 65535
+        && params.out_dim.div_ceil(tile.block()) <= 65535
+        && ceil_div(params.in_dim / 4, 64) <= 65535
+}
+
+/// Converts rows `x_row_start ..+ rows` of the f32 `input` (`[.., in_dim]`, `params`' shape) into
+/// the f16 `output` `[direct_padded_rows(rows), in_dim]`, zero past `rows`: the X16 of
+/// [`gemm_coop_direct`]. Needs [`gemm_coop_direct_supports`].
+pub fn to_f16<'b, B>(
+    tile: CoopTile,
+    params: &LinearParams,
+    buffers: ToF16Buffers<'b, B>,
+) -> Bound<'b, B> {
+    let padded_rows = direct_padded_rows(tile, params.rows);
+    let block = ToF16Block {
+        rows: params.rows,
+        padded_rows,
+        dim: params.in_dim,
+        x_row_start: params.x_row_start,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel: &TO_F16,
+            constants: TO_F16.default_constants(),
+            params: block.words(),
+            workgroups: [ceil_div(params.in_dim / 4, 64), padded_rows, 1],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
+/// `Y = X · Wᵀ` (or `α·Y + X · Wᵀ`) on the tensor cores, operands from storage; needs
+/// [`Features::cooperative_matrix`] with this `shape` and [`gemm_coop_direct_supports`].
+/// Buffers: `weight [out_dim, in_dim]` f16, `input` the f16 X16 that [`to_f16`] made from X
+/// (its `x_row_start` already applied), `output [rows, out_dim]` f32 (no padding).
+pub fn gemm_coop_direct<'b, B>(
+    shape: CoopShape,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = shape.tile.direct_kernel();
+    let constants =
+        kernel
+            .default_constants()
+            .with(kernel, "WORKGROUP_SIZE", SUB_BLOCKS * shape.subgroup_size);
+    let block = shape.tile.block();
+    let params = LinearParams {
+        x_row_start: 0,
+        ..params
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: params.words(crate::WeightFormat::F16),
+            workgroups: [
+                ceil_div(params.out_dim, block),
+                ceil_div(params.rows, block),
+                1,
+            ],
+        },
+        buffers: buffers.in_order(),
+    }
 }
 
 /// `Y = X · Wᵀ` (or `α·Y + X · Wᵀ`) on the tensor cores; needs [`Features::cooperative_matrix`]

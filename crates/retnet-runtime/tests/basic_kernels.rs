@@ -20,7 +20,10 @@ use retnet_runtime::kernels::embedding::{gather, gather_rows, EmbeddingParams, G
 use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports, CoopShape};
+use retnet_runtime::kernels::gemm_coop::{
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
+    to_f16, CoopShape, ToF16Buffers,
+};
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
     HeadNormGateParams,
@@ -258,6 +261,73 @@ fn linear_cases(device: &Device) -> Vec<LinearCase> {
         ));
     }
     cases
+}
+
+/// The direct tensor-core GEMM as the model runs it: X converted to f16 once (from row 1, rows
+/// padded to whole blocks), then one product per row block of a split W writing its columns of
+/// the one Y, with and without the fused residual; a partial row block (70 rows) and blocks of
+/// 64, 48 and 48 columns (tiles past each block's columns clamped onto its last tile). Against
+/// the f64 reference of the f16-rounded X and W.
+#[test]
+fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
+    let Some(device) = device() else { return };
+    // CI's run on lavapipe 26 sets RETNET_REQUIRE_COOP=1: there a missing tile is a failure.
+    let Some(shape) = device.coop_shape() else {
+        assert!(
+            !std::env::var("RETNET_REQUIRE_COOP").is_ok_and(|v| v == "1"),
+            "RETNET_REQUIRE_COOP=1 but the adapter has no cooperative matrices"
+        );
+        eprintln!("skipped: adapter lacks cooperative matrices");
+        return;
+    };
+    let mut rng = Rng::new(12);
+    let (rows, i, o) = (70u32, 96usize, 160usize);
+    let bounds = [0usize, 64, 112, 160];
+    for accumulate in [None, Some(0.75)] {
+        let params = LinearParams {
+            x_row_start: 1,
+            accumulate,
+            ..LinearParams::new(rows, i as u32, o as u32)
+        };
+        let x = rng.vec((rows as usize + 1) * i);
+        let w = rng.vec(o * i);
+        let y0 = rng.vec(rows as usize * o);
+        let xb = device.upload_f32("x", &x).unwrap();
+        let padded = direct_padded_rows(shape.tile, rows) as usize;
+        let x16 = device.create_storage("x f16", (padded * i * 2) as u64).unwrap();
+        let y = device.upload_f32("y", &y0).unwrap();
+        let blocks: Vec<_> = bounds
+            .windows(2)
+            .map(|b| {
+                let part = &w[b[0] * i..b[1] * i];
+                let buffer = device.upload_matrix("w block", part, i, WeightFormat::F16);
+                (b[0] as u32, (b[1] - b[0]) as u32, buffer.unwrap())
+            })
+            .collect();
+        let mut sequence = device.sequence("test");
+        let convert = ToF16Buffers {
+            input: &xb,
+            output: &x16,
+        };
+        sequence.dispatch(to_f16(shape.tile, &params, convert)).unwrap();
+        for (first, n, wb) in &blocks {
+            let part = params.row_block(*first, *n);
+            assert!(gemm_coop_direct_supports(shape.tile, &part));
+            let buffers = LinearBuffers {
+                weight: wb.buffer(),
+                input: &x16,
+                output: &y,
+            };
+            sequence.dispatch(gemm_coop_direct(shape, part, buffers)).unwrap();
+        }
+        sequence.submit().unwrap();
+        let x_seen = retnet_testkit::round_f16(&x);
+        let stored = as_stored(&w, i, WeightFormat::F16);
+        let reference = linear_reference(&x_seen, &stored, &y0, &params);
+        let got = read(device, &y, rows as usize * o);
+        // Exact f16 products summed in f32 over 96 terms: f32 rounding only.
+        assert_close(&format!("gemm-coop-direct {accumulate:?}"), &got, &reference, 1e-5);
+    }
 }
 
 /// A matrix split by rows (as one over the binding limit is); its own shape (the row blocks only

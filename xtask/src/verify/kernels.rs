@@ -13,7 +13,10 @@ use retnet_kernels::embedding::{gather, EmbeddingParams, GatherBuffers};
 use retnet_kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
+use retnet_kernels::gemm_coop::{
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
+    to_f16, ToF16Buffers,
+};
 use retnet_kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
     HeadNormGateParams,
@@ -254,6 +257,9 @@ enum LinearKernel {
     /// The tensor-core GEMM with the device's tile (f16 weights only; X rounded to f16 as it
     /// is staged).
     Coop,
+    /// The direct tensor-core GEMM (operands from storage) after the f16 conversion of X, as
+    /// the model runs it.
+    CoopDirect,
 }
 
 fn linear_case(
@@ -283,7 +289,7 @@ fn linear_case(
         shape += &format!(" ({what})");
     }
     let formats: &[WeightFormat] = match kernel {
-        LinearKernel::Coop => &[WeightFormat::F16],
+        LinearKernel::Coop | LinearKernel::CoopDirect => &[WeightFormat::F16],
         _ => &WeightFormat::ALL,
     };
     for &format in formats {
@@ -301,6 +307,10 @@ fn linear_case(
                 Some(shape) => shape.tile.kernel().name.to_string(),
                 None => "gemm-coop".to_string(),
             },
+            LinearKernel::CoopDirect => match rows.device.coop_shape() {
+                Some(shape) => shape.tile.direct_kernel().name.to_string(),
+                None => "gemm-coop-direct".to_string(),
+            },
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
             LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
@@ -312,6 +322,15 @@ fn linear_case(
                 }
                 Some(shape) if !gemm_coop_supports(shape.tile, &params) => {
                     Err("shape outside the tensor-core GEMM's grid")
+                }
+                Some(_) => Ok(()),
+            },
+            LinearKernel::CoopDirect => match rows.device.coop_shape() {
+                None => {
+                    Err("adapter lacks f16 cooperative matrices (8×8 or 16×16, f32 accumulators)")
+                }
+                Some(shape) if !gemm_coop_direct_supports(shape.tile, &params) => {
+                    Err("in_dim or out_dim not a multiple of the tile")
                 }
                 Some(_) => Ok(()),
             },
@@ -344,7 +363,46 @@ fn linear_case(
                     gemm_coop(shape, params, buffers),
                     retnet_testkit::round_f16(&x),
                 ),
-                (LinearKernel::Coop, None) => {
+                (LinearKernel::CoopDirect, Some(coop_shape)) => {
+                    let padded = direct_padded_rows(coop_shape.tile, params.rows) as usize;
+                    let x16 = device.create_storage("x f16", (padded * i * 2).max(4) as u64)?;
+                    let convert = to_f16(
+                        coop_shape.tile,
+                        &params,
+                        ToF16Buffers {
+                            input: &input,
+                            output: &x16,
+                        },
+                    );
+                    let direct = LinearBuffers {
+                        weight: weights.buffer(),
+                        input: &x16,
+                        output: &y,
+                    };
+                    submit(
+                        device,
+                        &[convert, gemm_coop_direct(coop_shape, params, direct)],
+                    )?;
+                    let gpu = read(device, &y, n_rows * o)?;
+                    let reference = cpu::linear(&cpu::Linear {
+                        x: &retnet_testkit::round_f16(&x),
+                        weight: &as_stored(&w, i, format),
+                        y0: &y0,
+                        rows: n_rows,
+                        in_dim: i,
+                        out_dim: o,
+                        x_row_start: params.x_row_start as usize,
+                        accumulate: params.accumulate,
+                    });
+                    return Ok(vec![Row::compare(
+                        &case,
+                        &shape,
+                        &gpu,
+                        &reference,
+                        linear_tolerance(i),
+                    )]);
+                }
+                (LinearKernel::Coop | LinearKernel::CoopDirect, None) => {
                     return Ok(vec![Row::skip(&case, &shape, "no cooperative matrices")]);
                 }
             };
@@ -501,6 +559,45 @@ fn linears(rows: &mut Rows<'_>) {
             fused,
             520 + index as u64,
             "residual fused",
+        );
+    }
+
+    // The direct GEMM (the model's): in_dim and out_dim multiples of 16, so both tiles run
+    // every shape. Partial row blocks (33, 70, 300, 1000 rows), partial column blocks (out 80,
+    // 400, 4096 + 16: tiles past out_dim clamped onto W's last tile), whole blocks stored
+    // straight from the accumulators (128 × 256, 256 × 256), long K.
+    let mut directs = vec![(33, 64, 64), (70, 48, 80), (128, 128, 256), (5, 32, 16)];
+    if !rows.quick {
+        directs.extend([
+            (256, 2048, 256),
+            (300, 2048, 400),
+            (1000, 512, 2048),
+            (130, 256, 4112),
+        ]);
+    }
+    for (index, &(r, i, o)) in directs.iter().enumerate() {
+        let params = LinearParams::new(r, i, o);
+        linear_case(
+            rows,
+            LinearKernel::CoopDirect,
+            params,
+            530 + index as u64,
+            "",
+        );
+    }
+    for (index, (r, i, o)) in [(70, 128, 64), (256, 96, 256)].into_iter().enumerate() {
+        let fused = LinearParams {
+            x_row_start: 3,
+            accumulate: Some(1.5),
+            ..LinearParams::new(r, i, o)
+        };
+        let what = "residual fused";
+        linear_case(
+            rows,
+            LinearKernel::CoopDirect,
+            fused,
+            540 + index as u64,
+            what,
         );
     }
 }

@@ -10,7 +10,10 @@ use retnet_runtime::kernels::embedding::EmbeddingParams;
 use retnet_runtime::kernels::gated_activation::{
     self, gated_activation, GatedActivationBuffers, GatedActivationParams,
 };
-use retnet_runtime::kernels::gemm_coop::{gemm_coop, gemm_coop_supports};
+use retnet_runtime::kernels::gemm_coop::{
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
+    to_f16, CoopOperands, ToF16Buffers,
+};
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
     HeadNormGateParams,
@@ -69,6 +72,11 @@ pub(super) struct Scratch {
     pub(super) chunk_states: Option<GpuBuffer>,
     /// Chunks `chunk_states` holds.
     pub(super) chunk_capacity: usize,
+    /// The f16 copy of a projection's input that the direct tensor-core GEMM reads
+    /// ([`CoopOperands::Direct`]): `[padded rows, widest input]`. `None` where the model does
+    /// not use tensor cores, for spans the batched matvec takes, or where it would exceed a
+    /// binding (the portable matmul runs then).
+    pub(super) x16: Option<GpuBuffer>,
 }
 
 impl Scratch {
@@ -108,6 +116,7 @@ impl Scratch {
         .map(|b| b.size())
         .sum::<u64>()
             + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
+            + self.x16.as_ref().map_or(0, GpuBuffer::size)
     }
 
     pub(super) fn new(model: &Parts, tokens: usize, all_logits: bool) -> Result<Self> {
@@ -116,12 +125,34 @@ impl Scratch {
         let rows = tokens;
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
+        let x16 = match model.tensor_cores {
+            Some(shape)
+                if tokens > MATVEC_BATCH_MAX_ROWS as usize
+                    && CoopOperands::for_tile(shape.tile) == CoopOperands::Direct =>
+            {
+                // The widest input of any projection: d_model (q|k|v|g, FFN in, head), the
+                // mixer's output (out_proj) or the FFN width (down).
+                let widest = c.d_model.max(model.widest_mixer_output()).max(c.ffn_dim);
+                let padded = direct_padded_rows(shape.tile, rows.min(u32::MAX as usize) as u32);
+                let bytes = (padded as u64) * (widest as u64) * 2;
+                let limits = dev.limits();
+                if bytes <= limits.max_storage_buffer_binding_size
+                    && bytes <= limits.max_buffer_size
+                {
+                    Some(dev.create_storage("x f16", bytes.max(4))?)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
         Ok(Self {
             tokens,
             rows,
             logit_rows,
             chunk_states: None,
             chunk_capacity: 0,
+            x16,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -243,7 +274,7 @@ impl Recorder<'_> {
     ) -> Result<()> {
         let mut params = LinearParams::new(self.t32(), in_dim as u32, out_dim as u32);
         params.accumulate = accumulate;
-        project(self.model, seq, w, input, output, params)
+        project(self.model, self.s, seq, w, input, output, params)
     }
 
     /// `output = rms_norm(x; g) · Wᵀ`: fused for one row, else the norm into h, then `w`.
@@ -271,7 +302,7 @@ impl Recorder<'_> {
             Ok(())
         } else {
             self.rms_norm(seq, &s.x, g, &s.h)?;
-            project(self.model, seq, w, &s.h, output, params)
+            project(self.model, s, seq, w, &s.h, output, params)
         }
     }
 
@@ -411,9 +442,9 @@ impl Recorder<'_> {
             Some(g) if self.fuse_norms => self.normed_proj(seq, g, m.head(), &s.logits, params),
             Some(g) => {
                 self.rms_norm(seq, &s.x, g, &s.h)?;
-                project(m, seq, m.head(), &s.h, &s.logits, params)
+                project(m, s, seq, m.head(), &s.h, &s.logits, params)
             }
-            None => project(m, seq, m.head(), &s.x, &s.logits, params),
+            None => project(m, s, seq, m.head(), &s.x, &s.logits, params),
         }
     }
 }
@@ -423,6 +454,7 @@ impl Recorder<'_> {
 /// else with the portable kernel [`linear`] picks.
 fn project(
     model: &Parts,
+    s: &Scratch,
     seq: &mut Sequence<'_>,
     w: &Weights,
     input: &GpuBuffer,
@@ -431,21 +463,55 @@ fn project(
 ) -> Result<()> {
     // One product per row block of W (one unless W is over a binding), each writing its
     // columns of the output.
+    let coop = model
+        .tensor_cores
+        .filter(|_| w.format == WeightFormat::F16 && params.rows > MATVEC_BATCH_MAX_ROWS);
+    let direct = match (coop, &s.x16) {
+        (Some(shape), Some(x16))
+            if CoopOperands::for_tile(shape.tile) == CoopOperands::Direct
+                && w.linear_parts(params)
+                    .all(|(_, p)| gemm_coop_direct_supports(shape.tile, &p))
+                && direct_padded_rows(shape.tile, params.rows) as u64
+                    * params.in_dim as u64
+                    * 2
+                    <= x16.size() =>
+        {
+            // X to f16 once, read by every part.
+            let buffers = ToF16Buffers { input, output: x16 };
+            seq.dispatch(to_f16(shape.tile, &params, buffers))?;
+            Some((shape, x16))
+        }
+        _ => None,
+    };
     for (block, params) in w.linear_parts(params) {
-        let buffers = LinearBuffers {
-            weight: block,
-            input,
-            output,
-        };
-        let bound = match model.tensor_cores {
-            Some(shape)
-                if w.format == WeightFormat::F16
-                    && params.rows > MATVEC_BATCH_MAX_ROWS
+        let bound = match (direct, coop) {
+            (Some((shape, x16)), _) => {
+                let buffers = LinearBuffers {
+                    weight: block,
+                    input: x16,
+                    output,
+                };
+                gemm_coop_direct(shape, params, buffers)
+            }
+            (None, Some(shape))
+                if CoopOperands::for_tile(shape.tile) == CoopOperands::Staged
                     && gemm_coop_supports(shape.tile, &params) =>
             {
+                let buffers = LinearBuffers {
+                    weight: block,
+                    input,
+                    output,
+                };
                 gemm_coop(shape, params, buffers)
             }
-            _ => linear(w.format, model.reduction, params, buffers),
+            _ => {
+                let buffers = LinearBuffers {
+                    weight: block,
+                    input,
+                    output,
+                };
+                linear(w.format, model.reduction, params, buffers)
+            }
         };
         seq.dispatch(bound)?;
     }

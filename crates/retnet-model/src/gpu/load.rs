@@ -412,14 +412,11 @@ pub(crate) async fn upload(
         log_decay,
         rotary_theta,
         reduction: Reduction::for_features(device.features()),
-        // The 16×16 tiles are not used by the model: on the H200 (docs/runs/h200-fd7e8b0-*) the
-        // 16×16 gemm-coop gave non-finite f16 model rows in verify and prefill at 2.4k tok/s
-        // (the 16×16-only kernel it replaced ran 13.8k). Until that is found, NVIDIA adapters
-        // prefill on the portable tiled matmul; 8×8 tiles (lavapipe 26, verified) are used.
+        // Projections of many rows on the tensor cores with either tile: the direct GEMM
+        // (operands from storage, `CoopOperands::Direct`) is exact on NVIDIA's 16×16 tiles,
+        // where the staged one is not (docs/perf-notes.md).
         retention_tensor_cores,
-        tensor_cores: device
-            .coop_shape()
-            .filter(|s| format == WeightFormat::F16 && s.tile == CoopTile::Eight),
+        tensor_cores: device.coop_shape().filter(|_| format == WeightFormat::F16),
         max_chunk,
         max_parallel_chunk,
         loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,

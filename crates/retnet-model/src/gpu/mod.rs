@@ -136,8 +136,9 @@ pub(crate) struct Parts {
     max_parallel_chunk: usize,
     /// A software adapter (llvmpipe) that stops long shader loops after 65535 iterations.
     loop_limited: bool,
-    /// Projections of many rows run on the tensor cores ([`gemm_coop`]) in this shape: the
-    /// adapter has cooperative matrices and the weights are native f16.
+    /// Projections of many rows run on the tensor cores in this shape (the GEMM
+    /// `CoopOperands::for_tile` names, `gemm_coop_direct` after `to_f16`): the adapter has
+    /// cooperative matrices and the weights are native f16.
     tensor_cores: Option<CoopShape>,
     /// Chunk-parallel retention's updates and outputs run on the tensor cores in this shape
     /// (`retention::chunk_updates_coop`, `chunk_outputs_coop`: as accurate as the f32 kernels
