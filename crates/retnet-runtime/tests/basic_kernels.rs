@@ -294,7 +294,9 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
         let y0 = rng.vec(rows as usize * o);
         let xb = device.upload_f32("x", &x).unwrap();
         let padded = direct_padded_rows(shape.tile, rows) as usize;
-        let x16 = device.create_storage("x f16", (padded * i * 2) as u64).unwrap();
+        let x16 = device
+            .create_storage("x f16", (padded * i * 2) as u64)
+            .unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
         let blocks: Vec<_> = bounds
             .windows(2)
@@ -309,7 +311,9 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
             input: &xb,
             output: &x16,
         };
-        sequence.dispatch(to_f16(shape.tile, &params, convert)).unwrap();
+        sequence
+            .dispatch(to_f16(shape.tile, &params, convert))
+            .unwrap();
         for (first, n, wb) in &blocks {
             let part = params.row_block(*first, *n);
             assert!(gemm_coop_direct_supports(shape.tile, &part));
@@ -318,7 +322,9 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
                 input: &x16,
                 output: &y,
             };
-            sequence.dispatch(gemm_coop_direct(shape, part, buffers)).unwrap();
+            sequence
+                .dispatch(gemm_coop_direct(shape, part, buffers))
+                .unwrap();
         }
         sequence.submit().unwrap();
         let x_seen = retnet_testkit::round_f16(&x);
@@ -326,7 +332,12 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
         let reference = linear_reference(&x_seen, &stored, &y0, &params);
         let got = read(device, &y, rows as usize * o);
         // Exact f16 products summed in f32 over 96 terms: f32 rounding only.
-        assert_close(&format!("gemm-coop-direct {accumulate:?}"), &got, &reference, 1e-5);
+        assert_close(
+            &format!("gemm-coop-direct {accumulate:?}"),
+            &got,
+            &reference,
+            1e-5,
+        );
     }
 }
 
