@@ -29,10 +29,6 @@ override WORKGROUP_SIZE: u32 = 128u;
 
 var<workgroup> partial_sums: array<f32, WORKGROUP_SIZE>;
 
-fn silu(x: f32) -> f32 {
-    return x / (1.0 + exp(-x));
-}
-
 fn inverse_rms(input_start: u32, lane: u32) -> f32 {
     var sum = 0.0;
     for (var c = lane; c < params.head_dim; c += WORKGROUP_SIZE) {

@@ -20,8 +20,15 @@ struct LinearParams {
     // Elements per row of W as the weight accessors index it: in_dim, or for the block formats
     // (weights_int8.wgsl, weights_q4.wgsl) in_dim rounded up to a whole block of 32.
     weight_stride: u32,
-    _pad2: u32,
-    _pad3: u32,
+    // The input stages fused into a decode matvec (matvec_input_*.wgsl; unused elsewhere):
+    // matvec_input_head_gate.wgsl's V and where its gate g is, and a variant switch (head gate:
+    // 1 = the norm has a weight; act·lin: 0 = silu, 1 = gelu).
+    head_dim: u32,
+    gate_offset: u32,
+    gate_stride: u32,
+    prologue: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: LinearParams;

@@ -2,7 +2,8 @@
 // matvec_common.wgsl, but each workgroup computes OUTPUTS_PER_WORKGROUP outputs for BATCH_ROWS rows
 // at once, so every weight is read from memory once per BATCH_ROWS rows instead of once per row.
 // Rows past `rows` reread the last row (not stored). The partial sums are reduced by
-// matvec_batch_workgroup.wgsl or matvec_batch_subgroup.wgsl. Requires in_dim % 4 == 0.
+// matvec_batch_workgroup.wgsl or matvec_batch_subgroup.wgsl. Requires in_dim % 4 == 0. The input
+// comes through `input_vec4` (matvec_input.wgsl, or act(a)·b: matvec_input_act_lin.wgsl).
 
 @group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
@@ -25,14 +26,14 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
     let w1 = min(first_output + 1u, last_output) * stride4;
     let w2 = min(first_output + 2u, last_output) * stride4;
     let w3 = min(first_output + 3u, last_output) * stride4;
-    let x0 = (params.x_row_start + min(first_row + 0u, last_row)) * in4;
-    let x1 = (params.x_row_start + min(first_row + 1u, last_row)) * in4;
-    let x2 = (params.x_row_start + min(first_row + 2u, last_row)) * in4;
-    let x3 = (params.x_row_start + min(first_row + 3u, last_row)) * in4;
-    let x4 = (params.x_row_start + min(first_row + 4u, last_row)) * in4;
-    let x5 = (params.x_row_start + min(first_row + 5u, last_row)) * in4;
-    let x6 = (params.x_row_start + min(first_row + 6u, last_row)) * in4;
-    let x7 = (params.x_row_start + min(first_row + 7u, last_row)) * in4;
+    let x0 = params.x_row_start + min(first_row + 0u, last_row);
+    let x1 = params.x_row_start + min(first_row + 1u, last_row);
+    let x2 = params.x_row_start + min(first_row + 2u, last_row);
+    let x3 = params.x_row_start + min(first_row + 3u, last_row);
+    let x4 = params.x_row_start + min(first_row + 4u, last_row);
+    let x5 = params.x_row_start + min(first_row + 5u, last_row);
+    let x6 = params.x_row_start + min(first_row + 6u, last_row);
+    let x7 = params.x_row_start + min(first_row + 7u, last_row);
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -46,14 +47,14 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
         let b = weight_vec4(w1 + i);
         let c = weight_vec4(w2 + i);
         let d = weight_vec4(w3 + i);
-        acc0 += dots(a, b, c, d, input[x0 + i]);
-        acc1 += dots(a, b, c, d, input[x1 + i]);
-        acc2 += dots(a, b, c, d, input[x2 + i]);
-        acc3 += dots(a, b, c, d, input[x3 + i]);
-        acc4 += dots(a, b, c, d, input[x4 + i]);
-        acc5 += dots(a, b, c, d, input[x5 + i]);
-        acc6 += dots(a, b, c, d, input[x6 + i]);
-        acc7 += dots(a, b, c, d, input[x7 + i]);
+        acc0 += dots(a, b, c, d, input_vec4(x0, i));
+        acc1 += dots(a, b, c, d, input_vec4(x1, i));
+        acc2 += dots(a, b, c, d, input_vec4(x2, i));
+        acc3 += dots(a, b, c, d, input_vec4(x3, i));
+        acc4 += dots(a, b, c, d, input_vec4(x4, i));
+        acc5 += dots(a, b, c, d, input_vec4(x5, i));
+        acc6 += dots(a, b, c, d, input_vec4(x6, i));
+        acc7 += dots(a, b, c, d, input_vec4(x7, i));
     }
     return array<vec4<f32>, BATCH_ROWS>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
 }

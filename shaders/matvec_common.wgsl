@@ -2,6 +2,9 @@
 // OUTPUTS_PER_WORKGROUP outputs of one row; every invocation walks a strided share of the input
 // with 16-byte loads, reusing each loaded x vec4 for all the workgroup's outputs. The partial sums
 // are then reduced by matvec_workgroup.wgsl (portable) or matvec_subgroup.wgsl (SUBGROUP).
+// The input vector comes through `prepare_input` and `input_vec4`: X itself (matvec_input.wgsl),
+// or a decode step's elementwise stage computed as it is read (matvec_input_act_lin.wgsl,
+// matvec_input_head_gate.wgsl), which saves that stage's dispatch.
 // Requires in_dim % 4 == 0 (vec4 loads of X and of every weight row); use matmul otherwise.
 
 @group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
@@ -39,7 +42,7 @@ fn dot4(w: vec4<u32>, i: u32, x: vec4<f32>) -> vec4<f32> {
 // for the batched variant: 3× slower).
 fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> vec4<f32> {
     let in4 = params.in_dim / 4u;
-    let x_start = (params.x_row_start + row) * in4;
+    let x_row = params.x_row_start + row;
     let w = weight_rows(first_output);
     var acc = vec4<f32>(0.0);
     // Two strides per iteration: twice the loads in flight per invocation (decode is bound by
@@ -47,12 +50,12 @@ fn matvec_partial_sums(lane: u32, first_output: u32, row: u32) -> vec4<f32> {
     let step = 2u * WORKGROUP_SIZE;
     var i = lane;
     for (; i + WORKGROUP_SIZE < in4; i += step) {
-        let x0 = input[x_start + i];
-        let x1 = input[x_start + i + WORKGROUP_SIZE];
+        let x0 = input_vec4(x_row, i);
+        let x1 = input_vec4(x_row, i + WORKGROUP_SIZE);
         acc += dot4(w, i, x0) + dot4(w, i + WORKGROUP_SIZE, x1);
     }
     if i < in4 {
-        acc += dot4(w, i, input[x_start + i]);
+        acc += dot4(w, i, input_vec4(x_row, i));
     }
     return acc;
 }

@@ -15,6 +15,7 @@ fn matvec_subgroup(
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
 ) {
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
+    prepare_input(lane, params.x_row_start + wid.y);
     let acc = matvec_partial_sums(lane, first_output, wid.y);
     let total = subgroupAdd(acc);
     if subgroup_lane == 0u {

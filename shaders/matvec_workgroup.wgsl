@@ -7,6 +7,7 @@ var<workgroup> partial_sums: array<f32, OUTPUTS_PER_WORKGROUP * WORKGROUP_SIZE>;
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
+    prepare_input(lane, params.x_row_start + wid.y);
     let acc = matvec_partial_sums(lane, first_output, wid.y);
     partial_sums[lane] = acc.x;
     partial_sums[WORKGROUP_SIZE + lane] = acc.y;

@@ -24,7 +24,8 @@ struct RetentionParams {
     out_stride: u32,
     // 1: divide P_n by sqrt(c_n) (torchscale); 0: plain P_n (fla).
     scale_by_decay_sum: u32,
-    _pad: u32,
+    // K^-½, applied to q by the kernels that rotate q and k themselves (retention_qk_rotary.wgsl).
+    q_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: RetentionParams;

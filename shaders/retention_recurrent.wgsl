@@ -28,12 +28,14 @@ fn retention_recurrent(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
     for (var t = 0u; t < params.tokens; t++) {
         var acc = 0.0;
         if in_range {
-            let v_value = v_at(t, kv_head, column);
+            let v_value = value_at(t, kv_head, column);
+            let position = params.start_pos + t;
             for (var r = slice; r < params.key_dim; r += SLICES) {
                 let index = state_index(head, r, column);
-                let s = decay_state(decay, state[index], k_at(t, kv_head, r) * v_value);
+                let qk = query_key(t, head, kv_head, r, position);
+                let s = decay_state(decay, state[index], qk.y * v_value);
                 state[index] = s;
-                acc = fma(q_at(t, head, r), s, acc);
+                acc = fma(qk.x, s, acc);
             }
         }
         partial_sums[slice * COLUMNS + lid.x] = acc;

@@ -35,12 +35,14 @@ fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @bu
 
     var acc = 0.0;
     if in_range {
-        let v_value = v_at(row, kv_head, column);
+        let v_value = value_at(row, kv_head, column);
+        let position = positions[row];
         for (var r = slice; r < params.key_dim; r += SLICES) {
             let index = slot_base + state_index(head, r, column);
-            let s = decay_state(decay, state[index], k_at(row, kv_head, r) * v_value);
+            let qk = query_key(row, head, kv_head, r, position);
+            let s = decay_state(decay, state[index], qk.y * v_value);
             state[index] = s;
-            acc = fma(q_at(row, head, r), s, acc);
+            acc = fma(qk.x, s, acc);
         }
     }
     partial_sums[slice * COLUMNS + lid.x] = acc;

@@ -57,7 +57,7 @@ param_block! {
 const fn variant(name: &'static str, entry_point: &'static str) -> Kernel {
     Kernel {
         name,
-        source: shader!("gated_activation.wgsl"),
+        source: shader!("activation.wgsl", "gated_activation.wgsl"),
         entry_point,
         workgroup_size: [
             Dim::Constant("WORKGROUP_SIZE"),

@@ -70,7 +70,7 @@ buffers! {
 /// With a weight `[V]` (fla).
 pub static WEIGHTED: Kernel = Kernel {
     name: "head_norm_gate/weighted",
-    source: shader!("head_norm_gate.wgsl"),
+    source: shader!("activation.wgsl", "head_norm_gate.wgsl"),
     entry_point: "head_norm_gate",
     workgroup_size: [
         Dim::Constant("WORKGROUP_SIZE"),
@@ -86,7 +86,7 @@ pub static WEIGHTED: Kernel = Kernel {
 /// Without a weight (torchscale).
 pub static UNWEIGHTED: Kernel = Kernel {
     name: "head_norm_gate/unweighted",
-    source: shader!("head_norm_gate.wgsl"),
+    source: shader!("activation.wgsl", "head_norm_gate.wgsl"),
     entry_point: "head_norm_gate_unweighted",
     workgroup_size: [
         Dim::Constant("WORKGROUP_SIZE"),

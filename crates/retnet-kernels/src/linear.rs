@@ -2,6 +2,7 @@
 //! with a residual update `Y = α·Y + X · Wᵀ`: [`matmul`] (tiled, many tokens, any shape) and
 //! [`matvec`] (decode, vectorized, needs `in_dim % 4 == 0`). Also the logits head.
 
+use crate::gated_activation::Activation;
 use crate::{
     ceil_div, Binding, Bound, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
     WeightFormat, FORMATS,
@@ -68,6 +69,10 @@ impl LinearParams {
 
     /// The parameter block for weights stored in `format` (which sets the weight row stride).
     pub(crate) fn words(&self, format: WeightFormat) -> ParamWords {
+        self.block(format).words()
+    }
+
+    fn block(&self, format: WeightFormat) -> LinearBlock {
         let (accumulate, alpha) = match self.accumulate {
             Some(alpha) => (1, alpha),
             None => (0, 0.0),
@@ -85,7 +90,6 @@ impl LinearParams {
             weight_stride: format.row_stride(self.in_dim),
             ..Default::default()
         }
-        .words()
     }
 }
 
@@ -102,8 +106,12 @@ param_block! {
         y_col_start: u32,
         y_stride: u32,
         weight_stride: u32,
-        _pad2: u32,
-        _pad3: u32,
+        head_dim: u32,
+        gate_offset: u32,
+        gate_stride: u32,
+        prologue: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -148,6 +156,21 @@ buffers! {
         3 output: ReadWrite,
         /// The RMSNorm's weight `[in_dim]` f32.
         4 norm_weight: ReadOnly,
+    }
+}
+
+buffers! {
+    /// Buffers of [`matvec_head_gate`].
+    pub struct LinearHeadGateBuffers, bindings HEAD_GATE_BINDINGS {
+        1 weight: ReadOnly,
+        /// The retention output `[heads·V]` f32, normalized and gated as it is read.
+        2 input: ReadOnly,
+        3 output: ReadWrite,
+        /// The per-head norm's weight `[V]` f32 (not read when [`HeadGate::weighted`] is false:
+        /// any buffer binds in its place).
+        4 norm_weight: ReadOnly,
+        /// The buffer holding the gate's pre-activation g (the q|k|v|g projection).
+        5 gate: ReadOnly,
     }
 }
 
@@ -247,6 +270,40 @@ const fn matvec_norm_subgroup(name: &'static str, source: &'static str, f16: boo
     )
 }
 
+const fn matvec_act_lin_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec", false, BINDINGS)
+}
+const fn matvec_act_lin_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_subgroup", true, BINDINGS)
+}
+const fn matvec_batch_act_lin_workgroup(
+    name: &'static str,
+    source: &'static str,
+    f16: bool,
+) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_batch", false, BINDINGS)
+}
+const fn matvec_batch_act_lin_subgroup(
+    name: &'static str,
+    source: &'static str,
+    f16: bool,
+) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec_batch_subgroup", true, BINDINGS)
+}
+const fn matvec_head_gate_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(name, source, f16, "matvec", false, HEAD_GATE_BINDINGS)
+}
+const fn matvec_head_gate_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(
+        name,
+        source,
+        f16,
+        "matvec_subgroup",
+        true,
+        HEAD_GATE_BINDINGS,
+    )
+}
+
 /// Matvec, by reduction ([`Reduction`] order) and weight format.
 pub static MATVEC: [[Kernel; FORMATS]; 2] = [
     format_variants!(
@@ -255,6 +312,7 @@ pub static MATVEC: [[Kernel; FORMATS]; 2] = [
         matvec_workgroup,
         [
             "linear_common.wgsl",
+            "matvec_input.wgsl",
             "matvec_common.wgsl",
             "matvec_workgroup.wgsl"
         ]
@@ -265,6 +323,7 @@ pub static MATVEC: [[Kernel; FORMATS]; 2] = [
         matvec_subgroup,
         [
             "linear_common.wgsl",
+            "matvec_input.wgsl",
             "matvec_common.wgsl",
             "matvec_subgroup.wgsl"
         ]
@@ -279,6 +338,7 @@ pub static MATVEC_BATCH: [[Kernel; FORMATS]; 2] = [
         matvec_batch_workgroup,
         [
             "linear_common.wgsl",
+            "matvec_input.wgsl",
             "matvec_batch_common.wgsl",
             "matvec_batch_workgroup.wgsl"
         ]
@@ -289,6 +349,7 @@ pub static MATVEC_BATCH: [[Kernel; FORMATS]; 2] = [
         matvec_batch_subgroup,
         [
             "linear_common.wgsl",
+            "matvec_input.wgsl",
             "matvec_batch_common.wgsl",
             "matvec_batch_subgroup.wgsl"
         ]
@@ -302,10 +363,100 @@ pub static MATVEC_NORM: [Kernel; FORMATS] = format_variants!(
     matvec_norm_subgroup,
     [
         "linear_common.wgsl",
+        "matvec_input.wgsl",
         "matvec_common.wgsl",
         "matvec_norm_subgroup.wgsl"
     ]
 );
+
+/// Matvec whose input is act(a)·b of the FFN's act|lin projection (decode), by reduction and
+/// weight format.
+pub static MATVEC_ACT_LIN: [[Kernel; FORMATS]; 2] = [
+    format_variants!(
+        "matvec-act-lin",
+        "/workgroup",
+        matvec_act_lin_workgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_act_lin.wgsl",
+            "matvec_common.wgsl",
+            "matvec_workgroup.wgsl"
+        ]
+    ),
+    format_variants!(
+        "matvec-act-lin",
+        "/subgroup",
+        matvec_act_lin_subgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_act_lin.wgsl",
+            "matvec_common.wgsl",
+            "matvec_subgroup.wgsl"
+        ]
+    ),
+];
+
+/// Batched matvec whose input is act(a)·b (batched decode), by reduction and weight format.
+pub static MATVEC_BATCH_ACT_LIN: [[Kernel; FORMATS]; 2] = [
+    format_variants!(
+        "matvec-batch-act-lin",
+        "/workgroup",
+        matvec_batch_act_lin_workgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_act_lin.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_workgroup.wgsl"
+        ]
+    ),
+    format_variants!(
+        "matvec-batch-act-lin",
+        "/subgroup",
+        matvec_batch_act_lin_subgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_act_lin.wgsl",
+            "matvec_batch_common.wgsl",
+            "matvec_batch_subgroup.wgsl"
+        ]
+    ),
+];
+
+/// Matvec whose input is the retention output's per-head RMSNorm times silu(g) (decode, one
+/// row), by reduction and weight format.
+pub static MATVEC_HEAD_GATE: [[Kernel; FORMATS]; 2] = [
+    format_variants!(
+        "matvec-head-gate",
+        "/workgroup",
+        matvec_head_gate_workgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_head_gate.wgsl",
+            "matvec_common.wgsl",
+            "matvec_workgroup.wgsl"
+        ]
+    ),
+    format_variants!(
+        "matvec-head-gate",
+        "/subgroup",
+        matvec_head_gate_subgroup,
+        [
+            "linear_common.wgsl",
+            "activation.wgsl",
+            "matvec_input_head_gate.wgsl",
+            "matvec_common.wgsl",
+            "matvec_subgroup.wgsl"
+        ]
+    ),
+];
+
+/// Most heads [`matvec_head_gate`] normalizes (`MAX_HEADS` in matvec_input_head_gate.wgsl).
+pub const MATVEC_HEAD_GATE_MAX_HEADS: u32 = 256;
 
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
 pub const MATVEC_BATCH_ROWS: u32 = 8;
@@ -317,7 +468,13 @@ pub static KERNELS: &[&Kernel] = &all_formats!(
     MATVEC[1],
     MATVEC_BATCH[0],
     MATVEC_BATCH[1],
-    MATVEC_NORM
+    MATVEC_NORM,
+    MATVEC_ACT_LIN[0],
+    MATVEC_ACT_LIN[1],
+    MATVEC_BATCH_ACT_LIN[0],
+    MATVEC_BATCH_ACT_LIN[1],
+    MATVEC_HEAD_GATE[0],
+    MATVEC_HEAD_GATE[1]
 );
 
 /// The variant of `table` for `format`.
@@ -443,5 +600,110 @@ pub fn linear<'b, B>(
         matvec(format, reduction, params, buffers)
     } else {
         matvec_batch(format, reduction, params, buffers)
+    }
+}
+
+/// `Y (= α·Y +) act(A)·B · Wᵀ` for decode: `input` holds the FFN's act|lin projection
+/// `[rows, 2·in_dim]` (A its first `in_dim` columns, B the rest) and the gating of
+/// `gated_activation` is computed as the input is read, so it needs no dispatch of its own.
+/// [`matvec`] for one row, [`matvec_batch`] for up to [`MATVEC_BATCH_MAX_ROWS`]; same
+/// requirements ([`matvec_supports`]).
+pub fn matvec_act_lin<'b, B>(
+    format: WeightFormat,
+    reduction: Reduction,
+    act: Activation,
+    params: LinearParams,
+    buffers: LinearBuffers<'b, B>,
+) -> Bound<'b, B> {
+    debug_assert!(params.rows <= MATVEC_BATCH_MAX_ROWS);
+    let (table, workgroups) = if params.rows <= 1 {
+        let rows = [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            params.rows,
+            1,
+        ];
+        (&MATVEC_ACT_LIN, rows)
+    } else {
+        let rows = [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            ceil_div(params.rows, MATVEC_BATCH_ROWS),
+            1,
+        ];
+        (&MATVEC_BATCH_ACT_LIN, rows)
+    };
+    let kernel = by_format(by_reduction(table, reduction), format);
+    let mut block = params.block(format);
+    block.prologue = match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups,
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
+/// The per-head norm and output gate that [`matvec_head_gate`] applies to its input.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadGate {
+    /// V: the width each head is normalized over; `in_dim` is a whole number of heads, at most
+    /// [`MATVEC_HEAD_GATE_MAX_HEADS`].
+    pub head_dim: u32,
+    /// Added to the mean square.
+    pub eps: f32,
+    /// Element index of g's first column in the gate buffer (g of row r starts at
+    /// `gate_offset + r·gate_stride`).
+    pub gate_offset: u32,
+    /// Elements between rows of the gate buffer.
+    pub gate_stride: u32,
+    /// Whether the norm has a weight (fla) or not (torchscale).
+    pub weighted: bool,
+}
+
+/// Whether [`matvec_head_gate`] can compute this product with this norm.
+pub fn matvec_head_gate_supports(params: &LinearParams, gate: &HeadGate) -> bool {
+    matvec_supports(params)
+        && params.rows == 1
+        && gate.head_dim > 0
+        && params.in_dim % gate.head_dim == 0
+        && params.in_dim / gate.head_dim <= MATVEC_HEAD_GATE_MAX_HEADS
+}
+
+/// `Y (= α·Y +) (head_norm(X) ⊙ silu(g)) · Wᵀ` for one decode row: X is the retention output
+/// `[heads·V]`, normalized per head (RMS over V, the optional weight) and multiplied by silu of
+/// the gate as it is read — what `head_norm_gate` computes, without its dispatch. Requires
+/// [`matvec_head_gate_supports`].
+pub fn matvec_head_gate<'b, B>(
+    format: WeightFormat,
+    reduction: Reduction,
+    gate: HeadGate,
+    params: LinearParams,
+    buffers: LinearHeadGateBuffers<'b, B>,
+) -> Bound<'b, B> {
+    debug_assert!(matvec_head_gate_supports(&params, &gate));
+    let kernel = by_format(by_reduction(&MATVEC_HEAD_GATE, reduction), format);
+    let mut block = params.block(format);
+    block.norm_eps = gate.eps;
+    block.head_dim = gate.head_dim;
+    block.gate_offset = gate.gate_offset;
+    block.gate_stride = gate.gate_stride;
+    block.prologue = u32::from(gate.weighted);
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups: [
+                ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+                params.rows,
+                1,
+            ],
+        },
+        buffers: buffers.in_order(),
     }
 }

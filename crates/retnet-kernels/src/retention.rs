@@ -3,8 +3,10 @@
 //! `shaders/retention_common.wgsl` for the formulas and buffer layout.
 
 use crate::gemm_coop::{CoopShape, CoopTile};
+use crate::rotary::RotaryStyle;
 use crate::{
-    ceil_div, Bound, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant, ParamWords,
+    ceil_div, Bound, BufferList, ConstantValues, Dim, Dispatch, Features, Kernel, OverrideConstant,
+    ParamWords,
 };
 
 /// Where one of q, k, v or the output lives: element `c` of head `h` of token `t` is at
@@ -56,6 +58,10 @@ pub struct RetentionParams {
 
 impl RetentionParams {
     fn words(&self) -> ParamWords {
+        self.block().words()
+    }
+
+    fn block(&self) -> RetentionBlock {
         RetentionBlock {
             tokens: self.tokens,
             query_heads: self.query_heads,
@@ -72,9 +78,8 @@ impl RetentionParams {
             out_offset: self.out.offset,
             out_stride: self.out.stride,
             scale_by_decay_sum: u32::from(self.scale_by_decay_sum),
-            _pad: 0,
+            q_scale: 0.0,
         }
-        .words()
     }
 }
 
@@ -96,7 +101,7 @@ param_block! {
         out_offset: u32,
         out_stride: u32,
         scale_by_decay_sum: u32,
-        _pad: u32,
+        q_scale: f32,
     }
 }
 
@@ -139,6 +144,32 @@ buffers! {
         /// The pool, `[slots, H, K, V]` f32.
         7 state: ReadWrite,
         8 output: ReadWrite,
+    }
+}
+
+buffers! {
+    /// Buffers of [`recurrent_rotary`].
+    pub struct RecurrentRotaryBuffers, bindings ROTARY_BINDINGS {
+        4 log_decay: ReadOnly,
+        5 state: ReadWrite,
+        6 output: ReadWrite,
+        /// The q|k|v(|g) projection, raw: q and k are rotated (and q scaled) as they are read.
+        9 qkv: ReadOnly,
+        /// The rotary angle of each pair, `[K / 2]` f32 (as the rotary kernel reads it).
+        10 theta: ReadOnly,
+    }
+}
+
+buffers! {
+    /// Buffers of [`recurrent_batched_rotary`].
+    pub struct RecurrentBatchedRotaryBuffers, bindings BATCHED_ROTARY_BINDINGS {
+        4 log_decay: ReadOnly,
+        5 positions: ReadOnly,
+        6 slots: ReadOnly,
+        7 state: ReadWrite,
+        8 output: ReadWrite,
+        9 qkv: ReadOnly,
+        10 theta: ReadOnly,
     }
 }
 
@@ -228,7 +259,11 @@ pub static CHUNKWISE: Kernel = Kernel {
 /// Recurrent form (decode step).
 pub static RECURRENT: Kernel = Kernel {
     name: "retention/recurrent",
-    source: shader!("retention_common.wgsl", "retention_recurrent.wgsl"),
+    source: shader!(
+        "retention_common.wgsl",
+        "retention_qk.wgsl",
+        "retention_recurrent.wgsl"
+    ),
     entry_point: "retention_recurrent",
     workgroup_size: [
         Dim::Constant("COLUMNS"),
@@ -257,7 +292,11 @@ pub static RECURRENT: Kernel = Kernel {
 /// and state slot (batched decode).
 pub static RECURRENT_BATCHED: Kernel = Kernel {
     name: "retention/recurrent-batched",
-    source: shader!("retention_common.wgsl", "retention_recurrent_batched.wgsl"),
+    source: shader!(
+        "retention_common.wgsl",
+        "retention_qk.wgsl",
+        "retention_recurrent_batched.wgsl"
+    ),
     entry_point: "retention_recurrent_batched",
     workgroup_size: [
         Dim::Constant("COLUMNS"),
@@ -278,6 +317,77 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
         },
     ],
     bindings: BATCHED_BINDINGS,
+    params: RetentionBlock::STRUCT,
+    requires: Features::NONE,
+};
+
+/// The override constant of the kernels that rotate q and k themselves (0: pairs, 1: halves).
+const ROTARY_HALVES: OverrideConstant = OverrideConstant {
+    name: "ROTARY_HALVES",
+    default: 0,
+};
+
+/// Recurrent form with rotary (and q's scale) applied to the raw q and k as they are read: the
+/// decode step without the two rotary dispatches.
+pub static RECURRENT_ROTARY: Kernel = Kernel {
+    name: "retention/recurrent-rotary",
+    source: shader!(
+        "retention_common.wgsl",
+        "rotary_angle.wgsl",
+        "retention_qk_rotary.wgsl",
+        "retention_recurrent.wgsl"
+    ),
+    entry_point: "retention_recurrent",
+    workgroup_size: [
+        Dim::Constant("COLUMNS"),
+        Dim::Constant("SLICES"),
+        Dim::Fixed(1),
+    ],
+    // As RECURRENT's.
+    constants: &[
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 8,
+        },
+        OverrideConstant {
+            name: "SLICES",
+            default: 32,
+        },
+        ROTARY_HALVES,
+    ],
+    bindings: ROTARY_BINDINGS,
+    params: RetentionBlock::STRUCT,
+    requires: Features::NONE,
+};
+
+/// Batched recurrent form with rotary applied as q and k are read (batched decode).
+pub static RECURRENT_BATCHED_ROTARY: Kernel = Kernel {
+    name: "retention/recurrent-batched-rotary",
+    source: shader!(
+        "retention_common.wgsl",
+        "rotary_angle.wgsl",
+        "retention_qk_rotary.wgsl",
+        "retention_recurrent_batched.wgsl"
+    ),
+    entry_point: "retention_recurrent_batched",
+    workgroup_size: [
+        Dim::Constant("COLUMNS"),
+        Dim::Constant("SLICES"),
+        Dim::Fixed(1),
+    ],
+    // As RECURRENT_BATCHED's.
+    constants: &[
+        OverrideConstant {
+            name: "COLUMNS",
+            default: 32,
+        },
+        OverrideConstant {
+            name: "SLICES",
+            default: 8,
+        },
+        ROTARY_HALVES,
+    ],
+    bindings: BATCHED_ROTARY_BINDINGS,
     params: RetentionBlock::STRUCT,
     requires: Features::NONE,
 };
@@ -433,6 +543,8 @@ pub static KERNELS: &[&Kernel] = &[
     &CHUNK_OUTPUTS_COOP_16,
     &RECURRENT,
     &RECURRENT_BATCHED,
+    &RECURRENT_ROTARY,
+    &RECURRENT_BATCHED_ROTARY,
 ];
 
 /// Parallel retention from a zero state (the state is neither read nor written).
@@ -713,6 +825,48 @@ pub fn recurrent<'b, B>(params: RetentionParams, buffers: RetentionBuffers<'b, B
     }
 }
 
+/// The rotary that [`recurrent_rotary`] and [`recurrent_batched_rotary`] apply to q and k as
+/// they read them (what the rotary kernel does before the plain recurrent kernels).
+#[derive(Clone, Copy, Debug)]
+pub struct QkRotary {
+    /// Which elements of a head form a pair.
+    pub style: RotaryStyle,
+    /// Applied to q after its rotation (K^-½).
+    pub q_scale: f32,
+}
+
+fn rotary_constants(kernel: &'static Kernel, rotary: QkRotary) -> ConstantValues {
+    let halves = u32::from(rotary.style == RotaryStyle::Halves);
+    kernel
+        .default_constants()
+        .with(kernel, ROTARY_HALVES.name, halves)
+}
+
+/// [`recurrent`] on the raw q|k|v projection: q and k are rotated at their positions
+/// (`start_pos + t`) with the angles `theta` and q scaled by `rotary.q_scale` as they are read.
+/// q, k and v are column ranges of the one buffer `qkv` (`params.q`, `k`, `v` index it).
+/// Requires an even K.
+pub fn recurrent_rotary<'b, B>(
+    params: RetentionParams,
+    rotary: QkRotary,
+    buffers: RecurrentRotaryBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = &RECURRENT_ROTARY;
+    let constants = rotary_constants(kernel, rotary);
+    let [columns, _, _] = kernel.workgroup_size(&constants);
+    let mut block = params.block();
+    block.q_scale = rotary.q_scale;
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants,
+            params: block.words(),
+            workgroups: [ceil_div(params.value_dim, columns), params.query_heads, 1],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
 /// Parameters of [`recurrent_batched`]: row b of q, k, v and the output is one token of sequence
 /// b (its own position and state slot come from buffers).
 #[derive(Clone, Copy, Debug)]
@@ -748,22 +902,42 @@ pub fn recurrent_batched<'b, B>(
     buffers: RecurrentBatchedBuffers<'b, B>,
 ) -> Bound<'b, B> {
     let kernel = &RECURRENT_BATCHED;
-    let constants = kernel.default_constants();
+    batched_launch(
+        kernel,
+        kernel.default_constants(),
+        &params,
+        params.block().words(),
+        buffers.in_order(),
+    )
+}
+
+/// [`recurrent_batched`] on the raw q|k|v projection, rotary applied as q and k are read
+/// (each row at its `positions[b]`), as [`recurrent_rotary`]. Requires an even K.
+pub fn recurrent_batched_rotary<'b, B>(
+    params: RetentionBatchedParams,
+    rotary: QkRotary,
+    buffers: RecurrentBatchedRotaryBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let kernel = &RECURRENT_BATCHED_ROTARY;
+    let mut block = params.block();
+    block.q_scale = rotary.q_scale;
+    batched_launch(
+        kernel,
+        rotary_constants(kernel, rotary),
+        &params,
+        block.words(),
+        buffers.in_order(),
+    )
+}
+
+fn batched_launch<'b, B>(
+    kernel: &'static Kernel,
+    constants: ConstantValues,
+    params: &RetentionBatchedParams,
+    words: ParamWords,
+    buffers: BufferList<'b, B>,
+) -> Bound<'b, B> {
     let [columns, _, _] = kernel.workgroup_size(&constants);
-    let words = RetentionParams {
-        tokens: params.rows,
-        query_heads: params.query_heads,
-        kv_heads: params.kv_heads,
-        key_dim: params.key_dim,
-        value_dim: params.value_dim,
-        start_pos: 0,
-        q: params.q,
-        k: params.k,
-        v: params.v,
-        out: params.out,
-        scale_by_decay_sum: params.scale_by_decay_sum,
-    }
-    .words();
     Bound {
         dispatch: Dispatch {
             kernel,
@@ -775,6 +949,25 @@ pub fn recurrent_batched<'b, B>(
                 params.rows,
             ],
         },
-        buffers: buffers.in_order(),
+        buffers,
+    }
+}
+
+impl RetentionBatchedParams {
+    fn block(&self) -> RetentionBlock {
+        RetentionParams {
+            tokens: self.rows,
+            query_heads: self.query_heads,
+            kv_heads: self.kv_heads,
+            key_dim: self.key_dim,
+            value_dim: self.value_dim,
+            start_pos: 0,
+            q: self.q,
+            k: self.k,
+            v: self.v,
+            out: self.out,
+            scale_by_decay_sum: self.scale_by_decay_sum,
+        }
+        .block()
     }
 }

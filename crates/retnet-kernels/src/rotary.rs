@@ -78,7 +78,7 @@ const fn variant(
 ) -> Kernel {
     Kernel {
         name,
-        source: shader!("rotary.wgsl"),
+        source: shader!("rotary_angle.wgsl", "rotary.wgsl"),
         entry_point,
         workgroup_size: [
             Dim::Constant("WORKGROUP_SIZE"),

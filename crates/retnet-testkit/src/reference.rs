@@ -212,3 +212,82 @@ pub fn retention(r: &Retention<'_>) -> (Vec<f64>, Vec<f64>) {
 pub fn log_decay_f32(h: usize) -> f32 {
     (1.0f32 - 2f32.powi(-5 - h as i32)).ln()
 }
+
+/// `y0·α + x·Wᵀ` for rows of an f64 input `x [rows, in_dim]` (the output of another reference
+/// stage, so a fused kernel is compared with the composition of its stages without rounding in
+/// between); W `[out_dim, in_dim]`.
+pub fn linear_f64(
+    x: &[f64],
+    weight: &[f32],
+    y0: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    accumulate: Option<f32>,
+) -> Vec<f64> {
+    let rows = x.len() / in_dim;
+    let mut out = Vec::with_capacity(rows * out_dim);
+    for r in 0..rows {
+        let xr = &x[r * in_dim..][..in_dim];
+        for o in 0..out_dim {
+            let w = &weight[o * in_dim..][..in_dim];
+            let dot: f64 = xr.iter().zip(w).map(|(&a, &b)| a * f64::from(b)).sum();
+            let previous = accumulate.map_or(0.0, |alpha| {
+                f64::from(alpha) * f64::from(y0[r * out_dim + o])
+            });
+            out.push(previous + dot);
+        }
+    }
+    out
+}
+
+/// The FFN's gating act(a)·b of a fused act|lin buffer `[rows, 2·width]` (a the first half of
+/// each row): `[rows, width]`.
+pub fn act_lin(fused: &[f32], width: usize, gelu_act: bool) -> Vec<f64> {
+    fused
+        .chunks_exact(2 * width)
+        .flat_map(|row| {
+            let (a, b) = row.split_at(width);
+            a.iter().zip(b).map(move |(&a, &b)| {
+                let a = f64::from(a);
+                let act = if gelu_act { gelu(a) } else { silu(a) };
+                act * f64::from(b)
+            })
+        })
+        .collect()
+}
+
+/// [`retention`] of raw q and k: both rotated first (in f64 at positions `start_pos + t`, then
+/// rounded to f32 as the rotary kernel stores them; q also scaled by `q_scale`), as the
+/// recurrent kernels that rotate q and k themselves must compute. The ÷sqrt(c_n) scale counts
+/// positions from 0, so use `scale_by_decay_sum` only with `start_pos` 0.
+pub fn rotated_retention(
+    r: &Retention<'_>,
+    theta: &[f32],
+    interleaved: bool,
+    start_pos: usize,
+    q_scale: f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let rotate = |data: &[f32], layout: Layout, heads: usize, scale: f32| -> Vec<f32> {
+        rotary(
+            data,
+            theta,
+            interleaved,
+            r.tokens,
+            heads,
+            r.key_dim,
+            start_pos,
+            layout.stride,
+            layout.offset,
+            scale,
+        )
+        .iter()
+        .map(|&v| v as f32)
+        .collect()
+    };
+    let with_q = rotate(r.data, r.q, r.query_heads, q_scale);
+    let rotated = rotate(&with_q, r.k, r.kv_heads, 1.0);
+    retention(&Retention {
+        data: &rotated,
+        ..*r
+    })
+}

@@ -40,10 +40,10 @@ use std::time::Instant;
 const MOVE_TOLERANCE: f64 = 1e-6;
 /// RMSNorm and the per-head norm: an f32 sum of up to 8191 squares (tree-reduced: error
 /// ~log2(n)·2^-24 ≈ 8e-7 worst case) and one inverse square root (a few ulp), then ≤ 3 products.
-const NORM_TOLERANCE: f64 = 1e-5;
+pub(super) const NORM_TOLERANCE: f64 = 1e-5;
 /// Activations: silu in f32 (exp to a few ulp) and gelu through an erfc fit with relative error
 /// < 1.2e-7, times l, relative to max |ref| ≥ 1 here.
-const ACTIVATION_TOLERANCE: f64 = 1e-6;
+pub(super) const ACTIVATION_TOLERANCE: f64 = 1e-6;
 /// Rotary: the f32 angle reduced by Cody–Waite; the rounded middle product k·2π_mid costs up to
 /// ulp(k·2π_mid)/2 ≈ 1e-6 rad at angles near 1e5 rad (position 100 000, θ = 1), and GPU sin/cos
 /// add a few ulp within [-π, π].
@@ -59,12 +59,12 @@ fn rotary_tolerance(start_pos: usize) -> f64 {
 /// is ~√n·2^-24 times the terms' scale typically and n·2^-24 in the worst case; relative to
 /// max |ref| (itself ~√n times the terms' scale for random data) the bound is ≈ √n·2^-24·c.
 /// 1e-5 covers n ≤ 256 with a wide margin; longer rows scale with √n.
-fn linear_tolerance(in_dim: usize) -> f64 {
+pub(super) fn linear_tolerance(in_dim: usize) -> f64 {
     1e-5 * (in_dim as f64 / 256.0).sqrt().max(1.0)
 }
 
 /// The weight formats, or why the device cannot run one.
-fn format_support(device: &Device, format: WeightFormat) -> Result<(), &'static str> {
+pub(super) fn format_support(device: &Device, format: WeightFormat) -> Result<(), &'static str> {
     match format {
         WeightFormat::F32 => Ok(()),
         WeightFormat::F16 if device.features().shader_f16 => Ok(()),
@@ -78,7 +78,7 @@ fn format_support(device: &Device, format: WeightFormat) -> Result<(), &'static 
     }
 }
 
-fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'static str> {
+pub(super) fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'static str> {
     match reduction {
         Reduction::Subgroup if !device.features().subgroups => Err("adapter lacks SUBGROUP"),
         _ => Ok(()),
@@ -90,7 +90,10 @@ fn reduction_support(device: &Device, reduction: Reduction) -> Result<(), &'stat
 /// arithmetic whatever the format, and one tolerance holds for all.
 use retnet_testkit::as_stored;
 
-fn submit(device: &Device, dispatches: &[Bound<'_, GpuBuffer>]) -> Result<(), RuntimeError> {
+pub(super) fn submit(
+    device: &Device,
+    dispatches: &[Bound<'_, GpuBuffer>],
+) -> Result<(), RuntimeError> {
     let mut sequence = device.sequence("verify");
     for bound in dispatches {
         sequence.dispatch(*bound)?;
@@ -99,7 +102,11 @@ fn submit(device: &Device, dispatches: &[Bound<'_, GpuBuffer>]) -> Result<(), Ru
     Ok(())
 }
 
-fn read(device: &Device, buffer: &GpuBuffer, len: usize) -> Result<Vec<f32>, RuntimeError> {
+pub(super) fn read(
+    device: &Device,
+    buffer: &GpuBuffer,
+    len: usize,
+) -> Result<Vec<f32>, RuntimeError> {
     pollster::block_on(device.read_f32(buffer, 0, len))
 }
 

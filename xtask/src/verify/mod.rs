@@ -7,6 +7,7 @@
 //! measure: elementwise relative error is meaningless for outputs that cancel to near zero).
 
 pub mod attention;
+pub mod fused;
 pub mod kernels;
 pub mod model;
 /// The f64 references (one copy, shared with the tests).
@@ -240,6 +241,7 @@ pub fn run(options: &Options) -> ExitCode {
     println!("mode: {}\n", if options.quick { "quick" } else { "full" });
 
     let mut rows = kernels::rows(&device, options.quick);
+    rows.extend(fused::rows(&device, options.quick));
     rows.extend(attention::rows(&device, options.quick));
     rows.extend(model::rows(&device, options.quick));
     print_table(&rows);

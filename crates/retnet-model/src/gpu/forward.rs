@@ -19,11 +19,14 @@ use retnet_runtime::kernels::head_norm_gate::{
     HeadNormGateParams,
 };
 use retnet_runtime::kernels::linear::{
-    self, linear, LinearBuffers, LinearNormBuffers, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+    self, linear, matvec_head_gate_supports, matvec_supports, HeadGate, LinearBuffers,
+    LinearHeadGateBuffers, LinearNormBuffers, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+    MATVEC_BATCH_ROWS,
 };
 use retnet_runtime::kernels::retention::{
-    self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, ParallelBuffers,
-    RecurrentBatchedBuffers, RetentionBatchedParams, RetentionBuffers, RetentionParams, Strided,
+    self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, ParallelBuffers, QkRotary,
+    RecurrentBatchedRotaryBuffers, RecurrentRotaryBuffers, RetentionBatchedParams,
+    RetentionBuffers, RetentionParams, Strided,
 };
 use retnet_runtime::kernels::rms_norm::{rms_norm, RmsNormBuffers, RmsNormParams};
 use retnet_runtime::kernels::rotary::{
@@ -354,7 +357,25 @@ impl Recorder<'_> {
                 attn.config.query_width()
             }
             None => {
-                record_retention(m, s, seq, layer, index, &self.rows, layout, self.t)?;
+                let mut params =
+                    LinearParams::new(self.t32(), c.value_width() as u32, c.d_model as u32);
+                params.accumulate = Some(c.residual_alpha);
+                let gate = HeadGate {
+                    head_dim: c.head_v_dim as u32,
+                    eps: c.head_norm_eps,
+                    gate_offset: layout.g,
+                    gate_stride: layout.width,
+                    weighted: layer.head_norm.is_some(),
+                };
+                // One decode row: the head norm × gate runs inside out_proj, as it reads its
+                // input (5 dispatches per layer instead of 6).
+                let fuse_gate = matvec_head_gate_supports(&params, &gate);
+                record_retention(
+                    m, s, seq, layer, index, &self.rows, layout, self.t, !fuse_gate,
+                )?;
+                if fuse_gate {
+                    return self.head_gated_out_proj(seq, layer, gate, params);
+                }
                 c.value_width()
             }
         };
@@ -367,6 +388,36 @@ impl Recorder<'_> {
             dims,
             Some(c.residual_alpha),
         )
+    }
+
+    /// x ← α·x + (head_norm(retained) ⊙ silu(g))·W_oᵀ in one matvec per row block of W_o.
+    fn head_gated_out_proj(
+        &self,
+        seq: &mut Sequence<'_>,
+        layer: &GpuLayer,
+        gate: HeadGate,
+        params: LinearParams,
+    ) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let w = &layer.out_proj;
+        for (block, part) in w.linear_parts(params) {
+            let buffers = LinearHeadGateBuffers {
+                weight: block,
+                input: &s.retained,
+                output: &s.x,
+                // Not read without a weight: any buffer binds in its place.
+                norm_weight: layer.head_norm.as_ref().unwrap_or(&m.log_decay),
+                gate: &s.qkvg,
+            };
+            seq.dispatch(linear::matvec_head_gate(
+                w.format,
+                m.reduction,
+                gate,
+                part,
+                buffers,
+            ))?;
+        }
+        Ok(())
     }
 
     /// x ← x·α + down(act(x·W_act) · x·W_lin) on norm(x) (pre-norm), or its post-norm order.
@@ -392,6 +443,47 @@ impl Recorder<'_> {
             Activation::Swish => gated_activation::Activation::Silu,
             Activation::Gelu => gated_activation::Activation::Gelu,
         };
+        let mut down = LinearParams::new(self.t32(), f, c.d_model as u32);
+        down.accumulate = Some(c.residual_alpha);
+        // Decode (one row, or one workgroup's rows of a batch): act(a)·b is computed inside
+        // ffn_down as it reads act|lin. Beyond 8 rows each workgroup would recompute the
+        // activations of more rows than the separate kernel costs.
+        if self.t32() <= MATVEC_BATCH_ROWS && matvec_supports(&down) {
+            let w = &layer.ffn_down;
+            for (block, part) in w.linear_parts(down) {
+                let buffers = LinearBuffers {
+                    weight: block,
+                    input: &s.ffn_in,
+                    output: ffn_out,
+                };
+                seq.dispatch(linear::matvec_act_lin(
+                    w.format,
+                    m.reduction,
+                    act,
+                    part,
+                    buffers,
+                ))?;
+            }
+        } else {
+            self.gated_ffn_down(seq, layer, act, ffn_out)?;
+        }
+        if c.norm_placement == NormPlacement::PostNorm {
+            self.rms_norm(seq, &s.h, &layer.ffn_norm, &s.x)?;
+        }
+        Ok(())
+    }
+
+    /// `gated_activation` into ffn_mid, then ffn_down (with the residual) into `ffn_out`.
+    fn gated_ffn_down(
+        &self,
+        seq: &mut Sequence<'_>,
+        layer: &GpuLayer,
+        act: gated_activation::Activation,
+        ffn_out: &GpuBuffer,
+    ) -> Result<()> {
+        let (m, s) = (self.model, self.s);
+        let c = &m.config;
+        let f = c.ffn_dim as u32;
         let params = GatedActivationParams {
             tokens: self.t32(),
             width: f,
@@ -419,11 +511,7 @@ impl Recorder<'_> {
             ffn_out,
             dims,
             Some(c.residual_alpha),
-        )?;
-        if c.norm_placement == NormPlacement::PostNorm {
-            self.rms_norm(seq, &s.h, &layer.ffn_norm, &s.x)?;
-        }
-        Ok(())
+        )
     }
 
     /// The logits `logits` asks for, through the optional final norm.
@@ -518,8 +606,8 @@ fn project(
     Ok(())
 }
 
-/// Rotary on q and k, retention, then the per-head norm times the output gate, for layer
-/// `index`.
+/// Rotary on q and k (inside the recurrent kernels), retention, then the per-head norm times the
+/// output gate unless out_proj applies it (`head_norm_gate_dispatch` false), for layer `index`.
 #[allow(clippy::too_many_arguments)]
 fn record_retention(
     model: &Parts,
@@ -530,6 +618,7 @@ fn record_retention(
     rows: &Rows<'_>,
     layout: QkvgLayout,
     t: usize,
+    head_norm_gate_dispatch: bool,
 ) -> Result<()> {
     let c = &model.config;
     let (t32, kd, vd) = (t as u32, c.head_k_dim as u32, c.head_v_dim as u32);
@@ -537,17 +626,26 @@ fn record_retention(
         RotaryStyle::InterleavedPairs => rotary::RotaryStyle::Interleaved,
         RotaryStyle::SplitHalves => rotary::RotaryStyle::Halves,
     };
-    for (heads, col_offset, scale) in [
-        (c.num_heads, 0, (c.head_k_dim as f64).powf(-0.5) as f32),
-        (c.num_kv_heads, layout.k, 1.0),
-    ] {
-        let heads = RotaryHeads {
-            heads: heads as u32,
-            head_dim: kd,
-            col_offset,
-            scale,
-        };
-        record_rotary(seq, rows, style, &model.rotary_theta, s, layout, t32, heads)?;
+    let q_scale = (c.head_k_dim as f64).powf(-0.5) as f32;
+    // The recurrent kernels (decode, single and batched) rotate q and k as they read them; the
+    // other forms read them rotated by the rotary kernel.
+    let fused_rotary = match rows {
+        Rows::Sequence { form, .. } => *form == RetentionForm::Recurrent,
+        Rows::Batch { .. } => true,
+    };
+    let qk_rotary = QkRotary { style, q_scale };
+    if !fused_rotary {
+        for (heads, col_offset, scale) in
+            [(c.num_heads, 0, q_scale), (c.num_kv_heads, layout.k, 1.0)]
+        {
+            let heads = RotaryHeads {
+                heads: heads as u32,
+                head_dim: kd,
+                col_offset,
+                scale,
+            };
+            record_rotary(seq, rows, style, &model.rotary_theta, s, layout, t32, heads)?;
+        }
     }
     let strided = |offset| Strided {
         offset,
@@ -598,7 +696,16 @@ fn record_retention(
                     };
                     seq.dispatch(retention::parallel(params, buffers))?
                 }
-                RetentionForm::Recurrent => seq.dispatch(retention::recurrent(params, stateful))?,
+                RetentionForm::Recurrent => {
+                    let buffers = RecurrentRotaryBuffers {
+                        log_decay: &model.log_decay,
+                        state,
+                        output: &s.retained,
+                        qkv,
+                        theta: &model.rotary_theta,
+                    };
+                    seq.dispatch(retention::recurrent_rotary(params, qk_rotary, buffers))?
+                }
                 RetentionForm::Chunkwise { chunk_size } => {
                     let chunk = (*chunk_size).min(model.max_chunk);
                     let parallel_chunk = (*chunk_size).min(model.max_parallel_chunk);
@@ -668,18 +775,22 @@ fn record_retention(
             let pool = pools
                 .get(index)
                 .ok_or_else(|| ModelError::invalid("a state pool per layer"))?;
-            let buffers = RecurrentBatchedBuffers {
-                q: qkv,
-                k: qkv,
-                v: qkv,
+            let buffers = RecurrentBatchedRotaryBuffers {
                 log_decay: &model.log_decay,
                 positions,
                 slots,
                 state: pool,
                 output: &s.retained,
+                qkv,
+                theta: &model.rotary_theta,
             };
-            seq.dispatch(retention::recurrent_batched(params, buffers))?;
+            seq.dispatch(retention::recurrent_batched_rotary(
+                params, qk_rotary, buffers,
+            ))?;
         }
+    }
+    if !head_norm_gate_dispatch {
+        return Ok(());
     }
     let params = HeadNormGateParams {
         tokens: t32,
