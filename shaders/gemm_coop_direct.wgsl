@@ -16,14 +16,23 @@
 //
 // A workgroup computes a BLOCK_M × BLOCK_N block of Y (8 × 8 tiles) as 2 × 2 sub-blocks of 4 × 4
 // tiles, one per subgroup, walking K one tile at a time. Blocks wholly inside Y are stored
-// straight from the accumulators; blocks on an edge go tile by tile through a per-subgroup tile
-// of workgroup memory (a cooperative store, exact on every device checked) and are written
-// element by element with bounds checks. Wider subgroups than the workgroup was sized for run
-// the sub-blocks in rounds; workgroups are visited in groups of GROUP_M block rows.
+// straight from the accumulators; blocks on an edge go tile by tile through a tile of the
+// `edge` storage buffer (a cooperative store to storage, as the full blocks' stores) and are
+// written element by element with bounds checks. Workgroup memory is not used for this either:
+// on the H200 a cooperative store to workgroup memory read back element by element came out
+// wrong (verify at 49f0e51), as operands loaded from it did in gemm_coop.wgsl. Wider subgroups
+// than the workgroup was sized for run the sub-blocks in rounds; workgroups are visited in
+// groups of GROUP_M block rows.
+//
+// `edge` holds SUB_BLOCKS tiles per edge block: slot `bn` for the blocks of the last block row,
+// slot `blocks_n + bm` for the other blocks of the last block column; when Y's stride or first
+// column is not 4-aligned (every block goes through `edge`), slot `bm · blocks_n + bn`. Its
+// length is gemm_coop_direct_edge_bytes on the host.
 
 @group(0) @binding(1) var<storage, read> weight: array<f16>;
 @group(0) @binding(2) var<storage, read> input: array<f16>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
+@group(0) @binding(4) var<storage, read_write> edge: array<f32>;
 
 override WORKGROUP_SIZE: u32 = 128u;
 
@@ -35,7 +44,6 @@ const BLOCK_M: u32 = SUBS_M * SUB;
 const BLOCK_N: u32 = SUBS_N * SUB;
 const GROUP_M: u32 = 8u;
 
-var<workgroup> edge_tiles: array<f32, SUB_BLOCKS * TILE * TILE>;
 var<workgroup> subgroup_count: u32;
 
 // α·Y of the tile at (row, col), for blocks wholly inside Y.
@@ -50,22 +58,23 @@ fn weight_column(col: u32) -> u32 {
     return min(col, params.out_dim - TILE);
 }
 
-// Writes one accumulator tile of an edge block: through the subgroup's tile of workgroup memory,
-// then element by element inside Y (nothing if this subgroup's sub-block is a repeat, `!owned`).
-fn store_bounded(tile: TileC, row0: u32, col0: u32, owned: bool, subgroup: u32, lane: u32, lanes: u32) {
-    let at = subgroup * TILE * TILE;
-    coopStoreT(tile, &edge_tiles[at], TILE);
-    workgroupBarrier();
+// Writes one accumulator tile of an edge block: into sub-block `sub`'s tile of the block's
+// `edge` slot (at `at`), then element by element inside Y (nothing if this subgroup's sub-block
+// is a repeat, `!owned`; a repeat stores the same values to the same tile, as it computed the
+// same products).
+fn store_bounded(tile: TileC, row0: u32, col0: u32, owned: bool, at: u32, lane: u32, lanes: u32) {
+    coopStoreT(tile, &edge[at], TILE);
+    storageBarrier();
     if owned {
         for (var e = lane; e < TILE * TILE; e += lanes) {
             let row = row0 + e / TILE;
             let col = col0 + e % TILE;
             if row < params.rows && col < params.out_dim {
-                store_output(output_index(row, col), edge_tiles[at + e]);
+                store_output(output_index(row, col), edge[at + e]);
             }
         }
     }
-    workgroupBarrier();
+    storageBarrier();
 }
 
 // Grid: (ceil(out_dim / BLOCK_N), ceil(rows / BLOCK_M)).
@@ -96,14 +105,26 @@ fn gemm_coop_direct(
     let col_base = ((id % per_group) / group_rows) * BLOCK_N;
 
     let stride = params.y_stride;
-    let direct = count == SUB_BLOCKS && row_base + BLOCK_M <= params.rows
-        && col_base + BLOCK_N <= n && stride % 4u == 0u && params.y_col_start % 4u == 0u;
+    // Without repeated sub-blocks (the subgroup count divides SUB_BLOCKS, as it does when the
+    // device runs the subgroup size the workgroup was sized for) an inner block stores straight
+    // from its accumulators; a repeat must not (it would read α·Y after its owner stored it).
+    let no_repeats = SUB_BLOCKS % count == 0u;
+    let aligned = stride % 4u == 0u && params.y_col_start % 4u == 0u;
+    let direct = no_repeats && aligned && row_base + BLOCK_M <= params.rows
+        && col_base + BLOCK_N <= n;
     let rounds = (SUB_BLOCKS + count - 1u) / count;
+    let bm = row_base / BLOCK_M;
+    let bn = col_base / BLOCK_N;
+    var slot = bm * blocks_n + bn;
+    if aligned && no_repeats {
+        slot = select(blocks_n + bm, bn, bm == blocks_m - 1u);
+    }
 
     for (var round = 0u; round < rounds; round++) {
         let index = round * count + subgroup;
         let owned = index < SUB_BLOCKS;
         let sub = min(index, SUB_BLOCKS - 1u);
+        let at = (slot * SUB_BLOCKS + sub) * TILE * TILE;
         let r0 = row_base + (sub / SUBS_N) * SUB;
         let r1 = r0 + TILE;
         let r2 = r0 + 2u * TILE;
@@ -229,22 +250,22 @@ fn gemm_coop_direct(
             let at_y33 = output_index(r3, c3);
             coopStoreT(y33, &output[at_y33], stride);
         } else {
-            store_bounded(y00, r0, c0, owned, subgroup, lane, lanes);
-            store_bounded(y01, r0, c1, owned, subgroup, lane, lanes);
-            store_bounded(y02, r0, c2, owned, subgroup, lane, lanes);
-            store_bounded(y03, r0, c3, owned, subgroup, lane, lanes);
-            store_bounded(y10, r1, c0, owned, subgroup, lane, lanes);
-            store_bounded(y11, r1, c1, owned, subgroup, lane, lanes);
-            store_bounded(y12, r1, c2, owned, subgroup, lane, lanes);
-            store_bounded(y13, r1, c3, owned, subgroup, lane, lanes);
-            store_bounded(y20, r2, c0, owned, subgroup, lane, lanes);
-            store_bounded(y21, r2, c1, owned, subgroup, lane, lanes);
-            store_bounded(y22, r2, c2, owned, subgroup, lane, lanes);
-            store_bounded(y23, r2, c3, owned, subgroup, lane, lanes);
-            store_bounded(y30, r3, c0, owned, subgroup, lane, lanes);
-            store_bounded(y31, r3, c1, owned, subgroup, lane, lanes);
-            store_bounded(y32, r3, c2, owned, subgroup, lane, lanes);
-            store_bounded(y33, r3, c3, owned, subgroup, lane, lanes);
+            store_bounded(y00, r0, c0, owned, at, lane, lanes);
+            store_bounded(y01, r0, c1, owned, at, lane, lanes);
+            store_bounded(y02, r0, c2, owned, at, lane, lanes);
+            store_bounded(y03, r0, c3, owned, at, lane, lanes);
+            store_bounded(y10, r1, c0, owned, at, lane, lanes);
+            store_bounded(y11, r1, c1, owned, at, lane, lanes);
+            store_bounded(y12, r1, c2, owned, at, lane, lanes);
+            store_bounded(y13, r1, c3, owned, at, lane, lanes);
+            store_bounded(y20, r2, c0, owned, at, lane, lanes);
+            store_bounded(y21, r2, c1, owned, at, lane, lanes);
+            store_bounded(y22, r2, c2, owned, at, lane, lanes);
+            store_bounded(y23, r2, c3, owned, at, lane, lanes);
+            store_bounded(y30, r3, c0, owned, at, lane, lanes);
+            store_bounded(y31, r3, c1, owned, at, lane, lanes);
+            store_bounded(y32, r3, c2, owned, at, lane, lanes);
+            store_bounded(y33, r3, c3, owned, at, lane, lanes);
         }
     }
 }

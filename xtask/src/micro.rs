@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use retnet_kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
-    to_f16, CoopShape, CoopTile, ToF16Buffers, SUB_BLOCKS,
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
+    gemm_coop_direct_supports, gemm_coop_supports, to_f16, CoopShape, CoopTile,
+    GemmCoopDirectBuffers, ToF16Buffers, SUB_BLOCKS,
 };
 use retnet_kernels::linear::{matmul, matvec, LinearBuffers, LinearParams, Reduction};
 use retnet_kernels::retention::{self, RetentionParams, Strided};
@@ -429,16 +430,20 @@ async fn gemms(
             let x16 = match direct_shape {
                 Some(shape) => {
                     let padded = u64::from(direct_padded_rows(shape.tile, rows));
-                    Some(
+                    let edge_bytes = gemm_coop_direct_edge_bytes(shape.tile, &params);
+                    Some((
                         device
                             .create_storage("x f16", padded * u64::from(in_dim) * 2)
                             .map_err(err)?,
-                    )
+                        device
+                            .create_storage("coop edge tiles", edge_bytes.max(4))
+                            .map_err(err)?,
+                    ))
                 }
                 None => None,
             };
             let mut kernels: Vec<(String, Bound<'_, GpuBuffer>)> = Vec::new();
-            if let (Some(shape), Some(x16)) = (direct_shape, &x16) {
+            if let (Some(shape), Some((x16, edge))) = (direct_shape, &x16) {
                 let convert = to_f16(
                     shape.tile,
                     &params,
@@ -457,10 +462,11 @@ async fn gemms(
                     work: 6.0 * f64::from(rows) * f64::from(in_dim),
                     unit: "GB/s",
                 });
-                let direct = LinearBuffers {
+                let direct = GemmCoopDirectBuffers {
                     weight: weights.buffer(),
                     input: x16,
                     output: &y,
+                    edge,
                 };
                 kernels.push((
                     shape.tile.direct_kernel().name.to_string(),

@@ -114,10 +114,19 @@ impl CoopTile {
 }
 
 const fn variant(name: &'static str, source: &'static str) -> Kernel {
-    variant_at(name, source, "gemm_coop")
+    variant_at(name, source, "gemm_coop", crate::linear::BINDINGS)
 }
 
-const fn variant_at(name: &'static str, source: &'static str, entry_point: &'static str) -> Kernel {
+const fn direct_variant(name: &'static str, source: &'static str) -> Kernel {
+    variant_at(name, source, "gemm_coop_direct", DIRECT_BINDINGS)
+}
+
+const fn variant_at(
+    name: &'static str,
+    source: &'static str,
+    entry_point: &'static str,
+    bindings: &'static [crate::Binding],
+) -> Kernel {
     Kernel {
         name,
         source,
@@ -131,7 +140,7 @@ const fn variant_at(name: &'static str, source: &'static str, entry_point: &'sta
             name: "WORKGROUP_SIZE",
             default: 128,
         }],
-        bindings: crate::linear::BINDINGS,
+        bindings,
         params: crate::linear::LinearBlock::STRUCT,
         requires: Features::ALL,
     }
@@ -163,7 +172,7 @@ pub static GEMM_COOP_16: Kernel = variant(
 );
 
 /// 8×8×8 tiles, operands from storage.
-pub static GEMM_COOP_DIRECT_8: Kernel = variant_at(
+pub static GEMM_COOP_DIRECT_8: Kernel = direct_variant(
     "gemm-coop-direct/8x8",
     concat!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
@@ -173,10 +182,9 @@ pub static GEMM_COOP_DIRECT_8: Kernel = variant_at(
             "gemm_coop_direct.wgsl"
         )
     ),
-    "gemm_coop_direct",
 );
 /// 16×16×16 tiles, operands from storage.
-pub static GEMM_COOP_DIRECT_16: Kernel = variant_at(
+pub static GEMM_COOP_DIRECT_16: Kernel = direct_variant(
     "gemm-coop-direct/16x16",
     concat!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
@@ -186,12 +194,25 @@ pub static GEMM_COOP_DIRECT_16: Kernel = variant_at(
             "gemm_coop_direct.wgsl"
         )
     ),
-    "gemm_coop_direct",
 );
 
 param_block! {
     /// The WGSL parameter block of [`to_f16`].
     pub(crate) struct ToF16Block = "ToF16Params" { rows: u32, padded_rows: u32, dim: u32, x_row_start: u32 }
+}
+
+buffers! {
+    /// Buffers of [`gemm_coop_direct`].
+    pub struct GemmCoopDirectBuffers, bindings DIRECT_BINDINGS {
+        /// `W [out_dim, in_dim]` f16.
+        1 weight: ReadOnly,
+        /// X16 `[direct_padded_rows(rows), in_dim]` f16, made by [`to_f16`].
+        2 input: ReadOnly,
+        /// `Y [rows, out_dim]` f32 (read too when accumulating).
+        3 output: ReadWrite,
+        /// Scratch for the edge blocks' tiles, at least [`gemm_coop_direct_edge_bytes`] long.
+        4 edge: ReadWrite,
+    }
 }
 
 buffers! {
@@ -274,6 +295,25 @@ pub fn gemm_coop_direct_supports(tile: CoopTile, params: &LinearParams) -> bool 
         && ceil_div(params.in_dim / 4, 64) <= 65535
 }
 
+/// Bytes of the `edge` scratch [`gemm_coop_direct`] needs for this shape: one f32 tile per
+/// sub-block of each block on Y's bottom or right edge, or of every block when Y's stride or
+/// first column is not a multiple of 4 (then no block stores straight from its accumulators).
+/// Assumes the device runs the workgroup as subgroups of [`CoopShape::subgroup_size`], the size
+/// its cooperative-matrix properties name.
+pub fn gemm_coop_direct_edge_bytes(tile: CoopTile, params: &LinearParams) -> u64 {
+    let block = tile.block();
+    let blocks_m = params.rows.div_ceil(block) as u64;
+    let blocks_n = params.out_dim.div_ceil(block) as u64;
+    let aligned = params.y_stride() % 4 == 0 && params.y_col_start % 4 == 0;
+    let slots = if aligned {
+        blocks_m + blocks_n
+    } else {
+        blocks_m * blocks_n
+    };
+    let tile_bytes = (tile.side() * tile.side()) as u64 * 4;
+    slots * SUB_BLOCKS as u64 * tile_bytes
+}
+
 /// Converts rows `x_row_start ..+ rows` of the f32 `input` (`[.., in_dim]`, `params`' shape) into
 /// the f16 `output` `[direct_padded_rows(rows), in_dim]`, zero past `rows`: the X16 of
 /// [`gemm_coop_direct`]. Needs [`gemm_coop_direct_supports`].
@@ -303,11 +343,12 @@ pub fn to_f16<'b, B>(
 /// `Y = X · Wᵀ` (or `α·Y + X · Wᵀ`) on the tensor cores, operands from storage; needs
 /// [`Features::cooperative_matrix`] with this `shape` and [`gemm_coop_direct_supports`].
 /// Buffers: `weight [out_dim, in_dim]` f16, `input` the f16 X16 that [`to_f16`] made from X
-/// (its `x_row_start` already applied), `output [rows, out_dim]` f32 (no padding).
+/// (its `x_row_start` already applied), `output [rows, out_dim]` f32 (no padding), `edge` a
+/// scratch of [`gemm_coop_direct_edge_bytes`].
 pub fn gemm_coop_direct<'b, B>(
     shape: CoopShape,
     params: LinearParams,
-    buffers: LinearBuffers<'b, B>,
+    buffers: GemmCoopDirectBuffers<'b, B>,
 ) -> Bound<'b, B> {
     let kernel = shape.tile.direct_kernel();
     let constants =

@@ -21,8 +21,9 @@ use retnet_runtime::kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
 use retnet_runtime::kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
-    to_f16, CoopShape, ToF16Buffers,
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
+    gemm_coop_direct_supports, gemm_coop_supports, to_f16, CoopShape, GemmCoopDirectBuffers,
+    ToF16Buffers,
 };
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
@@ -298,6 +299,8 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
             .create_storage("x f16", (padded * i * 2) as u64)
             .unwrap();
         let y = device.upload_f32("y", &y0).unwrap();
+        let edge_bytes = gemm_coop_direct_edge_bytes(shape.tile, &params);
+        let edge = device.create_storage("edge", edge_bytes).unwrap();
         let blocks: Vec<_> = bounds
             .windows(2)
             .map(|b| {
@@ -317,10 +320,11 @@ fn direct_gemm_converts_once_and_writes_row_blocks_at_their_column_offset() {
         for (first, n, wb) in &blocks {
             let part = params.row_block(*first, *n);
             assert!(gemm_coop_direct_supports(shape.tile, &part));
-            let buffers = LinearBuffers {
+            let buffers = GemmCoopDirectBuffers {
                 weight: wb.buffer(),
                 input: &x16,
                 output: &y,
+                edge: &edge,
             };
             sequence
                 .dispatch(gemm_coop_direct(shape, part, buffers))

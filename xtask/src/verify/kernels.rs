@@ -14,8 +14,8 @@ use retnet_kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
 use retnet_kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
-    to_f16, ToF16Buffers,
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
+    gemm_coop_direct_supports, gemm_coop_supports, to_f16, GemmCoopDirectBuffers, ToF16Buffers,
 };
 use retnet_kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
@@ -381,10 +381,13 @@ fn linear_case(
                             output: &x16,
                         },
                     );
-                    let direct = LinearBuffers {
+                    let edge_bytes = gemm_coop_direct_edge_bytes(coop_shape.tile, &params);
+                    let edge = device.create_storage("coop edge tiles", edge_bytes.max(4))?;
+                    let direct = GemmCoopDirectBuffers {
                         weight: weights.buffer(),
                         input: &x16,
                         output: &y,
+                        edge: &edge,
                     };
                     submit(
                         device,

@@ -11,8 +11,9 @@ use retnet_runtime::kernels::gated_activation::{
     self, gated_activation, GatedActivationBuffers, GatedActivationParams,
 };
 use retnet_runtime::kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_supports, gemm_coop_supports,
-    to_f16, CoopOperands, ToF16Buffers,
+    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
+    gemm_coop_direct_supports, gemm_coop_supports, to_f16, CoopOperands, GemmCoopDirectBuffers,
+    ToF16Buffers,
 };
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
@@ -21,7 +22,6 @@ use retnet_runtime::kernels::head_norm_gate::{
 use retnet_runtime::kernels::linear::{
     self, linear, matvec_head_gate_supports, matvec_supports, HeadGate, LinearBuffers,
     LinearHeadGateBuffers, LinearNormBuffers, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
-    MATVEC_BATCH_ROWS,
 };
 use retnet_runtime::kernels::retention::{
     self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, ParallelBuffers, QkRotary,
@@ -80,6 +80,9 @@ pub(super) struct Scratch {
     /// not use tensor cores, for spans the batched matvec takes, or where it would exceed a
     /// binding (the portable matmul runs then).
     pub(super) x16: Option<GpuBuffer>,
+    /// The direct GEMM's scratch for its edge blocks' tiles (`gemm_coop_direct_edge_bytes` of
+    /// the widest output); present exactly when `x16` is.
+    pub(super) coop_edge: Option<GpuBuffer>,
 }
 
 impl Scratch {
@@ -120,6 +123,7 @@ impl Scratch {
         .sum::<u64>()
             + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
             + self.x16.as_ref().map_or(0, GpuBuffer::size)
+            + self.coop_edge.as_ref().map_or(0, GpuBuffer::size)
     }
 
     pub(super) fn new(model: &Parts, tokens: usize, all_logits: bool) -> Result<Self> {
@@ -128,7 +132,7 @@ impl Scratch {
         let rows = tokens;
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
-        let x16 = match model.tensor_cores {
+        let (x16, coop_edge) = match model.tensor_cores {
             Some(shape)
                 if tokens > MATVEC_BATCH_MAX_ROWS as usize
                     && CoopOperands::for_tile(shape.tile) == CoopOperands::Direct =>
@@ -136,18 +140,31 @@ impl Scratch {
                 // The widest input of any projection: d_model (q|k|v|g, FFN in, head), the
                 // mixer's output (out_proj) or the FFN width (down).
                 let widest = c.d_model.max(model.widest_mixer_output()).max(c.ffn_dim);
-                let padded = direct_padded_rows(shape.tile, rows.min(u32::MAX as usize) as u32);
+                let rows32 = rows.min(u32::MAX as usize) as u32;
+                let padded = direct_padded_rows(shape.tile, rows32);
                 let bytes = (padded as u64) * (widest as u64) * 2;
+                // The widest output: q|k|v|g, the FFN's act|lin, d_model, or the vocabulary.
+                let widest_out = (model.widest_layout() as usize)
+                    .max(2 * c.ffn_dim)
+                    .max(c.d_model)
+                    .max(c.vocab_size);
+                let out32 = widest_out.min(u32::MAX as usize) as u32;
+                let edge_bytes =
+                    gemm_coop_direct_edge_bytes(shape.tile, &LinearParams::new(rows32, 1, out32));
                 let limits = dev.limits();
-                if bytes <= limits.max_storage_buffer_binding_size
-                    && bytes <= limits.max_buffer_size
-                {
-                    Some(dev.create_storage("x f16", bytes.max(4))?)
+                let fits = |b: u64| {
+                    b <= limits.max_storage_buffer_binding_size && b <= limits.max_buffer_size
+                };
+                if fits(bytes) && fits(edge_bytes) {
+                    (
+                        Some(dev.create_storage("x f16", bytes.max(4))?),
+                        Some(dev.create_storage("coop edge tiles", edge_bytes.max(4))?),
+                    )
                 } else {
-                    None
+                    (None, None)
                 }
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(Self {
             tokens,
@@ -156,6 +173,7 @@ impl Scratch {
             chunk_states: None,
             chunk_capacity: 0,
             x16,
+            coop_edge,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -445,10 +463,11 @@ impl Recorder<'_> {
         };
         let mut down = LinearParams::new(self.t32(), f, c.d_model as u32);
         down.accumulate = Some(c.residual_alpha);
-        // Decode (one row, or one workgroup's rows of a batch): act(a)·b is computed inside
-        // ffn_down as it reads act|lin. Beyond 8 rows each workgroup would recompute the
-        // activations of more rows than the separate kernel costs.
-        if self.t32() <= MATVEC_BATCH_ROWS && matvec_supports(&down) {
+        // Batch-1 decode: act(a)·b is computed inside ffn_down as it reads act|lin. Not for a
+        // batch: every workgroup of the batched matvec would recompute all its rows'
+        // activations, which measured slower than the separate kernel on the H200 (8 rows:
+        // 1 172 µs against ~915 µs per step, docs/perf-notes.md).
+        if self.t32() == 1 && matvec_supports(&down) {
             let w = &layer.ffn_down;
             for (block, part) in w.linear_parts(down) {
                 let buffers = LinearBuffers {
@@ -554,11 +573,13 @@ fn project(
     let coop = model
         .tensor_cores
         .filter(|_| w.format == WeightFormat::F16 && params.rows > MATVEC_BATCH_MAX_ROWS);
-    let direct = match (coop, &s.x16) {
-        (Some(shape), Some(x16))
+    let direct = match (coop, &s.x16, &s.coop_edge) {
+        (Some(shape), Some(x16), Some(edge))
             if CoopOperands::for_tile(shape.tile) == CoopOperands::Direct
-                && w.linear_parts(params)
-                    .all(|(_, p)| gemm_coop_direct_supports(shape.tile, &p))
+                && w.linear_parts(params).all(|(_, p)| {
+                    gemm_coop_direct_supports(shape.tile, &p)
+                        && gemm_coop_direct_edge_bytes(shape.tile, &p) <= edge.size()
+                })
                 && direct_padded_rows(shape.tile, params.rows) as u64
                     * params.in_dim as u64
                     * 2
@@ -567,17 +588,18 @@ fn project(
             // X to f16 once, read by every part.
             let buffers = ToF16Buffers { input, output: x16 };
             seq.dispatch(to_f16(shape.tile, &params, buffers))?;
-            Some((shape, x16))
+            Some((shape, x16, edge))
         }
         _ => None,
     };
     for (block, params) in w.linear_parts(params) {
         let bound = match (direct, coop) {
-            (Some((shape, x16)), _) => {
-                let buffers = LinearBuffers {
+            (Some((shape, x16, edge)), _) => {
+                let buffers = GemmCoopDirectBuffers {
                     weight: block,
                     input: x16,
                     output,
+                    edge,
                 };
                 gemm_coop_direct(shape, params, buffers)
             }
