@@ -215,6 +215,93 @@ buffers! {
     }
 }
 
+param_block! {
+    /// The WGSL parameter block of [`dequant_f16`].
+    pub(crate) struct DequantBlock = "DequantParams" { out_dim: u32, in_dim: u32, weight_stride: u32, pad: u32 }
+}
+
+buffers! {
+    /// Buffers of [`dequant_f16`].
+    pub struct DequantBuffers, bindings DEQUANT_BINDINGS {
+        /// `W [out_dim, in_dim]` int8 or q4 blocks.
+        1 weight: ReadOnly,
+        /// W16 `[out_dim, in_dim]` f16.
+        2 output: ReadWrite,
+    }
+}
+
+const fn dequant_variant(name: &'static str, source: &'static str) -> Kernel {
+    Kernel {
+        name,
+        source,
+        entry_point: "dequantize_to_half",
+        workgroup_size: [Dim::Fixed(64), Dim::Fixed(1), Dim::Fixed(1)],
+        constants: &[],
+        bindings: DEQUANT_BINDINGS,
+        params: DequantBlock::STRUCT,
+        requires: Features::new(true, false, false),
+    }
+}
+
+/// int8 blocks to dense f16 rows, the weight operand of [`gemm_coop_direct`].
+pub static DEQUANT_F16_INT8: Kernel = dequant_variant(
+    "dequant-f16/int8",
+    concat!(
+        "enable f16;\n",
+        shader!("weights_int8.wgsl", "dequant_f16.wgsl")
+    ),
+);
+/// q4 blocks to dense f16 rows, the weight operand of [`gemm_coop_direct`].
+pub static DEQUANT_F16_Q4: Kernel = dequant_variant(
+    "dequant-f16/q4",
+    concat!(
+        "enable f16;\n",
+        shader!("weights_q4.wgsl", "dequant_f16.wgsl")
+    ),
+);
+
+/// Whether [`dequant_f16`] converts a matrix of this format and shape: int8 or q4, in_dim a
+/// multiple of 4, grids that fit a dispatch.
+pub fn dequant_f16_supports(format: crate::WeightFormat, in_dim: u32, out_dim: u32) -> bool {
+    matches!(format, crate::WeightFormat::Int8 | crate::WeightFormat::Q4)
+        && in_dim > 0
+        && in_dim % 4 == 0
+        && out_dim > 0
+        && out_dim <= 65535
+        && ceil_div(in_dim / 4, 64) <= 65535
+}
+
+/// Decodes the int8 or q4 matrix `weight` (`[out_dim, in_dim]`) into dense f16 rows, the `W` the
+/// direct tensor-core GEMM reads, with the same f32 values the block-format kernels compute,
+/// rounded once to f16. Needs [`dequant_f16_supports`]; `None` for another format.
+pub fn dequant_f16<'b, B>(
+    format: crate::WeightFormat,
+    in_dim: u32,
+    out_dim: u32,
+    buffers: DequantBuffers<'b, B>,
+) -> Option<Bound<'b, B>> {
+    let kernel = match format {
+        crate::WeightFormat::Int8 => &DEQUANT_F16_INT8,
+        crate::WeightFormat::Q4 => &DEQUANT_F16_Q4,
+        _ => return None,
+    };
+    let block = DequantBlock {
+        out_dim,
+        in_dim,
+        weight_stride: format.row_stride(in_dim),
+        pad: 0,
+    };
+    Some(Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups: [ceil_div(in_dim / 4, 64), out_dim, 1],
+        },
+        buffers: buffers.in_order(),
+    })
+}
+
 buffers! {
     /// Buffers of [`to_f16`].
     pub struct ToF16Buffers, bindings TO_F16_BINDINGS {
@@ -244,6 +331,8 @@ pub static KERNELS: &[&Kernel] = &[
     &GEMM_COOP_DIRECT_8,
     &GEMM_COOP_DIRECT_16,
     &TO_F16,
+    &DEQUANT_F16_INT8,
+    &DEQUANT_F16_Q4,
 ];
 
 /// Which tensor-core GEMM a model runs its projections on.

@@ -134,6 +134,11 @@ impl Weights {
         !self.more.is_empty()
     }
 
+    /// Values per row (the matrix's input dimension).
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
     /// Bytes of all the blocks' buffers.
     pub fn size(&self) -> u64 {
         self.blocks().map(|b| b.buffer.size()).sum()

@@ -14,8 +14,9 @@ use retnet_kernels::gated_activation::{
     gated_activation, Activation, GatedActivationBuffers, GatedActivationParams,
 };
 use retnet_kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
-    gemm_coop_direct_supports, gemm_coop_supports, to_f16, GemmCoopDirectBuffers, ToF16Buffers,
+    dequant_f16, dequant_f16_supports, direct_padded_rows, gemm_coop, gemm_coop_direct,
+    gemm_coop_direct_edge_bytes, gemm_coop_direct_supports, gemm_coop_supports, to_f16,
+    DequantBuffers, GemmCoopDirectBuffers, ToF16Buffers,
 };
 use retnet_kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
@@ -296,7 +297,9 @@ fn linear_case(
         shape += &format!(" ({what})");
     }
     let formats: &[WeightFormat] = match kernel {
-        LinearKernel::Coop | LinearKernel::CoopDirect => &[WeightFormat::F16],
+        LinearKernel::Coop => &[WeightFormat::F16],
+        // int8 and q4 through their f16 copy (`dequant_f16`), as the model prefills them.
+        LinearKernel::CoopDirect => &[WeightFormat::F16, WeightFormat::Int8, WeightFormat::Q4],
         _ => &WeightFormat::ALL,
     };
     for &format in formats {
@@ -314,10 +317,16 @@ fn linear_case(
                 Some(shape) => shape.tile.kernel().name.to_string(),
                 None => "gemm-coop".to_string(),
             },
-            LinearKernel::CoopDirect => match rows.device.coop_shape() {
-                Some(shape) => shape.tile.direct_kernel().name.to_string(),
-                None => "gemm-coop-direct".to_string(),
-            },
+            LinearKernel::CoopDirect => {
+                let name = match rows.device.coop_shape() {
+                    Some(shape) => shape.tile.direct_kernel().name.to_string(),
+                    None => "gemm-coop-direct".to_string(),
+                };
+                match format {
+                    WeightFormat::F16 => name,
+                    _ => format!("{name}+dequant-f16/{}", format.name()),
+                }
+            }
         };
         let support = format_support(rows.device, format).and_then(|()| match kernel {
             LinearKernel::Matvec(reduction) | LinearKernel::MatvecBatch(reduction) => {
@@ -338,6 +347,12 @@ fn linear_case(
                 }
                 Some(shape) if !gemm_coop_direct_supports(shape.tile, &params) => {
                     Err("in_dim or out_dim not a multiple of the tile")
+                }
+                Some(_)
+                    if format != WeightFormat::F16
+                        && !dequant_f16_supports(format, params.in_dim, params.out_dim) =>
+                {
+                    Err("shape outside dequant-f16's grid")
                 }
                 Some(_) => Ok(()),
             },
@@ -383,20 +398,33 @@ fn linear_case(
                     );
                     let edge_bytes = gemm_coop_direct_edge_bytes(coop_shape.tile, &params);
                     let edge = device.create_storage("coop edge tiles", edge_bytes.max(4))?;
-                    let direct = GemmCoopDirectBuffers {
+                    // A block-format W is multiplied through its f16 copy: the reference
+                    // rounds the decoded values to f16 as the copy does.
+                    let w16 = device.create_storage("w f16", (o * i * 2).max(4) as u64)?;
+                    let mut kernels = vec![convert];
+                    let dequant = DequantBuffers {
                         weight: weights.buffer(),
+                        output: &w16,
+                    };
+                    let weight = match dequant_f16(format, i as u32, o as u32, dequant) {
+                        Some(bound) => {
+                            kernels.push(bound);
+                            &w16
+                        }
+                        None => weights.buffer(),
+                    };
+                    let direct = GemmCoopDirectBuffers {
+                        weight,
                         input: &x16,
                         output: &y,
                         edge: &edge,
                     };
-                    submit(
-                        device,
-                        &[convert, gemm_coop_direct(coop_shape, params, direct)],
-                    )?;
+                    kernels.push(gemm_coop_direct(coop_shape, params, direct));
+                    submit(device, &kernels)?;
                     let gpu = read(device, &y, n_rows * o)?;
                     let reference = cpu::linear(&cpu::Linear {
                         x: &retnet_testkit::round_f16(&x),
-                        weight: &as_stored(&w, i, format),
+                        weight: &retnet_testkit::round_f16(&as_stored(&w, i, format)),
                         y0: &y0,
                         rows: n_rows,
                         in_dim: i,

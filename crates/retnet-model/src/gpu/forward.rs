@@ -11,9 +11,9 @@ use retnet_runtime::kernels::gated_activation::{
     self, gated_activation, GatedActivationBuffers, GatedActivationParams,
 };
 use retnet_runtime::kernels::gemm_coop::{
-    direct_padded_rows, gemm_coop, gemm_coop_direct, gemm_coop_direct_edge_bytes,
-    gemm_coop_direct_supports, gemm_coop_supports, to_f16, CoopOperands, GemmCoopDirectBuffers,
-    ToF16Buffers,
+    dequant_f16, dequant_f16_supports, direct_padded_rows, gemm_coop, gemm_coop_direct,
+    gemm_coop_direct_edge_bytes, gemm_coop_direct_supports, gemm_coop_supports, to_f16,
+    CoopOperands, DequantBuffers, GemmCoopDirectBuffers, ToF16Buffers,
 };
 use retnet_runtime::kernels::head_norm_gate::{
     head_norm_gate, head_norm_gate_unweighted, HeadGateBuffers, HeadNormGateBuffers,
@@ -83,6 +83,10 @@ pub(super) struct Scratch {
     /// The direct GEMM's scratch for its edge blocks' tiles (`gemm_coop_direct_edge_bytes` of
     /// the widest output); present exactly when `x16` is.
     pub(super) coop_edge: Option<GpuBuffer>,
+    /// The f16 copy of one int8 or q4 matrix (one row block) that the direct tensor-core GEMM
+    /// reads in its place: `[rows, row_len]` of the largest block whose copy fits a binding.
+    /// Present with `x16` when the layers' matrices are in a block format.
+    pub(super) w16: Option<GpuBuffer>,
 }
 
 impl Scratch {
@@ -124,6 +128,7 @@ impl Scratch {
             + self.chunk_states.as_ref().map_or(0, GpuBuffer::size)
             + self.x16.as_ref().map_or(0, GpuBuffer::size)
             + self.coop_edge.as_ref().map_or(0, GpuBuffer::size)
+            + self.w16.as_ref().map_or(0, GpuBuffer::size)
     }
 
     pub(super) fn new(model: &Parts, tokens: usize, all_logits: bool) -> Result<Self> {
@@ -166,6 +171,29 @@ impl Scratch {
             }
             _ => (None, None),
         };
+        // Block-format layers prefill on the tensor cores through an f16 copy of each matrix,
+        // made just before its product (the matrices stay in their format in memory).
+        let w16 = match &x16 {
+            Some(_) => {
+                let limit = dev
+                    .limits()
+                    .max_storage_buffer_binding_size
+                    .min(dev.limits().max_buffer_size);
+                let largest = model
+                    .layers
+                    .iter()
+                    .flat_map(|l| [&l.qkvg, &l.out_proj, &l.ffn_in, &l.ffn_down])
+                    .filter(|w| matches!(w.format, WeightFormat::Int8 | WeightFormat::Q4))
+                    .flat_map(|w| w.blocks().map(|b| b.rows as u64 * w.row_len() as u64 * 2))
+                    .filter(|&bytes| bytes <= limit)
+                    .max();
+                match largest {
+                    Some(bytes) => Some(dev.create_storage("w f16", bytes.max(4))?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
         Ok(Self {
             tokens,
             rows,
@@ -174,6 +202,7 @@ impl Scratch {
             chunk_capacity: 0,
             x16,
             coop_edge,
+            w16,
             token_ids: dev.create_storage("token_ids", (tokens * 4) as u64)?,
             x: f32s("x", c.d_model)?,
             h: f32s("h", c.d_model)?,
@@ -570,15 +599,27 @@ fn project(
 ) -> Result<()> {
     // One product per row block of W (one unless W is over a binding), each writing its
     // columns of the output.
-    let coop = model
-        .tensor_cores
-        .filter(|_| w.format == WeightFormat::F16 && params.rows > MATVEC_BATCH_MAX_ROWS);
+    let quantized = matches!(w.format, WeightFormat::Int8 | WeightFormat::Q4);
+    let coop = model.tensor_cores.filter(|_| {
+        (w.format == WeightFormat::F16 || (quantized && s.w16.is_some()))
+            && params.rows > MATVEC_BATCH_MAX_ROWS
+    });
+    // A block-format matrix is multiplied through its f16 copy in `w16`, one row block at a
+    // time; every block must convert and fit.
+    let w16_fits = |part: &LinearParams| match &s.w16 {
+        Some(w16) if quantized => {
+            dequant_f16_supports(w.format, part.in_dim, part.out_dim)
+                && part.out_dim as u64 * part.in_dim as u64 * 2 <= w16.size()
+        }
+        _ => !quantized,
+    };
     let direct = match (coop, &s.x16, &s.coop_edge) {
         (Some(shape), Some(x16), Some(edge))
             if CoopOperands::for_tile(shape.tile) == CoopOperands::Direct
                 && w.linear_parts(params).all(|(_, p)| {
                     gemm_coop_direct_supports(shape.tile, &p)
                         && gemm_coop_direct_edge_bytes(shape.tile, &p) <= edge.size()
+                        && w16_fits(&p)
                 })
                 && direct_padded_rows(shape.tile, params.rows) as u64
                     * params.in_dim as u64
@@ -595,8 +636,21 @@ fn project(
     for (block, params) in w.linear_parts(params) {
         let bound = match (direct, coop) {
             (Some((shape, x16, edge)), _) => {
+                let weight = match (&s.w16, quantized) {
+                    (Some(w16), true) => {
+                        let buffers = DequantBuffers {
+                            weight: block,
+                            output: w16,
+                        };
+                        let convert = dequant_f16(w.format, params.in_dim, params.out_dim, buffers)
+                            .ok_or_else(|| ModelError::invalid("a block-format matrix"))?;
+                        seq.dispatch(convert)?;
+                        w16
+                    }
+                    _ => block,
+                };
                 let buffers = GemmCoopDirectBuffers {
-                    weight: block,
+                    weight,
                     input: x16,
                     output,
                     edge,
@@ -605,6 +659,7 @@ fn project(
             }
             (None, Some(shape))
                 if CoopOperands::for_tile(shape.tile) == CoopOperands::Staged
+                    && w.format == WeightFormat::F16
                     && gemm_coop_supports(shape.tile, &params) =>
             {
                 let buffers = LinearBuffers {

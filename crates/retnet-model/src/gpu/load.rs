@@ -414,9 +414,16 @@ pub(crate) async fn upload(
         reduction: Reduction::for_features(device.features()),
         // Projections of many rows on the tensor cores with either tile: the direct GEMM
         // (operands from storage, `CoopOperands::Direct`) is exact on NVIDIA's 16×16 tiles,
-        // where the staged one is not (docs/perf-notes.md).
+        // where the staged one is not (docs/perf-notes.md). f16 matrices are read as they are,
+        // int8 and q4 ones through an f16 copy made before each product; f32 weights stay off
+        // the tensor cores (they would lose their precision).
         retention_tensor_cores,
-        tensor_cores: device.coop_shape().filter(|_| format == WeightFormat::F16),
+        tensor_cores: device.coop_shape().filter(|_| {
+            matches!(
+                format,
+                WeightFormat::F16 | WeightFormat::Int8 | WeightFormat::Q4
+            )
+        }),
         max_chunk,
         max_parallel_chunk,
         loop_limited: device.adapter_info().device_type == wgpu::DeviceType::Cpu,
