@@ -71,7 +71,8 @@ fn gpu_logits_match_the_peers_in_every_form() {
 }
 
 /// int8 and q4: the GPU against the CPU reference of the same quantized weights (the same
-/// decoded blocks, `CpuModel::stored_as`), so only the f32 arithmetic differs: the f32 bar. Against
+/// decoded blocks, `CpuModel::stored_as`), so only the f32 arithmetic differs: the f32 bar (the
+/// f16 bound where the prefill runs on tensor cores, through an f16 copy of the blocks). Against
 /// the peers the error is the quantization's own, held to verify's measured bars. Three forms:
 /// parallel (batched matvec / matmul), recurrent (matvec, one token at a time) and chunkwise.
 #[test]
@@ -95,10 +96,14 @@ fn quantized_gpu_logits_match_the_cpu_with_the_same_blocks() {
             let reference = stored.logits(&tokens, RetentionForm::Parallel).unwrap();
             let gpu =
                 GpuModel::new(device.clone(), &cpu, GpuOptions { weights: precision }).unwrap();
-            assert!(
-                !gpu.uses_tensor_cores(),
-                "the tensor cores read f16 weights only"
-            );
+            // On tensor cores the prefill projections multiply an f16 copy of the decoded blocks
+            // (and f16 inputs): the f16 bound on the decoded matrices. Elsewhere the kernels
+            // decode exactly what the CPU decodes: the f32 bar.
+            let tolerance = if gpu.uses_tensor_cores() {
+                f16_weights_tolerance(&stored, true)
+            } else {
+                F32_TOLERANCE
+            };
             for form in [
                 RetentionForm::Parallel,
                 RetentionForm::Recurrent,
@@ -109,9 +114,9 @@ fn quantized_gpu_logits_match_the_cpu_with_the_same_blocks() {
                 let vs_peer = rel_max_err(&got, &peer);
                 println!(
                     "{name:30} {precision:?} {form:?}: vs cpu (same blocks) {vs_cpu:.2e} \
-                     (tolerance {F32_TOLERANCE:.0e}), vs peer {vs_peer:.2e} (bar {peer_bar:.0e})"
+                     (tolerance {tolerance:.1e}), vs peer {vs_peer:.2e} (bar {peer_bar:.0e})"
                 );
-                if !(vs_cpu <= F32_TOLERANCE && vs_peer <= peer_bar) {
+                if !(vs_cpu <= tolerance && vs_peer <= peer_bar) {
                     failures.push(format!(
                         "{name} {precision:?} {form:?}: vs cpu {vs_cpu:.2e}, vs peer {vs_peer:.2e}"
                     ));
@@ -149,6 +154,15 @@ fn f16_weights_use_the_tensor_cores_where_the_device_has_them() {
         .coop_shape()
         .is_some_and(|s| s.tile == retnet::runtime::kernels::gemm_coop::CoopTile::Eight);
     assert_eq!(gpu.retention_uses_tensor_cores(), eight);
+    // int8 and q4 go through an f16 copy of their blocks; f32 weights never use them.
+    for quantized in [WeightPrecision::Int8, WeightPrecision::Q4] {
+        let options = GpuOptions { weights: quantized };
+        let gpu = GpuModel::new(device.clone(), &cpu, options).unwrap();
+        assert_eq!(
+            gpu.uses_tensor_cores(),
+            device.coop_shape().is_some() && native_f16
+        );
+    }
     let f32 = GpuOptions {
         weights: WeightPrecision::F32,
     };

@@ -217,7 +217,7 @@ buffers! {
 
 param_block! {
     /// The WGSL parameter block of [`dequant_f16`].
-    pub(crate) struct DequantBlock = "DequantParams" { out_dim: u32, in_dim: u32, weight_stride: u32, pad: u32 }
+    pub(crate) struct DequantBlock = "DequantParams" { rows: u32, in_dim: u32, weight_stride: u32, first_row: u32 }
 }
 
 buffers! {
@@ -260,24 +260,25 @@ pub static DEQUANT_F16_Q4: Kernel = dequant_variant(
     ),
 );
 
-/// Whether [`dequant_f16`] converts a matrix of this format and shape: int8 or q4, in_dim a
-/// multiple of 4, grids that fit a dispatch.
-pub fn dequant_f16_supports(format: crate::WeightFormat, in_dim: u32, out_dim: u32) -> bool {
+/// Whether [`dequant_f16`] converts a matrix of this format and row length: int8 or q4, in_dim
+/// a multiple of 4, grids that fit a dispatch (at most 65 535 rows per call).
+pub fn dequant_f16_supports(format: crate::WeightFormat, in_dim: u32, rows: u32) -> bool {
     matches!(format, crate::WeightFormat::Int8 | crate::WeightFormat::Q4)
         && in_dim > 0
         && in_dim % 4 == 0
-        && out_dim > 0
-        && out_dim <= 65535
+        && rows > 0
         && ceil_div(in_dim / 4, 64) <= 65535
 }
 
-/// Decodes the int8 or q4 matrix `weight` (`[out_dim, in_dim]`) into dense f16 rows, the `W` the
-/// direct tensor-core GEMM reads, with the same f32 values the block-format kernels compute,
-/// rounded once to f16. Needs [`dequant_f16_supports`]; `None` for another format.
+/// Decodes rows `first_row ..+ rows` of the int8 or q4 matrix `weight` (`[.., in_dim]`) into
+/// dense f16 rows `[rows, in_dim]`, the `W` the direct tensor-core GEMM reads, with the same f32
+/// values the block-format kernels compute, rounded once to f16. Needs [`dequant_f16_supports`]
+/// for `rows`; `None` for another format.
 pub fn dequant_f16<'b, B>(
     format: crate::WeightFormat,
     in_dim: u32,
-    out_dim: u32,
+    first_row: u32,
+    rows: u32,
     buffers: DequantBuffers<'b, B>,
 ) -> Option<Bound<'b, B>> {
     let kernel = match format {
@@ -286,17 +287,17 @@ pub fn dequant_f16<'b, B>(
         _ => return None,
     };
     let block = DequantBlock {
-        out_dim,
+        rows,
         in_dim,
         weight_stride: format.row_stride(in_dim),
-        pad: 0,
+        first_row,
     };
     Some(Bound {
         dispatch: Dispatch {
             kernel,
             constants: kernel.default_constants(),
             params: block.words(),
-            workgroups: [ceil_div(in_dim / 4, 64), out_dim, 1],
+            workgroups: [ceil_div(in_dim / 4, 64), rows, 1],
         },
         buffers: buffers.in_order(),
     })

@@ -406,7 +406,7 @@ fn linear_case(
                         weight: weights.buffer(),
                         output: &w16,
                     };
-                    let weight = match dequant_f16(format, i as u32, o as u32, dequant) {
+                    let weight = match dequant_f16(format, i as u32, 0, o as u32, dequant) {
                         Some(bound) => {
                             kernels.push(bound);
                             &w16

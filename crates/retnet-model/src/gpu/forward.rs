@@ -179,16 +179,17 @@ impl Scratch {
                     .limits()
                     .max_storage_buffer_binding_size
                     .min(dev.limits().max_buffer_size);
+                // The largest block's copy, or as many whole rows as a binding holds (a block
+                // is then converted and multiplied a row range at a time).
                 let largest = model
                     .layers
                     .iter()
                     .flat_map(|l| [&l.qkvg, &l.out_proj, &l.ffn_in, &l.ffn_down])
                     .filter(|w| matches!(w.format, WeightFormat::Int8 | WeightFormat::Q4))
                     .flat_map(|w| w.blocks().map(|b| b.rows as u64 * w.row_len() as u64 * 2))
-                    .filter(|&bytes| bytes <= limit)
                     .max();
                 match largest {
-                    Some(bytes) => Some(dev.create_storage("w f16", bytes.max(4))?),
+                    Some(bytes) => Some(dev.create_storage("w f16", bytes.min(limit).max(4))?),
                     None => None,
                 }
             }
@@ -606,12 +607,19 @@ fn project(
     });
     // A block-format matrix is multiplied through its f16 copy in `w16`, one row block at a
     // time; every block must convert and fit.
-    let w16_fits = |part: &LinearParams| match &s.w16 {
+    // A block-format matrix is multiplied through its f16 copy in `w16`, a range of whole
+    // tiles of rows at a time (`copy_rows`); every part must convert.
+    let side = coop.map_or(1, |shape| shape.tile.side());
+    // (At most 65 535 rows per conversion: one dispatch's grid.)
+    let copy_rows = match &s.w16 {
         Some(w16) if quantized => {
-            dequant_f16_supports(w.format, part.in_dim, part.out_dim)
-                && part.out_dim as u64 * part.in_dim as u64 * 2 <= w16.size()
+            let rows = (w16.size() / (params.in_dim.max(1) as u64 * 2)).min(65_535) as u32;
+            rows / side * side
         }
-        _ => !quantized,
+        _ => 0,
+    };
+    let w16_fits = |part: &LinearParams| {
+        !quantized || (copy_rows > 0 && dequant_f16_supports(w.format, part.in_dim, part.out_dim))
     };
     let direct = match (coop, &s.x16, &s.coop_edge) {
         (Some(shape), Some(x16), Some(edge))
@@ -635,22 +643,37 @@ fn project(
     };
     for (block, params) in w.linear_parts(params) {
         let bound = match (direct, coop) {
+            (Some((shape, x16, edge)), _) if quantized => {
+                let w16 = s
+                    .w16
+                    .as_ref()
+                    .ok_or_else(|| ModelError::invalid("an f16 copy buffer"))?;
+                // Rows first .. first + n of this block: converted, then multiplied into their
+                // columns of Y (the same dot products as the whole block's).
+                let mut first = 0;
+                while first < params.out_dim {
+                    let n = copy_rows.min(params.out_dim - first);
+                    let buffers = DequantBuffers {
+                        weight: block,
+                        output: w16,
+                    };
+                    let convert = dequant_f16(w.format, params.in_dim, first, n, buffers)
+                        .ok_or_else(|| ModelError::invalid("a block-format matrix"))?;
+                    seq.dispatch(convert)?;
+                    let buffers = GemmCoopDirectBuffers {
+                        weight: w16,
+                        input: x16,
+                        output,
+                        edge,
+                    };
+                    seq.dispatch(gemm_coop_direct(shape, params.row_block(first, n), buffers))?;
+                    first += n;
+                }
+                continue;
+            }
             (Some((shape, x16, edge)), _) => {
-                let weight = match (&s.w16, quantized) {
-                    (Some(w16), true) => {
-                        let buffers = DequantBuffers {
-                            weight: block,
-                            output: w16,
-                        };
-                        let convert = dequant_f16(w.format, params.in_dim, params.out_dim, buffers)
-                            .ok_or_else(|| ModelError::invalid("a block-format matrix"))?;
-                        seq.dispatch(convert)?;
-                        w16
-                    }
-                    _ => block,
-                };
                 let buffers = GemmCoopDirectBuffers {
-                    weight,
+                    weight: block,
                     input: x16,
                     output,
                     edge,
