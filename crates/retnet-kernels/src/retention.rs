@@ -256,6 +256,34 @@ pub static CHUNKWISE: Kernel = Kernel {
     requires: Features::NONE,
 };
 
+/// The recurrent kernels' workgroup shape (with or without rotary): 8 columns × 32 slices, 4× the
+/// workgroups of 32 × 8 and a quarter of the dependent chain per invocation (docs/perf-notes.md,
+/// "Recurrent retention": 553 → 369 µs per decode step of retnet_xl on the H200).
+const RECURRENT_SHAPE: [OverrideConstant; 2] = [
+    OverrideConstant {
+        name: "COLUMNS",
+        default: 8,
+    },
+    OverrideConstant {
+        name: "SLICES",
+        default: 32,
+    },
+];
+
+/// The batched recurrent kernels' workgroup shape: 32 columns × 8 slices, as a batch already
+/// fills the GPU (one grid layer per sequence) and whole 128-byte rows per warp read the pool
+/// fastest (8 × 32: 880 → 1,276 µs per batch-8 step on the H200, docs/perf-notes.md).
+const RECURRENT_BATCHED_SHAPE: [OverrideConstant; 2] = [
+    OverrideConstant {
+        name: "COLUMNS",
+        default: 32,
+    },
+    OverrideConstant {
+        name: "SLICES",
+        default: 8,
+    },
+];
+
 /// Recurrent form (decode step).
 pub static RECURRENT: Kernel = Kernel {
     name: "retention/recurrent",
@@ -270,19 +298,7 @@ pub static RECURRENT: Kernel = Kernel {
         Dim::Constant("SLICES"),
         Dim::Fixed(1),
     ],
-    constants: &[
-        // 8 columns × 32 slices: 4× the workgroups of 32 × 8 and a quarter of the dependent
-        // chain per invocation (docs/perf-notes.md, "Recurrent retention": 553 → 369 µs per
-        // decode step of retnet_xl on the H200).
-        OverrideConstant {
-            name: "COLUMNS",
-            default: 8,
-        },
-        OverrideConstant {
-            name: "SLICES",
-            default: 32,
-        },
-    ],
+    constants: &RECURRENT_SHAPE,
     bindings: STATEFUL_BINDINGS,
     params: RetentionBlock::STRUCT,
     requires: Features::NONE,
@@ -303,19 +319,7 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
         Dim::Constant("SLICES"),
         Dim::Fixed(1),
     ],
-    constants: &[
-        // 32 columns × 8 slices: a batch already fills the GPU (one grid layer per sequence),
-        // and whole 128-byte rows per warp read the pool fastest (8 × 32: 880 → 1,276 µs per
-        // batch-8 step on the H200, docs/perf-notes.md).
-        OverrideConstant {
-            name: "COLUMNS",
-            default: 32,
-        },
-        OverrideConstant {
-            name: "SLICES",
-            default: 8,
-        },
-    ],
+    constants: &RECURRENT_BATCHED_SHAPE,
     bindings: BATCHED_BINDINGS,
     params: RetentionBlock::STRUCT,
     requires: Features::NONE,
@@ -343,18 +347,7 @@ pub static RECURRENT_ROTARY: Kernel = Kernel {
         Dim::Constant("SLICES"),
         Dim::Fixed(1),
     ],
-    // As RECURRENT's.
-    constants: &[
-        OverrideConstant {
-            name: "COLUMNS",
-            default: 8,
-        },
-        OverrideConstant {
-            name: "SLICES",
-            default: 32,
-        },
-        ROTARY_HALVES,
-    ],
+    constants: &[RECURRENT_SHAPE[0], RECURRENT_SHAPE[1], ROTARY_HALVES],
     bindings: ROTARY_BINDINGS,
     params: RetentionBlock::STRUCT,
     requires: Features::NONE,
@@ -375,16 +368,9 @@ pub static RECURRENT_BATCHED_ROTARY: Kernel = Kernel {
         Dim::Constant("SLICES"),
         Dim::Fixed(1),
     ],
-    // As RECURRENT_BATCHED's.
     constants: &[
-        OverrideConstant {
-            name: "COLUMNS",
-            default: 32,
-        },
-        OverrideConstant {
-            name: "SLICES",
-            default: 8,
-        },
+        RECURRENT_BATCHED_SHAPE[0],
+        RECURRENT_BATCHED_SHAPE[1],
         ROTARY_HALVES,
     ],
     bindings: BATCHED_ROTARY_BINDINGS,

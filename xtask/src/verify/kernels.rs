@@ -400,16 +400,19 @@ fn linear_case(
                     let edge = device.create_storage("coop edge tiles", edge_bytes.max(4))?;
                     // A block-format W is multiplied through its f16 copy: the reference
                     // rounds the decoded values to f16 as the copy does.
-                    let w16 = device.create_storage("w f16", (o * i * 2).max(4) as u64)?;
-                    let mut kernels = vec![convert];
-                    let dequant = DequantBuffers {
-                        weight: weights.buffer(),
-                        output: &w16,
+                    let w16 = match format {
+                        WeightFormat::F16 => None,
+                        _ => Some(device.create_storage("w f16", (o * i * 2).max(4) as u64)?),
                     };
-                    let weight = match dequant_f16(format, i as u32, 0, o as u32, dequant) {
-                        Some(bound) => {
-                            kernels.push(bound);
-                            &w16
+                    let mut kernels = vec![convert];
+                    let weight = match &w16 {
+                        Some(w16) => {
+                            let dequant = DequantBuffers {
+                                weight: weights.buffer(),
+                                output: w16,
+                            };
+                            kernels.extend(dequant_f16(format, i as u32, 0, o as u32, dequant));
+                            w16
                         }
                         None => weights.buffer(),
                     };

@@ -137,6 +137,11 @@ impl Scratch {
         let rows = tokens;
         let logit_rows = if all_logits { rows } else { 1 };
         let f32s = |label: &str, width: usize| dev.create_storage_f32(label, rows * width);
+        // The largest buffer one binding takes.
+        let binding_limit = dev
+            .limits()
+            .max_storage_buffer_binding_size
+            .min(dev.limits().max_buffer_size);
         let (x16, coop_edge) = match model.tensor_cores {
             Some(shape)
                 if tokens > MATVEC_BATCH_MAX_ROWS as usize
@@ -156,11 +161,7 @@ impl Scratch {
                 let out32 = widest_out.min(u32::MAX as usize) as u32;
                 let edge_bytes =
                     gemm_coop_direct_edge_bytes(shape.tile, &LinearParams::new(rows32, 1, out32));
-                let limits = dev.limits();
-                let fits = |b: u64| {
-                    b <= limits.max_storage_buffer_binding_size && b <= limits.max_buffer_size
-                };
-                if fits(bytes) && fits(edge_bytes) {
+                if bytes <= binding_limit && edge_bytes <= binding_limit {
                     (
                         Some(dev.create_storage("x f16", bytes.max(4))?),
                         Some(dev.create_storage("coop edge tiles", edge_bytes.max(4))?),
@@ -173,27 +174,20 @@ impl Scratch {
         };
         // Block-format layers prefill on the tensor cores through an f16 copy of each matrix,
         // made just before its product (the matrices stay in their format in memory).
-        let w16 = match &x16 {
-            Some(_) => {
-                let limit = dev
-                    .limits()
-                    .max_storage_buffer_binding_size
-                    .min(dev.limits().max_buffer_size);
-                // The largest block's copy, or as many whole rows as a binding holds (a block
-                // is then converted and multiplied a row range at a time).
-                let largest = model
-                    .layers
-                    .iter()
-                    .flat_map(|l| [&l.qkvg, &l.out_proj, &l.ffn_in, &l.ffn_down])
-                    .filter(|w| matches!(w.format, WeightFormat::Int8 | WeightFormat::Q4))
-                    .flat_map(|w| w.blocks().map(|b| b.rows as u64 * w.row_len() as u64 * 2))
-                    .max();
-                match largest {
-                    Some(bytes) => Some(dev.create_storage("w f16", bytes.min(limit).max(4))?),
-                    None => None,
-                }
+        // The largest block's copy, or as many whole rows as a binding holds (a block is then
+        // converted and multiplied a row range at a time).
+        let largest_block_copy = model
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkvg, &l.out_proj, &l.ffn_in, &l.ffn_down])
+            .filter(|w| matches!(w.format, WeightFormat::Int8 | WeightFormat::Q4))
+            .flat_map(|w| w.blocks().map(|b| b.rows as u64 * w.row_len() as u64 * 2))
+            .max();
+        let w16 = match (&x16, largest_block_copy) {
+            (Some(_), Some(bytes)) => {
+                Some(dev.create_storage("w f16", bytes.min(binding_limit).max(4))?)
             }
-            None => None,
+            _ => None,
         };
         Ok(Self {
             tokens,
@@ -605,8 +599,6 @@ fn project(
         (w.format == WeightFormat::F16 || (quantized && s.w16.is_some()))
             && params.rows > MATVEC_BATCH_MAX_ROWS
     });
-    // A block-format matrix is multiplied through its f16 copy in `w16`, one row block at a
-    // time; every block must convert and fit.
     // A block-format matrix is multiplied through its f16 copy in `w16`, a range of whole
     // tiles of rows at a time (`copy_rows`); every part must convert.
     let side = coop.map_or(1, |shape| shape.tile.side());
