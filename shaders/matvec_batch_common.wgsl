@@ -8,16 +8,22 @@
 @group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 
-// Private arrays cannot be sized by overrides, so these are consts.
-const OUTPUTS_PER_WORKGROUP: u32 = 4u;
+// Private arrays cannot be sized by overrides, so these are consts. Eight outputs per workgroup:
+// every workgroup reads its BATCH_ROWS input rows in full, so the outputs it computes from them
+// set how often the inputs are re-read (with 4, the 8 f32 rows cost 4× the f16 weights in cache
+// traffic; docs/perf-notes.md, stop 26).
+const OUTPUTS_PER_WORKGROUP: u32 = 8u;
 const BATCH_ROWS: u32 = 8u;
 const SUMS: u32 = OUTPUTS_PER_WORKGROUP * BATCH_ROWS;
+// Accumulator vec4s: entry 2r holds outputs 0–3 of row r, entry 2r + 1 outputs 4–7, so sum
+// s = 4·entry + component is row s / OUTPUTS_PER_WORKGROUP, output s % OUTPUTS_PER_WORKGROUP.
+const ENTRIES: u32 = SUMS / 4u;
 override WORKGROUP_SIZE: u32 = 128u;
 
-// Partial sums: element o of entry r is row first_row + r, output first_output + o. The eight rows
-// are written out by hand: with a private array indexed in a loop, the H100's compiler kept the
-// accumulators in local memory (10 ms for a batch-8 step of retnet_xl).
-fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, BATCH_ROWS> {
+// Partial sums (see ENTRIES). The accumulators are written out by hand: with a private array
+// indexed in a loop, the H100's compiler kept them in local memory (10 ms for a batch-8 step of
+// retnet_xl).
+fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, ENTRIES> {
     let in4 = params.in_dim / 4u;
     let stride4 = params.weight_stride / 4u;
     let last_output = params.out_dim - 1u;
@@ -26,6 +32,10 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
     let w1 = min(first_output + 1u, last_output) * stride4;
     let w2 = min(first_output + 2u, last_output) * stride4;
     let w3 = min(first_output + 3u, last_output) * stride4;
+    let w4 = min(first_output + 4u, last_output) * stride4;
+    let w5 = min(first_output + 5u, last_output) * stride4;
+    let w6 = min(first_output + 6u, last_output) * stride4;
+    let w7 = min(first_output + 7u, last_output) * stride4;
     let x0 = params.x_row_start + min(first_row + 0u, last_row);
     let x1 = params.x_row_start + min(first_row + 1u, last_row);
     let x2 = params.x_row_start + min(first_row + 2u, last_row);
@@ -42,21 +52,52 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
     var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0);
     var acc7 = vec4<f32>(0.0);
+    var acc8 = vec4<f32>(0.0);
+    var acc9 = vec4<f32>(0.0);
+    var acc10 = vec4<f32>(0.0);
+    var acc11 = vec4<f32>(0.0);
+    var acc12 = vec4<f32>(0.0);
+    var acc13 = vec4<f32>(0.0);
+    var acc14 = vec4<f32>(0.0);
+    var acc15 = vec4<f32>(0.0);
     for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
         let a = weight_vec4(w0 + i);
         let b = weight_vec4(w1 + i);
         let c = weight_vec4(w2 + i);
         let d = weight_vec4(w3 + i);
-        acc0 += dots(a, b, c, d, input_vec4(x0, i));
-        acc1 += dots(a, b, c, d, input_vec4(x1, i));
-        acc2 += dots(a, b, c, d, input_vec4(x2, i));
-        acc3 += dots(a, b, c, d, input_vec4(x3, i));
-        acc4 += dots(a, b, c, d, input_vec4(x4, i));
-        acc5 += dots(a, b, c, d, input_vec4(x5, i));
-        acc6 += dots(a, b, c, d, input_vec4(x6, i));
-        acc7 += dots(a, b, c, d, input_vec4(x7, i));
+        let e = weight_vec4(w4 + i);
+        let f = weight_vec4(w5 + i);
+        let g = weight_vec4(w6 + i);
+        let h = weight_vec4(w7 + i);
+        let y0 = input_vec4(x0, i);
+        acc0 += dots(a, b, c, d, y0);
+        acc1 += dots(e, f, g, h, y0);
+        let y1 = input_vec4(x1, i);
+        acc2 += dots(a, b, c, d, y1);
+        acc3 += dots(e, f, g, h, y1);
+        let y2 = input_vec4(x2, i);
+        acc4 += dots(a, b, c, d, y2);
+        acc5 += dots(e, f, g, h, y2);
+        let y3 = input_vec4(x3, i);
+        acc6 += dots(a, b, c, d, y3);
+        acc7 += dots(e, f, g, h, y3);
+        let y4 = input_vec4(x4, i);
+        acc8 += dots(a, b, c, d, y4);
+        acc9 += dots(e, f, g, h, y4);
+        let y5 = input_vec4(x5, i);
+        acc10 += dots(a, b, c, d, y5);
+        acc11 += dots(e, f, g, h, y5);
+        let y6 = input_vec4(x6, i);
+        acc12 += dots(a, b, c, d, y6);
+        acc13 += dots(e, f, g, h, y6);
+        let y7 = input_vec4(x7, i);
+        acc14 += dots(a, b, c, d, y7);
+        acc15 += dots(e, f, g, h, y7);
     }
-    return array<vec4<f32>, BATCH_ROWS>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
+    return array<vec4<f32>, ENTRIES>(
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
+        acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15,
+    );
 }
 
 fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, x: vec4<f32>) -> vec4<f32> {

@@ -460,6 +460,10 @@ pub const MATVEC_HEAD_GATE_MAX_HEADS: u32 = 256;
 
 /// Rows per workgroup of the batched matvec (`BATCH_ROWS` in matvec_batch_common.wgsl).
 pub const MATVEC_BATCH_ROWS: u32 = 8;
+/// Outputs per workgroup of the batched matvec (`OUTPUTS_PER_WORKGROUP` in
+/// matvec_batch_common.wgsl): twice [`MATVEC_OUTPUTS_PER_WORKGROUP`], as every workgroup reads
+/// its rows of X in full.
+pub const MATVEC_BATCH_OUTPUTS_PER_WORKGROUP: u32 = 8;
 
 /// All variants.
 pub static KERNELS: &[&Kernel] = &all_formats!(
@@ -558,7 +562,7 @@ pub fn matvec_batch<'b, B>(
 ) -> Bound<'b, B> {
     let kernel = by_format(by_reduction(&MATVEC_BATCH, reduction), format);
     let workgroups = [
-        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+        ceil_div(params.out_dim, MATVEC_BATCH_OUTPUTS_PER_WORKGROUP),
         ceil_div(params.rows, MATVEC_BATCH_ROWS),
         1,
     ];
@@ -625,7 +629,7 @@ pub fn matvec_act_lin<'b, B>(
         (&MATVEC_ACT_LIN, rows)
     } else {
         let rows = [
-            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            ceil_div(params.out_dim, MATVEC_BATCH_OUTPUTS_PER_WORKGROUP),
             ceil_div(params.rows, MATVEC_BATCH_ROWS),
             1,
         ];
