@@ -20,10 +20,24 @@ const SUMS: u32 = OUTPUTS_PER_WORKGROUP * BATCH_ROWS;
 const ENTRIES: u32 = SUMS / 4u;
 override WORKGROUP_SIZE: u32 = 128u;
 
-// Partial sums (see ENTRIES). The accumulators are written out by hand: with a private array
-// indexed in a loop, the H100's compiler kept them in local memory (10 ms for a batch-8 step of
-// retnet_xl).
-fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> array<vec4<f32>, ENTRIES> {
+// One invocation's partial sums: the products (see ENTRIES) and, for a fused RMSNorm, the sums
+// of squares of its share of the eight input rows (rows 0–3, 4–7; the other kernels leave them
+// unused and the compiler drops them).
+struct BatchPartials {
+    sums: array<vec4<f32>, ENTRIES>,
+    squares_low: vec4<f32>,
+    squares_high: vec4<f32>,
+}
+
+// x · x added to `acc`, one fma per component (in order).
+fn add_squares(acc: f32, x: vec4<f32>) -> f32 {
+    return fma(x.w, x.w, fma(x.z, x.z, fma(x.y, x.y, fma(x.x, x.x, acc))));
+}
+
+// Partial sums of (x ⊙ input_weight) · w. The accumulators are written out by hand: with a
+// private array indexed in a loop, the H100's compiler kept them in local memory (10 ms for a
+// batch-8 step of retnet_xl).
+fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> BatchPartials {
     let in4 = params.in_dim / 4u;
     let stride4 = params.weight_stride / 4u;
     let last_output = params.out_dim - 1u;
@@ -60,6 +74,8 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
     var acc13 = vec4<f32>(0.0);
     var acc14 = vec4<f32>(0.0);
     var acc15 = vec4<f32>(0.0);
+    var squares_low = vec4<f32>(0.0);
+    var squares_high = vec4<f32>(0.0);
     for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
         let a = weight_vec4(w0 + i);
         let b = weight_vec4(w1 + i);
@@ -69,35 +85,53 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> ar
         let f = weight_vec4(w5 + i);
         let g = weight_vec4(w6 + i);
         let h = weight_vec4(w7 + i);
-        let y0 = input_vec4(x0, i);
+        let scale = input_weight(i);
+        let raw0 = input_vec4(x0, i);
+        squares_low.x = add_squares(squares_low.x, raw0);
+        let y0 = raw0 * scale;
         acc0 += dots(a, b, c, d, y0);
         acc1 += dots(e, f, g, h, y0);
-        let y1 = input_vec4(x1, i);
+        let raw1 = input_vec4(x1, i);
+        squares_low.y = add_squares(squares_low.y, raw1);
+        let y1 = raw1 * scale;
         acc2 += dots(a, b, c, d, y1);
         acc3 += dots(e, f, g, h, y1);
-        let y2 = input_vec4(x2, i);
+        let raw2 = input_vec4(x2, i);
+        squares_low.z = add_squares(squares_low.z, raw2);
+        let y2 = raw2 * scale;
         acc4 += dots(a, b, c, d, y2);
         acc5 += dots(e, f, g, h, y2);
-        let y3 = input_vec4(x3, i);
+        let raw3 = input_vec4(x3, i);
+        squares_low.w = add_squares(squares_low.w, raw3);
+        let y3 = raw3 * scale;
         acc6 += dots(a, b, c, d, y3);
         acc7 += dots(e, f, g, h, y3);
-        let y4 = input_vec4(x4, i);
+        let raw4 = input_vec4(x4, i);
+        squares_high.x = add_squares(squares_high.x, raw4);
+        let y4 = raw4 * scale;
         acc8 += dots(a, b, c, d, y4);
         acc9 += dots(e, f, g, h, y4);
-        let y5 = input_vec4(x5, i);
+        let raw5 = input_vec4(x5, i);
+        squares_high.y = add_squares(squares_high.y, raw5);
+        let y5 = raw5 * scale;
         acc10 += dots(a, b, c, d, y5);
         acc11 += dots(e, f, g, h, y5);
-        let y6 = input_vec4(x6, i);
+        let raw6 = input_vec4(x6, i);
+        squares_high.z = add_squares(squares_high.z, raw6);
+        let y6 = raw6 * scale;
         acc12 += dots(a, b, c, d, y6);
         acc13 += dots(e, f, g, h, y6);
-        let y7 = input_vec4(x7, i);
+        let raw7 = input_vec4(x7, i);
+        squares_high.w = add_squares(squares_high.w, raw7);
+        let y7 = raw7 * scale;
         acc14 += dots(a, b, c, d, y7);
         acc15 += dots(e, f, g, h, y7);
     }
-    return array<vec4<f32>, ENTRIES>(
+    let sums = array<vec4<f32>, ENTRIES>(
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
         acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15,
     );
+    return BatchPartials(sums, squares_low, squares_high);
 }
 
 fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, x: vec4<f32>) -> vec4<f32> {

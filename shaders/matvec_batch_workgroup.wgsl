@@ -10,7 +10,7 @@ var<workgroup> partial_sums: array<f32, HALF_SUMS * WORKGROUP_SIZE>;
 fn matvec_batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     let first_row = wid.y * BATCH_ROWS;
-    let acc = matvec_batch_partial_sums(lane, first_output, first_row);
+    let acc = matvec_batch_partial_sums(lane, first_output, first_row).sums;
     for (var half = 0u; half < 2u; half++) {
         // Entries 8·half … 8·half + 7 hold sums HALF_SUMS·half … (see ENTRIES).
         for (var e = 0u; e < ENTRIES / 2u; e++) {

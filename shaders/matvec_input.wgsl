@@ -6,3 +6,9 @@ fn prepare_input(lane: u32, row: u32) {}
 fn input_vec4(row: u32, i: u32) -> vec4<f32> {
     return input[row * (params.in_dim / 4u) + i];
 }
+
+// Factor applied to input vec4 `i` in the products: none (matvec_input_norm.wgsl applies the
+// RMSNorm's weight here).
+fn input_weight(i: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
+}

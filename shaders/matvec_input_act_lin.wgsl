@@ -14,3 +14,8 @@ fn input_vec4(row: u32, i: u32) -> vec4<f32> {
     }
     return vec4<f32>(silu(a.x) * b.x, silu(a.y) * b.y, silu(a.z) * b.z, silu(a.w) * b.w);
 }
+
+// No factor on the gated input (see matvec_input.wgsl).
+fn input_weight(i: u32) -> vec4<f32> {
+    return vec4<f32>(1.0);
+}

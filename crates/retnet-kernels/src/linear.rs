@@ -270,6 +270,17 @@ const fn matvec_norm_subgroup(name: &'static str, source: &'static str, f16: boo
     )
 }
 
+const fn matvec_batch_norm_subgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
+    matvec_kernel(
+        name,
+        source,
+        f16,
+        "matvec_batch_norm_subgroup",
+        true,
+        NORM_BINDINGS,
+    )
+}
+
 const fn matvec_act_lin_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
     matvec_kernel(name, source, f16, "matvec", false, BINDINGS)
 }
@@ -366,6 +377,20 @@ pub static MATVEC_NORM: [Kernel; FORMATS] = format_variants!(
         "matvec_input.wgsl",
         "matvec_common.wgsl",
         "matvec_norm_subgroup.wgsl"
+    ]
+);
+
+/// RMSNorm + batched matvec (subgroups), by weight format.
+pub static MATVEC_BATCH_NORM: [Kernel; FORMATS] = format_variants!(
+    "matvec-batch-norm",
+    "/subgroup",
+    matvec_batch_norm_subgroup,
+    [
+        "linear_common.wgsl",
+        "matvec_input_norm.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_subgroup.wgsl",
+        "matvec_batch_norm_subgroup.wgsl"
     ]
 );
 
@@ -473,6 +498,7 @@ pub static KERNELS: &[&Kernel] = &all_formats!(
     MATVEC_BATCH[0],
     MATVEC_BATCH[1],
     MATVEC_NORM,
+    MATVEC_BATCH_NORM,
     MATVEC_ACT_LIN[0],
     MATVEC_ACT_LIN[1],
     MATVEC_BATCH_ACT_LIN[0],
@@ -570,19 +596,36 @@ pub fn matvec_batch<'b, B>(
 }
 
 /// `Y = rms_norm(X) · Wᵀ` for decode, the norm (weight `norm_weight`, epsilon
-/// `params.norm_eps`) fused into [`matvec`]. Needs subgroups and [`matvec_supports`].
+/// `params.norm_eps`) fused into [`matvec`] for one row and into [`matvec_batch`] for more (up
+/// to [`MATVEC_BATCH_MAX_ROWS`] as the model uses it; any count works). Needs subgroups and
+/// [`matvec_supports`].
 pub fn matvec_norm<'b, B>(
     format: WeightFormat,
     params: LinearParams,
     buffers: LinearNormBuffers<'b, B>,
 ) -> Bound<'b, B> {
-    let kernel = by_format(&MATVEC_NORM, format);
-    let workgroups = [
-        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
-        params.rows,
-        1,
-    ];
-    bound(kernel, format, &params, workgroups, buffers.in_order())
+    let (table, workgroups) = if params.rows <= 1 {
+        let grid = [
+            ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+            params.rows,
+            1,
+        ];
+        (&MATVEC_NORM, grid)
+    } else {
+        let grid = [
+            ceil_div(params.out_dim, MATVEC_BATCH_OUTPUTS_PER_WORKGROUP),
+            ceil_div(params.rows, MATVEC_BATCH_ROWS),
+            1,
+        ];
+        (&MATVEC_BATCH_NORM, grid)
+    };
+    bound(
+        by_format(table, format),
+        format,
+        &params,
+        workgroups,
+        buffers.in_order(),
+    )
 }
 
 /// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.

@@ -252,6 +252,8 @@ fn linear_cases(device: &Device) -> Vec<LinearCase> {
     }
     if device.features().subgroups {
         cases.push(("matvec-norm".into(), Linear::MatvecNorm, 1));
+        // More rows: the batched kernel with the norm fused (two row blocks, one partial).
+        cases.push(("matvec-batch-norm".into(), Linear::MatvecNorm, 11));
     }
     if let Some(shape) = device.coop_shape() {
         // f16 weights only (the kernel reads native halves); 70 rows: a partial block.
@@ -361,7 +363,7 @@ fn linear_kernels_write_row_blocks_at_their_column_offset() {
     let gb = device.upload_f32("g", &norm_weight).unwrap();
     let eps = 1e-5f32;
     for (what, make, rows) in linear_cases(device) {
-        let normed = what == "matvec-norm";
+        let normed = matches!(make, Linear::MatvecNorm);
         let coop = what.starts_with("gemm-coop");
         for accumulate in [None, Some(0.75)] {
             let params = LinearParams {

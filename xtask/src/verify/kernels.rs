@@ -491,7 +491,12 @@ fn matvec_norm_case(rows: &mut Rows<'_>, params: LinearParams, seed: u64) {
         shape += &format!(" x_row_start={start}");
     }
     for format in WeightFormat::ALL {
-        let case = format!("matvec-norm/{}/subgroup", format.name());
+        let kernel = if n_rows > 1 {
+            "matvec-batch-norm"
+        } else {
+            "matvec-norm"
+        };
+        let case = format!("{kernel}/{}/subgroup", format.name());
         let support = format_support(rows.device, format)
             .and_then(|()| reduction_support(rows.device, Reduction::Subgroup));
         if let Err(reason) = support {
@@ -557,8 +562,14 @@ fn linears(rows: &mut Rows<'_>) {
 
     // The fused-norm matvec and the tensor-core GEMM are verify's only (the runtime tests run
     // them on row blocks alone), so their shapes stay here.
-    // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case.
-    let mut normed = vec![(1, 8, 5, 0), (1, 256, 70, 0)];
+    // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case;
+    // batches (the batched kernel): one partial row block, two row blocks from row 2.
+    let mut normed = vec![
+        (1, 8, 5, 0),
+        (1, 256, 70, 0),
+        (8, 256, 70, 0),
+        (9, 64, 33, 2),
+    ];
     if !rows.quick {
         normed.extend([(1, 2048, 515, 3), (2, 1024, 130, 0)]);
     }

@@ -251,9 +251,9 @@ pub(super) fn record_forward(
         s: scratch,
         t,
         rows,
-        // One decode row with subgroups: a pre-norm's RMSNorm is fused into the projection
-        // after it.
-        fuse_norms: t == 1
+        // Decode rows (one, or a batch the matvecs take) with subgroups: a pre-norm's RMSNorm
+        // is fused into the projection after it.
+        fuse_norms: t <= linear::MATVEC_BATCH_MAX_ROWS as usize
             && model.reduction == Reduction::Subgroup
             && model.config.d_model % 4 == 0,
     };
@@ -322,7 +322,7 @@ impl Recorder<'_> {
         project(self.model, self.s, seq, w, input, output, params)
     }
 
-    /// `output = rms_norm(x; g) · Wᵀ`: fused for one row, else the norm into h, then `w`.
+    /// `output = rms_norm(x; g) · Wᵀ`: fused for decode rows, else the norm into h, then `w`.
     fn normed_proj(
         &self,
         seq: &mut Sequence<'_>,
