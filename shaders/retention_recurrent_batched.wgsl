@@ -5,7 +5,9 @@
 // retention_recurrent.wgsl, in the same order of operations (so a row gives the same bits as the
 // unbatched kernel run on that sequence alone):
 //   S ← γ S + kᵀ v;  P = q S,
-// each state entry read once and written once. Two rows must not name the same slot.
+// each state entry read once and written once, rows walked in rounds with (q̂, k̂) staged in
+// workgroup memory (retention_recurrent_rows.wgsl, shared with the unbatched kernel). Two rows
+// must not name the same slot.
 
 @group(0) @binding(5) var<storage, read> positions: array<u32>;
 @group(0) @binding(6) var<storage, read> slots: array<u32>;
@@ -21,7 +23,11 @@ var<workgroup> partial_sums: array<f32, COLUMNS * SLICES>;
 
 // Grid: (ceil(value_dim / COLUMNS), query_heads, rows).
 @compute @workgroup_size(COLUMNS, SLICES)
-fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn retention_recurrent_batched(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) index: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
     let head = wid.y;
     let row = wid.z;
     let kv_head = kv_head_of(head);
@@ -29,21 +35,27 @@ fn retention_recurrent_batched(@builtin(local_invocation_id) lid: vec3<u32>, @bu
     let slice = lid.y;
     let log_gamma = log_decay[head];
     let decay = decay_minus_one(log_gamma);
-    let in_range = column < params.value_dim && row < params.tokens;
+    let row_in_range = row < params.tokens;
+    let in_range = column < params.value_dim && row_in_range;
     // Start of this row's state for this head: the pool slot, then [H, K, V] as in state_index.
     let slot_base = slots[row] * params.query_heads * params.key_dim * params.value_dim;
+    let base = slot_base + state_index(head, 0u, column);
 
-    var acc = 0.0;
+    var v_value = 0.0;
     if in_range {
-        let v_value = value_at(row, kv_head, column);
-        let position = positions[row];
-        for (var r = slice; r < params.key_dim; r += SLICES) {
-            let index = slot_base + state_index(head, r, column);
-            let qk = query_key(row, head, kv_head, r, position);
-            let s = decay_state(decay, state[index], qk.y * v_value);
-            state[index] = s;
-            acc = fma(qk.x, s, acc);
+        v_value = value_at(row, kv_head, column);
+    }
+    var acc = 0.0;
+    // Barriers in uniform control flow: the round loop's bounds come from params only.
+    for (var r0 = 0u; r0 < params.key_dim; r0 += COLUMNS * SLICES) {
+        if row_in_range {
+            stage_round(row, head, kv_head, r0, index, positions[row]);
         }
+        workgroupBarrier();
+        if in_range {
+            acc = round_rows(base, r0, slice, decay, v_value, acc);
+        }
+        workgroupBarrier();
     }
     partial_sums[slice * COLUMNS + lid.x] = acc;
     workgroupBarrier();

@@ -258,7 +258,9 @@ pub static CHUNKWISE: Kernel = Kernel {
 
 /// The recurrent kernels' workgroup shape (with or without rotary): 8 columns × 32 slices, 4× the
 /// workgroups of 32 × 8 and a quarter of the dependent chain per invocation (docs/perf-notes.md,
-/// "Recurrent retention": 553 → 369 µs per decode step of retnet_xl on the H200).
+/// "Recurrent retention": 553 → 369 µs per decode step of retnet_xl on the H200). The rows of S
+/// go in rounds of COLUMNS × SLICES (256: one round at K = 256), the round's (q̂, k̂) staged in
+/// workgroup memory (retention_recurrent_rows.wgsl, also for the batched shape).
 const RECURRENT_SHAPE: [OverrideConstant; 2] = [
     OverrideConstant {
         name: "COLUMNS",
@@ -290,7 +292,8 @@ pub static RECURRENT: Kernel = Kernel {
     source: shader!(
         "retention_common.wgsl",
         "retention_qk.wgsl",
-        "retention_recurrent.wgsl"
+        "retention_recurrent.wgsl",
+        "retention_recurrent_rows.wgsl"
     ),
     entry_point: "retention_recurrent",
     workgroup_size: [
@@ -311,7 +314,8 @@ pub static RECURRENT_BATCHED: Kernel = Kernel {
     source: shader!(
         "retention_common.wgsl",
         "retention_qk.wgsl",
-        "retention_recurrent_batched.wgsl"
+        "retention_recurrent_batched.wgsl",
+        "retention_recurrent_rows.wgsl"
     ),
     entry_point: "retention_recurrent_batched",
     workgroup_size: [
@@ -339,7 +343,8 @@ pub static RECURRENT_ROTARY: Kernel = Kernel {
         "retention_common.wgsl",
         "rotary_angle.wgsl",
         "retention_qk_rotary.wgsl",
-        "retention_recurrent.wgsl"
+        "retention_recurrent.wgsl",
+        "retention_recurrent_rows.wgsl"
     ),
     entry_point: "retention_recurrent",
     workgroup_size: [
@@ -360,7 +365,8 @@ pub static RECURRENT_BATCHED_ROTARY: Kernel = Kernel {
         "retention_common.wgsl",
         "rotary_angle.wgsl",
         "retention_qk_rotary.wgsl",
-        "retention_recurrent_batched.wgsl"
+        "retention_recurrent_batched.wgsl",
+        "retention_recurrent_rows.wgsl"
     ),
     entry_point: "retention_recurrent_batched",
     workgroup_size: [
