@@ -391,12 +391,14 @@ pub(crate) async fn upload(
         retention::CHUNK_OUTPUTS_MAX_CHUNK,
         retention::chunk_outputs_workgroup_bytes,
     );
-    // Chunk-parallel retention on the tensor cores with either tile (the 16×16 variants pass
-    // every verify row on the H200, docs/verify-h200.txt), in chunks of 32 where the portable
-    // kernels would take up to 64.
+    // Chunk-parallel retention on 8×8 tensor cores, in chunks of 32 where the portable kernels
+    // would take up to 64. The 16×16 variants are exact on the H200 but 9× slower than the
+    // portable kernels there (chunk-outputs 350 against 38 ms per 2048-row span,
+    // docs/perf-notes.md, stop 26), so they stay off.
     let coop_chunk = retention::CHUNK_OUTPUTS_COOP_MAX_CHUNK;
     let retention_tensor_cores = device.coop_shape().filter(|&s| {
-        retention::chunk_outputs_coop_workgroup_bytes(s, coop_chunk) <= workgroup_memory
+        s.tile == CoopTile::Eight
+            && retention::chunk_outputs_coop_workgroup_bytes(s, coop_chunk) <= workgroup_memory
             && retention::chunk_updates_coop_workgroup_bytes(s, coop_chunk) <= workgroup_memory
     });
     let max_parallel_chunk = match retention_tensor_cores {
