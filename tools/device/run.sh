@@ -35,7 +35,7 @@ for part in "$@"; do
       # Hybrid checkpoints (4 of fla-1.3B's 24 layers softmax attention): decode at 1k and 64k
       # contexts, full attention (memory grows) and a 2048-token window (flat).
       step bench-hybrid "$bin/xtask" bench --quick --preset fla_hybrid_1.3b ${HYBRID_ARGS:-} --json "$OUT/bench-hybrid.json"
-      step bench-hybrid-swa "$bin/xtask" bench --quick --preset fla_hybrid_1.3b_swa --json "$OUT/bench-hybrid-swa.json" ;;
+      step bench-hybrid-swa "$bin/xtask" bench --quick --preset fla_hybrid_1.3b_swa ${HYBRID_ARGS:-} --json "$OUT/bench-hybrid-swa.json" ;;
     micro)  step micro "$bin/xtask" bench --micro --json "$OUT/micro.json" ;;
     peers)  peers_setup; step peers python3 tools/device/peer_bench.py --quick ;;
     peers-all) peers_setup; step peers-all python3 tools/device/peer_bench.py ;;
