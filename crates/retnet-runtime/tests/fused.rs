@@ -327,8 +327,18 @@ fn matvec_head_gate_equals_head_norm_gate_then_matvec() {
     let Some(device) = device() else { return };
     let mut rng = Rng::new(24);
     // (heads, V, out): V = 6 puts head boundaries inside vec4s; V = 300 exceeds the workgroup;
-    // 9 heads: a partial group of four in the reduction; 1 head.
-    for (heads, v, out_dim) in [(2usize, 6usize, 5usize), (3, 300, 6), (9, 4, 11), (1, 8, 3)] {
+    // 9 heads: a partial group of four in the reduction; 1 head; 40 heads: more heads than
+    // subgroups (rounds of the subgroup prologue: 4 to 32 subgroups per workgroup); V = 2 and 1:
+    // heads shorter than a vec4.
+    for (heads, v, out_dim) in [
+        (2usize, 6usize, 5usize),
+        (3, 300, 6),
+        (9, 4, 11),
+        (1, 8, 3),
+        (40, 4, 7),
+        (6, 2, 3),
+        (8, 1, 5),
+    ] {
         let width = heads * v;
         let input = rng.vec(width);
         // g is a column range of a wider buffer, as in the q|k|v|g projection.
@@ -372,7 +382,10 @@ fn matvec_head_gate_equals_head_norm_gate_then_matvec() {
                 gate_stride: gate.len() as u32,
                 weighted,
             };
-            for reduction in reductions(device) {
+            // Subgroups first: workgroup memory is not zeroed between dispatches, and on
+            // lavapipe a head the subgroup prologue failed to normalize would otherwise read
+            // the scale the tree prologue left there for the same input.
+            for reduction in reductions(device).into_iter().rev() {
                 for format in formats(device) {
                     let weights = device.upload_matrix("w", &w, width, format).unwrap();
                     let y = device.upload_f32("y", &y0).unwrap();

@@ -147,7 +147,8 @@ pub fn matvec(set: Set) -> Vec<LinearShape> {
 /// The batched matvec: 8 rows per workgroup, so 2, 8, 9 and 21 rows cover a partial block, one
 /// whole block, and blocks after the first.
 pub fn matvec_batch(set: Set) -> Vec<LinearShape> {
-    let mut quick = plain(&[(2, 12, 5), (8, 256, 70), (9, 64, 33)]);
+    // 1028 inputs: two strides per iteration and a last odd one for each invocation (257 vec4s).
+    let mut quick = plain(&[(2, 12, 5), (8, 256, 70), (9, 64, 33), (3, 1028, 9)]);
     quick.push(fused(10, 16, 9, 3, 0.5));
     pick(set, quick, plain(&[(21, 1024, 130), (32, 2048, 515)]))
 }

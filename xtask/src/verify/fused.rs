@@ -359,8 +359,14 @@ fn act_lin_rows(device: &Device, quick: bool, rows: &mut Vec<Row>) {
 
 fn head_gate_rows(device: &Device, quick: bool, rows: &mut Vec<Row>) {
     // (heads, V, out): head boundaries inside vec4s; V over the workgroup; a partial group of
-    // four heads in the reduction.
-    let mut shapes = vec![(2usize, 6usize, 5usize), (3, 300, 6), (9, 4, 11)];
+    // four heads in the reduction; more heads than subgroups; heads shorter than a vec4.
+    let mut shapes = vec![
+        (2usize, 6usize, 5usize),
+        (3, 300, 6),
+        (9, 4, 11),
+        (40, 4, 7),
+        (6, 2, 3),
+    ];
     if !quick {
         // retnet_xl's out_proj input (8 × 432) and fla-1.3B's (8 × 512), 40 outputs.
         shapes.extend([(8, 432, 40), (8, 512, 40)]);

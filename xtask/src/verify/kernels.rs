@@ -563,12 +563,14 @@ fn linears(rows: &mut Rows<'_>) {
     // The fused-norm matvec and the tensor-core GEMM are verify's only (the runtime tests run
     // them on row blocks alone), so their shapes stay here.
     // RMSNorm fused into the matvec (decode): one row, from the last row of X in the head case;
-    // batches (the batched kernel): one partial row block, two row blocks from row 2.
+    // batches (the batched kernel): one partial row block, two row blocks from row 2, and 1028
+    // inputs (257 vec4s: two strides per iteration, then a last odd one).
     let mut normed = vec![
         (1, 8, 5, 0),
         (1, 256, 70, 0),
         (8, 256, 70, 0),
         (9, 64, 33, 2),
+        (3, 1028, 9, 1),
     ];
     if !rows.quick {
         normed.extend([(1, 2048, 515, 3), (2, 1024, 130, 0)]);

@@ -1,0 +1,34 @@
+// The head-gate prologue of the subgroup matvec (matvec_input_head_gate.wgsl with
+// matvec_subgroup.wgsl, which sets `own_subgroup`, `own_subgroup_lane`, `own_subgroup_size` and
+// `own_subgroups` before calling it): each subgroup sums the squares of whole heads (heads
+// first + s for subgroup s, in rounds of the subgroup count), one subgroupAdd per head, and one
+// barrier for all heads. The tree it replaces (matvec_head_gate_tree.wgsl) took 8 barriers per
+// four heads: 16 before the first weight load of an out_proj workgroup for 8 heads.
+
+var<workgroup> prologue_subgroups: u32;
+
+fn prepare_input(lane: u32, row: u32) {
+    // The subgroup count is the same for the whole workgroup; loading it through workgroup memory
+    // makes that visible to the uniformity analysis (the rounds end in a barrier).
+    if lane == 0u {
+        prologue_subgroups = own_subgroups;
+    }
+    let count = workgroupUniformLoad(&prologue_subgroups);
+    let heads = params.in_dim / params.head_dim;
+    for (var first = 0u; first < heads; first += count) {
+        let h = first + own_subgroup;
+        var squares = 0.0;
+        if h < heads {
+            let base = row * params.in_dim + h * params.head_dim;
+            for (var c = own_subgroup_lane; c < params.head_dim; c += own_subgroup_size) {
+                let x = input_element(base + c);
+                squares = fma(x, x, squares);
+            }
+        }
+        let total = subgroupAdd(squares);
+        if h < heads && own_subgroup_lane == 0u {
+            head_scale[h] = 1.0 / sqrt(total / f32(params.head_dim) + params.norm_eps);
+        }
+    }
+    workgroupBarrier();
+}
