@@ -8,15 +8,15 @@
 @group(0) @binding(2) var<storage, read> input: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 
-// Private arrays cannot be sized by overrides, so these are consts. Eight outputs per workgroup:
-// every workgroup reads its BATCH_ROWS input rows in full, so the outputs it computes from them
-// set how often the inputs are re-read (with 4, the 8 f32 rows cost 4× the f16 weights in cache
-// traffic; docs/perf-notes.md, stop 26).
-const OUTPUTS_PER_WORKGROUP: u32 = 8u;
+// Private arrays cannot be sized by overrides, so these are consts. Four outputs per workgroup:
+// every workgroup reads its BATCH_ROWS input rows in full (the 8 f32 rows cost 4× the f16
+// weights in cache traffic), but eight outputs' 64 accumulators cost registers, hence resident
+// warps, and measured slower on the H200 (docs/perf-notes.md, stop 27).
+const OUTPUTS_PER_WORKGROUP: u32 = 4u;
 const BATCH_ROWS: u32 = 8u;
 const SUMS: u32 = OUTPUTS_PER_WORKGROUP * BATCH_ROWS;
-// Accumulator vec4s: entry 2r holds outputs 0–3 of row r, entry 2r + 1 outputs 4–7, so sum
-// s = 4·entry + component is row s / OUTPUTS_PER_WORKGROUP, output s % OUTPUTS_PER_WORKGROUP.
+// Accumulator vec4s: entry r holds outputs 0–3 of row r, so sum s = 4·entry + component is row
+// s / OUTPUTS_PER_WORKGROUP, output s % OUTPUTS_PER_WORKGROUP.
 const ENTRIES: u32 = SUMS / 4u;
 override WORKGROUP_SIZE: u32 = 128u;
 
@@ -46,10 +46,6 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> Ba
     let w1 = min(first_output + 1u, last_output) * stride4;
     let w2 = min(first_output + 2u, last_output) * stride4;
     let w3 = min(first_output + 3u, last_output) * stride4;
-    let w4 = min(first_output + 4u, last_output) * stride4;
-    let w5 = min(first_output + 5u, last_output) * stride4;
-    let w6 = min(first_output + 6u, last_output) * stride4;
-    let w7 = min(first_output + 7u, last_output) * stride4;
     let x0 = params.x_row_start + min(first_row + 0u, last_row);
     let x1 = params.x_row_start + min(first_row + 1u, last_row);
     let x2 = params.x_row_start + min(first_row + 2u, last_row);
@@ -66,14 +62,6 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> Ba
     var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0);
     var acc7 = vec4<f32>(0.0);
-    var acc8 = vec4<f32>(0.0);
-    var acc9 = vec4<f32>(0.0);
-    var acc10 = vec4<f32>(0.0);
-    var acc11 = vec4<f32>(0.0);
-    var acc12 = vec4<f32>(0.0);
-    var acc13 = vec4<f32>(0.0);
-    var acc14 = vec4<f32>(0.0);
-    var acc15 = vec4<f32>(0.0);
     var squares_low = vec4<f32>(0.0);
     var squares_high = vec4<f32>(0.0);
     for (var i = lane; i < in4; i += WORKGROUP_SIZE) {
@@ -81,56 +69,41 @@ fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> Ba
         let b = weight_vec4(w1 + i);
         let c = weight_vec4(w2 + i);
         let d = weight_vec4(w3 + i);
-        let e = weight_vec4(w4 + i);
-        let f = weight_vec4(w5 + i);
-        let g = weight_vec4(w6 + i);
-        let h = weight_vec4(w7 + i);
         let scale = input_weight(i);
         let raw0 = input_vec4(x0, i);
         squares_low.x = add_squares(squares_low.x, raw0);
         let y0 = raw0 * scale;
         acc0 += dots(a, b, c, d, y0);
-        acc1 += dots(e, f, g, h, y0);
         let raw1 = input_vec4(x1, i);
         squares_low.y = add_squares(squares_low.y, raw1);
         let y1 = raw1 * scale;
-        acc2 += dots(a, b, c, d, y1);
-        acc3 += dots(e, f, g, h, y1);
+        acc1 += dots(a, b, c, d, y1);
         let raw2 = input_vec4(x2, i);
         squares_low.z = add_squares(squares_low.z, raw2);
         let y2 = raw2 * scale;
-        acc4 += dots(a, b, c, d, y2);
-        acc5 += dots(e, f, g, h, y2);
+        acc2 += dots(a, b, c, d, y2);
         let raw3 = input_vec4(x3, i);
         squares_low.w = add_squares(squares_low.w, raw3);
         let y3 = raw3 * scale;
-        acc6 += dots(a, b, c, d, y3);
-        acc7 += dots(e, f, g, h, y3);
+        acc3 += dots(a, b, c, d, y3);
         let raw4 = input_vec4(x4, i);
         squares_high.x = add_squares(squares_high.x, raw4);
         let y4 = raw4 * scale;
-        acc8 += dots(a, b, c, d, y4);
-        acc9 += dots(e, f, g, h, y4);
+        acc4 += dots(a, b, c, d, y4);
         let raw5 = input_vec4(x5, i);
         squares_high.y = add_squares(squares_high.y, raw5);
         let y5 = raw5 * scale;
-        acc10 += dots(a, b, c, d, y5);
-        acc11 += dots(e, f, g, h, y5);
+        acc5 += dots(a, b, c, d, y5);
         let raw6 = input_vec4(x6, i);
         squares_high.z = add_squares(squares_high.z, raw6);
         let y6 = raw6 * scale;
-        acc12 += dots(a, b, c, d, y6);
-        acc13 += dots(e, f, g, h, y6);
+        acc6 += dots(a, b, c, d, y6);
         let raw7 = input_vec4(x7, i);
         squares_high.w = add_squares(squares_high.w, raw7);
         let y7 = raw7 * scale;
-        acc14 += dots(a, b, c, d, y7);
-        acc15 += dots(e, f, g, h, y7);
+        acc7 += dots(a, b, c, d, y7);
     }
-    let sums = array<vec4<f32>, ENTRIES>(
-        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
-        acc8, acc9, acc10, acc11, acc12, acc13, acc14, acc15,
-    );
+    let sums = array<vec4<f32>, ENTRIES>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7);
     return BatchPartials(sums, squares_low, squares_high);
 }
 

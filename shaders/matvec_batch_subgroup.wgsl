@@ -20,7 +20,7 @@ fn keep_subgroup_sum(e: u32, slot: u32, total: vec4<f32>) {
     subgroup_sums[at + 3u * SLOTS] = total.w;
 }
 
-// The workgroup's totals: for invocation s < SUMS (WORKGROUP_SIZE ≥ SUMS: 128 against 64),
+// The workgroup's totals: for invocation s < SUMS (WORKGROUP_SIZE ≥ SUMS: 128 against 32),
 // x = sum s and, with `with_squares`, y = the sum of squares of row s / OUTPUTS_PER_WORKGROUP.
 // Called in uniform control flow; `count` is the workgroup's subgroup count.
 fn reduce_batch(
@@ -40,14 +40,6 @@ fn reduce_batch(
     let t5 = subgroupAdd(p.sums[5]);
     let t6 = subgroupAdd(p.sums[6]);
     let t7 = subgroupAdd(p.sums[7]);
-    let t8 = subgroupAdd(p.sums[8]);
-    let t9 = subgroupAdd(p.sums[9]);
-    let t10 = subgroupAdd(p.sums[10]);
-    let t11 = subgroupAdd(p.sums[11]);
-    let t12 = subgroupAdd(p.sums[12]);
-    let t13 = subgroupAdd(p.sums[13]);
-    let t14 = subgroupAdd(p.sums[14]);
-    let t15 = subgroupAdd(p.sums[15]);
     var squares_low = vec4<f32>(0.0);
     var squares_high = vec4<f32>(0.0);
     if with_squares {
@@ -66,14 +58,6 @@ fn reduce_batch(
             keep_subgroup_sum(5u, slot, t5);
             keep_subgroup_sum(6u, slot, t6);
             keep_subgroup_sum(7u, slot, t7);
-            keep_subgroup_sum(8u, slot, t8);
-            keep_subgroup_sum(9u, slot, t9);
-            keep_subgroup_sum(10u, slot, t10);
-            keep_subgroup_sum(11u, slot, t11);
-            keep_subgroup_sum(12u, slot, t12);
-            keep_subgroup_sum(13u, slot, t13);
-            keep_subgroup_sum(14u, slot, t14);
-            keep_subgroup_sum(15u, slot, t15);
             if with_squares {
                 keep_subgroup_sum(ENTRIES, slot, squares_low);
                 keep_subgroup_sum(ENTRIES + 1u, slot, squares_high);

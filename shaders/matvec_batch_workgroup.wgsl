@@ -12,7 +12,7 @@ fn matvec_batch(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let first_row = wid.y * BATCH_ROWS;
     let acc = matvec_batch_partial_sums(lane, first_output, first_row).sums;
     for (var half = 0u; half < 2u; half++) {
-        // Entries 8·half … 8·half + 7 hold sums HALF_SUMS·half … (see ENTRIES).
+        // Entries 4·half … 4·half + 3 hold sums HALF_SUMS·half … (see ENTRIES).
         for (var e = 0u; e < ENTRIES / 2u; e++) {
             let entry = acc[half * (ENTRIES / 2u) + e];
             for (var c = 0u; c < 4u; c++) {

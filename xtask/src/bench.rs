@@ -407,6 +407,36 @@ async fn copy_bandwidth(device: &Device, tiny: bool) -> Result<f64, String> {
 
 /// GPU time per kernel over everything submitted while `work` runs: (kernel, dispatches, µs),
 /// most expensive first; `None` without timestamp queries.
+/// Steps timed by [`finish_pass_timing`].
+const PASS_REPEATS: usize = 16;
+
+/// Starts timing each submitted sequence as it normally runs (its dispatches in one pass,
+/// [`Device::start_profiling_sequences`]); false without timestamp queries.
+fn start_pass_timing(device: &Device) -> Result<bool, String> {
+    if !device.has_timestamp_query() {
+        return Ok(false);
+    }
+    device
+        .start_profiling_sequences()
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// GPU microseconds per step of the PASS_REPEATS steps run since [`start_pass_timing`], all
+/// sequences of a step summed: against the wall time of the same step it separates the GPU's
+/// time from the host's. None when not timed.
+async fn finish_pass_timing(device: &Device, timed: bool) -> Result<Option<f64>, String> {
+    if !timed {
+        return Ok(None);
+    }
+    let (times, missed) = device.finish_profiling().await.map_err(|e| e.to_string())?;
+    if missed > 0 || times.is_empty() {
+        return Ok(None);
+    }
+    let total_us: f64 = times.iter().map(|t| t.nanos / 1e3).sum();
+    Ok(Some(total_us / PASS_REPEATS as f64))
+}
+
 async fn profile<F, Fut>(device: &Device, work: F) -> Result<Option<Value>, String>
 where
     F: FnOnce() -> Fut,
@@ -677,6 +707,11 @@ async fn bench_preset(
         decoding.step(1).await.map(|_| ()).map_err(err)
     })
     .await?;
+    let timed = start_pass_timing(device)?;
+    for _ in 0..if timed { PASS_REPEATS } else { 0 } {
+        session.step(1).await.map_err(err)?;
+    }
+    let decode_pass = finish_pass_timing(device, timed).await?;
 
     // Decode, batch 8: eight copies of the session's state, sampled on the GPU.
     let batch_size = 8;
@@ -710,6 +745,11 @@ async fn bench_preset(
         stepping.step(batch_inputs).await.map(|_| ()).map_err(err)
     })
     .await?;
+    let timed = start_pass_timing(device)?;
+    for _ in 0..if timed { PASS_REPEATS } else { 0 } {
+        batch.step(&inputs).await.map_err(err)?;
+    }
+    let batch_pass = finish_pass_timing(device, timed).await?;
     let decode8_tps = (batch_size * effort.batch_steps) as f64 / decode8.as_secs_f64();
     let batch_bytes = batch.buffer_bytes();
     drop(batch);
@@ -835,6 +875,8 @@ async fn bench_preset(
         "prefill": prefill,
         "contexts": context_rows,
         "profile_decode_step": decode_profile,
+        "gpu_us_decode_step_one_pass": decode_pass,
+        "gpu_us_batch8_step_one_pass": batch_pass,
         "profile_batch8_step": batch_profile,
         "profile_prefill_span": prefill_profile,
         "profile_prefill_tokens": span,
@@ -897,6 +939,17 @@ fn print_table(r: &Value) {
         format!("ttft ms (prompt {})", r["ttft_prompt"]),
         f(&r["ttft_ms"])
     );
+    if let (Some(one), Some(eight)) = (
+        r["gpu_us_decode_step_one_pass"].as_f64(),
+        r["gpu_us_batch8_step_one_pass"].as_f64(),
+    ) {
+        println!(
+            "  GPU time of a whole step in one pass: decode {one:.1} µs, batch-8 {eight:.1} µs \
+             (wall {:.3} / {:.3} ms per step)",
+            f(&r["decode_b1"]["ms_per_step"]),
+            f(&r["decode_b8"]["ms_per_step"])
+        );
+    }
     for (name, key) in [
         ("decode step", "profile_decode_step"),
         ("batch-8 step", "profile_batch8_step"),

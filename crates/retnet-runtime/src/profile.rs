@@ -3,7 +3,9 @@
 //! While profiling, [`crate::Sequence::submit`] encodes each dispatch in a compute pass of its
 //! own whose beginning and end write timestamps, so one dispatch's time is the GPU time between
 //! them. Passes add a little overhead of their own: the sum of the times is the work of the
-//! kernels, not the wall time of a step.
+//! kernels, not the wall time of a step. [`Device::start_profiling_sequences`] times each
+//! submitted sequence as it normally runs instead, all its dispatches in one pass: against the
+//! wall time of the same work, it tells the GPU's share from the host's.
 
 use crate::device::Device;
 use crate::error::RuntimeError;
@@ -32,6 +34,8 @@ pub(crate) struct Profiler {
     dispatches: Vec<(&'static str, u32)>,
     /// Dispatches submitted once the query set was full (not timed).
     missed: usize,
+    /// Whether each sequence is timed as one pass (named by its label) instead of each dispatch.
+    pub(crate) whole_sequences: bool,
 }
 
 impl Profiler {
@@ -69,6 +73,17 @@ impl Device {
     /// Starts timing every dispatch submitted from now on, until [`Device::finish_profiling`]
     /// (at most 2048 dispatches; later ones run untimed). Needs TIMESTAMP_QUERY.
     pub fn start_profiling(&self) -> Result<(), RuntimeError> {
+        self.start_profiler(false)
+    }
+
+    /// Starts timing every sequence submitted from now on as one compute pass, its dispatches
+    /// encoded as without profiling, until [`Device::finish_profiling`], which then returns one
+    /// [`KernelTime`] per sequence, named by the sequence's label. Needs TIMESTAMP_QUERY.
+    pub fn start_profiling_sequences(&self) -> Result<(), RuntimeError> {
+        self.start_profiler(true)
+    }
+
+    fn start_profiler(&self, whole_sequences: bool) -> Result<(), RuntimeError> {
         if !self.has_timestamp_query() {
             return Err(RuntimeError::MissingFeature {
                 kernel: "profiling",
@@ -93,6 +108,7 @@ impl Device {
             used: 0,
             dispatches: Vec::new(),
             missed: 0,
+            whole_sequences,
         };
         let mut slot = self
             .profiler

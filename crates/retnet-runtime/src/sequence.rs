@@ -171,11 +171,30 @@ impl Sequence<'_> {
             }
             let mut profiler = device.profiler.lock().ok();
             let profiled = profiler.as_mut().and_then(|p| p.as_mut()).and_then(|p| {
-                let kernels: Vec<&'static str> =
-                    self.dispatches.iter().map(|d| d.kernel.name).collect();
+                let kernels: Vec<&'static str> = if p.whole_sequences {
+                    vec![self.label]
+                } else {
+                    self.dispatches.iter().map(|d| d.kernel.name).collect()
+                };
                 p.reserve(&kernels).map(|first| (p, first))
             });
             match profiled {
+                // Profiling whole sequences: the one pass, timestamps at its beginning and end.
+                Some((profiler, first)) if profiler.whole_sequences => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(self.label),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: profiler.query_set(),
+                            beginning_of_pass_write_index: Some(first),
+                            end_of_pass_write_index: Some(first + 1),
+                        }),
+                    });
+                    for dispatch in &self.dispatches {
+                        encode(&mut pass, &mut caches, device, dispatch);
+                    }
+                    drop(pass);
+                    profiler.resolve(&mut encoder, first, 2);
+                }
                 // Profiling: a pass per dispatch, timestamps at its beginning and end.
                 Some((profiler, first)) => {
                     for (i, dispatch) in self.dispatches.iter().enumerate() {
