@@ -5,13 +5,6 @@
 // Indexed [output][subgroup]; at most WORKGROUP_SIZE subgroups.
 var<workgroup> subgroup_sums: array<f32, OUTPUTS_PER_WORKGROUP * WORKGROUP_SIZE>;
 
-// This invocation's place among the subgroups, for an input prologue that reduces by subgroups
-// (matvec_head_gate_subgroup.wgsl); set before prepare_input.
-var<private> own_subgroup: u32;
-var<private> own_subgroup_lane: u32;
-var<private> own_subgroup_size: u32;
-var<private> own_subgroups: u32;
-
 // Grid: (ceil(out_dim / OUTPUTS_PER_WORKGROUP), rows).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec_subgroup(
@@ -20,12 +13,7 @@ fn matvec_subgroup(
     @builtin(subgroup_id) subgroup: u32,
     @builtin(num_subgroups) subgroups: u32,
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
-    @builtin(subgroup_size) subgroup_size: u32,
 ) {
-    own_subgroup = subgroup;
-    own_subgroup_lane = subgroup_lane;
-    own_subgroup_size = subgroup_size;
-    own_subgroups = subgroups;
     let first_output = wid.x * OUTPUTS_PER_WORKGROUP;
     prepare_input(lane, params.x_row_start + wid.y);
     let acc = matvec_partial_sums(lane, first_output, wid.y);

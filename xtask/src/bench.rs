@@ -407,6 +407,16 @@ async fn copy_bandwidth(device: &Device, tiny: bool) -> Result<f64, String> {
 
 /// GPU time per kernel over everything submitted while `work` runs: (kernel, dispatches, µs),
 /// most expensive first; `None` without timestamp queries.
+/// Host microseconds per step spent recording, encoding and submitting sequences between two
+/// snapshots of the device's counters.
+fn host_us_per_step(
+    before: &retnet_runtime::CacheStats,
+    after: &retnet_runtime::CacheStats,
+    steps: usize,
+) -> f64 {
+    (after.sequence_host_nanos - before.sequence_host_nanos) as f64 / 1e3 / steps.max(1) as f64
+}
+
 /// Steps timed by [`finish_pass_timing`].
 const PASS_REPEATS: usize = 16;
 
@@ -685,6 +695,7 @@ async fn bench_preset(
         .await
         .map_err(err)?;
     history.extend(&warm);
+    let host_before = device.cache_stats();
     let start = Instant::now();
     let ids = session
         .sample_loop(&greedy, 17, &history, effort.decode_steps, 16, &mut |_| {
@@ -693,6 +704,7 @@ async fn bench_preset(
         .await
         .map_err(err)?;
     let decode1 = start.elapsed();
+    let host1_us = host_us_per_step(&host_before, &device.cache_stats(), effort.decode_steps);
     if ids.len() != effort.decode_steps {
         return Err(format!(
             "sample_loop returned {} of {} tokens",
@@ -733,12 +745,14 @@ async fn bench_preset(
     for (input, ids) in inputs.iter_mut().zip(&warm) {
         input.1 = ids.last().copied().unwrap_or(1);
     }
+    let host_before = device.cache_stats();
     let start = Instant::now();
     batch
         .generate(&inputs, &greedy, 4, &[], effort.batch_steps, &mut |_| true)
         .await
         .map_err(err)?;
     let decode8 = start.elapsed();
+    let host8_us = host_us_per_step(&host_before, &device.cache_stats(), effort.batch_steps);
     let stepping = &mut batch;
     let batch_inputs = &inputs;
     let batch_profile = profile(device, move || async move {
@@ -876,6 +890,8 @@ async fn bench_preset(
         "contexts": context_rows,
         "profile_decode_step": decode_profile,
         "gpu_us_decode_step_one_pass": decode_pass,
+        "host_us_decode_step": host1_us,
+        "host_us_batch8_step": host8_us,
         "gpu_us_batch8_step_one_pass": batch_pass,
         "profile_batch8_step": batch_profile,
         "profile_prefill_span": prefill_profile,
@@ -945,9 +961,11 @@ fn print_table(r: &Value) {
     ) {
         println!(
             "  GPU time of a whole step in one pass: decode {one:.1} µs, batch-8 {eight:.1} µs \
-             (wall {:.3} / {:.3} ms per step)",
+             (wall {:.3} / {:.3} ms per step; host recording and submitting {:.1} / {:.1} µs)",
             f(&r["decode_b1"]["ms_per_step"]),
-            f(&r["decode_b8"]["ms_per_step"])
+            f(&r["decode_b8"]["ms_per_step"]),
+            f(&r["host_us_decode_step"]),
+            f(&r["host_us_batch8_step"])
         );
     }
     for (name, key) in [

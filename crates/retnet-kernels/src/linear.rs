@@ -462,7 +462,6 @@ pub static MATVEC_HEAD_GATE: [[Kernel; FORMATS]; 2] = [
             "linear_common.wgsl",
             "activation.wgsl",
             "matvec_input_head_gate.wgsl",
-            "matvec_head_gate_tree.wgsl",
             "matvec_common.wgsl",
             "matvec_workgroup.wgsl"
         ]
@@ -475,7 +474,6 @@ pub static MATVEC_HEAD_GATE: [[Kernel; FORMATS]; 2] = [
             "linear_common.wgsl",
             "activation.wgsl",
             "matvec_input_head_gate.wgsl",
-            "matvec_head_gate_subgroup.wgsl",
             "matvec_common.wgsl",
             "matvec_subgroup.wgsl"
         ]

@@ -20,6 +20,12 @@ pub struct CacheStats {
     pub bind_groups: u64,
     /// Buffers, including the parameter arena and staging buffers.
     pub buffers: u64,
+    /// Sequences submitted ([`crate::Sequence::submit`]).
+    pub sequences: u64,
+    /// Host nanoseconds those sequences took from [`crate::Device::sequence`] to the end of their
+    /// submit: recording, encoding and submitting, the CPU side of the GPU's work (0 on wasm32,
+    /// which has no clock here).
+    pub sequence_host_nanos: u64,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +34,8 @@ pub(crate) struct Counters {
     pipelines: AtomicU64,
     bind_groups: AtomicU64,
     pub(crate) buffers: AtomicU64,
+    sequences: AtomicU64,
+    sequence_host_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -37,7 +45,15 @@ impl Counters {
             pipelines: self.pipelines.load(Ordering::Relaxed),
             bind_groups: self.bind_groups.load(Ordering::Relaxed),
             buffers: self.buffers.load(Ordering::Relaxed),
+            sequences: self.sequences.load(Ordering::Relaxed),
+            sequence_host_nanos: self.sequence_host_nanos.load(Ordering::Relaxed),
         }
+    }
+
+    pub(crate) fn count_sequence(&self, host_nanos: u64) {
+        self.sequences.fetch_add(1, Ordering::Relaxed);
+        self.sequence_host_nanos
+            .fetch_add(host_nanos, Ordering::Relaxed);
     }
 
     pub(crate) fn count_buffer(&self) {

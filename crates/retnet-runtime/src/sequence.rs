@@ -27,6 +27,28 @@ pub struct Sequence<'d> {
     dispatches: Vec<RecordedDispatch>,
     params: Vec<u8>,
     stride: usize,
+    started: HostClock,
+}
+
+/// When a sequence started recording, for [`crate::CacheStats::sequence_host_nanos`]; wasm32 has
+/// no `Instant`, so nothing is timed there.
+#[derive(Clone, Copy)]
+struct HostClock(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+impl HostClock {
+    fn now() -> HostClock {
+        HostClock(
+            #[cfg(not(target_arch = "wasm32"))]
+            std::time::Instant::now(),
+        )
+    }
+
+    fn elapsed_nanos(self) -> u64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        #[cfg(target_arch = "wasm32")]
+        return 0;
+    }
 }
 
 impl Device {
@@ -40,6 +62,7 @@ impl Device {
             dispatches: Vec::new(),
             params: Vec::new(),
             stride: (MAX_PARAM_WORDS * 4).div_ceil(alignment) * alignment,
+            started: HostClock::now(),
         }
     }
 }
@@ -225,6 +248,7 @@ impl Sequence<'_> {
         }
         let index = device.queue.submit([encoder.finish()]);
         drop(caches);
+        device.counters.count_sequence(self.started.elapsed_nanos());
         device.take_uncaptured_error()?;
         Ok(index)
     }
