@@ -38,14 +38,26 @@ fn add_squares(acc: f32, x: vec4<f32>) -> f32 {
 // private array indexed in a loop, the H100's compiler kept them in local memory (10 ms for a
 // batch-8 step of retnet_xl).
 fn matvec_batch_partial_sums(lane: u32, first_output: u32, first_row: u32) -> BatchPartials {
+    let last_output = params.out_dim - 1u;
+    let weight_rows = vec4<u32>(
+        min(first_output, last_output),
+        min(first_output + 1u, last_output),
+        min(first_output + 2u, last_output),
+        min(first_output + 3u, last_output),
+    );
+    return matvec_batch_partial_sums_of(lane, weight_rows, first_row);
+}
+
+// The same for any four rows of W (matvec_batch_norm_gated_subgroup.wgsl pairs rows of the two
+// halves of act|lin).
+fn matvec_batch_partial_sums_of(lane: u32, weight_rows: vec4<u32>, first_row: u32) -> BatchPartials {
     let in4 = params.in_dim / 4u;
     let stride4 = params.weight_stride / 4u;
-    let last_output = params.out_dim - 1u;
     let last_row = params.rows - 1u;
-    let w0 = min(first_output, last_output) * stride4;
-    let w1 = min(first_output + 1u, last_output) * stride4;
-    let w2 = min(first_output + 2u, last_output) * stride4;
-    let w3 = min(first_output + 3u, last_output) * stride4;
+    let w0 = weight_rows.x * stride4;
+    let w1 = weight_rows.y * stride4;
+    let w2 = weight_rows.z * stride4;
+    let w3 = weight_rows.w * stride4;
     let x0 = params.x_row_start + min(first_row + 0u, last_row);
     let x1 = params.x_row_start + min(first_row + 1u, last_row);
     let x2 = params.x_row_start + min(first_row + 2u, last_row);

@@ -410,11 +410,11 @@ async fn copy_bandwidth(device: &Device, tiny: bool) -> Result<f64, String> {
 /// Host microseconds per step spent recording, encoding and submitting sequences between two
 /// snapshots of the device's counters.
 fn host_us_per_step(
-    before: &retnet_runtime::CacheStats,
-    after: &retnet_runtime::CacheStats,
+    before: &retnet_runtime::HostStats,
+    after: &retnet_runtime::HostStats,
     steps: usize,
 ) -> f64 {
-    (after.sequence_host_nanos - before.sequence_host_nanos) as f64 / 1e3 / steps.max(1) as f64
+    (after.sequence_nanos - before.sequence_nanos) as f64 / 1e3 / steps.max(1) as f64
 }
 
 /// Steps timed by [`finish_pass_timing`].
@@ -695,7 +695,7 @@ async fn bench_preset(
         .await
         .map_err(err)?;
     history.extend(&warm);
-    let host_before = device.cache_stats();
+    let host_before = device.host_stats();
     let start = Instant::now();
     let ids = session
         .sample_loop(&greedy, 17, &history, effort.decode_steps, 16, &mut |_| {
@@ -704,7 +704,7 @@ async fn bench_preset(
         .await
         .map_err(err)?;
     let decode1 = start.elapsed();
-    let host1_us = host_us_per_step(&host_before, &device.cache_stats(), effort.decode_steps);
+    let host1_us = host_us_per_step(&host_before, &device.host_stats(), effort.decode_steps);
     if ids.len() != effort.decode_steps {
         return Err(format!(
             "sample_loop returned {} of {} tokens",
@@ -745,14 +745,14 @@ async fn bench_preset(
     for (input, ids) in inputs.iter_mut().zip(&warm) {
         input.1 = ids.last().copied().unwrap_or(1);
     }
-    let host_before = device.cache_stats();
+    let host_before = device.host_stats();
     let start = Instant::now();
     batch
         .generate(&inputs, &greedy, 4, &[], effort.batch_steps, &mut |_| true)
         .await
         .map_err(err)?;
     let decode8 = start.elapsed();
-    let host8_us = host_us_per_step(&host_before, &device.cache_stats(), effort.batch_steps);
+    let host8_us = host_us_per_step(&host_before, &device.host_stats(), effort.batch_steps);
     let stepping = &mut batch;
     let batch_inputs = &inputs;
     let batch_profile = profile(device, move || async move {

@@ -281,6 +281,21 @@ const fn matvec_batch_norm_subgroup(name: &'static str, source: &'static str, f1
     )
 }
 
+const fn matvec_batch_norm_gated_subgroup(
+    name: &'static str,
+    source: &'static str,
+    f16: bool,
+) -> Kernel {
+    matvec_kernel(
+        name,
+        source,
+        f16,
+        "matvec_batch_norm_gated_subgroup",
+        true,
+        NORM_BINDINGS,
+    )
+}
+
 const fn matvec_act_lin_workgroup(name: &'static str, source: &'static str, f16: bool) -> Kernel {
     matvec_kernel(name, source, f16, "matvec", false, BINDINGS)
 }
@@ -394,6 +409,21 @@ pub static MATVEC_BATCH_NORM: [Kernel; FORMATS] = format_variants!(
     ]
 );
 
+/// RMSNorm + the FFN's act|lin projection + act(a)·b, batched (subgroups), by weight format.
+pub static MATVEC_BATCH_NORM_GATED: [Kernel; FORMATS] = format_variants!(
+    "matvec-batch-norm-gated",
+    "/subgroup",
+    matvec_batch_norm_gated_subgroup,
+    [
+        "linear_common.wgsl",
+        "activation.wgsl",
+        "matvec_input_norm.wgsl",
+        "matvec_batch_common.wgsl",
+        "matvec_batch_subgroup.wgsl",
+        "matvec_batch_norm_gated_subgroup.wgsl"
+    ]
+);
+
 /// Matvec whose input is act(a)·b of the FFN's act|lin projection (decode), by reduction and
 /// weight format.
 pub static MATVEC_ACT_LIN: [[Kernel; FORMATS]; 2] = [
@@ -499,6 +529,7 @@ pub static KERNELS: &[&Kernel] = &all_formats!(
     MATVEC_BATCH[1],
     MATVEC_NORM,
     MATVEC_BATCH_NORM,
+    MATVEC_BATCH_NORM_GATED,
     MATVEC_ACT_LIN[0],
     MATVEC_ACT_LIN[1],
     MATVEC_BATCH_ACT_LIN[0],
@@ -626,6 +657,54 @@ pub fn matvec_norm<'b, B>(
         workgroups,
         buffers.in_order(),
     )
+}
+
+/// The FFN's input side for a batch in one dispatch: `Y[r, j] = act(a_j)·b_j` with
+/// `a | b = rms_norm(X[r]) · Wᵀ` (the norm's weight `norm_weight`, epsilon `params.norm_eps`),
+/// W the act|lin matrix of `params.out_dim = 2F` rows (a from rows `[0, F)`, b from
+/// `[F, 2F)`) and Y F wide (`params.y_row_stride`, `y_col_start` and `accumulate` apply to Y).
+/// It is [`matvec_norm`] followed by [`crate::gated_activation::gated_activation`], without
+/// the act|lin buffer between them. Needs subgroups and
+/// [`matvec_batch_norm_gated_supports`].
+pub fn matvec_batch_norm_gated<'b, B>(
+    format: WeightFormat,
+    act: Activation,
+    params: LinearParams,
+    buffers: LinearNormBuffers<'b, B>,
+) -> Bound<'b, B> {
+    let half = params.out_dim / 2;
+    let kernel = by_format(&MATVEC_BATCH_NORM_GATED, format);
+    let mut block = params.block(format);
+    if params.y_row_stride == 0 {
+        block.y_stride = half;
+    }
+    block.prologue = match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+    };
+    Bound {
+        dispatch: Dispatch {
+            kernel,
+            constants: kernel.default_constants(),
+            params: block.words(),
+            workgroups: [
+                ceil_div(half, 2),
+                ceil_div(params.rows, MATVEC_BATCH_ROWS),
+                1,
+            ],
+        },
+        buffers: buffers.in_order(),
+    }
+}
+
+/// Whether [`matvec_batch_norm_gated`] takes `params`: the matvec's shapes
+/// ([`matvec_supports`]), 2 to [`MATVEC_BATCH_MAX_ROWS`] rows, and an even, non-zero `out_dim`
+/// (the two halves a | b).
+pub fn matvec_batch_norm_gated_supports(params: &LinearParams) -> bool {
+    matvec_supports(params)
+        && (2..=MATVEC_BATCH_MAX_ROWS).contains(&params.rows)
+        && params.out_dim >= 2
+        && params.out_dim % 2 == 0
 }
 
 /// Largest row count [`linear`] gives the batched matvec; more rows go to the tiled matmul.

@@ -20,12 +20,18 @@ pub struct CacheStats {
     pub bind_groups: u64,
     /// Buffers, including the parameter arena and staging buffers.
     pub buffers: u64,
+}
+
+/// The host's side of the submitted work, as counted since the device was created
+/// ([`crate::Device::host_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
     /// Sequences submitted ([`crate::Sequence::submit`]).
     pub sequences: u64,
     /// Host nanoseconds those sequences took from [`crate::Device::sequence`] to the end of their
     /// submit: recording, encoding and submitting, the CPU side of the GPU's work (0 on wasm32,
     /// which has no clock here).
-    pub sequence_host_nanos: u64,
+    pub sequence_nanos: u64,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +51,13 @@ impl Counters {
             pipelines: self.pipelines.load(Ordering::Relaxed),
             bind_groups: self.bind_groups.load(Ordering::Relaxed),
             buffers: self.buffers.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn host(&self) -> HostStats {
+        HostStats {
             sequences: self.sequences.load(Ordering::Relaxed),
-            sequence_host_nanos: self.sequence_host_nanos.load(Ordering::Relaxed),
+            sequence_nanos: self.sequence_host_nanos.load(Ordering::Relaxed),
         }
     }
 

@@ -410,6 +410,12 @@ impl Device {
         self.counters.snapshot()
     }
 
+    /// Sequences submitted so far and the host time they took (recording, encoding and
+    /// submitting): against the GPU's time, whether the host keeps up.
+    pub fn host_stats(&self) -> crate::HostStats {
+        self.counters.host()
+    }
+
     pub(crate) fn take_uncaptured_error(&self) -> Result<(), RuntimeError> {
         self.check_lost()?;
         let error = self.uncaptured_error.lock().ok().and_then(|mut e| e.take());

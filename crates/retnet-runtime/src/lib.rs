@@ -43,7 +43,7 @@ pub use auto::{
     choose_backend, is_software_adapter, AutoBackend, AutoChoice, SOFTWARE_ADAPTER_NAMES,
 };
 pub use buffer::{GpuBuffer, RowBlock, WeightData, Weights};
-pub use cache::CacheStats;
+pub use cache::{CacheStats, HostStats};
 pub use device::{list_adapters, parse_backend, Device, DeviceOptions};
 pub use error::RuntimeError;
 pub use profile::KernelTime;

@@ -30,7 +30,7 @@ pub struct Sequence<'d> {
     started: HostClock,
 }
 
-/// When a sequence started recording, for [`crate::CacheStats::sequence_host_nanos`]; wasm32 has
+/// When a sequence started recording, for [`crate::HostStats::sequence_nanos`]; wasm32 has
 /// no `Instant`, so nothing is timed there.
 #[derive(Clone, Copy)]
 struct HostClock(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);

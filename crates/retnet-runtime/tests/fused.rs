@@ -1,7 +1,8 @@
 //! The decode kernels that fuse a stage into their neighbour, against the f64 composition of the
 //! stages (the test kit's references): recurrent retention with rotary applied as q and k are
-//! read (single and batched), and the matvecs whose input is act(a)·b (FFN down) or the head
-//! norm × gate (out_proj), in every weight format and both reductions.
+//! read (single and batched), the matvecs whose input is act(a)·b (FFN down) or the head
+//! norm × gate (out_proj), in every weight format and both reductions, and the batched FFN
+//! input projection with its norm and its gating (subgroups).
 //!
 //! Tolerances, relative to the largest |reference|:
 //! - rotary + retention: 2e-5, the recurrent kernel's own bar (`retention.rs`: sums of ≤ T·(K+1)
@@ -24,8 +25,9 @@ use common::reference::{self, log_decay_f32, Layout};
 use common::{as_stored, assert_close, device, formats, read, Rng};
 use retnet_runtime::kernels::gated_activation::Activation;
 use retnet_runtime::kernels::linear::{
-    matvec_act_lin, matvec_head_gate, matvec_head_gate_supports, HeadGate, LinearBuffers,
-    LinearHeadGateBuffers, LinearParams, Reduction,
+    matvec_act_lin, matvec_batch_norm_gated, matvec_batch_norm_gated_supports, matvec_head_gate,
+    matvec_head_gate_supports, HeadGate, LinearBuffers, LinearHeadGateBuffers, LinearNormBuffers,
+    LinearParams, Reduction,
 };
 use retnet_runtime::kernels::retention::{
     recurrent_batched_rotary, recurrent_rotary, QkRotary, RecurrentBatchedRotaryBuffers,
@@ -317,6 +319,91 @@ fn matvec_act_lin_equals_gated_activation_then_matvec() {
                     );
                     assert_close(&label, &read(device, &y, rows * out_dim), &want, 1e-5);
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_batch_norm_gated_equals_norm_then_act_lin_projection_then_gating() {
+    let Some(device) = device() else { return };
+    if !device.features().subgroups {
+        assert!(
+            !std::env::var("RETNET_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+            "RETNET_REQUIRE_GPU=1 but the adapter has no subgroups"
+        );
+        return;
+    }
+    let mut rng = Rng::new(25);
+    // (rows, in, F): a partial row block and an odd F (its last workgroup's second column is
+    // past the end); two row blocks from row 2; 1028 inputs (257 vec4s per row).
+    for (rows, in_dim, half, start) in [
+        (3usize, 36usize, 7usize, 0usize),
+        (9, 64, 10, 2),
+        (2, 1028, 5, 1),
+    ] {
+        // Residual rows of a realistic size, norm weights around 1.
+        let x: Vec<f32> = rng
+            .vec((start + rows) * in_dim)
+            .iter()
+            .map(|v| 6.0 * v)
+            .collect();
+        let g: Vec<f32> = rng.vec(in_dim).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let w: Vec<f32> = rng.vec(2 * half * in_dim).iter().map(|v| 0.3 * v).collect();
+        let y0 = rng.vec(rows * half);
+        let (xb, gb) = (
+            device.upload_f32("x", &x).unwrap(),
+            device.upload_f32("g", &g).unwrap(),
+        );
+        let eps = 1e-5f32;
+        let normed = reference::rms_norm(&x[start * in_dim..], in_dim, Some(&g), eps);
+        for act in [Activation::Silu, Activation::Gelu] {
+            for format in formats(device) {
+                let weights = device.upload_matrix("w", &w, in_dim, format).unwrap();
+                let y = device.upload_f32("y", &y0).unwrap();
+                let mut params = LinearParams::new(rows as u32, in_dim as u32, 2 * half as u32);
+                params.x_row_start = start as u32;
+                params.norm_eps = eps;
+                params.accumulate = Some(0.5);
+                assert!(matvec_batch_norm_gated_supports(&params));
+                let buffers = LinearNormBuffers {
+                    weight: weights.buffer(),
+                    input: &xb,
+                    output: &y,
+                    norm_weight: &gb,
+                };
+                run(
+                    device,
+                    matvec_batch_norm_gated(format, act, params, buffers),
+                );
+                let stored = as_stored(&w, in_dim, format);
+                let zeros = vec![0.0f32; rows * 2 * half];
+                let ab = reference::linear_f64(&normed, &stored, &zeros, in_dim, 2 * half, None);
+                let want: Vec<f64> = ab
+                    .chunks_exact(2 * half)
+                    .zip(y0.chunks_exact(half))
+                    .flat_map(|(row, previous)| {
+                        let (a, b) = row.split_at(half);
+                        (0..half).map(move |j| {
+                            let activated = match act {
+                                Activation::Silu => reference::silu(a[j]),
+                                Activation::Gelu => reference::gelu(a[j]),
+                            };
+                            0.5 * f64::from(previous[j]) + activated * b[j]
+                        })
+                    })
+                    .collect();
+                let label = format!(
+                    "matvec-batch-norm-gated {act:?} {format:?} rows {rows} in {in_dim} F {half}"
+                );
+                // act(a)·b magnifies a's and b's errors by up to 2.2·max|a|·max|b| against
+                // max|act(a)·b| (|act'| ≤ 1.13, |act(a)| ≤ |a|), so the matvec's bar scales.
+                let max = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, |m, x| m.max(x.abs()));
+                let max_a = max(&mut ab.chunks_exact(2 * half).flat_map(|r| r[..half].to_vec()));
+                let max_b = max(&mut ab.chunks_exact(2 * half).flat_map(|r| r[half..].to_vec()));
+                let max_out = max(&mut want.iter().copied());
+                let tolerance = 1e-5 * (2.2 * max_a * max_b / max_out).max(1.0);
+                assert_close(&label, &read(device, &y, rows * half), &want, tolerance);
             }
         }
     }

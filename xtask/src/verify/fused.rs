@@ -1,7 +1,9 @@
 //! The decode kernels that fuse a stage into their neighbour, against the f64 composition of
 //! the stages: recurrent retention that rotates q and k itself (single and batched) against
 //! rotary then the recurrence; the matvecs whose input is act(a)·b or the per-head norm × gate
-//! against that stage then the product, in every weight format and reduction the device offers.
+//! against that stage then the product, in every weight format and reduction the device offers;
+//! the batched FFN input projection with its RMSNorm and gating (`matvec-batch-norm-gated`)
+//! against the norm, the act|lin product and act(a)·b.
 //!
 //! Tolerances: the unfused kernels' bars. Retention: 2e-5 (`crates/retnet-runtime/tests/
 //! retention.rs`: sums of T·(K + 1) f32 products; T ≤ 3 here, K ≤ 256 — √(3·257)·6e-8 ≈ 2e-6
@@ -15,8 +17,9 @@ use super::reference::{self as cpu, Layout};
 use super::Row;
 use retnet_kernels::gated_activation::Activation;
 use retnet_kernels::linear::{
-    matvec_act_lin, matvec_head_gate, matvec_head_gate_supports, HeadGate, LinearBuffers,
-    LinearHeadGateBuffers, LinearParams, Reduction,
+    matvec_act_lin, matvec_batch_norm_gated, matvec_batch_norm_gated_supports, matvec_head_gate,
+    matvec_head_gate_supports, HeadGate, LinearBuffers, LinearHeadGateBuffers, LinearNormBuffers,
+    LinearParams, Reduction,
 };
 use retnet_kernels::retention::{
     recurrent_batched_rotary, recurrent_rotary, QkRotary, RecurrentBatchedRotaryBuffers,
@@ -36,6 +39,7 @@ pub fn rows(device: &Device, quick: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     retention_rows(device, quick, &mut rows);
     act_lin_rows(device, quick, &mut rows);
+    norm_gated_rows(device, quick, &mut rows);
     head_gate_rows(device, quick, &mut rows);
     rows
 }
@@ -354,6 +358,116 @@ fn act_lin_rows(device: &Device, quick: bool, rows: &mut Vec<Row>) {
                 });
             }
         }
+    }
+}
+
+fn norm_gated_rows(device: &Device, quick: bool, rows: &mut Vec<Row>) {
+    // (rows, in, F, first row of X): a partial row block with an odd F, two row blocks from
+    // row 2, 257 vec4s per row; retnet_xl's FFN (d 2 048, F 3 456; 40 of its columns).
+    let mut shapes = vec![
+        (3usize, 36usize, 7usize, 0usize),
+        (9, 64, 10, 2),
+        (2, 1028, 5, 1),
+    ];
+    if !quick {
+        shapes.push((8, 2048, 40, 0));
+    }
+    for (index, &(n_rows, i, half, start)) in shapes.iter().enumerate() {
+        let mut rng = Rng::new(1750 + index as u64);
+        let x: Vec<f32> = rng
+            .vec((start + n_rows) * i)
+            .iter()
+            .map(|v| 6.0 * v)
+            .collect();
+        let g: Vec<f32> = rng.vec(i).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let w: Vec<f32> = rng.vec(2 * half * i).iter().map(|v| 0.3 * v).collect();
+        let y0 = rng.vec(n_rows * half);
+        let eps = 1e-5f32;
+        let normed = cpu::rms_norm(&x[start * i..], i, Some(&g), eps);
+        let mut shape = format!("rows={n_rows} in={i} F={half}");
+        if start > 0 {
+            shape += &format!(" x_row_start={start}");
+        }
+        for act in [Activation::Silu, Activation::Gelu] {
+            let gelu = act == Activation::Gelu;
+            for format in WeightFormat::ALL {
+                let case = format!(
+                    "matvec-batch-norm-gated/{}/{}/subgroup",
+                    if gelu { "gelu" } else { "silu" },
+                    format.name()
+                );
+                let support = format_support(device, format)
+                    .and_then(|()| reduction_support(device, Reduction::Subgroup));
+                if let Err(reason) = support {
+                    rows.push(Row::skip(&case, &shape, reason));
+                    continue;
+                }
+                add(rows, &case, &shape, || {
+                    let weights = device.upload_matrix("w", &w, i, format)?;
+                    let input = device.upload_f32("x", &x)?;
+                    let norm = device.upload_f32("g", &g)?;
+                    let y = device.upload_f32("y", &y0)?;
+                    let mut params = LinearParams::new(n_rows as u32, i as u32, 2 * half as u32);
+                    params.x_row_start = start as u32;
+                    params.norm_eps = eps;
+                    params.accumulate = Some(0.5);
+                    if !matvec_batch_norm_gated_supports(&params) {
+                        return Ok(vec![Row::fail(&case, &shape, "shape not supported".into())]);
+                    }
+                    let buffers = LinearNormBuffers {
+                        weight: weights.buffer(),
+                        input: &input,
+                        output: &y,
+                        norm_weight: &norm,
+                    };
+                    submit(
+                        device,
+                        &[matvec_batch_norm_gated(format, act, params, buffers)],
+                    )?;
+                    let stored = as_stored(&w, i, format);
+                    let zeros = vec![0.0f32; n_rows * 2 * half];
+                    let ab = cpu::linear_f64(&normed, &stored, &zeros, i, 2 * half, None);
+                    let want: Vec<f64> = ab
+                        .chunks_exact(2 * half)
+                        .zip(y0.chunks_exact(half))
+                        .flat_map(|(row, previous)| {
+                            let (a, b) = row.split_at(half);
+                            (0..half).map(move |j| {
+                                let activated = if gelu {
+                                    cpu::gelu(a[j])
+                                } else {
+                                    cpu::silu(a[j])
+                                };
+                                0.5 * f64::from(previous[j]) + activated * b[j]
+                            })
+                        })
+                        .collect();
+                    let got = read(device, &y, n_rows * half)?;
+                    let tolerance =
+                        (linear_tolerance(i) + 1e-6) * gating_amplification(&ab, half, &want);
+                    Ok(vec![Row::compare(&case, &shape, &got, &want, tolerance)])
+                });
+            }
+        }
+    }
+}
+
+/// How much act(a)·b can magnify a and b's relative errors against the largest |output|: a
+/// and b are each off by up to the matvec's bar times max|a| or max|b|, and |act'| ≤ 1.13,
+/// |act(a)| ≤ |a| for silu and gelu, so act(a)·b is off by at most ~2.2·max|a|·max|b| times
+/// that bar, which `Row::compare` measures against max|act(a)·b|.
+fn gating_amplification(ab: &[f64], half: usize, want: &[f64]) -> f64 {
+    let (mut max_a, mut max_b) = (0.0f64, 0.0f64);
+    for row in ab.chunks_exact(2 * half) {
+        let (a, b) = row.split_at(half);
+        max_a = a.iter().fold(max_a, |m, v| m.max(v.abs()));
+        max_b = b.iter().fold(max_b, |m, v| m.max(v.abs()));
+    }
+    let max_out = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if max_out > 0.0 {
+        (2.2 * max_a * max_b / max_out).max(1.0)
+    } else {
+        1.0
     }
 }
 

@@ -20,8 +20,9 @@ use retnet_runtime::kernels::head_norm_gate::{
     HeadNormGateParams,
 };
 use retnet_runtime::kernels::linear::{
-    self, linear, matvec_head_gate_supports, matvec_supports, HeadGate, LinearBuffers,
-    LinearHeadGateBuffers, LinearNormBuffers, LinearParams, Reduction, MATVEC_BATCH_MAX_ROWS,
+    self, linear, matvec_batch_norm_gated_supports, matvec_head_gate_supports, matvec_supports,
+    HeadGate, LinearBuffers, LinearHeadGateBuffers, LinearNormBuffers, LinearParams, Reduction,
+    MATVEC_BATCH_MAX_ROWS,
 };
 use retnet_runtime::kernels::retention::{
     self, ChunkOutputsBuffers, ChunkScanBuffers, ChunkUpdatesBuffers, ParallelBuffers, QkRotary,
@@ -467,6 +468,41 @@ impl Recorder<'_> {
         let (m, s) = (self.model, self.s);
         let c = &m.config;
         let f = c.ffn_dim as u32;
+        let act = match c.ffn_activation {
+            Activation::Swish => gated_activation::Activation::Silu,
+            Activation::Gelu => gated_activation::Activation::Gelu,
+        };
+        // A batch (pre-norm): norm, act|lin and act(a)·b in one dispatch into ffn_mid, then
+        // ffn_down (6 dispatches per layer instead of 7).
+        let mut gated = LinearParams::new(self.t32(), c.d_model as u32, 2 * f);
+        gated.norm_eps = c.norm_eps;
+        if c.norm_placement == NormPlacement::PreNorm
+            && self.fuse_norms
+            && !layer.ffn_in.is_split()
+            && matvec_batch_norm_gated_supports(&gated)
+        {
+            let buffers = LinearNormBuffers {
+                weight: layer.ffn_in.buffer(),
+                input: &s.x,
+                output: &s.ffn_mid,
+                norm_weight: &layer.ffn_norm,
+            };
+            seq.dispatch(linear::matvec_batch_norm_gated(
+                layer.ffn_in.format,
+                act,
+                gated,
+                buffers,
+            ))?;
+            let dims = (c.ffn_dim, c.d_model);
+            return self.proj(
+                seq,
+                &layer.ffn_down,
+                &s.ffn_mid,
+                &s.x,
+                dims,
+                Some(c.residual_alpha),
+            );
+        }
         let ffn_out = match c.norm_placement {
             NormPlacement::PreNorm => {
                 let params = LinearParams::new(self.t32(), c.d_model as u32, 2 * f);
@@ -480,10 +516,6 @@ impl Recorder<'_> {
                 self.proj(seq, &layer.ffn_in, &s.h, &s.ffn_in, dims, None)?;
                 &s.h
             }
-        };
-        let act = match c.ffn_activation {
-            Activation::Swish => gated_activation::Activation::Silu,
-            Activation::Gelu => gated_activation::Activation::Gelu,
         };
         let mut down = LinearParams::new(self.t32(), f, c.d_model as u32);
         down.accumulate = Some(c.residual_alpha);
