@@ -82,7 +82,8 @@ struct KernelLayout {
 struct BindGroupKey {
     kernel: &'static str,
     arena: u64,
-    buffers: Vec<u64>,
+    // Inline: looking a bind group up allocates nothing.
+    buffers: arrayvec::ArrayVec<u64, { retnet_kernels::MAX_BUFFERS }>,
 }
 
 /// The uniform buffer holding every dispatch's parameter block of one submission.

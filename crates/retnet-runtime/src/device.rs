@@ -228,6 +228,8 @@ pub struct Device {
     pub(crate) lost: Arc<Mutex<Option<String>>>,
     /// Per-dispatch timestamps, while profiling ([`Device::start_profiling`]).
     pub(crate) profiler: Mutex<Option<crate::profile::Profiler>>,
+    /// The last submitted sequence's emptied lists, reused by the next ([`Device::sequence`]).
+    pub(crate) sequence_storage: Mutex<crate::sequence::SequenceStorage>,
 }
 
 /// An error wgpu reported outside an error scope, kept until the next submit.
@@ -355,6 +357,7 @@ impl Device {
             uncaptured_error,
             lost,
             profiler: Mutex::new(None),
+            sequence_storage: Mutex::new(Default::default()),
         })
     }
 

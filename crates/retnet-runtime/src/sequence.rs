@@ -4,14 +4,27 @@ use crate::buffer::{next_id, GpuBuffer};
 use crate::cache::{Caches, ParamArena};
 use crate::device::Device;
 use crate::error::RuntimeError;
-use retnet_kernels::{Access, Bound, ConstantValues, Kernel, MAX_PARAM_WORDS};
+use arrayvec::ArrayVec;
+use retnet_kernels::{Access, Bound, ConstantValues, Kernel, MAX_BUFFERS, MAX_PARAM_WORDS};
 
-struct RecordedDispatch {
+/// A dispatch's buffers (id and handle) in binding order, held inline: recording a decode step
+/// allocates nothing per dispatch.
+pub(crate) type DispatchBuffers = ArrayVec<(u64, wgpu::Buffer), MAX_BUFFERS>;
+
+pub(crate) struct RecordedDispatch {
     kernel: &'static Kernel,
     constants: ConstantValues,
-    buffers: Vec<(u64, wgpu::Buffer)>,
+    buffers: DispatchBuffers,
     params_offset: u32,
     workgroups: [u32; 3],
+}
+
+/// The growable parts of a [`Sequence`], kept by the device between sequences so that
+/// recording the next decode step reuses their capacity instead of allocating.
+#[derive(Default)]
+pub(crate) struct SequenceStorage {
+    dispatches: Vec<RecordedDispatch>,
+    params: Vec<u8>,
 }
 
 /// Dispatches recorded in order, submitted together in one compute pass by [`Sequence::submit`].
@@ -56,11 +69,16 @@ impl Device {
     pub fn sequence(&self, label: &'static str) -> Sequence<'_> {
         // Parameter blocks are at most 64 bytes; dynamic offsets must be aligned (256 on most).
         let alignment = self.limits().min_uniform_buffer_offset_alignment as usize;
+        let storage = self
+            .sequence_storage
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
         Sequence {
             device: self,
             label,
-            dispatches: Vec::new(),
-            params: Vec::new(),
+            dispatches: storage.dispatches,
+            params: storage.params,
             stride: (MAX_PARAM_WORDS * 4).div_ceil(alignment) * alignment,
             started: HostClock::now(),
         }
@@ -81,15 +99,15 @@ impl Sequence<'_> {
                 available: features.to_string(),
             });
         }
-        let bindings: Vec<_> = kernel.resource_bindings().collect();
-        if bindings.len() != buffers.len() {
+        let expected = kernel.resource_bindings().count();
+        if expected != buffers.len() || expected > MAX_BUFFERS {
             return Err(RuntimeError::WrongBufferCount {
                 kernel: kernel.name,
-                expected: bindings.len(),
+                expected,
                 got: buffers.len(),
             });
         }
-        for (i, (binding, buffer)) in bindings.iter().zip(buffers.iter()).enumerate() {
+        for (i, (binding, buffer)) in kernel.resource_bindings().zip(buffers.iter()).enumerate() {
             let bound_again = buffers
                 .iter()
                 .enumerate()
@@ -131,6 +149,7 @@ impl Sequence<'_> {
         self.dispatches.push(RecordedDispatch {
             kernel,
             constants: dispatch.constants,
+            // Into the inline list: at most MAX_BUFFERS, checked above.
             buffers: buffers.iter().map(|b| (b.id, b.buffer.clone())).collect(),
             params_offset: params_offset as u32,
             workgroups: dispatch.workgroups,
@@ -249,6 +268,12 @@ impl Sequence<'_> {
         let index = device.queue.submit([encoder.finish()]);
         drop(caches);
         device.counters.count_sequence(self.started.elapsed_nanos());
+        let (mut dispatches, mut params) = (self.dispatches, self.params);
+        dispatches.clear();
+        params.clear();
+        if let Ok(mut storage) = device.sequence_storage.lock() {
+            *storage = SequenceStorage { dispatches, params };
+        }
         device.take_uncaptured_error()?;
         Ok(index)
     }
