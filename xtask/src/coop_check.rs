@@ -360,6 +360,25 @@ fn with_edits(
     variant(base, name, &edits)
 }
 
+/// Edits that zero every workgroup array at the start (the runtime creates pipelines without
+/// wgpu's zero-initialization): if the 16×16 NaN comes from reading an element the kernel never
+/// wrote, this variant is right where the base one is not.
+const ZEROED_WORKGROUP_MEMORY: [(&str, &str); 1] = [(
+    "    let count = workgroupUniformLoad(&subgroup_count);\n",
+    "    let count = workgroupUniformLoad(&subgroup_count);
+    for (var i = lid; i < 2u * STAGE_A; i += WORKGROUP_SIZE) {
+        stage_a[i] = f16(0.0);
+    }
+    for (var i = lid; i < 2u * STAGE_B; i += WORKGROUP_SIZE) {
+        stage_b[i] = f16(0.0);
+    }
+    for (var i = lid; i < SUB_BLOCKS * TILE * TILE; i += WORKGROUP_SIZE) {
+        edge_tiles[i] = 0.0;
+    }
+    workgroupBarrier();
+",
+)];
+
 fn variants(tile: CoopTile) -> Result<Vec<Variant>, String> {
     let base = match tile {
         CoopTile::Eight => &GEMM_COOP_8,
@@ -393,6 +412,12 @@ fn variants(tile: CoopTile) -> Result<Vec<Variant>, String> {
             true,
         ),
         (smaller_sub_blocks(base, 1)?, true, false, false),
+        (
+            variant(base, "zeroed-workgroup-memory", &ZEROED_WORKGROUP_MEMORY)?,
+            true,
+            false,
+            false,
+        ),
     ])
 }
 
