@@ -720,8 +720,10 @@ async fn bench_preset(
     })
     .await?;
     let timed = start_pass_timing(device)?;
-    for _ in 0..if timed { PASS_REPEATS } else { 0 } {
-        session.step(1).await.map_err(err)?;
+    if timed {
+        for _ in 0..PASS_REPEATS {
+            session.step(1).await.map_err(err)?;
+        }
     }
     let decode_pass = finish_pass_timing(device, timed).await?;
 
@@ -760,8 +762,10 @@ async fn bench_preset(
     })
     .await?;
     let timed = start_pass_timing(device)?;
-    for _ in 0..if timed { PASS_REPEATS } else { 0 } {
-        batch.step(&inputs).await.map_err(err)?;
+    if timed {
+        for _ in 0..PASS_REPEATS {
+            batch.step(&inputs).await.map_err(err)?;
+        }
     }
     let batch_pass = finish_pass_timing(device, timed).await?;
     let decode8_tps = (batch_size * effort.batch_steps) as f64 / decode8.as_secs_f64();

@@ -560,14 +560,33 @@ fn bound<'b, B>(
     workgroups: [u32; 3],
     buffers: crate::BufferList<'b, B>,
 ) -> Bound<'b, B> {
+    bound_block(kernel, params.block(format), workgroups, buffers)
+}
+
+/// [`bound`] with a parameter block its caller completed (a prologue's fields).
+fn bound_block<'b, B>(
+    kernel: &'static Kernel,
+    block: LinearBlock,
+    workgroups: [u32; 3],
+    buffers: crate::BufferList<'b, B>,
+) -> Bound<'b, B> {
     Bound {
         dispatch: Dispatch {
             kernel,
             constants: kernel.default_constants(),
-            params: params.words(format),
+            params: block.words(),
             workgroups,
         },
         buffers,
+    }
+}
+
+/// The `prologue` field that selects the FFN activation in the kernels that apply it
+/// (activation.wgsl: 0 silu, 1 exact gelu).
+fn activation_code(act: Activation) -> u32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
     }
 }
 
@@ -678,23 +697,13 @@ pub fn matvec_batch_norm_gated<'b, B>(
     if params.y_row_stride == 0 {
         block.y_stride = half;
     }
-    block.prologue = match act {
-        Activation::Silu => 0,
-        Activation::Gelu => 1,
-    };
-    Bound {
-        dispatch: Dispatch {
-            kernel,
-            constants: kernel.default_constants(),
-            params: block.words(),
-            workgroups: [
-                ceil_div(half, 2),
-                ceil_div(params.rows, MATVEC_BATCH_ROWS),
-                1,
-            ],
-        },
-        buffers: buffers.in_order(),
-    }
+    block.prologue = activation_code(act);
+    let workgroups = [
+        ceil_div(half, 2),
+        ceil_div(params.rows, MATVEC_BATCH_ROWS),
+        1,
+    ];
+    bound_block(kernel, block, workgroups, buffers.in_order())
 }
 
 /// Whether [`matvec_batch_norm_gated`] takes `params`: the matvec's shapes
@@ -759,19 +768,8 @@ pub fn matvec_act_lin<'b, B>(
     };
     let kernel = by_format(by_reduction(table, reduction), format);
     let mut block = params.block(format);
-    block.prologue = match act {
-        Activation::Silu => 0,
-        Activation::Gelu => 1,
-    };
-    Bound {
-        dispatch: Dispatch {
-            kernel,
-            constants: kernel.default_constants(),
-            params: block.words(),
-            workgroups,
-        },
-        buffers: buffers.in_order(),
-    }
+    block.prologue = activation_code(act);
+    bound_block(kernel, block, workgroups, buffers.in_order())
 }
 
 /// The per-head norm and output gate that [`matvec_head_gate`] applies to its input.
@@ -819,17 +817,10 @@ pub fn matvec_head_gate<'b, B>(
     block.gate_offset = gate.gate_offset;
     block.gate_stride = gate.gate_stride;
     block.prologue = u32::from(gate.weighted);
-    Bound {
-        dispatch: Dispatch {
-            kernel,
-            constants: kernel.default_constants(),
-            params: block.words(),
-            workgroups: [
-                ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
-                params.rows,
-                1,
-            ],
-        },
-        buffers: buffers.in_order(),
-    }
+    let workgroups = [
+        ceil_div(params.out_dim, MATVEC_OUTPUTS_PER_WORKGROUP),
+        params.rows,
+        1,
+    ];
+    bound_block(kernel, block, workgroups, buffers.in_order())
 }

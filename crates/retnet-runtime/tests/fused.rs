@@ -379,30 +379,14 @@ fn matvec_batch_norm_gated_equals_norm_then_act_lin_projection_then_gating() {
                 let stored = as_stored(&w, in_dim, format);
                 let zeros = vec![0.0f32; rows * 2 * half];
                 let ab = reference::linear_f64(&normed, &stored, &zeros, in_dim, 2 * half, None);
-                let want: Vec<f64> = ab
-                    .chunks_exact(2 * half)
-                    .zip(y0.chunks_exact(half))
-                    .flat_map(|(row, previous)| {
-                        let (a, b) = row.split_at(half);
-                        (0..half).map(move |j| {
-                            let activated = match act {
-                                Activation::Silu => reference::silu(a[j]),
-                                Activation::Gelu => reference::gelu(a[j]),
-                            };
-                            0.5 * f64::from(previous[j]) + activated * b[j]
-                        })
-                    })
-                    .collect();
+                let gelu = act == Activation::Gelu;
+                let want = reference::act_lin_f64(&ab, half, gelu, &y0, Some(0.5));
                 let label = format!(
                     "matvec-batch-norm-gated {act:?} {format:?} rows {rows} in {in_dim} F {half}"
                 );
-                // act(a)·b magnifies a's and b's errors by up to 2.2·max|a|·max|b| against
-                // max|act(a)·b| (|act'| ≤ 1.13, |act(a)| ≤ |a|), so the matvec's bar scales.
-                let max = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, |m, x| m.max(x.abs()));
-                let max_a = max(&mut ab.chunks_exact(2 * half).flat_map(|r| r[..half].to_vec()));
-                let max_b = max(&mut ab.chunks_exact(2 * half).flat_map(|r| r[half..].to_vec()));
-                let max_out = max(&mut want.iter().copied());
-                let tolerance = 1e-5 * (2.2 * max_a * max_b / max_out).max(1.0);
+                // act(a)·b magnifies a's and b's errors against max|act(a)·b|, so the matvec's
+                // bar scales (reference::gating_amplification).
+                let tolerance = 1e-5 * reference::gating_amplification(&ab, half, &want);
                 assert_close(&label, &read(device, &y, rows * half), &want, tolerance);
             }
         }

@@ -240,6 +240,46 @@ pub fn linear_f64(
     out
 }
 
+/// [`act_lin`] of an f64 act|lin product `[rows, 2·width]`, added to `α·y0` when `accumulate`
+/// is `Some(α)`: `[rows, width]` (the batched FFN input projection with its gating fused).
+pub fn act_lin_f64(
+    ab: &[f64],
+    width: usize,
+    gelu_act: bool,
+    y0: &[f32],
+    accumulate: Option<f32>,
+) -> Vec<f64> {
+    ab.chunks_exact(2 * width)
+        .zip(y0.chunks_exact(width))
+        .flat_map(|(row, previous)| {
+            let (a, b) = row.split_at(width);
+            a.iter().zip(b).zip(previous).map(move |((&a, &b), &y)| {
+                let act = if gelu_act { gelu(a) } else { silu(a) };
+                accumulate.map_or(0.0, |alpha| f64::from(alpha) * f64::from(y)) + act * b
+            })
+        })
+        .collect()
+}
+
+/// How much act(a)·b can magnify a's and b's relative errors against the largest |output|: a
+/// and b are each off by up to a bar times max|a| or max|b|, and |act'| ≤ 1.13, |act(a)| ≤ |a|
+/// for silu and gelu, so act(a)·b is off by at most ~2.2·max|a|·max|b| times that bar; a
+/// comparison relative to max|out| scales its bar by this factor (at least 1).
+pub fn gating_amplification(ab: &[f64], width: usize, out: &[f64]) -> f64 {
+    let (mut max_a, mut max_b) = (0.0f64, 0.0f64);
+    for row in ab.chunks_exact(2 * width) {
+        let (a, b) = row.split_at(width);
+        max_a = a.iter().fold(max_a, |m, v| m.max(v.abs()));
+        max_b = b.iter().fold(max_b, |m, v| m.max(v.abs()));
+    }
+    let max_out = out.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if max_out > 0.0 {
+        (2.2 * max_a * max_b / max_out).max(1.0)
+    } else {
+        1.0
+    }
+}
+
 /// The FFN's gating act(a)·b of a fused act|lin buffer `[rows, 2·width]` (a the first half of
 /// each row): `[rows, width]`.
 pub fn act_lin(fused: &[f32], width: usize, gelu_act: bool) -> Vec<f64> {

@@ -427,47 +427,14 @@ fn norm_gated_rows(device: &Device, quick: bool, rows: &mut Vec<Row>) {
                     let stored = as_stored(&w, i, format);
                     let zeros = vec![0.0f32; n_rows * 2 * half];
                     let ab = cpu::linear_f64(&normed, &stored, &zeros, i, 2 * half, None);
-                    let want: Vec<f64> = ab
-                        .chunks_exact(2 * half)
-                        .zip(y0.chunks_exact(half))
-                        .flat_map(|(row, previous)| {
-                            let (a, b) = row.split_at(half);
-                            (0..half).map(move |j| {
-                                let activated = if gelu {
-                                    cpu::gelu(a[j])
-                                } else {
-                                    cpu::silu(a[j])
-                                };
-                                0.5 * f64::from(previous[j]) + activated * b[j]
-                            })
-                        })
-                        .collect();
+                    let want = cpu::act_lin_f64(&ab, half, gelu, &y0, Some(0.5));
                     let got = read(device, &y, n_rows * half)?;
                     let tolerance =
-                        (linear_tolerance(i) + 1e-6) * gating_amplification(&ab, half, &want);
+                        (linear_tolerance(i) + 1e-6) * cpu::gating_amplification(&ab, half, &want);
                     Ok(vec![Row::compare(&case, &shape, &got, &want, tolerance)])
                 });
             }
         }
-    }
-}
-
-/// How much act(a)·b can magnify a and b's relative errors against the largest |output|: a
-/// and b are each off by up to the matvec's bar times max|a| or max|b|, and |act'| ≤ 1.13,
-/// |act(a)| ≤ |a| for silu and gelu, so act(a)·b is off by at most ~2.2·max|a|·max|b| times
-/// that bar, which `Row::compare` measures against max|act(a)·b|.
-fn gating_amplification(ab: &[f64], half: usize, want: &[f64]) -> f64 {
-    let (mut max_a, mut max_b) = (0.0f64, 0.0f64);
-    for row in ab.chunks_exact(2 * half) {
-        let (a, b) = row.split_at(half);
-        max_a = a.iter().fold(max_a, |m, v| m.max(v.abs()));
-        max_b = b.iter().fold(max_b, |m, v| m.max(v.abs()));
-    }
-    let max_out = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    if max_out > 0.0 {
-        (2.2 * max_a * max_b / max_out).max(1.0)
-    } else {
-        1.0
     }
 }
 
